@@ -1,0 +1,1 @@
+"""sdedge.calibrate: temperatures, thresholds, latency profiles and anytime curves (torch-free)."""

@@ -1,0 +1,22 @@
+"""sdedge.runtime: run a bundle on the device, without PyTorch.
+
+Imports here stay light (numpy only); backends and the HTTP server import their engines lazily.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .bundle import Bundle, open_bundle
+from .errors import (BackendError, BundleError, ChecksumError, FormatVersionError, InputError, PolicyError,
+                     SdedgeError)
+
+__all__ = ["AnytimeSession", "Bundle", "BackendError", "BundleError", "ChecksumError", "FormatVersionError",
+           "InputError", "PolicyError", "SdedgeError", "open_bundle"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: the session pulls in onnxruntime
+    if name == "AnytimeSession":
+        from .session import AnytimeSession
+
+        return AnytimeSession
+    raise AttributeError(name)

@@ -1,0 +1,154 @@
+"""Read, verify and update sdedge bundles on disk.
+
+:func:`open_bundle` is the single way in: it parses ``manifest.json``, validates it
+(:mod:`sdedge.runtime.manifest`), and checks the sha256 of every section and every listed file, refusing
+the bundle with an error that names the offending file. :func:`update_bundle` replaces or adds files
+(calibration, profiles) atomically and rewrites the manifest's checksums in the same swap.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .atomic import staging_dir
+from .errors import BundleError, ChecksumError
+from .manifest import MANIFEST_NAME, Manifest, check_relpath, validate_manifest
+
+CALIBRATION_NAME = "calibration.json"
+PROFILES_DIR = "profiles"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dump_json(obj: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys, 2-space indent) used for every JSON file in a bundle."""
+    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its folder and typed manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, rel: str) -> Path:
+        return self.path / check_relpath(rel, "file")
+
+    def section_path(self, index: int, precision: str = "fp32") -> Path:
+        """Path of 1-based section ``index``; ``precision='int8'`` picks the QDQ copy."""
+        spec = self.manifest.sections[index - 1]
+        if precision == "int8":
+            if not spec.int8_file:
+                raise BundleError(f"bundle {self.path} has no INT8 sections; export with --int8")
+            return self.file(spec.int8_file)
+        if precision not in ("fp32", "fp16"):
+            raise BundleError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
+        return self.file(spec.file)
+
+    @property
+    def has_full(self) -> bool:
+        return "full.onnx" in self.manifest.files
+
+    @property
+    def calibration(self) -> dict | None:
+        if CALIBRATION_NAME not in self.manifest.files:
+            return None
+        return json.loads(self.file(CALIBRATION_NAME).read_text("utf-8"))
+
+    def profile_names(self) -> list[str]:
+        pre = PROFILES_DIR + "/"
+        return sorted(r[len(pre):-5] for r in self.manifest.files if r.startswith(pre) and r.endswith(".json"))
+
+    def profile(self, device: str) -> dict | None:
+        rel = f"{PROFILES_DIR}/{device}.json"
+        if rel not in self.manifest.files:
+            return None
+        return json.loads(self.file(rel).read_text("utf-8"))
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    root = Path(path)
+    if not root.exists():
+        raise BundleError(f"bundle folder {root} does not exist")
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a bundle folder (expected a folder holding {MANIFEST_NAME})")
+    mpath = root / MANIFEST_NAME
+    if not mpath.is_file():
+        raise BundleError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
+    try:
+        return json.loads(mpath.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"malformed manifest: {mpath} is not valid JSON ({e})") from None
+
+
+def _verify(root: Path, rel: str, expected: str) -> None:
+    p = root / rel
+    if not p.is_file():
+        raise BundleError(f"bundle file {rel} listed in the manifest is missing from {root}")
+    real = p.resolve()
+    if root.resolve() not in real.parents:
+        raise BundleError(f"bundle file {rel} resolves outside the bundle folder ({real})")
+    got = sha256_file(p)
+    if got != expected:
+        raise ChecksumError(f"checksum mismatch for bundle file {rel}: manifest says {expected[:12]}..., file has {got[:12]}... (altered or corrupt)")
+
+
+def open_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
+    """Load and (by default) verify the bundle at ``path``."""
+    root = Path(path)
+    manifest = validate_manifest(read_manifest(root))
+    if verify:
+        for s in manifest.sections:
+            _verify(root, s.file, s.sha256)
+        for rel, sha in manifest.files.items():
+            _verify(root, rel, sha)
+    return Bundle(root, manifest)
+
+
+def update_bundle(path: str | os.PathLike, new_files: Mapping[str, bytes],
+                  manifest_updates: Mapping[str, Any] | None = None) -> Bundle:
+    """Add or replace files in a bundle atomically, updating ``files`` checksums in the manifest.
+
+    The whole bundle is staged beside the original (unchanged files hard-linked), then swapped in
+    with one atomic rename: a crash at any point leaves the previous bundle intact.
+    """
+    root = Path(path)
+    current = open_bundle(root)  # never update a bundle that does not verify
+    raw = json.loads(json.dumps(current.manifest.raw))
+    for k, v in (manifest_updates or {}).items():
+        raw[k] = v
+    files = raw.setdefault("files", {})
+    if not os.access(root.parent, os.W_OK) or not os.access(root, os.W_OK):
+        raise BundleError(f"cannot update bundle {root}: the folder (or its parent) is not writable")
+    with staging_dir(root, copy_existing=True) as tmp:
+        for rel, data in new_files.items():
+            norm = check_relpath(rel, "new file")
+            dest = tmp / norm
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                dest.unlink()  # break the hard link: never write through to the old bundle
+            dest.write_bytes(data)
+            files[norm] = {"sha256": sha256_bytes(data)}
+        validate_manifest(raw)
+        man = tmp / MANIFEST_NAME
+        man.unlink()
+        man.write_bytes(dump_json(raw))
+    return open_bundle(root)

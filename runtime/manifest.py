@@ -1,0 +1,246 @@
+"""The bundle manifest (format version 1): schema, validation and typed views.
+
+``manifest.json`` is the only entry point of a bundle (see ``shared/DESIGN.md`` section 4). The exporter
+builds it through :func:`validate_manifest`, the runtime reads it through the same function, so both
+sides agree on one schema. Validation checks types and cross-references, and that every file path
+stays inside the bundle folder; checksums are checked by :mod:`sdedge.runtime.bundle`.
+
+Tensor naming (fixed by this module): section ``k`` (1-based) takes ``image`` (k = 1) or
+``features_{k-1}`` and returns ``features_k`` (all but the last section) and ``logits_k``.
+"""
+from __future__ import annotations
+
+import math
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BundleError, FormatVersionError
+
+FORMAT = "sdedge-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+def input_name(section: int) -> str:
+    """Name of the input tensor of 1-based section ``section``."""
+    return "image" if section == 1 else f"features_{section - 1}"
+
+
+def features_name(section: int) -> str:
+    return f"features_{section}"
+
+
+def logits_name(section: int) -> str:
+    return f"logits_{section}"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | None, ...]  # None = dynamic (the batch)
+    dtype: str = "float32"
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> "TensorSpec":
+        _require(isinstance(d, dict), f"{where}: expected an object with name/shape/dtype, got {type(d).__name__}")
+        name = _get(d, "name", str, where)
+        shape = _get(d, "shape", list, where)
+        for s in shape:
+            _require(s is None or (isinstance(s, int) and not isinstance(s, bool) and s > 0),
+                     f"{where}.shape: dimensions must be positive integers or null, got {shape!r}")
+        dtype = d.get("dtype", "float32")
+        _require(isinstance(dtype, str), f"{where}.dtype must be a string")
+        return cls(name, tuple(shape), dtype)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    index: int  # 1-based
+    file: str
+    sha256: str
+    input: TensorSpec
+    features: TensorSpec | None  # None for the last section
+    logits: TensorSpec
+    macs: int | None = None
+    params: int | None = None
+    int8_file: str | None = None
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {
+            "index": self.index,
+            "file": self.file,
+            "sha256": self.sha256,
+            "inputs": [self.input.to_json()],
+            "outputs": ([self.features.to_json()] if self.features else []) + [self.logits.to_json()],
+            "macs": self.macs,
+            "params": self.params,
+        }
+        if self.int8_file:
+            d["int8_file"] = self.int8_file
+        return d
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw pixels become the model's float input: ``(pixel * scale - mean) / std`` per channel."""
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str  # "RGB" or "L" (grayscale)
+
+    def to_json(self) -> dict:
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std),
+                "channel_order": self.channel_order, "raw_dtype": "uint8", "raw_layout": "HWC"}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Typed, validated view of ``manifest.json``; ``raw`` keeps every field, known or not."""
+
+    raw: dict
+    input: TensorSpec
+    preprocess: Preprocess
+    classes: tuple[str, ...]
+    sections: tuple[SectionSpec, ...]
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.sections)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def model(self) -> dict:
+        return self.raw.get("model", {})
+
+    @property
+    def exits(self) -> list[dict]:
+        return self.raw.get("exits", [])
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise BundleError(f"malformed manifest: {msg}")
+
+
+def _get(d: dict, key: str, typ: type | tuple, where: str) -> Any:
+    _require(key in d, f"{where}: missing key {key!r}")
+    v = d[key]
+    ok = isinstance(v, typ) and not (isinstance(v, bool) and typ in (int, float, (int, float)))
+    _require(ok, f"{where}.{key}: expected {getattr(typ, '__name__', typ)}, got {type(v).__name__}")
+    return v
+
+
+def check_relpath(path: str, where: str) -> str:
+    """A bundle-relative POSIX path that cannot escape the bundle folder."""
+    _require(isinstance(path, str) and path != "", f"{where}: file path must be a non-empty string")
+    norm = posixpath.normpath(path)
+    bad = (path.startswith(("/", "\\")) or "\\" in path or ":" in path or norm.startswith("..")
+           or norm == "." or "\x00" in path)
+    if bad:
+        raise BundleError(f"malformed manifest: {where}: path {path!r} escapes the bundle folder or is not a plain relative path")
+    return norm
+
+
+def _hex64(v: Any, where: str) -> str:
+    _require(isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+             f"{where}: sha256 must be 64 lowercase hex digits")
+    return v
+
+
+def validate_manifest(raw: Any) -> Manifest:
+    """Check ``raw`` (parsed JSON) against format version 1 and return the typed view.
+
+    Raises :class:`FormatVersionError` for another format version and :class:`BundleError` naming the
+    first problem otherwise.
+    """
+    if not isinstance(raw, dict):
+        raise BundleError(f"malformed manifest: top level must be an object, got {type(raw).__name__}")
+    if raw.get("format") != FORMAT:
+        raise BundleError(f"not an sdedge bundle: manifest 'format' is {raw.get('format')!r}, expected {FORMAT!r}")
+    ver = raw.get("format_version")
+    if not isinstance(ver, int) or isinstance(ver, bool):
+        raise BundleError("malformed manifest: 'format_version' must be an integer")
+    if ver != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"bundle format_version {ver} is not supported by this sdedge (reads version {FORMAT_VERSION}); "
+            + ("upgrade sdedge" if ver > FORMAT_VERSION else "re-export the bundle"))
+
+    inp = _get(raw, "input", dict, "manifest")
+    input_spec = TensorSpec.from_json(inp, "input")
+    _require(len(input_spec.shape) == 4 and input_spec.shape[0] is None and all(input_spec.shape[1:]),
+             f"input.shape must be [null, C, H, W], got {list(input_spec.shape)}")
+    pre = _get(inp, "preprocess", dict, "input")
+    channels = input_spec.shape[1]
+    mean = tuple(float(x) for x in _get(pre, "mean", list, "input.preprocess"))
+    std = tuple(float(x) for x in _get(pre, "std", list, "input.preprocess"))
+    scale = _get(pre, "scale", (int, float), "input.preprocess")
+    _require(len(mean) == channels and len(std) == channels,
+             f"input.preprocess mean/std must have {channels} values (one per channel)")
+    _require(all(s > 0 and math.isfinite(s) for s in std) and math.isfinite(scale) and scale > 0,
+             "input.preprocess std and scale must be positive and finite")
+    order = pre.get("channel_order", "RGB" if channels == 3 else "L")
+    _require(order in ("RGB", "BGR", "L"), f"input.preprocess.channel_order must be RGB, BGR or L, got {order!r}")
+    preprocess = Preprocess(float(scale), mean, std, order)
+
+    classes = _get(raw, "classes", list, "manifest")
+    _require(len(classes) >= 2 and all(isinstance(c, str) for c in classes),
+             "classes must be a list of at least two class names")
+
+    secs = _get(raw, "sections", list, "manifest")
+    _require(len(secs) >= 1, "sections must list at least one section")
+    sections = []
+    prev_out: TensorSpec = input_spec
+    for i, s in enumerate(secs, start=1):
+        where = f"sections[{i - 1}]"
+        _require(isinstance(s, dict), f"{where} must be an object")
+        file = check_relpath(_get(s, "file", str, where), f"{where}.file")
+        sha = _hex64(_get(s, "sha256", str, where), f"{where}.sha256")
+        ins = _get(s, "inputs", list, where)
+        outs = _get(s, "outputs", list, where)
+        _require(len(ins) == 1, f"{where}.inputs must hold exactly one tensor")
+        t_in = TensorSpec.from_json(ins[0], f"{where}.inputs[0]")
+        _require(t_in.name == input_name(i), f"{where}: input must be named {input_name(i)!r}, got {t_in.name!r}")
+        _require(t_in.shape[1:] == prev_out.shape[1:],
+                 f"{where}: input shape {list(t_in.shape)} does not match the previous output {list(prev_out.shape)}")
+        last = i == len(secs)
+        _require(len(outs) == (1 if last else 2),
+                 f"{where}.outputs must hold {'logits' if last else 'features and logits'}")
+        feats = None if last else TensorSpec.from_json(outs[0], f"{where}.outputs[0]")
+        logits = TensorSpec.from_json(outs[-1], f"{where}.outputs[-1]")
+        if feats is not None:
+            _require(feats.name == features_name(i), f"{where}: features output must be named {features_name(i)!r}")
+            _require(len(feats.shape) >= 2 and feats.shape[0] is None, f"{where}: features shape must start with a dynamic batch")
+            prev_out = feats
+        _require(logits.name == logits_name(i), f"{where}: logits output must be named {logits_name(i)!r}")
+        _require(list(logits.shape) == [None, len(classes)],
+                 f"{where}: logits shape must be [null, {len(classes)}], got {list(logits.shape)}")
+        macs, params = s.get("macs"), s.get("params")
+        for key, v in (("macs", macs), ("params", params)):
+            _require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), f"{where}.{key} must be a non-negative integer or null")
+        int8 = s.get("int8_file")
+        if int8 is not None:
+            int8 = check_relpath(int8, f"{where}.int8_file")
+        sections.append(SectionSpec(i, file, sha, t_in, feats, logits, macs, params, int8))
+
+    files_raw = raw.get("files", {})
+    _require(isinstance(files_raw, dict), "files must be an object mapping relative paths to {sha256}")
+    files: dict[str, str] = {}
+    for rel, info in files_raw.items():
+        norm = check_relpath(rel, f"files[{rel!r}]")
+        sha = info.get("sha256") if isinstance(info, dict) else info
+        files[norm] = _hex64(sha, f"files[{rel!r}].sha256")
+    for s in sections:
+        if s.int8_file:
+            _require(s.int8_file in files, f"sections[{s.index - 1}].int8_file {s.int8_file!r} is not listed in files")
+    exits = raw.get("exits", [])
+    _require(isinstance(exits, list), "exits must be a list")
+    return Manifest(raw, input_spec, preprocess, tuple(classes), tuple(sections), files)

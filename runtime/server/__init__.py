@@ -1,0 +1,1 @@
+"""HTTP serving of an AnytimeSession (KServe v2 / Open Inference Protocol)."""

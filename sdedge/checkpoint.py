@@ -1,0 +1,132 @@
+"""Checkpoints: plain tensors plus JSON metadata, written atomically, read with ``weights_only=True``.
+
+Layout of the ``torch.save``'d dict::
+
+    {"format": "sdedge-checkpoint", "format_version": 1,
+     "meta": "<JSON string>",            # model config, data/preprocess, classes, method + hparams, accuracies, versions
+     "state_dict": {name: Tensor},
+     "train_state": {...} | absent}      # optimizer/scheduler/epoch, only in resumable "last.pt" files
+
+Metadata is a JSON string so it stays JSON-able by construction. Anything else (a foreign state dict,
+a pickle carrying code, a truncated file, a newer format) is refused with :class:`CheckpointError`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .runtime.atomic import write_bytes_atomic
+from .runtime.errors import CheckpointError
+
+FORMAT = "sdedge-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_META = ("model", "data", "classes", "method")
+
+
+@dataclass
+class Checkpoint:
+    meta: dict
+    state_dict: dict[str, torch.Tensor]
+    train_state: dict[str, Any] | None = None
+    path: Path | None = field(default=None, compare=False)
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+
+    from . import __version__
+
+    v = {"sdedge": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+         "python": platform.python_version()}
+    try:
+        import torchvision
+
+        v["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return v
+
+
+def save_checkpoint(path: str | os.PathLike, meta: dict, state_dict: dict[str, torch.Tensor],
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """Serialise to memory, then write atomically (temp file + fsync + rename)."""
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint metadata lacks {missing}")
+    meta = dict(meta)
+    meta.setdefault("versions", library_versions())
+    obj: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": json.dumps(meta, sort_keys=True, allow_nan=False),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+    }
+    if train_state is not None:
+        obj["train_state"] = train_state
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} was refused: it carries pickled objects other than tensors and plain "
+                              f"data (possibly code); sdedge loads checkpoints with weights_only=True ({e})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated: {e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an sdedge checkpoint (no 'format': {FORMAT!r}); "
+                              "a bare state dict from another project cannot be used")
+    ver = obj.get("format_version")
+    if not isinstance(ver, int) or ver > FORMAT_VERSION or ver < 1:
+        raise CheckpointError(f"{path}: checkpoint format_version {ver!r} is not supported "
+                              f"(this sdedge reads version {FORMAT_VERSION}; upgrade sdedge)")
+    try:
+        meta = json.loads(obj["meta"])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: metadata is missing or not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: metadata lacks required field(s) {missing}")
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: 'state_dict' must map names to tensors")
+    return Checkpoint(meta, sd, obj.get("train_state"), path)
+
+
+def model_from_checkpoint(ckpt: Checkpoint | str | os.PathLike):
+    """Rebuild the model described by a checkpoint and load its weights (strictly)."""
+    from .models import ModelConfig, build_model
+
+    if not isinstance(ckpt, Checkpoint):
+        ckpt = load_checkpoint(ckpt)
+    try:
+        cfg = ModelConfig.from_json(ckpt.meta["model"])
+        model = build_model(cfg)
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint model config is invalid: {e}") from None
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit its model config: {str(e)[:500]}") from None
+    model.eval()
+    return model

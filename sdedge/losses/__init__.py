@@ -1,0 +1,1 @@
+"""Loss terms and training methods (registered, weighted components)."""

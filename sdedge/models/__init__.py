@@ -1,0 +1,41 @@
+"""Backbones with sections and exit heads; :func:`build_model` assembles one from a config dict."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .base import Backbone, DeepestExit, MultiExitNet, MultiExitOutput, SectionWithExit
+from .registry import get_backbone, get_head, list_backbones, list_heads, register_backbone, register_head
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in checkpoints as ``meta['model']``."""
+
+    backbone: str
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    head: str = "bottleneck"
+    backbone_kwargs: dict = field(default_factory=dict)
+    head_kwargs: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["image_size"] = tuple(d["image_size"])
+        return cls(**d)
+
+
+def build_model(cfg: ModelConfig) -> MultiExitNet:
+    backbone: Backbone = get_backbone(cfg.backbone)(in_channels=cfg.in_channels, **cfg.backbone_kwargs)
+    return MultiExitNet(backbone, cfg.num_classes, head=cfg.head, head_kwargs=cfg.head_kwargs)
+
+
+__all__ = ["Backbone", "DeepestExit", "ModelConfig", "MultiExitNet", "MultiExitOutput", "SectionWithExit",
+           "build_model", "get_backbone", "get_head", "list_backbones", "list_heads", "register_backbone",
+           "register_head"]

@@ -1,0 +1,1 @@
+"""The trainer: loops, schedules, resume, DDP, evaluation."""

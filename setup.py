@@ -1,0 +1,70 @@
+"""Packaging for sdedge.
+
+The design card's top-level folders are mapped onto one import namespace with ``package_dir``:
+
+========== ====================
+folder     import name
+========== ====================
+sdedge/    sdedge              (training core, CLI; needs torch for train/export)
+export/    sdedge.export       (checkpoint -> bundle; needs torch + onnx)
+runtime/   sdedge.runtime      (bundle reader, backends, AnytimeSession, server; numpy + onnxruntime)
+calibrate/ sdedge.calibrate    (temperatures, thresholds, profiles, plots; numpy + runtime)
+========== ====================
+
+``pip install .[runtime]`` gives a torch-free device install; ``pip install .[all]`` everything.
+"""
+from setuptools import setup
+
+RUNTIME = ["numpy>=1.24", "onnxruntime>=1.17"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20"]
+TRAIN = [
+    "torch>=2.2,<=2.14.1",
+    "torchvision>=0.17,<=0.29.1",
+    "onnx>=1.16",
+    "onnxscript>=0.1",
+    "tqdm>=4.60",
+    "scikit-learn>=1.3",
+]
+PLOT = ["matplotlib>=3.7"]
+IMAGES = ["pillow>=10"]
+TEST = ["pytest>=8", "hypothesis>=6", "tritonclient[http]>=2.40", "httpx>=0.27", "atheris>=2.3; python_version<'3.13'"]
+
+setup(
+    name="sdedge",
+    version="0.1.0",
+    description="Self-distilled multi-exit CNNs for anytime inference on edge devices",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    package_dir={
+        "sdedge": "sdedge",
+        "sdedge.export": "export",
+        "sdedge.runtime": "runtime",
+        "sdedge.calibrate": "calibrate",
+    },
+    packages=[
+        "sdedge",
+        "sdedge.models",
+        "sdedge.data",
+        "sdedge.losses",
+        "sdedge.train",
+        "sdedge.commands",
+        "sdedge.export",
+        "sdedge.runtime",
+        "sdedge.runtime.backends",
+        "sdedge.runtime.server",
+        "sdedge.calibrate",
+    ],
+    install_requires=["numpy>=1.24"],
+    extras_require={
+        "runtime": RUNTIME + IMAGES,
+        "serve": RUNTIME + SERVE,
+        "train": RUNTIME + TRAIN + IMAGES,
+        "plot": PLOT,
+        "tensorrt": ["cuda-python>=12"],
+        "test": TEST,
+        "all": RUNTIME + SERVE + TRAIN + PLOT + IMAGES + TEST,
+    },
+    entry_points={"console_scripts": ["sdedge=sdedge.cli:main"]},
+)
