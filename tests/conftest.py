@@ -1,0 +1,71 @@
+"""Shared fixtures: small real data, a quickly trained tiny checkpoint, and its exported bundle.
+
+Expensive fixtures are session-scoped and built once in a session-wide temporary folder. Torch-side
+fixtures import torch lazily so torch-free test modules can still use the data-free ones.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FMNIST = REPO.parent / "shared" / "data" / "fashion-mnist"
+
+
+def fmnist_path() -> Path | None:
+    for cand in (os.environ.get("SDEDGE_DATA"), str(SHARED_FMNIST), str(REPO / ".data" / "fashion-mnist"),
+                 "/usr/share/datasets/fashion-mnist"):
+        if cand and (Path(cand) / "train-images-idx3-ubyte.gz").is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir() -> Path:
+    """The real Fashion-MNIST folder; tests that need it skip where it is absent."""
+    p = fmnist_path()
+    if p is None:
+        pytest.skip("real Fashion-MNIST not found (../shared/data/fashion-mnist or SDEDGE_DATA)")
+    return p
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads():
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    from sdedge.data import load_splits
+
+    return load_splits("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny 3-exit model trained for a few epochs on the built-in digits (BYOT)."""
+    from sdedge.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = TrainConfig(dataset="digits", backbone="tiny", method="byot", epochs=4, batch_size=64, lr=0.05,
+                      output=str(out), seed=0, device="cpu", progress=False, backbone_kwargs={"width": 8})
+    result = train(cfg)
+    return Path(result.best_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported to a verified bundle (FP32 sections + full.onnx)."""
+    from sdedge.export import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    result = export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(out)))
+    return Path(result.bundle_path)
