@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import BackendError
+
 
 @dataclass
 class BackendOptions:
@@ -52,6 +54,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def take_rows(self, x: Any, rows: np.ndarray) -> Any:
         """Keep only ``rows`` (int indices) of the batch held by handle ``x``."""
+
+    def run_reference(self, x: np.ndarray) -> np.ndarray:
+        """Run the bundle's single-graph reference (``full.onnx``) on a host batch; return host logits.
+
+        Optional (benchmarks compare it with the chained sections); raises :class:`BackendError` where
+        the backend or the bundle has no reference.
+        """
+        raise BackendError(f"backend {self.name!r} cannot run the full.onnx reference")
 
     def close(self) -> None:
         """Release device memory and sessions."""

@@ -1,0 +1,212 @@
+"""ONNX Runtime backend: one ``InferenceSession`` per section, explicit options, CPU or GPU providers.
+
+Session options (the same for every section, and for ``full.onnx`` so comparisons are fair):
+
+* ``intra_op_num_threads`` = ``BackendOptions.intra_op_threads`` (default: the CPUs this process may
+  use), ``inter_op_num_threads`` = 1, sequential execution: a chain of small graphs gains nothing from
+  inter-op parallelism;
+* thread spinning off (``session.intra_op.allow_spinning`` = ``session.inter_op.allow_spinning`` = 0):
+  every session owns a thread pool, and with spinning on, the pools of the section just run keep
+  spinning while the next section's pool works, so a chain competes with itself for the cores.
+  ``extra={"allow_spinning": True}`` turns it back on (benchmarks compare both);
+* graph optimisation level ``extra["graph_optimization"]``: ``all`` (default), ``extended``,
+  ``basic`` or ``disabled``.
+
+Providers: ``BackendOptions.providers`` in order of preference, by full name or alias (``cpu``,
+``cuda``, ``tensorrt``); default CPU. Unknown or uninstalled providers are refused, naming the ones this
+onnxruntime has. With a GPU provider the features stay on the GPU between sections (I/O binding,
+features bound to CUDA memory, logits to host memory); shrinking such a batch copies it through the
+host once (ONNX Runtime has no device-side gather from Python).
+
+On CPU, the handle between sections is the numpy array ONNX Runtime returned (``session.run``). I/O
+binding with outputs written into preallocated buffers is available as ``extra={"io_binding": True}``;
+on the CPUs measured it was not faster at batch 1 (see ``benchmarks/runtime_bench.py``), so it is off
+by default.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BackendError
+from ..manifest import features_name, input_name, logits_name
+from .base import Backend, BackendOptions
+from .hostinfo import available_cpus, cpu_model, gpu_name, slug
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+               "disabled": "ORT_DISABLE_ALL"}
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendError(f"the onnxruntime backend needs the onnxruntime package ({e}); install it with "
+                           "`pip install 'sdedge[runtime]'` (or onnxruntime-gpu for CUDA)") from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    try:
+        return list(import_onnxruntime().get_available_providers())
+    except BackendError:
+        return []
+
+
+def resolve_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """Full provider names in order, CPU appended as the fallback; refuses ones not installed."""
+    if not requested:
+        return ["CPUExecutionProvider"]
+    out = []
+    for p in requested:
+        full = PROVIDER_ALIASES.get(str(p).lower(), str(p))
+        if full not in available:
+            raise BackendError(f"execution provider {p!r} is not available in this onnxruntime; it has: "
+                               f"{', '.join(available)} (CUDA/TensorRT need the onnxruntime-gpu package)")
+        if full not in out:
+            out.append(full)
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Any, options: BackendOptions | None = None) -> None:
+        ort = import_onnxruntime()
+        self._ort = ort
+        self.options = opts = options or BackendOptions()
+        self.bundle = bundle
+        if opts.precision not in ("fp32", "int8"):
+            raise BackendError(f"the onnxruntime backend runs precision fp32 or int8, not {opts.precision!r} "
+                               "(fp16 is a TensorRT engine precision)")
+        threads = opts.intra_op_threads if opts.intra_op_threads is not None else available_cpus()
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise BackendError(f"intra_op_threads must be a positive integer, got {threads!r}")
+        self.threads = threads
+        extra = dict(opts.extra)
+        self.allow_spinning = bool(extra.pop("allow_spinning", False))
+        self.io_binding = bool(extra.pop("io_binding", False))
+        level = extra.pop("graph_optimization", "all")
+        if level not in _OPT_LEVELS:
+            raise BackendError(f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}, got {level!r}")
+        if extra:
+            raise BackendError(f"unknown onnxruntime backend option(s): {', '.join(sorted(extra))}")
+        self.providers = resolve_providers(opts.providers, ort.get_available_providers())
+        self.on_gpu = self.providers[0] in GPU_PROVIDERS
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
+        spin = "1" if self.allow_spinning else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        so.log_severity_level = 3
+        self._so = so
+        self._sessions = [self._load(bundle.section_path(k, opts.precision))
+                          for k in range(1, bundle.manifest.num_exits + 1)]
+        self._reference = None
+        self._io_out: dict[tuple[int, int], tuple[Any, dict[str, np.ndarray]]] = {}
+
+    def _load(self, path: Any) -> Any:
+        try:
+            return self._ort.InferenceSession(str(path), self._so, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BackendError(f"onnxruntime could not load {path}: {e}") from None
+
+    @property
+    def num_sections(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def device_name(self) -> str:
+        if self.on_gpu:
+            kind = "tensorrt" if self.providers[0] == "TensorrtExecutionProvider" else "cuda"
+            name = f"onnxruntime-{kind}-{slug(gpu_name(0))}"
+        else:
+            name = f"onnxruntime-cpu-{slug(cpu_model())}-t{self.threads}"
+        return name + ("-int8" if self.options.precision == "int8" else "")
+
+    # -- running -----------------------------------------------------------------------------------
+    def upload(self, x: np.ndarray) -> Any:
+        if self.on_gpu:
+            return self._ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        return x
+
+    def run_section(self, index: int, x: Any) -> tuple[Any | None, np.ndarray]:
+        sess = self._sessions[index - 1]
+        last = index == len(self._sessions)
+        if self.on_gpu:
+            return self._run_gpu(sess, index, x, last)
+        if self.io_binding:
+            return self._run_bound(sess, index, x, last)
+        try:
+            if last:
+                return None, sess.run([logits_name(index)], {input_name(index): x})[0]
+            feats, logits = sess.run([features_name(index), logits_name(index)], {input_name(index): x})
+        except Exception as e:
+            raise BackendError(f"onnxruntime failed running section {index}: {e}") from None
+        return feats, logits
+
+    def _run_bound(self, sess: Any, index: int, x: np.ndarray, last: bool) -> tuple[Any | None, np.ndarray]:
+        """CPU I/O binding into buffers reused across calls of the same batch size."""
+        b = x.shape[0]
+        cached = self._io_out.get((index, b))
+        if cached is None:
+            bufs = {}
+            io = sess.io_binding()
+            for o in sess.get_outputs():
+                buf = np.empty([b] + [int(d) for d in o.shape[1:]], np.float32)
+                io.bind_output(o.name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+                bufs[o.name] = buf
+            cached = self._io_out[(index, b)] = (io, bufs)
+        io, bufs = cached
+        io.bind_cpu_input(input_name(index), x)
+        try:
+            sess.run_with_iobinding(io)
+        except Exception as e:
+            raise BackendError(f"onnxruntime failed running section {index}: {e}") from None
+        logits = bufs[logits_name(index)].copy()  # the buffer is reused by the next call
+        return (None if last else bufs[features_name(index)]), logits
+
+    def _run_gpu(self, sess: Any, index: int, x: Any, last: bool) -> tuple[Any | None, np.ndarray]:
+        io = sess.io_binding()
+        io.bind_ortvalue_input(input_name(index), x)
+        if not last:
+            io.bind_output(features_name(index), "cuda", 0)
+        io.bind_output(logits_name(index), "cpu")
+        try:
+            sess.run_with_iobinding(io)
+        except Exception as e:
+            raise BackendError(f"onnxruntime failed running section {index}: {e}") from None
+        outs = io.get_outputs()
+        return (None if last else outs[0]), outs[-1].numpy()
+
+    def take_rows(self, x: Any, rows: np.ndarray) -> Any:
+        if self.on_gpu:  # through the host: ONNX Runtime offers no device-side gather from Python
+            return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x.numpy()[rows]), "cuda", 0)
+        return np.ascontiguousarray(x[rows])
+
+    def run_reference(self, x: np.ndarray) -> np.ndarray:
+        if self._reference is None:
+            if not self.bundle.has_full:
+                raise BackendError(f"bundle {self.bundle.path} has no full.onnx reference graph")
+            self._reference = self._load(self.bundle.file("full.onnx"))
+        sess = self._reference
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    def close(self) -> None:
+        self._sessions = []
+        self._reference = None
+        self._io_out.clear()
