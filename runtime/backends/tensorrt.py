@@ -1,0 +1,335 @@
+"""TensorRT backend (TensorRT 10 Python API): one engine and one execution context per section.
+
+Engines are built on the target by ``sdedge build-engines`` and cached in the bundle under
+``engines/<key>/`` (:mod:`sdedge.runtime.engine_cache` names the folder after TensorRT version, GPU
+and precision); this backend only deserializes them, so it starts in seconds.
+
+Memory: every buffer is allocated once, for ``max_batch`` rows (the smaller of the option and the
+engines' optimisation-profile maximum): the input, each section's features and logits, and a scratch
+buffer per section for shrinking a batch. A features handle is a device pointer plus a shape
+(:class:`DeviceBatch`); it goes straight into the next section's context with ``set_tensor_address``.
+``take_rows`` copies the kept rows device-to-device (one copy per run of consecutive rows); only the
+logits come back to the host. Everything runs on one CUDA stream with ``execute_async_v3``.
+
+CUDA from Python: ``cuda-python`` (``cuda.bindings.runtime``, or ``cuda.cudart`` in older releases)
+first, ``pycuda`` as the fallback. Nothing is imported until the backend is created; a missing
+package is a :class:`BackendError` naming what to install.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError
+from ..manifest import features_name, input_name, logits_name
+from .base import Backend, BackendOptions
+from .hostinfo import gpu_name, slug
+
+INSTALL_HINT = ("install NVIDIA TensorRT 10 for Python (`pip install tensorrt`, or JetPack's python3-libnvinfer on "
+                "Jetson) and cuda-python (`pip install 'sdedge[tensorrt]'`)")
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise BackendError(f"the tensorrt backend needs the tensorrt package, which is missing ({e}); {INSTALL_HINT}") from None
+    try:
+        major = int(str(trt.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        major = 0
+    if major < 10:
+        raise BackendError(f"the tensorrt backend needs TensorRT >= 10, found {getattr(trt, '__version__', '?')}; "
+                           f"{INSTALL_HINT}")
+    return trt
+
+
+# -- CUDA memory and streams, through cuda-python or pycuda -------------------------------------------
+class CudaPython:
+    """Device memory, copies and a stream through cuda-python's runtime API bindings."""
+
+    def __init__(self, cudart: Any) -> None:
+        self.rt = cudart
+        kind = cudart.cudaMemcpyKind
+        self._h2d, self._d2h, self._d2d = (kind.cudaMemcpyHostToDevice, kind.cudaMemcpyDeviceToHost,
+                                           kind.cudaMemcpyDeviceToDevice)
+
+    def _check(self, res: Any, what: str) -> Any:
+        err = res[0] if isinstance(res, tuple) else res
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise BackendError(f"CUDA call {what} failed: {err}")
+        return res[1] if isinstance(res, tuple) and len(res) > 1 else None
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(max(1, nbytes)), "cudaMalloc"))
+
+    def free(self, ptr: int) -> None:
+        self._check(self.rt.cudaFree(ptr), "cudaFree")
+
+    def create_stream(self) -> Any:
+        return self._check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+
+    def destroy_stream(self, stream: Any) -> None:
+        self._check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def h2d(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        self._check(self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, self._h2d, stream), "cudaMemcpyAsync(H2D)")
+
+    def d2h(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        self._check(self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, self._d2h, stream), "cudaMemcpyAsync(D2H)")
+
+    def d2d(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        self._check(self.rt.cudaMemcpyAsync(dst, src, nbytes, self._d2d, stream), "cudaMemcpyAsync(D2D)")
+
+    def sync(self, stream: Any) -> None:
+        self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+
+class PyCuda:
+    """The same operations through pycuda, on the device's primary context (the one TensorRT uses)."""
+
+    def __init__(self, drv: Any) -> None:
+        self.drv = drv
+        drv.init()
+        self.ctx = drv.Device(0).retain_primary_context()
+        self.ctx.push()
+        self._allocs: dict[int, Any] = {}
+
+    def malloc(self, nbytes: int) -> int:
+        a = self.drv.mem_alloc(max(1, nbytes))
+        self._allocs[int(a)] = a
+        return int(a)
+
+    def free(self, ptr: int) -> None:
+        a = self._allocs.pop(ptr, None)
+        if a is not None:
+            a.free()
+
+    def create_stream(self) -> Any:
+        return self.drv.Stream()
+
+    def destroy_stream(self, stream: Any) -> None:
+        pass
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle)
+
+    def h2d(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        self.drv.memcpy_htod_async(dst, src, stream)
+
+    def d2h(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        self.drv.memcpy_dtoh_async(dst, src, stream)
+
+    def d2d(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        self.drv.memcpy_dtod_async(dst, src, nbytes, stream)
+
+    def sync(self, stream: Any) -> None:
+        stream.synchronize()
+
+
+def import_cuda() -> CudaPython | PyCuda:
+    """cuda-python (``cuda.bindings.runtime``, then ``cuda.cudart``), else pycuda."""
+    errors = []
+    for mod in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return CudaPython(importlib.import_module(mod))
+        except ImportError as e:
+            errors.append(f"{mod}: {e}")
+    try:
+        import pycuda.driver as drv
+    except ImportError as e:
+        errors.append(f"pycuda: {e}")
+        raise BackendError("the tensorrt backend needs CUDA from Python: install cuda-python "
+                           f"(`pip install 'sdedge[tensorrt]'`) or pycuda ({'; '.join(errors)})") from None
+    return PyCuda(drv)
+
+
+def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, length)`` of each run of consecutive indices in ``rows`` (in order)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [rows.size]))
+    return [(int(rows[s]), int(e - s)) for s, e in zip(starts, ends)]
+
+
+def gather_rows(cuda: Any, dst: int, src: int, row_bytes: int, rows: np.ndarray, stream: Any) -> None:
+    """Copy rows ``rows`` of the device array at ``src`` to consecutive rows at ``dst`` (device to device)."""
+    j = 0
+    for start, length in row_runs(rows):
+        cuda.d2d(dst + j * row_bytes, src + start * row_bytes, length * row_bytes, stream)
+        j += length
+
+
+# -- engines ----------------------------------------------------------------------------------------------
+def engine_files(bundle: Any, precision: str) -> list[Path]:
+    """The cached engine of every section for ``precision`` on this GPU and TensorRT version."""
+    try:
+        from ..engine_cache import engine_cache_dir
+    except ImportError as e:
+        raise BackendError(f"this sdedge has no TensorRT engine cache support ({e})") from None
+    folder = Path(engine_cache_dir(bundle.path, precision))
+    files = []
+    for k in range(1, bundle.manifest.num_exits + 1):
+        cands = [folder / f"s{k}.engine", folder / f"s{k}.plan"]
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None:
+            raise BackendError(f"no TensorRT engine for section {k} ({precision}) in {folder}; build them on this "
+                               f"device with `sdedge build-engines {bundle.path} --precision {precision}`")
+        files.append(found)
+    return files
+
+
+def engines_ready(bundle: Any, precision: str) -> bool:
+    """True when TensorRT and CUDA Python packages exist and this bundle's engines are built (cheap)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    if all(importlib.util.find_spec(m) is None for m in ("cuda", "pycuda")):
+        return False
+    try:
+        engine_files(bundle, precision)
+    except (BackendError, ImportError, OSError):
+        return False
+    except Exception:  # the cache helper may need TensorRT itself; a broken install is "not ready"
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class DeviceBatch:
+    """A batch on the GPU: device pointer, shape (float32, C-contiguous) and the section that owns it."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    section: int  # 0 = the input buffer
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * 4
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, bundle: Any, options: BackendOptions | None = None) -> None:
+        self.options = opts = options or BackendOptions()
+        if opts.precision not in ("fp32", "fp16", "int8"):
+            raise BackendError(f"the tensorrt backend runs precision fp32, fp16 or int8, not {opts.precision!r}")
+        trt = import_tensorrt()
+        self._cuda = cuda = import_cuda()
+        self.bundle = bundle
+        self.precision = opts.precision
+        self._buffers: list[int] = []
+        self._stream = None
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        man = bundle.manifest
+        self._engines, self._contexts = [], []
+        for k, path in enumerate(engine_files(bundle, opts.precision), start=1):
+            engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise BackendError(f"TensorRT {trt.__version__} could not deserialize {path} (built by another "
+                                   f"TensorRT version or for another GPU?); rebuild with `sdedge build-engines`")
+            for name in [input_name(k)] + ([features_name(k)] if k < man.num_exits else []) + [logits_name(k)]:
+                if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+                    raise BackendError(f"engine {path}: tensor {name} is {engine.get_tensor_dtype(name)}, expected "
+                                       "float32 I/O (build engines with `sdedge build-engines`)")
+            self._engines.append(engine)
+            self._contexts.append(engine.create_execution_context())
+        profile_max = min(int(e.get_tensor_profile_shape(input_name(k), 0)[2][0])
+                          for k, e in enumerate(self._engines, start=1))
+        self.max_batch = min(opts.max_batch, profile_max)
+        try:
+            self._stream = cuda.create_stream()
+            self._stream_handle = cuda.stream_handle(self._stream)
+            b = self.max_batch
+            self._feat_shape = [tuple(int(d) for d in man.input.shape[1:])]
+            for s in man.sections[:-1]:
+                self._feat_shape.append(tuple(int(d) for d in s.features.shape[1:]))  # type: ignore[union-attr]
+            vol = [int(np.prod(shp)) * 4 * b for shp in self._feat_shape]  # bytes: input, features_1..K-1
+            self._out = [self._alloc(n) for n in vol]  # [0] = input, [k] = features_k
+            self._scratch = [self._alloc(n) for n in vol]
+            c = man.num_classes
+            self._logits_dev = [self._alloc(b * c * 4) for _ in range(man.num_exits)]
+            self._logits_host = [np.empty((b, c), np.float32) for _ in range(man.num_exits)]
+        except Exception:
+            self.close()
+            raise
+
+    def _alloc(self, nbytes: int) -> int:
+        ptr = self._cuda.malloc(nbytes)
+        self._buffers.append(ptr)
+        return ptr
+
+    @property
+    def num_sections(self) -> int:
+        return len(self._contexts)
+
+    @property
+    def device_name(self) -> str:
+        return f"tensorrt-{slug(gpu_name(0))}-{self.precision}"
+
+    def upload(self, x: np.ndarray) -> DeviceBatch:
+        if x.dtype != np.float32 or x.ndim != 4:
+            raise BackendError(f"upload expects a float32 NCHW batch, got {x.dtype} {list(x.shape)}")
+        if x.shape[0] > self.max_batch:
+            raise BackendError(f"batch of {x.shape[0]} exceeds the engines' max batch {self.max_batch}")
+        x = np.ascontiguousarray(x)
+        self._cuda.h2d(self._out[0], x, self._stream)
+        return DeviceBatch(self._out[0], tuple(x.shape), 0)
+
+    def run_section(self, index: int, x: DeviceBatch) -> tuple[DeviceBatch | None, np.ndarray]:
+        ctx = self._contexts[index - 1]
+        last = index == len(self._contexts)
+        b = x.shape[0]
+        ctx.set_input_shape(input_name(index), x.shape)
+        ctx.set_tensor_address(input_name(index), x.ptr)
+        if not last:
+            ctx.set_tensor_address(features_name(index), self._out[index])
+        ctx.set_tensor_address(logits_name(index), self._logits_dev[index - 1])
+        if not ctx.execute_async_v3(self._stream_handle):
+            raise BackendError(f"TensorRT failed running section {index}")
+        host = self._logits_host[index - 1][:b]
+        self._cuda.d2h(host, self._logits_dev[index - 1], self._stream)
+        self._cuda.sync(self._stream)
+        feats = None if last else DeviceBatch(self._out[index], (b,) + self._feat_shape[index], index)
+        return feats, host.copy()
+
+    def take_rows(self, x: DeviceBatch, rows: np.ndarray) -> DeviceBatch:
+        k = x.section
+        # ping-pong between a section's output and its scratch buffer, so source and target never overlap
+        dst = self._scratch[k] if x.ptr != self._scratch[k] else self._out[k]
+        gather_rows(self._cuda, dst, x.ptr, x.row_bytes, np.asarray(rows), self._stream)
+        return DeviceBatch(dst, (len(rows),) + x.shape[1:], k)
+
+    def close(self) -> None:
+        cuda = getattr(self, "_cuda", None)
+        if cuda is None:
+            return
+        if self._stream is not None:
+            try:
+                cuda.sync(self._stream)
+            except BackendError:
+                pass
+        self._contexts, self._engines = [], []
+        for ptr in self._buffers:
+            try:
+                cuda.free(ptr)
+            except BackendError:
+                pass
+        self._buffers = []
+        if self._stream is not None:
+            try:
+                cuda.destroy_stream(self._stream)
+            except BackendError:
+                pass
+            self._stream = None

@@ -1,0 +1,207 @@
+"""Exit policies, latency estimates, profile and calibration readers on synthetic numbers (no model)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sdedge.runtime.calibration import Calibration
+from sdedge.runtime.errors import BundleError, PolicyError
+from sdedge.runtime.policies import (ConfidencePolicy, DeadlinePolicy, LatencyEstimator, batch_bucket,
+                                     check_threshold, confidence, replay, softmax)
+from sdedge.runtime.profile import LatencyProfile, make_profile
+
+C = 10
+
+
+def test_softmax_is_stable_and_tempered() -> None:
+    z = np.array([[1000.0, 999.0, -1000.0]], np.float32)
+    p = softmax(z)
+    assert np.isfinite(p).all() and p.sum() == pytest.approx(1.0, abs=1e-6)
+    assert p[0, 0] == pytest.approx(1 / (1 + math.e ** -1), rel=1e-5)
+    hot = softmax(z, temperature=0.5)
+    flat = softmax(z, temperature=4.0)
+    assert hot[0, 0] > p[0, 0] > flat[0, 0]
+    assert flat.dtype == np.float32
+
+
+@pytest.mark.parametrize("criterion", ["max_prob", "entropy", "margin"])
+def test_confidence_range_and_extremes(criterion: str) -> None:
+    uniform = np.full((1, C), 1 / C, np.float32)
+    onehot = np.eye(C, dtype=np.float32)[:1]
+    rng = np.random.default_rng(0)
+    rand = softmax(rng.normal(0, 3, (500, C)).astype(np.float32))
+    lo = {"max_prob": 1 / C, "entropy": 0.0, "margin": 0.0}[criterion]
+    assert confidence(uniform, criterion)[0] == pytest.approx(lo, abs=1e-6)
+    assert confidence(onehot, criterion)[0] == pytest.approx(1.0, abs=1e-6)
+    c = confidence(rand, criterion)
+    assert c.shape == (500,) and (c >= 0).all() and (c <= 1).all()
+
+
+def test_confidence_orders_sharper_distributions_higher() -> None:
+    z = np.array([3.0, 1.0, 0.5, 0.0], np.float32)[None]
+    for criterion in ("max_prob", "entropy", "margin"):
+        sharp, soft = confidence(softmax(z, 0.5), criterion)[0], confidence(softmax(z, 2.0), criterion)[0]
+        assert sharp > soft, criterion
+
+
+def test_entropy_confidence_matches_definition() -> None:
+    p = np.array([[0.5, 0.25, 0.25, 0.0]], np.float32)
+    h = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    assert confidence(p, "entropy")[0] == pytest.approx(1 - h / math.log(4), abs=1e-6)
+    assert confidence(p, "margin")[0] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), float("inf"), True, "0.5", None])
+def test_threshold_outside_range_is_refused(bad) -> None:
+    with pytest.raises(PolicyError, match=r"\[0, 1\]"):
+        check_threshold(bad)
+
+
+def test_policy_build_forms() -> None:
+    assert ConfidencePolicy.build(3).thresholds == (None, None, None)
+    assert ConfidencePolicy.build(3, 0.8).thresholds == (0.8, 0.8, None)
+    assert ConfidencePolicy.build(3, [0.9, None]).thresholds == (0.9, None, None)
+    assert ConfidencePolicy.build(3, [0.9, 0.7, 0.1]).thresholds == (0.9, 0.7, None)  # the last always answers
+    with pytest.raises(PolicyError, match="2 or 3 values"):
+        ConfidencePolicy.build(3, [0.5])
+    with pytest.raises(PolicyError, match=r"exit 2"):
+        ConfidencePolicy.build(3, [0.5, 1.5])
+    with pytest.raises(PolicyError, match="criterion"):
+        ConfidencePolicy.build(3, 0.5, criterion="energy")
+    with pytest.raises(PolicyError, match="sdedge calibrate"):
+        ConfidencePolicy.build(3, "calibrated")
+    with pytest.raises(PolicyError, match="'calibrated'"):
+        ConfidencePolicy.build(3, "high")
+
+
+def cal(**kw) -> Calibration:
+    d = {"criterion": "margin", "temperatures": [2.0, 1.5, 1.0], "thresholds": [0.6, 0.4, None],
+         "enabled": [True, False, True], "method": "test"}
+    d.update(kw)
+    return Calibration.from_json(d, 3)
+
+
+def test_calibrated_policy_uses_thresholds_flags_criterion_and_temperatures() -> None:
+    c = cal()
+    pol = ConfidencePolicy.build(3, "calibrated", calibration=c)
+    assert pol.criterion == "margin" and pol.thresholds == (0.6, None, None)  # exit 2 disabled
+    assert pol.temperatures == (2.0, 1.5, 1.0)
+    # the user's own threshold keeps the calibrated temperatures but ignores flags
+    own = ConfidencePolicy.build(3, 0.5, calibration=c)
+    assert own.thresholds == (0.5, 0.5, None) and own.temperatures == (2.0, 1.5, 1.0)
+    with pytest.raises(PolicyError, match="for criterion 'margin'"):
+        ConfidencePolicy.build(3, "calibrated", criterion="entropy", calibration=c)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperatures", [1.0, 1.0], "3 values"),
+    ("temperatures", [1.0, -1.0, 1.0], "exit 2"),
+    ("thresholds", [0.5, 1.2, None], "exit 2"),
+    ("enabled", [True, 1, True], "exit 2"),
+    ("criterion", "energy", "criterion"),
+])
+def test_malformed_calibration_is_refused(field: str, value, message: str) -> None:
+    with pytest.raises(BundleError, match=message):
+        cal(**{field: value})
+
+
+def test_replay_threshold_zero_one_and_none() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, (3, 50, C)).astype(np.float32)
+    assert (replay(logits, ConfidencePolicy.build(3, 0.0)).exit_index == 1).all()
+    assert (replay(logits, ConfidencePolicy.build(3, None)).exit_index == 3).all()
+    assert (replay(logits, ConfidencePolicy.build(3, 1.0)).exit_index == 3).all()  # never sure enough
+
+
+def test_replay_picks_first_confident_exit_and_its_answer() -> None:
+    # sample 0 is sure at exit 1; sample 1 only at exit 2; sample 2 never (answers at exit 3)
+    z = np.zeros((3, 3, 4), np.float32)
+    z[0, 0, 2] = 10
+    z[1, 1, 1] = 10
+    z[2, 2, 3] = 1
+    r = replay(z, ConfidencePolicy.build(3, 0.9))
+    assert r.exit_index.tolist() == [1, 2, 3]
+    assert r.label.tolist() == [2, 1, 3]
+    np.testing.assert_allclose(r.probabilities[2], softmax(z[2, 2:3])[0], rtol=1e-6)
+
+
+def test_replay_ensemble_averages_the_exits_run() -> None:
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 1, (3, 20, C)).astype(np.float32)
+    pol = ConfidencePolicy.build(3, None)
+    r = replay(z, pol, answer="ensemble")
+    mean = (softmax(z[0]) + softmax(z[1]) + softmax(z[2])) / 3
+    np.testing.assert_allclose(r.probabilities, mean, rtol=1e-5)
+    np.testing.assert_array_equal(r.label, mean.argmax(1))
+    with pytest.raises(PolicyError, match="answer"):
+        replay(z, pol, answer="vote")
+
+
+def test_estimator_high_quantile_and_window() -> None:
+    est = LatencyEstimator(2, window=100, quantile=0.95)
+    assert est.estimate(1, 1) is None
+    for v in range(1, 101):
+        est.record(1, 1, float(v))
+    assert est.estimate(1, 1) == pytest.approx(96.0)  # "higher" p95 of 1..100: an observed value
+    for _ in range(100):  # the window forgets the old, slow runs
+        est.record(1, 1, 2.0)
+    assert est.estimate(1, 1) == pytest.approx(2.0)
+    est.record(1, 1, 50.0)  # one slow run above the quantile raises it at once... up to the quantile
+    assert est.estimate(1, 1) == pytest.approx(2.0)
+    for _ in range(5):
+        est.record(1, 1, 50.0)
+    assert est.estimate(1, 1) == pytest.approx(50.0)
+
+
+def test_estimator_batch_buckets_borrow_and_scale() -> None:
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 9, 64)] == [1, 2, 4, 4, 8, 16, 64]
+    est = LatencyEstimator(1, window=16, quantile=0.99)
+    for _ in range(5):
+        est.record(1, 4, 8.0)
+    assert est.estimate(1, 3) == pytest.approx(8.0)  # same bucket
+    assert est.estimate(1, 1) == pytest.approx(8.0)  # borrows the next larger measured bucket
+    assert est.estimate(1, 16) == pytest.approx(32.0)  # scales the largest smaller one: pessimistic
+
+
+def _profile_dict(k: int = 3, ms=(1.0, 2.0, 3.0), device: str = "dev-x") -> dict:
+    return make_profile(device, "onnxruntime", "fp32", 2,
+                        {1: [[m] * 10 for m in ms], 8: [[4 * m] * 10 for m in ms]}, 0.01, 10)
+
+
+def test_profile_roundtrip_and_lookup() -> None:
+    prof = LatencyProfile.from_json(_profile_dict(), 3)
+    assert prof.batch_sizes == [1, 8] and prof.threads == 2
+    assert prof.section_ms(2, 1) == pytest.approx(2.0)
+    assert prof.section_ms(2, 5) == pytest.approx(8.0)  # next larger profiled batch
+    assert prof.section_ms(2, 16) == pytest.approx(16.0)  # beyond the largest: linear
+    assert prof.decision_overhead_ms == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.pop("batch_sizes"), "batch_sizes"),
+    (lambda d: d["batch_sizes"]["1"]["sections"].pop(), "3 sections"),
+    (lambda d: d["batch_sizes"]["1"]["sections"][0].__setitem__("p99_ms", -1), "non-negative"),
+    (lambda d: d["batch_sizes"].__setitem__("x", {}), "not an integer"),
+    (lambda d: d.__setitem__("format_version", 9), "format_version"),
+])
+def test_malformed_profile_is_refused(mutate, message: str) -> None:
+    d = _profile_dict()
+    mutate(d)
+    with pytest.raises(BundleError, match=message):
+        LatencyProfile.from_json(d, 3)
+
+
+def test_deadline_policy_uses_larger_of_profile_and_online() -> None:
+    est = LatencyEstimator(3, window=16)
+    prof = LatencyProfile.from_json(_profile_dict(), 3)
+    pol = DeadlinePolicy(est, prof)
+    assert pol.section_cost_ms(2, 1) == pytest.approx(2.0)  # profile alone
+    for _ in range(5):
+        est.record(2, 1, 5.0)  # the device is slower now than when profiled
+    assert pol.section_cost_ms(2, 1) == pytest.approx(5.0)
+    assert DeadlinePolicy(est, None).section_cost_ms(3, 1) == 0.0  # nothing known yet
+    now = 100.0
+    assert not pol.should_stop(2, 1, now, now + 0.006)  # 5 ms + 0.01 ms overhead fits in 6 ms
+    assert pol.should_stop(2, 1, now, now + 0.004)

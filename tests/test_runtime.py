@@ -1,0 +1,435 @@
+"""AnytimeSession on a real exported bundle (ONNX Runtime, CPU): policies, batches, inputs, backends, CLI.
+
+The bundle is the session-wide ``tiny_bundle`` (a 3-exit model trained briefly on digits, 1x8x8 input);
+tests that add a calibration or a profile work on a private copy. One shared session (1 thread, no
+warm-up) serves the read-only tests.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdedge.runtime import AnytimeSession, open_bundle
+from sdedge.runtime.backends import create_backend
+from sdedge.runtime.backends.base import BackendOptions
+from sdedge.runtime.bundle import dump_json, update_bundle
+from sdedge.runtime.errors import BackendError, BundleError, InputError, PolicyError
+from sdedge.runtime.policies import ConfidencePolicy, replay, softmax
+from sdedge.runtime.preprocess import Preprocessor
+from sdedge.runtime.profile import make_profile, profile_relpath
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def session(tiny_bundle: Path) -> AnytimeSession:
+    s = AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=1, warmup=2, max_batch=32)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def images(session: AnytimeSession, n: int, seed: int = 0) -> np.ndarray:
+    """Real-looking inputs: raw uint8 pixels with structure (smoothed noise), HWC/NHWC as the model wants."""
+    c, h, w = session.input_shape
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, h, w, c))
+    x = (x + np.roll(x, 1, 1) + np.roll(x, 1, 2)) / 3
+    return (x * 255).astype(np.uint8)
+
+
+def floats(session: AnytimeSession, n: int, seed: int = 0) -> np.ndarray:
+    return manual_preprocess(session, images(session, n, seed))
+
+
+def manual_preprocess(session: AnytimeSession, raw: np.ndarray) -> np.ndarray:
+    """``(pixel * scale - mean) / std`` per channel, NHWC -> NCHW, written out by hand."""
+    pre = session.manifest.preprocess
+    x = raw.astype(np.float64) * pre.scale
+    x = (x - np.asarray(pre.mean)) / np.asarray(pre.std)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+# -- the session -------------------------------------------------------------------------------------------
+def test_session_describes_itself(session: AnytimeSession, tiny_bundle: Path) -> None:
+    man = open_bundle(tiny_bundle).manifest
+    assert session.num_exits == man.num_exits >= 2
+    assert session.classes == man.classes
+    assert session.input_shape == tuple(man.input.shape[1:])
+    assert session.backend_name == "onnxruntime"
+    assert session.device_name.startswith("onnxruntime-cpu-") and session.device_name.endswith("-t1")
+    assert all(ch.isalnum() or ch in "-." for ch in session.device_name)
+
+
+def test_no_policy_runs_to_the_deepest_exit(session: AnytimeSession) -> None:
+    r = session.infer(floats(session, 1)[0])
+    assert r.exit_index == r.exits_run == session.num_exits and r.stopped_by == "last"
+    assert r.deadline_met is None and r.latency_ms > 0
+    assert r.probabilities.shape == (len(session.classes),) and r.probabilities.sum() == pytest.approx(1, abs=1e-5)
+    assert r.class_name == session.classes[r.label] and r.label == int(r.probabilities.argmax())
+    assert len(r.exit_confidences) == session.num_exits
+    assert r.exit_confidences[-1] == pytest.approx(r.confidence)
+
+
+@pytest.mark.parametrize("criterion", ["max_prob", "entropy", "margin"])
+def test_threshold_zero_stops_at_exit_one(session: AnytimeSession, criterion: str) -> None:
+    for r in session.infer(floats(session, 5), threshold=0.0, criterion=criterion):
+        assert r.exit_index == 1 and r.stopped_by == "confidence"
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.9", [0.5, 2.0]])
+def test_threshold_outside_the_range_is_refused(session: AnytimeSession, bad) -> None:
+    with pytest.raises(PolicyError):
+        session.infer(floats(session, 1)[0], threshold=bad)
+
+
+def test_budget_too_small_for_section_two_stops_at_exit_one(session: AnytimeSession) -> None:
+    r = session.infer(floats(session, 1)[0], budget_ms=1e-6)
+    assert r.exit_index == 1 and r.stopped_by == "deadline"
+    assert r.deadline_met is False  # exit 1 is the floor: it answers, and says the budget did not hold
+
+
+def test_generous_budget_reaches_the_deepest_exit(session: AnytimeSession) -> None:
+    r = session.infer(floats(session, 1)[0], budget_ms=10_000)
+    assert r.exit_index == session.num_exits and r.deadline_met is True
+    import time
+
+    r = session.infer(floats(session, 1)[0], deadline=time.perf_counter() + 10)
+    assert r.exit_index == session.num_exits and r.deadline_met is True
+
+
+@pytest.mark.parametrize("kw", [{"budget_ms": 0}, {"budget_ms": -1}, {"budget_ms": float("inf")},
+                                {"budget_ms": float("nan")}, {"budget_ms": "5"}, {"budget_ms": True},
+                                {"deadline": float("nan")}])
+def test_bad_budgets_are_refused(session: AnytimeSession, kw) -> None:
+    with pytest.raises(PolicyError, match="budget_ms|deadline"):
+        session.infer(floats(session, 1)[0], **kw)
+
+
+def mixed_threshold(session: AnytimeSession, x: np.ndarray) -> float:
+    """A max_prob threshold that sends some samples out early and keeps others going."""
+    conf = softmax(session.infer_all_exits(x)[0]).max(1)
+    return float(np.quantile(conf, 0.5))
+
+
+@pytest.mark.parametrize("answer", ["last", "ensemble"])
+def test_batch_early_exit_equals_running_each_sample_alone(tiny_bundle: Path, answer: str) -> None:
+    s = AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=1, warmup=0, answer=answer)
+    x = floats(s, 24, seed=3)
+    t = mixed_threshold(s, x)
+    batch = s.infer(x, threshold=t)
+    exits = {r.exit_index for r in batch}
+    assert len(exits) >= 2, f"threshold {t} did not split the batch: exits {exits}"
+    for i, r in enumerate(batch):
+        alone = s.infer(x[i], threshold=t)
+        assert (alone.exit_index, alone.label, alone.stopped_by) == (r.exit_index, r.label, r.stopped_by)
+        np.testing.assert_allclose(alone.probabilities, r.probabilities, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(alone.exit_confidences, r.exit_confidences, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("answer", ["last", "ensemble"])
+def test_live_decisions_equal_infer_all_exits_and_replay(tiny_bundle: Path, answer: str) -> None:
+    s = AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=1, warmup=0, answer=answer)
+    x = floats(s, 24, seed=4)
+    t = mixed_threshold(s, x)
+    live = s.infer(x, threshold=t)
+    logits = s.infer_all_exits(x)
+    assert logits.shape == (s.num_exits, 24, len(s.classes))
+    rep = replay(logits, ConfidencePolicy.build(s.num_exits, t), answer=answer)
+    assert [r.exit_index for r in live] == rep.exit_index.tolist()
+    assert [r.label for r in live] == rep.label.tolist()
+    for i, r in enumerate(live):
+        k = r.exit_index
+        if answer == "last":  # the answer is exactly the chosen exit's softmax
+            np.testing.assert_allclose(r.probabilities, softmax(logits[k - 1, i:i + 1])[0], rtol=1e-4, atol=1e-6)
+        else:
+            mean = np.mean([softmax(logits[j, i:i + 1])[0] for j in range(k)], axis=0)
+            np.testing.assert_allclose(r.probabilities, mean, rtol=1e-4, atol=1e-6)
+
+
+def test_full_reference_equals_the_chained_sections(session: AnytimeSession, tiny_bundle: Path) -> None:
+    if not open_bundle(tiny_bundle).has_full:
+        pytest.skip("bundle has no full.onnx")
+    x = floats(session, 4, seed=5)
+    ref = session.backend.run_reference(x)
+    np.testing.assert_allclose(session.infer_all_exits(x)[-1], ref, rtol=1e-4, atol=1e-4)
+
+
+# -- inputs --------------------------------------------------------------------------------------------------
+def test_raw_uint8_equals_manually_preprocessed_float(session: AnytimeSession) -> None:
+    raw = images(session, 6, seed=6)
+    a = session.infer_all_exits(raw)
+    b = session.infer_all_exits(manual_preprocess(session, raw))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    one = session.infer(raw[0])
+    assert one.label == session.infer(manual_preprocess(session, raw[:1])[0]).label
+    if session.input_shape[0] == 1:  # grayscale: HW and NHW are accepted too
+        np.testing.assert_allclose(session.infer_all_exits(raw[..., 0]), a, rtol=1e-6)
+        np.testing.assert_allclose(session.infer(raw[0, ..., 0]).probabilities, one.probabilities, rtol=1e-6)
+
+
+def test_non_contiguous_and_other_float_dtypes_are_accepted(session: AnytimeSession) -> None:
+    x = floats(session, 4, seed=7)
+    ref = session.infer_all_exits(x)
+    strided = np.empty((8,) + x.shape[1:], np.float32)[::2]
+    strided[...] = x
+    assert not strided.flags.c_contiguous
+    np.testing.assert_allclose(session.infer_all_exits(strided), ref, rtol=1e-6)
+    np.testing.assert_allclose(session.infer_all_exits(x.astype(np.float64)), ref, rtol=1e-5, atol=1e-5)
+
+
+def bad_inputs(session: AnytimeSession) -> list[tuple[str, object, str]]:
+    c, h, w = session.input_shape
+    good = floats(session, 2)
+    nan = good.copy()
+    nan[0, 0, 0, 0] = np.nan
+    inf = good.copy()
+    inf[1, -1, -1, -1] = np.inf
+    return [
+        ("rank 5", good[None], "rank 5"),
+        ("rank 1", good.reshape(-1), "rank 1"),
+        ("channels", np.zeros((2, c + 1, h, w), np.float32), r"shape \[2, %d" % (c + 1)),
+        ("size", np.zeros((2, c, h + 1, w), np.float32), "expected float32"),
+        ("HWC float", np.zeros((h, w, c), np.float32) if (h, w, c) != (c, h, w) else np.zeros((1,), np.float32),
+         "HWC|rank"),
+        ("int32", good.astype(np.int32), "dtype int32"),
+        ("bool", good > 0, "dtype bool"),
+        ("complex", good.astype(np.complex64), "dtype complex64"),
+        ("nan", nan, "NaN/Inf"),
+        ("inf", inf, "NaN/Inf"),
+        ("empty", np.zeros((0, c, h, w), np.float32), "empty batch"),
+        ("too big", np.zeros((33, c, h, w), np.float32), "max_batch=32"),
+        ("uint8 wrong size", np.zeros((h + 2, w, c), np.uint8), "uint8 input has shape"),
+        ("uint8 CHW", np.zeros((2, c, h, w), np.uint8) if c != h else np.zeros((2, 1), np.uint8), "CHW|uint8"),
+        ("not an array", "picture.png", "numpy array"),
+        ("ragged list", [[1.0, 2.0], [3.0]], "could not be converted|dtype"),
+    ]
+
+
+def test_each_bad_input_gets_its_own_clear_error(session: AnytimeSession) -> None:
+    messages = set()
+    for name, x, pattern in bad_inputs(session):
+        with pytest.raises(InputError, match=pattern) as err:
+            session.infer(x)
+        messages.add(str(err.value))
+    assert len(messages) >= 12  # distinct messages, not one generic error
+
+
+def test_infer_all_exits_chunks_batches_above_max_batch(session: AnytimeSession) -> None:
+    x = floats(session, 70, seed=8)
+    whole = session.infer_all_exits(x)
+    assert whole.shape[1] == 70
+    np.testing.assert_allclose(whole[:, 40:50], session.infer_all_exits(x[40:50]), rtol=1e-4, atol=1e-5)
+
+
+def test_preprocessor_on_a_synthetic_rgb_manifest() -> None:
+    from sdedge.runtime.manifest import validate_manifest
+
+    raw = {"format": "sdedge-bundle", "format_version": 1,
+           "input": {"name": "image", "shape": [None, 3, 4, 5], "dtype": "float32",
+                     "preprocess": {"scale": 1 / 255, "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 2.0],
+                                    "channel_order": "RGB"}},
+           "classes": ["a", "b"],
+           "sections": [{"file": "s1.onnx", "sha256": "0" * 64, "inputs": [{"name": "image", "shape": [None, 3, 4, 5]}],
+                         "outputs": [{"name": "logits_1", "shape": [None, 2]}]}]}
+    prep = Preprocessor(validate_manifest(raw), max_batch=4)
+    pix = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    out = prep(pix)
+    assert out.single and out.batch.shape == (1, 3, 4, 5) and out.batch.flags.c_contiguous
+    for ch, (m, s) in enumerate(zip((0.1, 0.2, 0.3), (0.5, 0.25, 2.0))):
+        np.testing.assert_allclose(out.batch[0, ch], (pix[..., ch] / 255 - m) / s, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match=r"\[4,5,3\]"):
+        prep(pix[..., 0])  # HW only for one-channel models
+
+
+# -- calibration and profiles ----------------------------------------------------------------------------------
+def test_profile_for_this_device_drives_the_deadline_policy(bundle_copy: Path) -> None:
+    s = AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=1)
+    k = s.num_exits
+    assert s.profile is None
+    x = floats(s, 1)[0]
+    assert s.infer(x, budget_ms=1000).exit_index == k  # online estimates: everything fits in a second
+    huge = [[0.05] * 5] + [[1e6] * 5] * (k - 1)  # section 2 and after "take" 1000 s on this device
+    prof = make_profile(s.device_name, "onnxruntime", "fp32", 1, {1: huge}, 0.01, 5)
+    other = make_profile("some-other-device", "onnxruntime", "fp32", 1, {1: [[1e6] * 5] * k}, 0.01, 5)
+    update_bundle(bundle_copy, {profile_relpath(s.device_name): dump_json(prof),
+                                profile_relpath("some-other-device"): dump_json(other)})
+    s2 = AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=1)
+    assert s2.profile is not None and s2.profile.device == s.device_name
+    r = s2.infer(x, budget_ms=1000)
+    assert r.exit_index == 1 and r.stopped_by == "deadline" and r.deadline_met is True
+    assert s2.infer(x).exit_index == k  # no deadline: the profile does not matter
+
+
+def calibrate(bundle: Path, k: int, **fields) -> None:
+    data = {"criterion": "max_prob", "temperatures": [2.0] * k, "thresholds": [0.0] * (k - 1) + [None],
+            "enabled": [True] * k, "method": "test"}
+    data.update(fields)
+    update_bundle(bundle, {"calibration.json": dump_json(data)})
+
+
+def test_calibration_temperatures_always_apply_thresholds_on_request(bundle_copy: Path) -> None:
+    k = open_bundle(bundle_copy).manifest.num_exits
+    calibrate(bundle_copy, k)
+    s = AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=0)
+    x = floats(s, 3, seed=9)
+    logits = s.infer_all_exits(x)
+    plain = s.infer(x)  # threshold None: no confidence stop, but calibrated probabilities
+    for i, r in enumerate(plain):
+        assert r.exit_index == k
+        np.testing.assert_allclose(r.probabilities, softmax(logits[-1, i:i + 1], 2.0)[0], rtol=1e-4, atol=1e-6)
+    assert all(r.exit_index == 1 for r in s.infer(x, threshold="calibrated"))
+    with pytest.raises(PolicyError, match="criterion 'max_prob'"):
+        s.infer(x, threshold="calibrated", criterion="margin")
+
+
+def test_disabled_exit_never_stops_on_confidence(bundle_copy: Path) -> None:
+    k = open_bundle(bundle_copy).manifest.num_exits
+    calibrate(bundle_copy, k, enabled=[False] + [True] * (k - 1))
+    s = AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=0)
+    assert all(r.exit_index == 2 for r in s.infer(floats(s, 3), threshold="calibrated"))
+
+
+# -- backends ------------------------------------------------------------------------------------------------------
+def test_backend_errors_are_clear(tiny_bundle: Path) -> None:
+    b = open_bundle(tiny_bundle)
+    with pytest.raises(BackendError, match="unknown backend 'cuda-magic'"):
+        create_backend(b, "cuda-magic")
+    with pytest.raises(BackendError, match="not available in this onnxruntime.*CPUExecutionProvider"):
+        create_backend(b, "onnxruntime", BackendOptions(providers=["NoSuchExecutionProvider"]))
+    with pytest.raises(BackendError, match="fp16"):
+        create_backend(b, "onnxruntime", BackendOptions(precision="fp16"))
+    with pytest.raises(BackendError, match="unknown onnxruntime backend option"):
+        create_backend(b, "onnxruntime", BackendOptions(extra={"spin": True}))
+    if not b.manifest.sections[0].int8_file:
+        with pytest.raises(BundleError, match="no INT8 sections"):
+            create_backend(b, "onnxruntime", BackendOptions(precision="int8"))
+
+
+def test_tensorrt_missing_is_a_clear_error(tiny_bundle: Path) -> None:
+    pytest.importorskip("numpy")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(BackendError, match=r"tensorrt package.*pip install"):
+        AnytimeSession(tiny_bundle, backend="tensorrt", warmup=0)
+
+
+def test_onnxruntime_options_give_the_same_answers(session: AnytimeSession, tiny_bundle: Path) -> None:
+    x = floats(session, 5, seed=10)
+    ref = session.infer_all_exits(x)
+    for extra in ({"io_binding": True}, {"allow_spinning": True, "graph_optimization": "basic"}):
+        s = AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=2, warmup=0, backend_options=extra)
+        np.testing.assert_allclose(s.infer_all_exits(x), ref, rtol=1e-4, atol=1e-5)
+        t = mixed_threshold(s, x)
+        assert [r.exit_index for r in s.infer(x, threshold=t)] == [r.exit_index for r in session.infer(x, threshold=t)]
+        s.close()
+
+
+def test_concurrent_calls_are_safe(session: AnytimeSession) -> None:
+    x = floats(session, 8, seed=11)
+    expected = [session.infer(x[i]).label for i in range(8)]
+    got: dict[int, int] = {}
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            got[i] = session.infer(x[i], budget_ms=10_000).label
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(8)] == expected
+
+
+def test_tensorrt_row_gather_logic_on_a_fake_device() -> None:
+    from sdedge.runtime.backends.tensorrt import gather_rows, row_runs
+
+    assert row_runs(np.array([0, 1, 2, 5, 6, 9])) == [(0, 3), (5, 2), (9, 1)]
+    assert row_runs(np.array([], np.int64)) == []
+
+    class FakeCuda:  # device memory = one host byte array, pointers = offsets
+        def __init__(self) -> None:
+            self.mem = bytearray(4096)
+            self.copies = 0
+
+        def d2d(self, dst: int, src: int, n: int, stream: object) -> None:
+            self.mem[dst:dst + n] = self.mem[src:src + n]
+            self.copies += 1
+
+    cuda = FakeCuda()
+    src = np.arange(10 * 6, dtype=np.float32).reshape(10, 6)
+    cuda.mem[0:src.nbytes] = src.tobytes()
+    rows = np.array([1, 2, 3, 7, 9])
+    gather_rows(cuda, 2048, 0, 6 * 4, rows, None)
+    out = np.frombuffer(bytes(cuda.mem[2048:2048 + 5 * 24]), np.float32).reshape(5, 6)
+    np.testing.assert_array_equal(out, src[rows])
+    assert cuda.copies == 3  # one copy per run of consecutive rows
+
+
+def test_cuda_python_gather_on_a_gpu() -> None:
+    """Device-side row gather through cuda-python (runs where a GPU and cuda-python exist)."""
+    cudart = pytest.importorskip("cuda.bindings.runtime")
+    from sdedge.runtime.backends.tensorrt import CudaPython, gather_rows
+
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+        pytest.skip("no CUDA device")
+    cuda = CudaPython(cudart)
+    stream = cuda.create_stream()
+    src = np.random.default_rng(0).random((16, 33)).astype(np.float32)
+    a, b = cuda.malloc(src.nbytes), cuda.malloc(src.nbytes)
+    try:
+        cuda.h2d(a, src, stream)
+        rows = np.array([0, 3, 4, 5, 15])
+        gather_rows(cuda, b, a, 33 * 4, rows, stream)
+        out = np.empty((5, 33), np.float32)
+        cuda.d2h(out, b, stream)
+        cuda.sync(stream)
+        np.testing.assert_array_equal(out, src[rows])
+    finally:
+        cuda.free(a)
+        cuda.free(b)
+        cuda.destroy_stream(stream)
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------------------
+def test_sdedge_run_prints_class_confidence_exit_and_latency(session: AnytimeSession, tiny_bundle: Path,
+                                                             tmp_path: Path) -> None:
+    from PIL import Image
+
+    raw = images(session, 2, seed=12)
+    png = tmp_path / "a.png"
+    c = session.input_shape[0]
+    Image.fromarray(raw[0, ..., 0] if c == 1 else raw[0]).resize((20, 20)).save(png)
+    npy = tmp_path / "b.npy"
+    np.save(npy, raw[1])
+    cmd = [sys.executable, "-m", "sdedge.cli", "run", str(tiny_bundle), str(png), str(npy), "--budget-ms", "1000",
+           "--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert "confidence" in line and "exit " in line and " ms" in line and "deadline met" in line
+    assert "resized 20x20" in lines[0]
+    assert session.classes[session.infer(raw[1]).label] in lines[1]
+    bad = subprocess.run([sys.executable, "-m", "sdedge.cli", "run", str(tiny_bundle), str(npy), "--threshold", "1.5"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "[0, 1]" in bad.stderr
