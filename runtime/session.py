@@ -111,6 +111,8 @@ class AnytimeSession:
         self._prep_any = Preprocessor(self.manifest, 1 << 62)  # infer_all_exits chunks any batch
         self._lock = threading.Lock()
         self._policies: dict[tuple[Any, str | None], ConfidencePolicy] = {}
+        self._default_policy: ConfidencePolicy | None = None
+        self._default_policy = self.policy(None, None)
         self._warmup(warmup)
 
     # -- description ---------------------------------------------------------------------------------
@@ -168,6 +170,8 @@ class AnytimeSession:
     # -- policies -----------------------------------------------------------------------------------------
     def policy(self, threshold: Any = None, criterion: str | None = None) -> ConfidencePolicy:
         """The confidence policy a call with these arguments uses (cached for hashable arguments)."""
+        if threshold is None and criterion is None and self._default_policy is not None:
+            return self._default_policy
         key = (tuple(threshold) if isinstance(threshold, (list, tuple, np.ndarray)) else threshold, criterion)
         try:
             pol = self._policies.get(key)
@@ -216,7 +220,7 @@ class AnytimeSession:
         ensemble = self.answer == "ensemble"
         trace: list[np.ndarray] = []
         acc = probs = None
-        conf = -1.0
+        conf: float | None = None
         section_ms = 0.0
         why = "last"
         h = backend.upload(x1)
@@ -245,8 +249,10 @@ class AnytimeSession:
                 break
         if probs is None:
             probs = acc / np.float32(k) if ensemble else pol.probs(k, logits)
-            conf = float(confidence(probs, pol.criterion)[0])
+            conf = None
         label = int(probs[0].argmax())
+        if conf is None:
+            conf = float(probs[0, label]) if pol.criterion == "max_prob" else float(confidence(probs, pol.criterion)[0])
         t_end = _clock()
         record(0, 1, prep_ms + (t_end - t1) * 1e3 - section_ms)
         return InferenceResult(label, self.classes[label], probs[0], conf, k, k, (t_end - t0) * 1e3,

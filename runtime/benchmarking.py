@@ -1,0 +1,284 @@
+"""Runtime measurements shared by ``benchmarks/runtime_bench.py`` and ``sdedge bench`` (torch-free).
+
+Contract of every timing here (stated again in :func:`contract`):
+
+* inputs are preloaded in memory, preprocessed once, and the *same* inputs go to every contender;
+* contenders are measured side by side in one run, interleaved call by call in a shuffled order, so
+  drift (frequency scaling, a neighbour waking up) hits them alike;
+* the timer (``time.perf_counter``) wraps one call: for backends, host input -> device, every section
+  run, logits back on the host (model only); for the session, ``infer`` from entry to return
+  (validation, policy, results included: end to end for the caller);
+* warm-up calls are run and discarded before timing; threads are fixed per backend and reported.
+
+Ratios are of medians (p50) unless named otherwise.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .backends.base import Backend, BackendOptions
+from .backends.hostinfo import available_cpus, cpu_model
+from .policies import ConfidencePolicy, replay, softmax
+
+_clock = time.perf_counter
+
+
+def stats_ms(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/mean/min in milliseconds of timings in seconds."""
+    a = np.asarray(samples_s, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(a.mean()),
+            "min_ms": float(a.min()), "n": int(a.size)}
+
+
+def contract(threads: int | None, warmup: int, runs: int, batch: int = 1, extra: str = "") -> dict[str, Any]:
+    return {
+        "machine": f"{cpu_model()}, {available_cpus()} CPUs available to this process, {platform.system()} "
+                   f"{platform.release()}, Python {platform.python_version()}",
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "threads": threads, "warmup_calls": warmup, "timed_calls": runs, "batch": batch,
+        "inputs": "preloaded, preprocessed once, the same inputs for every contender, interleaved in shuffled order",
+        "timer": "time.perf_counter around one call; backend = upload + sections + logits to host (model only); "
+                 "session = infer() entry to return (end to end)",
+        "note": extra,
+    }
+
+
+def chain(backend: Backend, x: np.ndarray, upto: int) -> np.ndarray:
+    """Run sections 1..``upto`` on ``x``; return the logits of exit ``upto``."""
+    h = backend.upload(x)
+    logits = None
+    for k in range(1, upto + 1):
+        h, logits = backend.run_section(k, h)
+    return logits  # type: ignore[return-value]
+
+
+def _interleaved(contenders: dict[str, Any], inputs: np.ndarray, runs: int, warmup: int,
+                 seed: int = 0) -> dict[str, list[float]]:
+    """Time each ``contenders[name](x)`` on the same inputs, shuffled order per input; seconds per call."""
+    names = list(contenders)
+    rng = random.Random(seed)
+    for i in range(warmup):
+        for n in names:
+            contenders[n](inputs[i % len(inputs)])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(runs):
+        x = inputs[i % len(inputs)]
+        rng.shuffle(names)
+        for n in names:
+            t = _clock()
+            contenders[n](x)
+            times[n].append(_clock() - t)
+    return times
+
+
+def mac_shares(manifest: Any) -> list[float | None]:
+    """Cumulative MACs of sections 1..k (exit heads included) / MACs of the single-graph reference.
+
+    The reference's MACs come from the manifest (``full.macs`` when the exporter recorded it), else
+    the sum of all sections (which counts the intermediate heads too: a slightly low share).
+    """
+    macs = [s.macs for s in manifest.sections]
+    if any(m is None for m in macs):
+        return [None] * len(macs)
+    full = manifest.raw.get("full", {}).get("macs") if isinstance(manifest.raw.get("full"), dict) else None
+    total = full or sum(macs)
+    return [float(sum(macs[:k]) / total) for k in range(1, len(macs) + 1)]
+
+
+@dataclass
+class LatencyTable:
+    full: dict[str, float]
+    exits: list[dict[str, Any]]  # per exit: latency stats of sections 1..k, ratio to full, MAC share
+    split_overhead: float  # chained sections to the deepest exit / full.onnx (p50)
+    contract: dict[str, Any]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def latency_table(bundle: Any, inputs: np.ndarray, threads: int | None = 1, runs: int = 500, warmup: int = 50,
+                  backend_options: dict | None = None) -> LatencyTable:
+    """Per-exit latency / full latency beside each exit's MAC share, and the split overhead (batch 1, ORT)."""
+    from .backends.onnxruntime import OnnxRuntimeBackend
+
+    be = OnnxRuntimeBackend(bundle, BackendOptions(intra_op_threads=threads, extra=dict(backend_options or {})))
+    k = be.num_sections
+    xs = [np.ascontiguousarray(inputs[i:i + 1], dtype=np.float32) for i in range(len(inputs))]
+    contenders: dict[str, Any] = {"full": be.run_reference}
+    for j in range(1, k + 1):
+        contenders[f"exit{j}"] = (lambda x, j=j: chain(be, x, j))
+    t = _interleaved(contenders, xs, runs, warmup)  # type: ignore[arg-type]
+    full = stats_ms(t["full"])
+    shares = mac_shares(bundle.manifest)
+    exits = []
+    for j in range(1, k + 1):
+        s = stats_ms(t[f"exit{j}"])
+        exits.append({"exit": j, **s, "latency_share": s["p50_ms"] / full["p50_ms"], "mac_share": shares[j - 1]})
+    table = LatencyTable(full, exits, exits[-1]["p50_ms"] / full["p50_ms"],
+                         contract(be.threads, warmup, runs, extra=f"backend {be.device_name}"))
+    be.close()
+    return table
+
+
+def spinning_comparison(bundle: Any, inputs: np.ndarray, threads: int, runs: int = 300, warmup: int = 30) -> dict:
+    """Chained sections with ONNX Runtime thread spinning off (the default) and on, side by side."""
+    from .backends.onnxruntime import OnnxRuntimeBackend
+
+    off = OnnxRuntimeBackend(bundle, BackendOptions(intra_op_threads=threads))
+    on = OnnxRuntimeBackend(bundle, BackendOptions(intra_op_threads=threads, extra={"allow_spinning": True}))
+    k = off.num_sections
+    xs = [np.ascontiguousarray(inputs[i:i + 1], dtype=np.float32) for i in range(len(inputs))]
+    t = _interleaved({"spin_off": lambda x: chain(off, x, k), "spin_on": lambda x: chain(on, x, k),
+                      "full_spin_off": off.run_reference, "full_spin_on": on.run_reference}, xs, runs, warmup)
+    out = {n: stats_ms(v) for n, v in t.items()}
+    out["chain_on_over_off"] = out["spin_on"]["p50_ms"] / out["spin_off"]["p50_ms"]
+    out["contract"] = contract(threads, warmup, runs)
+    return out
+
+
+def decision_overhead(session: Any, inputs: np.ndarray, runs: int = 1000, warmup: int = 100) -> dict:
+    """The session's own time (µs) beside the bare backend chain, side by side.
+
+    For every exit k, ``infer`` with both policies active and forced to stop at k (a generous budget,
+    and thresholds of 1.0 before k and 0.0 at k, so every decision is computed) is timed against the
+    backend running sections 1..k. The overhead at k is the difference of p50s; a least-squares line
+    through the K points splits it into a fixed cost per call (validation, the answer, the result) and
+    the cost per section (softmax, criterion, deadline check, latency bookkeeping): the decision
+    overhead per section. The plain call (no policy, every section) is reported too. Float inputs, so
+    image preprocessing is not counted. Calls that stop before k (a confidence of exactly 1.0) are
+    left out of that exit's figure and counted.
+    """
+    k_all = session.num_exits
+    xs = [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
+    be = session.backend
+    exits: dict[int, list[int]] = {k: [] for k in range(1, k_all + 1)}
+    contenders: dict[str, Any] = {"plain": session.infer}
+    for k in range(1, k_all + 1):
+        thr = [1.0] * (k - 1) + ([0.0] if k < k_all else []) + [1.0] * max(0, k_all - 1 - k)
+
+        def forced(x: np.ndarray, k: int = k, thr: list = thr) -> None:
+            exits[k].append(session.infer(x, budget_ms=1e6, threshold=thr).exit_index)
+
+        contenders[f"infer{k}"] = forced
+        contenders[f"chain{k}"] = (lambda x, k=k: chain(be, x[None], k))
+    t = _interleaved(contenders, xs, runs, warmup)
+    out: dict[str, Any] = {"plain": stats_ms(t["plain"]), "per_exit": []}
+    ks, ovh = [], []
+    for k in range(1, k_all + 1):
+        ex = np.asarray(exits[k][warmup:])
+        keep = np.asarray(t[f"infer{k}"])[ex == k]
+        c = stats_ms(t[f"chain{k}"])
+        i = stats_ms(keep) if keep.size else None
+        o = None if i is None else (i["p50_ms"] - c["p50_ms"]) * 1e3
+        out["per_exit"].append({"exit": k, "chain_p50_ms": c["p50_ms"], "infer_p50_ms": i and i["p50_ms"],
+                                "overhead_us": o, "stopped_early": int((ex != k).sum())})
+        if o is not None:
+            ks.append(k)
+            ovh.append(o)
+    if len(ks) >= 2:
+        slope, intercept = np.polyfit(ks, ovh, 1)
+        out["per_section_us"], out["fixed_per_call_us"] = float(slope), float(intercept)
+    else:
+        out["per_section_us"] = out["fixed_per_call_us"] = None
+    full_chain = stats_ms(t[f"chain{k_all}"])["p50_ms"]
+    out["plain_overhead_us_per_section"] = (out["plain"]["p50_ms"] - full_chain) * 1e3 / k_all
+    out["contract"] = contract(getattr(be, "threads", None), warmup, runs,
+                               extra="float inputs (no image preprocessing); overhead = p50(infer) - p50(chain)")
+    return out
+
+
+@contextlib.contextmanager
+def cpu_burner(processes: int = 1) -> Iterator[list[subprocess.Popen]]:
+    """Neighbour processes that each burn one CPU core in a busy loop while the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        time.sleep(0.2)  # let them reach the scheduler
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def budget_range(session: Any, inputs: np.ndarray, runs: int = 300) -> tuple[float, float]:
+    """(exit-1 p99, full p50) of ``infer`` end to end in ms: budgets between exit 1 and the full network."""
+    xs = [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
+    t = _interleaved({"exit1": lambda x: session.infer(x, threshold=0.0), "full": session.infer}, xs, runs, runs // 10)
+    lo, hi = stats_ms(t["exit1"])["p99_ms"], stats_ms(t["full"])["p50_ms"]
+    return lo, max(hi, lo * 1.5)
+
+
+def deadline_compliance(session: Any, inputs: np.ndarray, calls: int = 10_000, budgets_ms: tuple[float, float] | None = None,
+                        seed: int = 0, burner: int = 0) -> dict:
+    """Share of ``infer`` calls that return within their budget, budgets uniform in ``budgets_ms``.
+
+    ``burner`` neighbour processes burn CPU meanwhile (0 = a quiet machine). Inputs rotate through
+    ``inputs`` (float, preprocessed); a call's budget counts from its entry.
+    """
+    lo, hi = budgets_ms or budget_range(session, inputs)
+    rng = np.random.default_rng(seed)
+    budgets = rng.uniform(lo, hi, calls)
+    xs = [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
+    met = np.zeros(calls, bool)
+    exits = np.zeros(calls, np.int64)
+    over = np.zeros(calls)
+    with cpu_burner(burner) if burner else contextlib.nullcontext():
+        for i in range(min(200, calls)):  # re-seed the online estimates under the current load
+            session.infer(xs[i % len(xs)], budget_ms=float(budgets[i]))
+        for i in range(calls):
+            r = session.infer(xs[i % len(xs)], budget_ms=float(budgets[i]))
+            met[i], exits[i] = r.deadline_met, r.exit_index
+            over[i] = r.latency_ms - budgets[i]
+    k = session.num_exits
+    return {"calls": calls, "burner_processes": burner, "budget_ms": [lo, hi], "met_share": float(met.mean()),
+            "misses": int((~met).sum()), "exit_histogram": [int((exits == j).sum()) for j in range(1, k + 1)],
+            "mean_exit": float(exits.mean()),
+            "worst_overrun_ms": float(over.max()), "miss_overrun_p50_ms": float(np.median(over[~met])) if (~met).any() else None,
+            "contract": contract(getattr(session.backend, "threads", None), min(200, calls), calls,
+                                 extra="budgets uniform in [exit-1 p99, full p50] of infer end to end")}
+
+
+def answer_modes(all_logits: np.ndarray, labels: np.ndarray, temperatures: Sequence[float] | None = None,
+                 thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99), criterion: str = "max_prob",
+                 mac_share: Sequence[float | None] | None = None) -> dict:
+    """``answer="last"`` vs ``"ensemble"`` on labelled data, from every exit's logits ``[K, N, C]``.
+
+    Per exit (what a deadline that stops at exit k returns): accuracy of exit k alone and of the mean
+    of exits 1..k. Per threshold: accuracy and mean exit (and MAC share) of each mode.
+    """
+    k = all_logits.shape[0]
+    temps = tuple(temperatures) if temperatures is not None else (1.0,) * k
+    probs = [softmax(np.asarray(all_logits[j], np.float32), temps[j]) for j in range(k)]
+    per_exit = []
+    acc = np.zeros_like(probs[0])
+    for j in range(k):
+        acc = acc + probs[j]
+        per_exit.append({"exit": j + 1, "last": float((probs[j].argmax(1) == labels).mean()),
+                         "ensemble": float((acc.argmax(1) == labels).mean())})
+    sweep = []
+    for t in thresholds:
+        row: dict[str, Any] = {"threshold": t}
+        for mode in ("last", "ensemble"):
+            pol = ConfidencePolicy(criterion, (t,) * (k - 1) + (None,), temps)
+            r = replay(all_logits, pol, answer=mode)
+            row[f"{mode}_accuracy"] = float((r.label == labels).mean())
+            row[f"{mode}_mean_exit"] = float(r.exit_index.mean())
+            if mac_share and all(m is not None for m in mac_share):
+                row[f"{mode}_mac_share"] = float(np.mean([mac_share[e - 1] for e in r.exit_index]))
+        sweep.append(row)
+    return {"per_exit": per_exit, "threshold_sweep": sweep, "criterion": criterion, "n": int(labels.size)}
