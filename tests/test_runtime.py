@@ -433,3 +433,135 @@ def test_sdedge_run_prints_class_confidence_exit_and_latency(session: AnytimeSes
     bad = subprocess.run([sys.executable, "-m", "sdedge.cli", "run", str(tiny_bundle), str(npy), "--threshold", "1.5"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "[0, 1]" in bad.stderr
+
+
+# -- the TensorRT backend's logic, on a fake TensorRT that runs the sections with ONNX Runtime ------------------
+class FakeDevice:
+    """CUDA stand-in: device memory is one host byte array, pointers are offsets into it."""
+
+    def __init__(self) -> None:
+        self.mem = np.zeros(1 << 23, np.uint8)
+        self.top = 256
+        self.freed: list[int] = []
+
+    def view(self, ptr: int, shape: tuple) -> np.ndarray:
+        n = int(np.prod(shape)) * 4
+        return self.mem[ptr:ptr + n].view(np.float32).reshape(shape)
+
+    def malloc(self, nbytes: int) -> int:
+        ptr, self.top = self.top, self.top + (nbytes + 255) // 256 * 256
+        assert self.top <= self.mem.size
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        self.freed.append(ptr)
+
+    def create_stream(self) -> str:
+        return "stream"
+
+    def destroy_stream(self, stream: object) -> None:
+        pass
+
+    def stream_handle(self, stream: object) -> int:
+        return 7
+
+    def h2d(self, dst: int, src: np.ndarray, stream: object) -> None:
+        self.view(dst, src.shape)[...] = src
+
+    def d2h(self, dst: np.ndarray, src: int, stream: object) -> None:
+        dst[...] = self.view(src, dst.shape)
+
+    def d2d(self, dst: int, src: int, nbytes: int, stream: object) -> None:
+        self.mem[dst:dst + nbytes] = self.mem[src:src + nbytes].copy()
+
+    def sync(self, stream: object) -> None:
+        pass
+
+
+def fake_tensorrt(device: FakeDevice, max_batch: int):
+    import types
+
+    import onnxruntime as ort
+
+    class Context:
+        def __init__(self, sess) -> None:
+            self.sess, self.shapes, self.addr = sess, {}, {}
+
+        def set_input_shape(self, name: str, shape: tuple) -> bool:
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def set_tensor_address(self, name: str, ptr: int) -> bool:
+            self.addr[name] = ptr
+            return True
+
+        def execute_async_v3(self, stream: int) -> bool:
+            assert stream == 7
+            (inp,) = self.sess.get_inputs()
+            x = device.view(self.addr[inp.name], self.shapes[inp.name]).copy()
+            outs = self.sess.run(None, {inp.name: x})
+            for o, v in zip(self.sess.get_outputs(), outs):
+                device.view(self.addr[o.name], v.shape)[...] = v
+            return True
+
+    class Engine:
+        def __init__(self, path: str) -> None:
+            self.sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+        def get_tensor_dtype(self, name: str) -> str:
+            return "float"
+
+        def get_tensor_profile_shape(self, name: str, profile: int):
+            return [1], [1], [max_batch]
+
+        def create_execution_context(self) -> Context:
+            return Context(self.sess)
+
+    class Runtime:
+        def __init__(self, logger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> Engine:
+            return Engine(data.decode())  # the fake "engine" file holds the section's ONNX path
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    return types.SimpleNamespace(__version__="10.3.0", Logger=Logger, Runtime=Runtime,
+                                 DataType=types.SimpleNamespace(FLOAT="float"))
+
+
+def test_tensorrt_backend_logic_matches_onnxruntime(tiny_bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    import sdedge.runtime.backends.tensorrt as trt_backend
+
+    b = open_bundle(tiny_bundle)
+    device = FakeDevice()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(device, max_batch=16))
+    monkeypatch.setattr(trt_backend, "import_cuda", lambda: device)
+    engines = []
+    for k in range(1, b.manifest.num_exits + 1):
+        p = tmp_path / f"s{k}.engine"
+        p.write_text(str(b.section_path(k)))
+        engines.append(p)
+    monkeypatch.setattr(trt_backend, "engine_files", lambda bundle, precision: engines)
+
+    be = create_backend(b, "tensorrt", BackendOptions(precision="fp16", max_batch=32))
+    assert be.name == "tensorrt" and be.max_batch == 16 and be.device_name.endswith("-fp16")
+    trt_s = AnytimeSession(b, backend=be, warmup=1, max_batch=16)
+    ort_s = AnytimeSession(b, backend="onnxruntime", intra_op_threads=1, warmup=0, max_batch=16)
+    x = floats(ort_s, 12, seed=13)
+    np.testing.assert_allclose(trt_s.infer_all_exits(x), ort_s.infer_all_exits(x), rtol=1e-5, atol=1e-6)
+    t = mixed_threshold(ort_s, x)
+    got, ref = trt_s.infer(x, threshold=t), ort_s.infer(x, threshold=t)
+    assert len({r.exit_index for r in ref}) >= 2  # the batch shrank: take_rows ran on the device buffers
+    assert [(r.exit_index, r.label) for r in got] == [(r.exit_index, r.label) for r in ref]
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g.probabilities, r.probabilities, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BackendError, match="max batch 16"):
+        be.upload(np.zeros((17,) + trt_s.input_shape, np.float32))
+    n_buffers = len(be._buffers)
+    trt_s.close()
+    assert len(device.freed) == n_buffers  # every device buffer released

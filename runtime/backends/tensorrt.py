@@ -1,8 +1,9 @@
 """TensorRT backend (TensorRT 10 Python API): one engine and one execution context per section.
 
 Engines are built on the target by ``sdedge build-engines`` and cached in the bundle under
-``engines/<key>/`` (:mod:`sdedge.runtime.engine_cache` names the folder after TensorRT version, GPU
-and precision); this backend only deserializes them, so it starts in seconds.
+``engines/<key>/s{k}.engine`` (:mod:`sdedge.runtime.engine_cache` names the folder after TensorRT
+version, GPU and precision, and says when the cache is complete); this backend only deserializes them,
+so it starts in seconds.
 
 Memory: every buffer is allocated once, for ``max_batch`` rows (the smaller of the option and the
 engines' optimisation-profile maximum): the input, each section's features and logits, and a scratch
@@ -173,19 +174,13 @@ def gather_rows(cuda: Any, dst: int, src: int, row_bytes: int, rows: np.ndarray,
 # -- engines ----------------------------------------------------------------------------------------------
 def engine_files(bundle: Any, precision: str) -> list[Path]:
     """The cached engine of every section for ``precision`` on this GPU and TensorRT version."""
-    try:
-        from ..engine_cache import engine_cache_dir
-    except ImportError as e:
-        raise BackendError(f"this sdedge has no TensorRT engine cache support ({e})") from None
-    folder = Path(engine_cache_dir(bundle.path, precision))
-    files = []
-    for k in range(1, bundle.manifest.num_exits + 1):
-        cands = [folder / f"s{k}.engine", folder / f"s{k}.plan"]
-        found = next((c for c in cands if c.is_file()), None)
-        if found is None:
-            raise BackendError(f"no TensorRT engine for section {k} ({precision}) in {folder}; build them on this "
-                               f"device with `sdedge build-engines {bundle.path} --precision {precision}`")
-        files.append(found)
+    from ..engine_cache import cached_engines, engine_cache_dir
+
+    files = cached_engines(bundle.path, precision, bundle.manifest.num_exits)
+    if files is None:
+        folder = engine_cache_dir(bundle.path, precision)
+        raise BackendError(f"no complete TensorRT engine cache for {precision} in {folder}; build the engines on "
+                           f"this device with `sdedge build-engines {bundle.path} --precision {precision}`")
     return files
 
 
