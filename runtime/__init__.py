@@ -10,13 +10,13 @@ from .bundle import Bundle, open_bundle
 from .errors import (BackendError, BundleError, ChecksumError, FormatVersionError, InputError, PolicyError,
                      SdedgeError)
 
-__all__ = ["AnytimeSession", "Bundle", "BackendError", "BundleError", "ChecksumError", "FormatVersionError",
+__all__ = ["AnytimeSession", "InferenceResult", "Bundle", "BackendError", "BundleError", "ChecksumError", "FormatVersionError",
            "InputError", "PolicyError", "SdedgeError", "open_bundle"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: the session pulls in onnxruntime
-    if name == "AnytimeSession":
-        from .session import AnytimeSession
+    if name in ("AnytimeSession", "InferenceResult"):
+        from . import session
 
-        return AnytimeSession
+        return getattr(session, name)
     raise AttributeError(name)
