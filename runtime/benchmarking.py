@@ -225,7 +225,7 @@ def cpu_burner(processes: int = 1) -> Iterator[list[subprocess.Popen]]:
                 p.kill()
 
 
-def budget_range(session: Any, inputs: np.ndarray, runs: int = 300) -> tuple[float, float]:
+def budget_range(session: Any, inputs: np.ndarray, runs: int = 1000) -> tuple[float, float]:
     """(exit-1 p99, full p50) of ``infer`` end to end in ms: budgets between exit 1 and the full network."""
     xs = [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
     t = _interleaved({"exit1": lambda x: session.infer(x, threshold=0.0), "full": session.infer}, xs, runs, runs // 10)

@@ -111,6 +111,15 @@ def test_generous_budget_reaches_the_deepest_exit(session: AnytimeSession) -> No
     assert r.exit_index == session.num_exits and r.deadline_met is True
 
 
+def test_batch_deadline_stops_every_row_still_running(session: AnytimeSession) -> None:
+    x = floats(session, 8, seed=14)
+    t = mixed_threshold(session, x)
+    rs = session.infer(x, threshold=t, budget_ms=1e-6)
+    assert all(r.exit_index == 1 and r.deadline_met is False for r in rs)
+    assert {r.stopped_by for r in rs} == {"confidence", "deadline"}  # the sure ones left on confidence first
+    assert session.estimator.count(1, 8) >= 1  # batch timings feed their own bucket
+
+
 @pytest.mark.parametrize("kw", [{"budget_ms": 0}, {"budget_ms": -1}, {"budget_ms": float("inf")},
                                 {"budget_ms": float("nan")}, {"budget_ms": "5"}, {"budget_ms": True},
                                 {"deadline": float("nan")}])
