@@ -40,3 +40,7 @@ class BackendError(SdedgeError):
 
 class DataError(SdedgeError):
     """A dataset folder is missing or its files are not what they claim to be."""
+
+
+class ExportError(SdedgeError):
+    """An export step failed (tracing, ONNX checks, parity past tolerance, quantization, engine build)."""

@@ -1,0 +1,396 @@
+"""``export_bundle``: a trained checkpoint -> a verified bundle folder (the library behind ``sdedge export``).
+
+Steps, each printed when ``progress`` is on:
+
+1. load the checkpoint (``weights_only``) and rebuild the model; hash the checkpoint file;
+2. trace once and cut per-section ONNX graphs + ``full.onnx`` (:mod:`.onnx_sections`); count MACs and
+   parameters on those graphs (:mod:`.macs`);
+3. parity, ONNX Runtime CPU vs PyTorch per exit on real validation images (:mod:`.parity`); past the
+   tolerance the export fails with :class:`ExportError` and nothing is written;
+4. with ``int8``: QDQ sections calibrated on training images, FP32 vs INT8 accuracy on the validation
+   split (:mod:`.quantize`);
+5. the manifest, validated by the runtime's own schema, then the staged folder is opened with
+   :func:`sdedge.runtime.open_bundle` (every checksum) and a probe batch runs through the runtime's
+   ONNX Runtime backend, chained sections against ``full.onnx``: a disagreement refuses the bundle;
+6. the staged folder ``<out>.tmp-<random>`` is renamed into place, or swapped atomically with the old
+   bundle under ``force``. An export that fails or is killed at any step leaves the old bundle (or
+   nothing) at ``<out>``; a killed export's leftover staging folder is removed by the next export.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..runtime.errors import BundleError, DataError, ExportError
+from ..runtime.manifest import features_name, input_name, logits_name
+from .parity import DEFAULT_TOLERANCE, ExitParity, format_table
+from .quantize import Int8ExitReport, format_int8_table
+
+MARKER = ".sdedge-export-owner"
+
+
+@dataclass
+class ExportConfig:
+    """Options of :func:`export_bundle` (the flags of ``sdedge export``)."""
+
+    checkpoint: str
+    output: str
+    force: bool = False  # replace an existing bundle (atomically)
+    int8: bool = False  # also write QDQ INT8 sections under int8/
+    int8_samples: int = 512  # training images for INT8 calibration
+    int8_method: str = "minmax"  # calibration: minmax | percentile | entropy
+    int8_eval_samples: int | None = None  # validation images for FP32-vs-INT8 accuracy (None: all)
+    parity: bool = True  # check ONNX Runtime against PyTorch per exit
+    parity_tolerance: float = DEFAULT_TOLERANCE  # max |logit difference| allowed
+    parity_samples: int = 64  # validation images used for parity
+    data: str | None = None  # dataset folder (default: SDEDGE_DATA / the dataset's default folders)
+    samples: Any = None  # optional images for parity: uint8 [N,H,W,C] raw or float32 [N,C,H,W] preprocessed
+    opset: int = 18
+    full: bool = True  # also write full.onnx (the single-graph reference)
+    name: str | None = None  # model name in the manifest (default: <backbone>-<dataset>-<method>)
+    threads: int | None = None  # ONNX Runtime intra-op threads for the checks (None: its default)
+    progress: bool | Callable[[str], None] = False  # print each step (True: to stderr)
+
+
+@dataclass
+class ExportResult:
+    bundle_path: Path
+    manifest: dict
+    parity: list[ExitParity] = field(default_factory=list)
+    parity_inputs: str = ""
+    chain_vs_full: ExitParity | None = None
+    int8: list[Int8ExitReport] | None = None
+    int8_samples: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes: sections, full, int8, bundle
+
+    def parity_table(self) -> str:
+        tol = self.manifest.get("parity", {}).get("tolerance")
+        text = format_table(self.parity, tol, f"parity on {self.parity_inputs}") if self.parity else "parity: skipped"
+        if self.chain_vs_full is not None:
+            c = self.chain_vs_full
+            text += (f"\nchained sections vs full.onnx (exit {c.index}, {c.samples} samples): "
+                     f"max |Δlogit| {c.max_abs_diff:.3e}, top-1 agree {c.top1_agreement:.2%}")
+        return text
+
+    def int8_table(self) -> str:
+        if not self.int8:
+            return ""
+        return format_int8_table(self.int8, self.int8_samples, "validation")
+
+
+def _reporter(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    if progress:
+        return lambda msg: print(f"[sdedge export] {msg}", file=sys.stderr, flush=True)
+    return lambda msg: None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(out: Path) -> list[Path]:
+    """Remove ``<out>.tmp-*`` folders left by killed exports of this host (marker names a dead pid)."""
+    removed = []
+    for cand in out.parent.glob(f"{out.name}.tmp-*"):
+        marker = cand / MARKER
+        try:
+            host, pid = marker.read_text("utf-8").split()
+            if host == socket.gethostname() and not _pid_alive(int(pid)):
+                shutil.rmtree(cand, ignore_errors=True)
+                removed.append(cand)
+        except (OSError, ValueError):
+            continue  # not ours, or another export is writing it right now
+    return removed
+
+
+def _check_output(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not force:
+        raise ExportError(f"{out} already exists; pass --force (force=True) to replace it atomically")
+    if not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder; refusing to replace it")
+    if any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise ExportError(f"{out} exists and is not an sdedge bundle (no manifest.json); refusing to replace it "
+                          "even with --force")
+
+
+def _default_name(meta: dict) -> str:
+    from ..runtime.backends.hostinfo import slug
+
+    method = meta.get("method")
+    method = method.get("name") if isinstance(method, dict) else method
+    parts = [(meta.get("model") or {}).get("backbone"), (meta.get("data") or {}).get("dataset"), method]
+    return slug("-".join(str(p) for p in parts if p), 64)
+
+
+def _parity_inputs(cfg: ExportConfig, data: Any, meta: dict, shape: tuple[int, ...],
+                   say: Callable[[str], None]) -> tuple[np.ndarray, str]:
+    from .samples import pick, preprocess
+
+    pre = (meta.get("data") or {}).get("preprocess") or {}
+    if cfg.samples is not None:
+        x = np.asarray(cfg.samples)
+        if x.dtype == np.uint8:
+            x = preprocess(x if x.ndim == 4 else x[..., None], pre)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+            raise ExportError(f"samples must be uint8 [N,H,W,C] or float32 [N,{shape[0]},{shape[1]},{shape[2]}], "
+                              f"got shape {list(np.shape(cfg.samples))}")
+        return x[:cfg.parity_samples], f"{min(len(x), cfg.parity_samples)} given samples"
+    if data is not None:
+        idx = pick(len(data.val_images), cfg.parity_samples)
+        return preprocess(data.val_images[idx], pre), f"{len(idx)} {data.name} validation images"
+    say("warning: no dataset for parity; using random normal inputs (pass --data DIR for real images)")
+    x = np.random.default_rng(0).standard_normal((cfg.parity_samples, *shape)).astype(np.float32)
+    return x, f"{cfg.parity_samples} random inputs (dataset not found)"
+
+
+def export_bundle(cfg: ExportConfig) -> ExportResult:
+    """Export ``cfg.checkpoint`` to the bundle folder ``cfg.output``; see the module docstring."""
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..runtime.atomic import staging_dir
+    from ..runtime.bundle import MANIFEST_NAME, dump_json, open_bundle, sha256_bytes, sha256_file
+    from . import macs as macs_mod
+    from .manifest_build import SectionInfo, build_manifest
+    from .onnx_sections import export_graphs, save_model, tensor_shape
+    from .parity import chain_logits, compare, ort_session, torch_logits
+    from .samples import load_export_data
+
+    say = _reporter(cfg.progress)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(cfg.output)
+    if not (cfg.parity_tolerance > 0):
+        raise ExportError(f"parity tolerance must be positive, got {cfg.parity_tolerance}")
+    if cfg.int8 and cfg.int8_samples < 1:
+        raise ExportError(f"--int8-samples must be at least 1, got {cfg.int8_samples}")
+    if cfg.parity_samples < 1:
+        raise ExportError(f"parity samples must be at least 1, got {cfg.parity_samples}")
+    _check_output(out, cfg.force)
+
+    # 1. checkpoint
+    t = time.perf_counter()
+    say(f"loading checkpoint {cfg.checkpoint}")
+    ckpt = load_checkpoint(cfg.checkpoint)
+    model = model_from_checkpoint(ckpt).cpu().eval()
+    meta = ckpt.meta
+    ckpt_sha = sha256_file(cfg.checkpoint)
+    mcfg = meta.get("model") or {}
+    c_in = int(mcfg.get("in_channels") or (meta.get("data") or {}).get("in_channels"))
+    h, w = (int(v) for v in (mcfg.get("image_size") or (meta.get("data") or {}).get("image_size")))
+    shape = (c_in, h, w)
+    k_total = model.num_exits
+    data = None
+    needs_data = cfg.int8 or (cfg.parity and cfg.samples is None)
+    if needs_data:
+        try:
+            data = load_export_data(meta, cfg.data)
+        except DataError as e:
+            if cfg.int8:
+                raise ExportError(f"INT8 export needs the checkpoint's training data for calibration: {e}") from None
+            say(f"warning: cannot load the checkpoint's dataset ({e})")
+    timings["load"] = time.perf_counter() - t
+    say(f"model {mcfg.get('backbone')} with {k_total} exits, input {list(shape)}, {len(meta.get('classes', []))} classes")
+
+    for stale in clean_stale_staging(out):
+        say(f"removed {stale.name}, left by an export that was killed")
+    with staging_dir(out) as tmp:
+        (tmp / MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n", "utf-8")
+
+        # 2. ONNX graphs
+        t = time.perf_counter()
+        say(f"exporting ONNX (dynamo exporter, opset {cfg.opset}) and cutting {k_total} sections")
+        graphs = export_graphs(model, shape, cfg.opset)
+        (tmp / "sections").mkdir()
+        files: dict[str, str] = {}
+        sizes = {"sections": 0, "full": 0, "int8": 0}
+        infos: list[SectionInfo] = []
+        section_paths = []
+        for k, g in enumerate(graphs.sections, start=1):
+            rel = f"sections/s{k}.onnx"
+            data_bytes = save_model(g, tmp / rel)
+            sizes["sections"] += len(data_bytes)
+            section_paths.append(tmp / rel)
+            cost = macs_mod.count(g)
+            infos.append(SectionInfo(k, rel, sha256_bytes(data_bytes), tensor_shape(g, input_name(k)),
+                                     tensor_shape(g, features_name(k)) if k < k_total else None,
+                                     tensor_shape(g, logits_name(k)), cost.macs, cost.params))
+            say(f"  section {k}: {infos[-1].input_shape} -> "
+                f"{infos[-1].features_shape or infos[-1].logits_shape}, {cost.macs:,} MACs, {cost.params:,} params"
+                if cost.macs is not None else f"  section {k}: MACs unknown")
+        full_info = None
+        if cfg.full:
+            fb = save_model(graphs.full, tmp / "full.onnx")
+            sizes["full"] = len(fb)
+            files["full.onnx"] = sha256_bytes(fb)
+            fcost = macs_mod.count(graphs.full)
+            full_info = {"file": "full.onnx", "sha256": files["full.onnx"], "macs": fcost.macs, "params": fcost.params,
+                         "input": {"name": "image", "shape": [None, *shape]},
+                         "output": {"name": f"logits_{k_total}", "shape": [None, len(meta.get("classes", []))]}}
+        timings["export_onnx"] = time.perf_counter() - t
+
+        # 3. parity
+        t = time.perf_counter()
+        parity_rows: list[ExitParity] = []
+        chain_full: ExitParity | None = None
+        parity_json = None
+        parity_desc = ""
+        sessions = [ort_session(p, cfg.threads) for p in section_paths]
+        if cfg.parity:
+            x, parity_desc = _parity_inputs(cfg, data, meta, shape, say)
+            say(f"parity check on {parity_desc}")
+            ref = torch_logits(model, x)
+            got, _ = chain_logits(sessions, x)
+            parity_rows = compare(ref, got)
+            if cfg.full:
+                full_sess = ort_session(tmp / "full.onnx", cfg.threads)
+                full_logits = full_sess.run(None, {"image": x})[0]
+                chain_full = compare([full_logits], [got[-1]])[0]
+                chain_full.index = k_total
+            table = format_table(parity_rows, cfg.parity_tolerance, "parity")
+            say(table.replace("\n", "\n  "))
+            bad = [r for r in parity_rows if r.max_abs_diff > cfg.parity_tolerance]
+            if bad:
+                worst = max(bad, key=lambda r: r.max_abs_diff)
+                raise ExportError(
+                    f"parity check failed: exit {worst.index} differs from PyTorch by {worst.max_abs_diff:.3e} "
+                    f"(tolerance {cfg.parity_tolerance:g}) on {parity_desc}; no bundle was written.\n{table}")
+            if chain_full is not None and chain_full.max_abs_diff > cfg.parity_tolerance:
+                raise ExportError(f"chained sections and full.onnx disagree at exit {k_total} by "
+                                  f"{chain_full.max_abs_diff:.3e} (tolerance {cfg.parity_tolerance:g})")
+            parity_json = {"tolerance": cfg.parity_tolerance, "inputs": parity_desc, "runtime": "onnxruntime CPU",
+                           "exits": [r.to_json() for r in parity_rows],
+                           "chain_vs_full": chain_full.to_json() if chain_full else None}
+        timings["parity"] = time.perf_counter() - t
+
+        # 4. INT8
+        int8_rows = None
+        int8_json = None
+        n_eval = 0
+        if cfg.int8:
+            t = time.perf_counter()
+            from .quantize import QuantizeSettings, compare_int8, quantize_section
+            from .samples import pick, preprocess
+
+            pre = meta["data"]["preprocess"]
+            assert data is not None
+            calib_idx = pick(len(data.train_images), cfg.int8_samples, seed=1)
+            calib = preprocess(data.train_images[calib_idx], pre)
+            say(f"INT8: calibrating {k_total} sections on {len(calib)} {data.name} training images "
+                f"({cfg.int8_method}, per-channel, QDQ)")
+            _, calib_inputs = chain_logits(sessions, calib, collect_inputs=True)
+            (tmp / "int8").mkdir()
+            settings = QuantizeSettings(per_channel=True, method=cfg.int8_method)
+            int8_sessions = []
+            for k, (src, inp) in enumerate(zip(section_paths, calib_inputs), start=1):
+                rel = f"int8/s{k}.onnx"
+                quantize_section(src, tmp / rel, input_name(k), inp, settings)
+                qb = (tmp / rel).read_bytes()
+                sizes["int8"] += len(qb)
+                files[rel] = sha256_bytes(qb)
+                infos[k - 1].int8_file = rel
+                int8_sessions.append(ort_session(tmp / rel, cfg.threads))
+            n = len(data.val_images) if cfg.int8_eval_samples is None else cfg.int8_eval_samples
+            idx = pick(len(data.val_images), n, seed=2)
+            xv, yv = preprocess(data.val_images[idx], pre), data.val_labels[idx]
+            n_eval = len(idx)
+            say(f"INT8: accuracy FP32 vs INT8 on {n_eval} validation images")
+            fp32_logits, _ = chain_logits(sessions, xv)
+            q_logits, _ = chain_logits(int8_sessions, xv)
+            int8_rows = compare_int8(fp32_logits, q_logits, yv)
+            say(format_int8_table(int8_rows, n_eval, "validation").replace("\n", "\n  "))
+            int8_json = {"quantization": settings.to_json(), "calibration": {
+                "samples": len(calib), "split": "train", "dataset": data.name},
+                "evaluation": {"split": "val", "samples": n_eval, "runtime": "onnxruntime CPU"},
+                "exits": [r.to_json() for r in int8_rows]}
+            timings["int8"] = time.perf_counter() - t
+        del sessions
+
+        # 5. manifest, verification, probe
+        t = time.perf_counter()
+        export_info = {"exporter": "torch.onnx.export(dynamo=True)", "opset": graphs.opset,
+                       "ir_version": int(graphs.sections[0].ir_version),
+                       "batchnorm_remaining": graphs.remaining_batchnorms,
+                       "external_data": False}
+        raw = build_manifest(meta, cfg.name or _default_name(meta), Path(cfg.checkpoint).name, ckpt_sha, infos,
+                             files, full_info, parity_json, int8_json, export_info)
+        (tmp / MANIFEST_NAME).write_bytes(dump_json(raw))
+        (tmp / MARKER).unlink()
+        say("verifying the bundle (checksums, then a probe through the runtime's ONNX Runtime backend)")
+        try:
+            bundle = open_bundle(tmp)
+        except BundleError as e:
+            raise ExportError(f"the freshly written bundle does not verify: {e}") from None
+        probe = _probe(bundle, model, shape, cfg, data, meta)
+        timings["verify"] = time.perf_counter() - t
+        sizes["bundle"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        say(f"writing {out}" + (" (replacing the old bundle atomically)" if out.exists() else ""))
+    timings["total"] = time.perf_counter() - t_start
+    say(f"done in {timings['total']:.1f} s: {out} ({sizes['bundle'] / 1e6:.2f} MB)")
+    return ExportResult(out, raw, parity_rows, parity_desc, chain_full if chain_full else probe, int8_rows,
+                        n_eval, timings, sizes)
+
+
+def _probe(bundle: Any, model: Any, shape: tuple[int, ...], cfg: ExportConfig, data: Any,
+           meta: dict) -> ExitParity:
+    """Chained sections through the runtime's backend vs full.onnx (or PyTorch): refuse on disagreement."""
+    from ..runtime.backends import BackendOptions, create_backend
+    from .parity import compare, torch_logits
+    from .samples import preprocess
+
+    if data is not None:
+        x = preprocess(data.val_images[:8], meta["data"]["preprocess"])
+    else:
+        x = np.random.default_rng(1).standard_normal((8, *shape)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backend = create_backend(bundle, "onnxruntime", BackendOptions(intra_op_threads=cfg.threads or 1))
+    try:
+        h = backend.upload(x)
+        logits = None
+        for k in range(1, backend.num_sections + 1):
+            h, logits = backend.run_section(k, h)
+        ref = backend.run_reference(x) if bundle.has_full else torch_logits(model, x)[-1]
+    finally:
+        backend.close()
+    row = compare([ref], [logits])[0]
+    row.index = bundle.manifest.num_exits
+    # a top-1 flip only counts where the reference's top two classes are clearly apart
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * cfg.parity_tolerance
+    flipped = bool(np.any(clear & (ref.argmax(1) != logits.argmax(1))))
+    if row.max_abs_diff > cfg.parity_tolerance or flipped:
+        what = "full.onnx" if bundle.has_full else "PyTorch"
+        raise ExportError(f"bundle refused: the chained sections disagree with {what} on a probe batch "
+                          f"(max |Δlogit| {row.max_abs_diff:.3e}, top-1 agreement {row.top1_agreement:.0%})")
+    if cfg.int8:
+        backend = create_backend(bundle, "onnxruntime", BackendOptions(precision="int8",
+                                                                       intra_op_threads=cfg.threads or 1))
+        try:
+            h = backend.upload(x)
+            for k in range(1, backend.num_sections + 1):
+                h, q = backend.run_section(k, h)
+                if not np.isfinite(q).all():
+                    raise ExportError(f"bundle refused: INT8 section {k} returns non-finite logits on a probe batch")
+        finally:
+            backend.close()
+    return row

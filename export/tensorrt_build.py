@@ -1,0 +1,143 @@
+"""TensorRT engines for a bundle, built on the target with the TensorRT 10 Python API.
+
+One engine per section, from the section's ONNX file (``int8/s{k}.onnx``, the QDQ graph, for
+``precision="int8"``: TensorRT's explicit quantization reads the scales from the Q/DQ nodes, so no
+calibrator runs here). Every engine gets one optimisation profile for the batch range
+``min_batch <= opt_batch <= max_batch``; inputs and outputs stay float32, as the runtime's TensorRT
+backend expects. Engines are cached in the bundle under ``engines/<key>/`` (see
+:mod:`sdedge.runtime.engine_cache`) and reused while the key (TensorRT version, GPU, precision), the
+profile and the sha256 of every source ONNX file stay the same; anything else rebuilds them. The cache
+folder is replaced atomically, so a build killed midway leaves the previous engines (or none).
+
+``tensorrt`` is imported only here, inside :func:`build_engines`; where it is missing the error says
+how to install it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..runtime.errors import BackendError, ExportError
+from ..runtime.manifest import input_name
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class EngineBuildResult:
+    bundle_path: Path
+    precision: str
+    cache_dir: Path
+    engines: list[Path]
+    built: bool  # False when valid cached engines were reused
+    key: dict[str, Any]
+    seconds: list[float] = field(default_factory=list)  # build time per section (empty when reused)
+
+
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module (>= 10) or a :class:`BackendError` saying how to install it."""
+    from ..runtime.engine_cache import INSTALL_HINT
+
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise BackendError(f"building engines needs TensorRT, which is not installed ({e}); {INSTALL_HINT}") from None
+    try:
+        major = int(str(trt.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        major = 0
+    if major < 10:
+        raise BackendError(f"building engines needs TensorRT >= 10, found {getattr(trt, '__version__', '?')}; {INSTALL_HINT}")
+    return trt
+
+
+def _build_one(trt: Any, onnx_path: Path, precision: str, batches: tuple[int, int, int], workspace_mb: int,
+               logger: Any) -> bytes:
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path}: {errors or 'unknown parser error'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # layers without Q/DQ fall back to fp16, not fp32
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        chw = tuple(int(d) for d in t.shape[1:])
+        if any(d < 0 for d in chw):
+            raise ExportError(f"{onnx_path}: input {t.name} has dynamic non-batch dimensions {tuple(t.shape)}")
+        lo, opt, hi = batches
+        profile.set_shape(t.name, (lo, *chw), (opt, *chw), (hi, *chw))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path} ({precision}); "
+                          "run with the TensorRT logger at VERBOSE for details")
+    return bytes(serialized)
+
+
+def build_engines(bundle: str | Path, precision: str = "fp16", min_batch: int = 1, opt_batch: int = 1,
+                  max_batch: int = 64, workspace_mb: int = 1024, force: bool = False, device: int = 0,
+                  progress: bool | Callable[[str], None] = False) -> EngineBuildResult:
+    """Build (or reuse) one TensorRT engine per section of ``bundle`` for ``precision`` on this GPU."""
+    from ..runtime.atomic import staging_dir
+    from ..runtime.backends.hostinfo import gpu_name
+    from ..runtime.bundle import open_bundle
+    from ..runtime.engine_cache import KEY_FILE, cached_engines, engine_cache_dir, engine_path
+
+    say = progress if callable(progress) else (
+        (lambda m: print(f"[sdedge build-engines] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None))
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if not (1 <= min_batch <= opt_batch <= max_batch):
+        raise ExportError(f"batch profile must satisfy 1 <= min <= opt <= max, got min {min_batch}, opt {opt_batch}, "
+                          f"max {max_batch}")
+    if workspace_mb < 1:
+        raise ExportError(f"workspace must be at least 1 MB, got {workspace_mb}")
+    b = open_bundle(bundle)  # never build from files that fail their checksums
+    man = b.manifest
+    sources, paths = {}, []
+    for s in man.sections:
+        path = b.section_path(s.index, precision)  # int8 without int8 files: BundleError naming --int8
+        rel = s.int8_file if precision == "int8" else s.file
+        sources[f"s{s.index}"] = man.files[rel] if precision == "int8" else s.sha256
+        paths.append(path)
+    trt = import_tensorrt()
+    gpu = gpu_name(device)
+    folder = engine_cache_dir(b.path, precision, trt_version=str(trt.__version__), gpu=gpu)
+    profile = {"min": min_batch, "opt": opt_batch, "max": max_batch}
+    expect = {"profile": profile, "sources": sources}
+    cached = None if force else cached_engines(b.path, precision, man.num_exits, expect,
+                                               trt_version=str(trt.__version__), gpu=gpu)
+    key = {"key": folder.name, "tensorrt_version": str(trt.__version__), "gpu": gpu, "precision": precision,
+           "profile": profile, "sources": sources, "workspace_mb": workspace_mb}
+    if cached is not None:
+        say(f"engines for {folder.name} are up to date in {folder}; nothing to build (use --force to rebuild)")
+        return EngineBuildResult(b.path, precision, folder, cached, False, key)
+    say(f"building {man.num_exits} {precision} engines with TensorRT {trt.__version__} on {gpu} "
+        f"(batch {min_batch}/{opt_batch}/{max_batch}) into {folder}")
+    logger = trt.Logger(trt.Logger.WARNING)
+    seconds = []
+    with staging_dir(folder) as tmp:
+        for k, src in enumerate(paths, start=1):
+            t = time.perf_counter()
+            data = _build_one(trt, src, precision, (min_batch, opt_batch, max_batch), workspace_mb, logger)
+            engine_path(tmp, k).write_bytes(data)
+            seconds.append(time.perf_counter() - t)
+            say(f"  section {k} ({input_name(k)}): {len(data) / 1e6:.2f} MB in {seconds[-1]:.1f} s")
+        key["built"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        key["build_seconds"] = [round(s, 3) for s in seconds]
+        (tmp / KEY_FILE).write_text(json.dumps(key, indent=2, sort_keys=True) + "\n", "utf-8")
+    engines = [engine_path(folder, k) for k in range(1, man.num_exits + 1)]
+    say(f"done: {folder}")
+    return EngineBuildResult(b.path, precision, folder, engines, True, key, seconds)
