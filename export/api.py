@@ -32,6 +32,7 @@ import numpy as np
 
 from ..runtime.errors import BundleError, DataError, ExportError
 from ..runtime.manifest import features_name, input_name, logits_name
+from .onnx_sections import MIN_OPSET
 from .parity import DEFAULT_TOLERANCE, ExitParity, format_table
 from .quantize import Int8ExitReport, format_int8_table
 
@@ -179,6 +180,9 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(cfg.output)
+    if cfg.opset < MIN_OPSET:
+        raise ExportError(f"opset {cfg.opset} is not supported: the exporter emits opset >= {MIN_OPSET}; "
+                          f"use --opset {MIN_OPSET} or higher")
     if not (cfg.parity_tolerance > 0):
         raise ExportError(f"parity tolerance must be positive, got {cfg.parity_tolerance}")
     if cfg.int8 and cfg.int8_samples < 1:
