@@ -1,0 +1,411 @@
+"""``calibrate_bundle``: fit a bundle to its device and task, and write the result into the bundle.
+
+::
+
+    from sdedge.calibrate import CalibrationConfig, calibrate_bundle
+    res = calibrate_bundle("bundle/", config=CalibrationConfig(max_accuracy_drop=1.0))
+    print(res.summary())
+
+Steps, all torch-free (numpy + :mod:`sdedge.runtime`):
+
+1. calibration data: the validation split the model was trained without (read by
+   :mod:`sdedge.calibrate.datasets` from the bundle's training metadata), or arrays given by the caller;
+   split into a *fit* half and a *held-out* half (seeded);
+2. every exit's logits on it, once (``AnytimeSession.infer_all_exits``);
+3. a temperature per exit on the fit half (:mod:`~sdedge.calibrate.temperature`), NLL/ECE before and
+   after on both halves;
+4. a latency profile of each section on this device (:mod:`~sdedge.calibrate.profile`), one per thread
+   setting asked for;
+5. per-exit thresholds for the target on the fit half, evaluated on the held-out half
+   (:mod:`~sdedge.calibrate.thresholds`); a self-check replays the result with the runtime's own
+   :func:`sdedge.runtime.policies.replay` from the ``calibration.json`` about to be written;
+6. anytime curves on the held-out half (:mod:`~sdedge.calibrate.curves`), optionally plotted;
+7. ``calibration.json`` and ``profiles/<device>.json`` written in one atomic swap of the bundle with
+   :func:`sdedge.runtime.bundle.update_bundle` (manifest checksums updated in the same swap). Nothing is
+   written before every step has succeeded; an interrupted run leaves the previous bundle as it was.
+
+``calibration.json`` holds the fields the runtime reads (``criterion``, ``temperatures``,
+``thresholds``, ``enabled``; see :mod:`sdedge.runtime.calibration`) and the report: ``method``,
+``target``, ``target_met``, ``expected`` (fit and held-out accuracy / mean latency / exit histogram),
+``temperature_fits`` (converged, at_bound, NLL, ECE), ``data`` (source, split, sizes, seed),
+``profile`` (the profile file the latencies come from) and ``warnings``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from sdedge.runtime.bundle import Bundle, CALIBRATION_NAME, dump_json, open_bundle, update_bundle
+from sdedge.runtime.calibration import Calibration
+from sdedge.runtime.errors import BundleError, DataError, PolicyError, SdedgeError
+from sdedge.runtime.policies import ANSWERS, ConfidencePolicy, check_criterion, replay
+from sdedge.runtime.preprocess import Preprocessor
+from sdedge.runtime.profile import profile_relpath
+
+from .curves import CurveSet, accuracy_at_fractions, offline_curves
+from .datasets import LabelledImages, load_calibration_split
+from .metrics import ece, nll
+from .profile import ProfileConfig, measure_profile
+from .temperature import DEFAULT_BOUNDS, TemperatureFit, fit_temperatures
+from .thresholds import (ExitCosts, ReplayTable, Target, ThresholdResult, exit_costs_from_macs, exit_costs_from_profile,
+                         fit_heldout_split, select_thresholds)
+
+CALIBRATION_FORMAT = "sdedge-calibration"
+CALIBRATION_VERSION = 1
+
+
+class CalibrationError(SdedgeError):
+    """A calibration step failed a consistency check (the bundle is left as it was)."""
+
+
+@dataclass
+class CalibrationConfig:
+    """Options of :func:`calibrate_bundle` (one flag of ``sdedge calibrate`` each)."""
+
+    criterion: str = "max_prob"
+    target_accuracy: float | None = None  # absolute (fraction, or percent when > 1)
+    max_accuracy_drop: float | None = None  # percentage points below the deepest exit (default 1.0)
+    target_latency_ms: float | None = None  # expected mean latency per image
+    data: str | None = None  # dataset folder (default: SDEDGE_DATA / the dataset's usual place)
+    split: str = "val"  # val (the training hold-out) | test | train
+    max_samples: int | None = None  # seeded subsample of the calibration data
+    heldout_fraction: float = 0.5  # share of the calibration data kept for evaluation (0: evaluate on the fit data)
+    seed: int = 0
+    backend: str = "auto"
+    precision: str = "fp32"
+    threads: tuple[int | None, ...] = (None,)  # one profile per entry; the first runs the calibration
+    batch_sizes: tuple[int, ...] = (1,)
+    profile_runs: int = 200  # 0: no new profile (use the bundle's profile for this device, if any)
+    profile_warmup: int = 20
+    overhead_runs: int = 200
+    temperature: bool = True  # fit temperatures (False: T = 1)
+    temperature_bounds: tuple[float, float] = DEFAULT_BOUNDS
+    num_candidates: int = 200
+    answer: str = "last"
+    profile_only: bool = False  # measure and write profiles only; keep calibration.json
+    plot: str | None = None  # PNG path; CSV and JSON tables are written beside it
+    write: bool = True  # False: compute and report, write nothing into the bundle
+
+    def target(self) -> Target:
+        given = [v is not None for v in (self.target_accuracy, self.max_accuracy_drop, self.target_latency_ms)]
+        if sum(given) > 1:
+            raise PolicyError("give one target: target_accuracy, max_accuracy_drop or target_latency_ms")
+        if self.target_latency_ms is not None:
+            return Target.latency(self.target_latency_ms)
+        if self.target_accuracy is not None:
+            return Target.accuracy(target_accuracy=self.target_accuracy)
+        return Target.accuracy(max_accuracy_drop=1.0 if self.max_accuracy_drop is None else self.max_accuracy_drop)
+
+    def check(self) -> None:
+        check_criterion(self.criterion)
+        self.target()
+        if self.answer not in ANSWERS:
+            raise PolicyError(f"answer must be one of {', '.join(ANSWERS)}, got {self.answer!r}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise PolicyError(f"held-out fraction must be in [0, 1), got {self.heldout_fraction}")
+        if self.max_samples is not None and self.max_samples < 2:
+            raise PolicyError(f"max_samples must be >= 2, got {self.max_samples}")
+        if not self.threads:
+            raise PolicyError("threads must list at least one setting (None = the backend default)")
+        if self.profile_runs:
+            ProfileConfig(tuple(self.batch_sizes), self.profile_runs, self.profile_warmup, self.overhead_runs).check()
+
+
+@dataclass
+class CalibrationResult:
+    bundle: str
+    device: str
+    calibration: dict[str, Any] | None  # the calibration.json content (None with profile_only)
+    profiles: dict[str, dict]  # device name -> profile written
+    temperature_fits: list[TemperatureFit]
+    thresholds: ThresholdResult | None
+    curves: CurveSet | None
+    data: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    files_written: list[str] = field(default_factory=list)
+    plot_files: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return format_summary(self)
+
+
+def _log(progress: Callable[[str], None] | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def _check_writable(root: Path) -> None:
+    for p in (root, root.parent):
+        if not os.access(p, os.W_OK):
+            raise BundleError(f"cannot calibrate bundle {root}: {p} is not writable (calibration writes "
+                              "calibration.json and profiles/ into the bundle); copy the bundle somewhere writable "
+                              "or pass write=False / --dry-run")
+
+
+def _data(bundle: Bundle, images: Any, labels: Any, data: Any, cfg: CalibrationConfig) -> LabelledImages:
+    if isinstance(data, LabelledImages):
+        return data
+    if images is not None or labels is not None:
+        if images is None or labels is None:
+            raise DataError("pass both images and labels (or neither, to read the bundle's validation split)")
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
+            raise DataError(f"labels must be a 1-D integer array, got {lab.dtype} {list(lab.shape)}")
+        img = np.asarray(images)
+        if img.shape[0] != lab.shape[0]:
+            raise DataError(f"{img.shape[0]} images but {lab.shape[0]} labels")
+        return LabelledImages(img, lab.astype(np.int64), "arrays given by the caller", "given")
+    return load_calibration_split(bundle.manifest, data if data is not None else cfg.data, cfg.split)
+
+
+def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any = None, data: Any = None,
+                     config: CalibrationConfig | None = None, progress: Callable[[str], None] | None = None,
+                     **overrides: Any) -> CalibrationResult:
+    """Calibrate ``bundle`` in place (see the module docstring); ``overrides`` set config fields."""
+    from sdedge.runtime.session import AnytimeSession  # lazily: pulls in onnxruntime
+
+    cfg = config or CalibrationConfig()
+    if overrides:
+        unknown = [k for k in overrides if not hasattr(cfg, k)]
+        if unknown:
+            raise PolicyError(f"unknown calibration option(s): {', '.join(unknown)}")
+        cfg = CalibrationConfig(**{**cfg.__dict__, **overrides})
+    cfg.check()
+    root = Path(bundle)
+    b = open_bundle(root)
+    if cfg.write:
+        _check_writable(root)
+    k = b.manifest.num_exits
+    warnings: list[str] = []
+
+    lab = _data(b, images, labels, data, cfg)
+    n_all = int(lab.labels.shape[0])
+    if lab.labels.size and (lab.labels.min() < 0 or lab.labels.max() >= b.manifest.num_classes):
+        raise DataError(f"calibration labels must lie in 0..{b.manifest.num_classes - 1}, "
+                        f"found {int(lab.labels.min())}..{int(lab.labels.max())}")
+    if cfg.max_samples and n_all > cfg.max_samples:
+        keep = np.sort(np.random.default_rng(cfg.seed).permutation(n_all)[: cfg.max_samples])
+        lab = LabelledImages(lab.images[keep], lab.labels[keep], lab.source + f" (seeded subsample of {cfg.max_samples})",
+                             lab.split)
+    n = int(lab.labels.shape[0])
+    if n < 2:
+        raise DataError(f"calibration needs at least 2 labelled images, got {n}")
+    if lab.split == "test":
+        warnings.append("calibrating on the test split: test accuracy measured afterwards is no longer an unbiased "
+                        "estimate (use the validation split)")
+    _log(progress, f"calibration data: {n} images from {lab.source}")
+
+    max_batch = max(64, max(cfg.batch_sizes))
+    sessions: list[Any] = []
+    try:
+        session = AnytimeSession(b, backend=cfg.backend, precision=cfg.precision, intra_op_threads=cfg.threads[0],
+                                 warmup=3, max_batch=max_batch, criterion=cfg.criterion, answer=cfg.answer)
+        sessions.append(session)
+        device = session.device_name
+        prep = Preprocessor(b.manifest, 1 << 62)
+        profile_inputs = prep(lab.images[: min(n, 64)]).batch
+
+        # -- latency profiles (one per thread setting) ---------------------------------------------------------
+        profiles: dict[str, dict] = {}
+        if cfg.profile_runs:
+            pcfg = ProfileConfig(tuple(sorted(set(cfg.batch_sizes))), cfg.profile_runs, cfg.profile_warmup,
+                                 cfg.overhead_runs)
+            for i, threads in enumerate(cfg.threads):
+                s = session if i == 0 else AnytimeSession(b, backend=cfg.backend, precision=cfg.precision,
+                                                          intra_op_threads=threads, warmup=3, max_batch=max_batch)
+                if i:
+                    sessions.append(s)
+                _log(progress, f"profiling {s.device_name}: {cfg.profile_runs} runs per batch size "
+                               f"{list(pcfg.batch_sizes)}")
+                prof = measure_profile(s, profile_inputs, pcfg)
+                profiles[prof["device"]] = prof
+        if cfg.profile_only:
+            if not profiles:
+                raise PolicyError("profile_only needs profile_runs > 0")
+            written = _write(root, {profile_relpath(d): p for d, p in profiles.items()}, cfg)
+            return CalibrationResult(str(root), device, None, profiles, [], None, None,
+                                     {"source": lab.source, "n": n}, warnings, written)
+        own_profile = profiles.get(device) or b.profile(device)
+        if own_profile is not None:
+            costs = exit_costs_from_profile(own_profile, k)
+        else:
+            from sdedge.runtime.benchmarking import mac_shares
+
+            costs = exit_costs_from_macs(mac_shares(b.manifest))
+            warnings.append(f"no latency profile for {device} (profile_runs=0 and none in the bundle): thresholds "
+                            "minimise a MAC-based cost proxy and latencies are not reported")
+
+        # -- logits, once ---------------------------------------------------------------------------------------------
+        _log(progress, f"running all {k} exits on {n} images ({device})")
+        all_logits = session.infer_all_exits(lab.images)
+        fit_idx, held_idx = fit_heldout_split(n, cfg.heldout_fraction, cfg.seed)
+        if held_idx.size == 0 or fit_idx.size == 0:
+            fit_idx = held_idx = np.arange(n)
+            warnings.append("calibration and evaluation use the same split (held-out fraction 0 or too few images): "
+                            "the reported expectations are optimistic")
+        y = lab.labels
+
+        # -- temperatures -------------------------------------------------------------------------------------------------
+        if cfg.temperature:
+            fits = fit_temperatures(all_logits[:, fit_idx], y[fit_idx], cfg.temperature_bounds,
+                                    heldout_logits=all_logits[:, held_idx], heldout_labels=y[held_idx])
+        else:
+            fits = [_identity_fit(all_logits[j, fit_idx], y[fit_idx], all_logits[j, held_idx], y[held_idx])
+                    for j in range(k)]
+        temps = [f.temperature for f in fits]
+        for j, f in enumerate(fits, start=1):
+            if not f.converged:
+                warnings.append(f"exit {j}: temperature fit did not converge ({f.note or 'tolerance not reached'})")
+
+        # -- thresholds ------------------------------------------------------------------------------------------------------
+        table = ReplayTable(all_logits, y, temps, cfg.criterion, cfg.answer)
+        fit_t, held_t = table.subset(fit_idx), table.subset(held_idx)
+        _log(progress, f"choosing thresholds ({cfg.target().kind} target) on {fit_idx.size} images, "
+                       f"evaluating on {held_idx.size}")
+        thr = select_thresholds(fit_t, costs, cfg.target(), cfg.num_candidates, heldout=held_t)
+        warnings.extend(thr.warnings)
+
+        calib = {
+            "format": CALIBRATION_FORMAT, "format_version": CALIBRATION_VERSION,
+            "criterion": cfg.criterion, "answer": cfg.answer,
+            "temperatures": temps, "thresholds": thr.thresholds, "enabled": thr.enabled,
+            "method": thr.method, "target": thr.target, "target_met": thr.target_met,
+            "nearest_achievable": thr.nearest_achievable,
+            "expected": {"fit": thr.fit, "heldout": thr.heldout, "reference": thr.reference},
+            "temperature_fits": [f.to_json() for f in fits],
+            "data": {"source": lab.source, "split": lab.split, "n": n, "fit_n": int(fit_idx.size),
+                     "heldout_n": int(held_idx.size), "seed": cfg.seed,
+                     "same_split": bool(np.array_equal(fit_idx, held_idx))},
+            "device": device, "backend": session.backend_name,
+            "profile": profile_relpath(device) if own_profile is not None else None,
+            "warnings": list(dict.fromkeys(warnings)),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        calib = _jsonable(calib)
+        _self_check(calib, all_logits[:, held_idx], thr, table.subset(held_idx), b)
+
+        # -- curves ------------------------------------------------------------------------------------------------------------
+        curves = offline_curves(held_t, costs, {"thresholds": thr.thresholds, "enabled": thr.enabled})
+        curves.meta.update({"bundle": str(root), "device": device, "data": lab.source, "split": "held-out half"})
+        calib["expected"]["accuracy_at_fraction"] = _jsonable(accuracy_at_fractions(curves))
+
+        files = {CALIBRATION_NAME: dump_json(calib)}
+        files.update({profile_relpath(d): dump_json(p) for d, p in profiles.items()})
+        written = _write(root, files, cfg)
+        plot_files: dict[str, str] = {}
+        if cfg.plot:
+            from .plot import save_curves
+
+            title = f"{b.manifest.model.get('name', root.name)} on {device}\n(held-out {held_idx.size} images, " \
+                    f"{cfg.criterion})"
+            plot_files = save_curves(curves, cfg.plot, title)
+        return CalibrationResult(str(root), device, calib, profiles, fits, thr, curves, calib["data"],
+                                 calib["warnings"], written, plot_files)
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def _write(root: Path, files: dict[str, Any], cfg: CalibrationConfig) -> list[str]:
+    if not cfg.write:
+        return []
+    data = {rel: (v if isinstance(v, bytes) else dump_json(v)) for rel, v in files.items()}
+    update_bundle(root, data)
+    return sorted(data)
+
+
+def _identity_fit(z: np.ndarray, y: np.ndarray, hz: np.ndarray, hy: np.ndarray) -> TemperatureFit:
+    return TemperatureFit(1.0, True, False, 0, (1.0, 1.0), nll(z, y), nll(z, y), ece(z, y), ece(z, y),
+                          nll(hz, hy), nll(hz, hy), ece(hz, hy), ece(hz, hy), note="temperature scaling off")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only; NaN/Inf become null (the bundle's JSON forbids them)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    return obj
+
+
+def _self_check(calib: dict, logits: np.ndarray, thr: ThresholdResult, table: ReplayTable, b: Bundle) -> None:
+    """The runtime's own replay of the calibration about to be written must decide what we evaluated."""
+    c = Calibration.from_json(calib, b.manifest.num_exits)
+    pol = ConfidencePolicy.build(b.manifest.num_exits, "calibrated", calibration=c)
+    rt = replay(logits, pol, answer=calib["answer"])
+    ours = table.exits(thr.thresholds, thr.enabled)
+    if not np.array_equal(rt.exit_index, ours):
+        bad = int((rt.exit_index != ours).sum())
+        raise CalibrationError(f"internal check failed: the runtime's replay of the chosen thresholds differs from the "
+                               f"calibrator's on {bad} of {ours.size} held-out samples; nothing was written")
+
+
+def format_summary(res: CalibrationResult) -> str:
+    """The printable report: per-exit table, the target and what it achieves, files and warnings."""
+    lines = [f"bundle {res.bundle}  device {res.device}"]
+    if res.calibration is None:
+        lines += [f"profile written: {p}" for p in res.files_written]
+        return "\n".join(lines)
+    cal, thr = res.calibration, res.thresholds
+    assert thr is not None
+    d = cal["data"]
+    lines.append(f"data: {d['source']}; {d['n']} images = {d['fit_n']} fit + {d['heldout_n']} held-out (seed {d['seed']})")
+    prof = next(iter(res.profiles.values()), None) if res.profiles else None
+    sec = prof["batch_sizes"]["1"]["sections"] if prof and "1" in prof["batch_sizes"] else None
+    held = thr.heldout or thr.fit
+    hist = held["exit_histogram"]
+    ref = thr.reference
+    accs = held.get("exit_accuracies") or ref["exit_accuracies"]
+    head = (f"{'exit':>4} {'T':>6} {'ECE before':>10} {'ECE after':>9} {'acc %':>7} {'cum ms':>8} "
+            f"{'sec p50':>8} {'sec p99':>8} {'threshold':>9} {'on':>3} {'exits %':>7}")
+    lines += ["", head, "-" * len(head)]
+    for j, f in enumerate(res.temperature_fits):
+        eb = f.heldout_ece_before if f.heldout_ece_before is not None else f.ece_before
+        ea = f.heldout_ece_after if f.heldout_ece_after is not None else f.ece_after
+        t = cal["thresholds"][j]
+        cum = f"{ref['exit_costs'][j]:.3f}" if ref["cost_unit"] == "ms" else "-"
+        p50 = f"{sec[j]['p50_ms']:.3f}" if sec else "-"
+        p99 = f"{sec[j]['p99_ms']:.3f}" if sec else "-"
+        ts = "-" if t is None else f"{t:.4f}"
+        on = "yes" if cal["enabled"][j] else "no"
+        lines.append(f"{j + 1:>4} {f.temperature:>6.3f} {100 * eb:>9.2f}% {100 * ea:>8.2f}% "
+                     f"{100 * accs[j]:>7.2f} {cum:>8} {p50:>8} {p99:>8} {ts:>9} {on:>3} "
+                     f"{100 * hist[j] / max(1, sum(hist)):>7.1f}")
+    tgt = thr.target
+    lines.append("")
+    lines.append(f"target: {tgt['text']} ({thr.method}, criterion {thr.criterion}) -> "
+                 f"{'met' if thr.target_met else 'NOT met'} on the fit split"
+                 + ("" if thr.heldout is None else f", {'met' if thr.heldout['target_met'] else 'NOT met'} held-out"))
+
+    def pt(r: dict) -> str:
+        lat = "n/a" if r.get("mean_latency_ms") is None else f"{r['mean_latency_ms']:.3f} ms"
+        return f"accuracy {100 * r['accuracy']:.2f} %, mean latency {lat}, mean exit {r['mean_exit']:.2f}"
+
+    lines.append(f"expected on the fit split:      {pt(thr.fit)}")
+    if thr.heldout is not None:
+        lines.append(f"expected on the held-out split: {pt(thr.heldout)} "
+                     f"(deepest exit alone: {100 * thr.heldout['deepest_exit_accuracy']:.2f} %)")
+    if res.curves is not None:
+        from .curves import format_fraction_table
+
+        lines += ["", "accuracy within a share of the full latency (held-out):",
+                  format_fraction_table(accuracy_at_fractions(res.curves))]
+    if res.files_written:
+        lines += ["", "written into the bundle: " + ", ".join(res.files_written)]
+    if res.plot_files:
+        lines.append("plot: " + ", ".join(res.plot_files.values()))
+    for w in res.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
