@@ -72,9 +72,12 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def holdout(train: ImageArrays, val_size: int, seed: int) -> tuple[ImageArrays, ImageArrays]:
-    """Seeded random hold-out of ``val_size`` training images for validation."""
-    n = len(train)
-    if not 0 <= val_size < n:
-        raise DataError(f"validation size {val_size} must be between 0 and {n - 1} (training set size minus one)")
-    perm = np.random.default_rng(seed).permutation(n)
-    return train.subset(np.sort(perm[val_size:])), train.subset(np.sort(perm[:val_size]))
+    """Seeded random hold-out of ``val_size`` training images for validation.
+
+    The indices come from :func:`sdedge.calibrate.datasets.holdout_indices`, the one implementation the
+    torch-free calibrator also uses to find the same validation split on the device.
+    """
+    from ..calibrate.datasets import holdout_indices
+
+    tr, va = holdout_indices(len(train), val_size, seed)
+    return train.subset(tr), train.subset(va)
