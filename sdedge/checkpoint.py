@@ -5,13 +5,18 @@ Layout of the ``torch.save``'d dict::
     {"format": "sdedge-checkpoint", "format_version": 1,
      "meta": "<JSON string>",            # model config, data/preprocess, classes, method + hparams, accuracies, versions
      "state_dict": {name: Tensor},
+     "sha256": "<hex>",                  # digest of meta + every state_dict tensor (name, dtype, shape, bytes)
      "train_state": {...} | absent}      # optimizer/scheduler/epoch, only in resumable "last.pt" files
 
-Metadata is a JSON string so it stays JSON-able by construction. Anything else (a foreign state dict,
-a pickle carrying code, a truncated file, a newer format) is refused with :class:`CheckpointError`.
+Metadata is a JSON string so it stays JSON-able by construction. The digest catches altered or
+bit-rotted weights and metadata, which ``torch.load`` itself would load silently (it does not check
+the zip's CRCs); it is an integrity check, not a signature, and does not cover ``train_state``.
+Anything else (a foreign state dict, a pickle carrying code, a truncated file, a newer format, a
+digest mismatch) is refused with :class:`CheckpointError`.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -56,6 +61,17 @@ def library_versions() -> dict[str, str]:
     return v
 
 
+def content_digest(meta_json: str, state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the metadata string and every tensor's name, dtype, shape and raw bytes (sorted by name)."""
+    h = hashlib.sha256(meta_json.encode("utf-8"))
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, meta: dict, state_dict: dict[str, torch.Tensor],
                     train_state: dict[str, Any] | None = None) -> Path:
     """Serialise to memory, then write atomically (temp file + fsync + rename)."""
@@ -64,11 +80,14 @@ def save_checkpoint(path: str | os.PathLike, meta: dict, state_dict: dict[str, t
         raise CheckpointError(f"checkpoint metadata lacks {missing}")
     meta = dict(meta)
     meta.setdefault("versions", library_versions())
+    meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
+    sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     obj: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "meta": json.dumps(meta, sort_keys=True, allow_nan=False),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+        "meta": meta_json,
+        "state_dict": sd,
+        "sha256": content_digest(meta_json, sd),
     }
     if train_state is not None:
         obj["train_state"] = train_state
@@ -91,6 +110,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
                               f"data (possibly code); sdedge loads checkpoints with weights_only=True ({e})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated: {e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged archive surfaces as KeyError, IndexError, UnicodeError, ...
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt: {type(e).__name__}: {e})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an sdedge checkpoint (no 'format': {FORMAT!r}); "
                               "a bare state dict from another project cannot be used")
@@ -108,8 +129,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     if missing:
         raise CheckpointError(f"{path}: metadata lacks required field(s) {missing}")
     sd = obj.get("state_dict")
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise CheckpointError(f"{path}: 'state_dict' must map names to tensors")
+    digest = obj.get("sha256")
+    if not isinstance(digest, str):
+        raise CheckpointError(f"{path} has no content digest ('sha256'); it was not written by sdedge's save_checkpoint")
+    actual = content_digest(obj["meta"], sd)
+    if actual != digest:
+        raise CheckpointError(f"{path} was altered or is corrupt: its content digest is {actual[:16]}..., "
+                              f"the file records {digest[:16]}...")
     return Checkpoint(meta, sd, obj.get("train_state"), path)
 
 
