@@ -203,6 +203,11 @@ class LatencyEstimator:
             ring = rings[b] = _Ring(self.window, self.quantile, self.refresh)
         ring.add(ms)
 
+    def reset(self, section: int | None = None) -> None:
+        """Forget the measurements of one section (0 = overhead), or of all when ``section`` is None."""
+        for i in range(self.num_sections + 1) if section is None else (section,):
+            self._rings[i].clear()
+
     def count(self, section: int, batch: int) -> int:
         ring = self._rings[section].get(batch_bucket(batch))
         return 0 if ring is None else ring.n

@@ -17,12 +17,15 @@ File format (``format_version`` 1; ``format`` and ``format_version`` are optiona
                            ...one entry per section, index 1..K]},
         "8": {...}
       },
-      "decision_overhead_ms": 0.012,   # the runtime's own time per section (softmax, policy, bookkeeping)
+      "decision_overhead_ms": 0.045,   # the runtime's own time per call outside the sections (p99):
+                                        # validation, softmax, policy decisions, results
       "runs": 500,                      # timed runs per batch size
       "created": "2026-01-01T00:00:00+00:00"
     }
 
-A section's time is the wall time of ``Backend.run_section`` alone (model only). Batch sizes missing
+A section's time is the wall time of ``Backend.run_section`` alone (model only); the session adds
+``decision_overhead_ms`` to every next-section estimate. :func:`sdedge.runtime.benchmarking.measure_profile`
+measures both on a live session and returns this format (``sdedge calibrate`` writes it). Batch sizes missing
 from the profile are answered by the next larger one measured, or by scaling the largest measured one
 linearly (a pessimistic estimate for batches beyond what was profiled).
 """
