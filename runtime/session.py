@@ -104,16 +104,23 @@ class AnytimeSession:
             opts = BackendOptions(precision=precision, intra_op_threads=intra_op_threads, providers=providers,
                                   max_batch=max_batch, extra=dict(backend_options or {}))
             self.backend = create_backend(self.bundle, backend, opts)
-        self.profile: LatencyProfile | None = load_profile(self.bundle, self.backend.device_name)
-        self.estimator = LatencyEstimator(self.num_exits, window=latency_window, quantile=latency_quantile)
-        self.deadline_policy = DeadlinePolicy(self.estimator, self.profile)
-        self._prep = Preprocessor(self.manifest, max_batch)
-        self._prep_any = Preprocessor(self.manifest, 1 << 62)  # infer_all_exits chunks any batch
-        self._lock = threading.Lock()
-        self._policies: dict[tuple[Any, str | None], ConfidencePolicy] = {}
-        self._default_policy: ConfidencePolicy | None = None
-        self._default_policy = self.policy(None, None)
-        self._warmup(warmup)
+        try:
+            # a backend with fixed buffers (TensorRT) may hold fewer rows than asked for
+            self.max_batch = min(max_batch, int(getattr(self.backend, "max_batch", max_batch)))
+            self.profile: LatencyProfile | None = load_profile(self.bundle, self.backend.device_name)
+            self.estimator = LatencyEstimator(self.num_exits, window=latency_window, quantile=latency_quantile)
+            self.deadline_policy = DeadlinePolicy(self.estimator, self.profile)
+            self._prep = Preprocessor(self.manifest, self.max_batch)
+            self._prep_any = Preprocessor(self.manifest, 1 << 62)  # infer_all_exits chunks any batch
+            self._lock = threading.Lock()
+            self._policies: dict[tuple[Any, str | None], ConfidencePolicy] = {}
+            self._default_policy: ConfidencePolicy | None = None
+            self._default_policy = self.policy(None, None)
+            self._warmup(warmup)
+        except BaseException:
+            if not isinstance(backend, Backend):
+                self.backend.close()  # do not leak device memory on a failed start
+            raise
 
     # -- description ---------------------------------------------------------------------------------
     @property

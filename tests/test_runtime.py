@@ -574,7 +574,8 @@ def test_tensorrt_backend_logic_matches_onnxruntime(tiny_bundle: Path, tmp_path:
 
     be = create_backend(b, "tensorrt", BackendOptions(precision="fp16", max_batch=32))
     assert be.name == "tensorrt" and be.max_batch == 16 and be.device_name.endswith("-fp16")
-    trt_s = AnytimeSession(b, backend=be, warmup=1, max_batch=16)
+    trt_s = AnytimeSession(b, backend=be, warmup=1)
+    assert trt_s.max_batch == 16  # the engines' profile caps the session's batch
     ort_s = AnytimeSession(b, backend="onnxruntime", intra_op_threads=1, warmup=0, max_batch=16)
     x = floats(ort_s, 12, seed=13)
     np.testing.assert_allclose(trt_s.infer_all_exits(x), ort_s.infer_all_exits(x), rtol=1e-5, atol=1e-6)
@@ -586,6 +587,9 @@ def test_tensorrt_backend_logic_matches_onnxruntime(tiny_bundle: Path, tmp_path:
         np.testing.assert_allclose(g.probabilities, r.probabilities, rtol=1e-5, atol=1e-6)
     with pytest.raises(BackendError, match="max batch 16"):
         be.upload(np.zeros((17,) + trt_s.input_shape, np.float32))
+    with pytest.raises(InputError, match="max_batch=16"):
+        trt_s.infer(np.zeros((17,) + trt_s.input_shape, np.float32))
+    assert trt_s.infer_all_exits(np.concatenate([x, x])).shape[1] == 24  # chunked to the engines' batch
     n_buffers = len(be._buffers)
     trt_s.close()
     assert len(device.freed) == n_buffers  # every device buffer released
