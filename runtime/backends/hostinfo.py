@@ -24,7 +24,12 @@ def cpu_model() -> str:
                     return value.strip()
     except OSError:
         pass
-    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):  # Jetson, Raspberry Pi
+    return board_model() or platform.processor() or platform.machine() or "unknown"
+
+
+def board_model() -> str | None:
+    """The board's name from the device tree (Jetson, Raspberry Pi), or None elsewhere."""
+    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
         try:
             with open(path, "rb") as f:
                 text = f.read().rstrip(b"\x00").decode("utf-8", "replace").strip()
@@ -32,7 +37,7 @@ def cpu_model() -> str:
                 return text
         except OSError:
             pass
-    return platform.processor() or platform.machine() or "unknown"
+    return None
 
 
 def available_cpus() -> int:
@@ -57,7 +62,7 @@ def nvidia_gpus() -> list[str]:
     if not names and os.path.exists("/dev/nvidia0"):
         names.append("nvidia-gpu")
     if not names and os.path.exists("/etc/nv_tegra_release"):  # Jetson: integrated GPU, no /proc entry
-        names.append(cpu_model())
+        names.append(board_model() or "nvidia-jetson")
     return names
 
 
