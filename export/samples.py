@@ -3,8 +3,8 @@
 Parity, INT8 calibration and the FP32-vs-INT8 accuracy report all read the data the checkpoint was
 trained on (``meta['data']['dataset']``), from ``--data DIR``, else ``SDEDGE_DATA`` and the dataset's
 default folders (:func:`sdedge.data.load_splits`). The validation split is rebuilt with the trainer's
-hold-out size and seed when the checkpoint records them (``data.val_size``, ``data.seed``), so the
-accuracy reported here is measured on the same images the trainer selected on.
+hold-out size, seed and image limit when the checkpoint records them (``data.val_size``, ``data.seed``,
+``data.limit``), so the accuracy reported here is measured on the images the trainer selected on.
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def load_export_data(meta: dict[str, Any], data_dir: str | os.PathLike | None) -
     seed = dmeta.get("seed", dmeta.get("split_seed"))
     if isinstance(seed, int):
         kwargs["seed"] = seed
+    if isinstance(dmeta.get("limit"), int):  # a run on the first N images holds out from those N
+        kwargs["limit"] = dmeta["limit"]
     splits = load_splits(name, data_dir or dmeta.get("data_dir"), **kwargs)
     want_hw = tuple(dmeta.get("image_size") or meta.get("model", {}).get("image_size") or splits.image_size)
     want_c = dmeta.get("in_channels") or meta.get("model", {}).get("in_channels") or splits.in_channels
