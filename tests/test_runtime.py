@@ -343,6 +343,12 @@ def test_backend_errors_are_clear(tiny_bundle: Path) -> None:
             create_backend(b, "onnxruntime", BackendOptions(precision="int8"))
 
 
+def test_auto_backend_without_engines_is_onnxruntime(tiny_bundle: Path) -> None:
+    s = AnytimeSession(tiny_bundle, intra_op_threads=1, warmup=0)  # backend="auto"
+    assert s.backend_name == "onnxruntime" and s.infer(floats(s, 1)[0]).exit_index == s.num_exits
+    s.close()
+
+
 def test_tensorrt_missing_is_a_clear_error(tiny_bundle: Path) -> None:
     pytest.importorskip("numpy")
     try:
