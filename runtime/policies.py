@@ -16,7 +16,8 @@ Deadline. Before section ``k+1`` the runtime predicts its cost: the bundle's lat
 device (``profiles/<device_name>.json``, a tail quantile, p99 by default) when present, and online
 measurements (a high quantile of a ring buffer of recent run times of that section at that batch-size
 bucket). With both, the larger wins: the profile is the prior, the online figure catches a device that
-is slower now than when it was profiled (thermal throttling, a busy neighbour). The runtime's own time
+is slower now than when it was profiled (thermal throttling, a busy neighbour); online figures older
+than a minute are forgotten so a section once measured slow gets measured again. The runtime's own time
 (validation, softmax, policy, building the results) is measured online and added. It stops when
 ``now + cost + overhead > deadline``. Exit 1 is the floor: it always runs, so there is always an answer,
 and ``deadline_met`` tells whether the deadline held. With both policies, whichever stops first wins.
@@ -27,9 +28,10 @@ decides live.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -155,7 +157,7 @@ def batch_bucket(n: int) -> int:
 class _Ring:
     """Fixed-size ring buffer of recent timings with a cached high quantile."""
 
-    __slots__ = ("buf", "n", "pos", "q", "dirty", "quantile", "refresh")
+    __slots__ = ("buf", "n", "pos", "q", "dirty", "quantile", "refresh", "last")
 
     def __init__(self, size: int, quantile: float, refresh: int) -> None:
         self.buf = np.zeros(size, dtype=np.float64)
@@ -163,8 +165,10 @@ class _Ring:
         self.q = 0.0
         self.quantile = quantile
         self.refresh = refresh
+        self.last = 0.0  # clock time of the newest sample
 
-    def add(self, v: float) -> None:
+    def add(self, v: float, now: float) -> None:
+        self.last = now
         self.buf[self.pos] = v
         self.pos = (self.pos + 1) % self.buf.size
         if self.n < self.buf.size:
@@ -182,16 +186,21 @@ class LatencyEstimator:
     """Online per-section latency estimates: a high quantile of the last ``window`` runs per batch bucket.
 
     Slot 0 holds the runtime's own per-call time outside the sections (the decision overhead).
+    Measurements not refreshed for ``max_age_s`` seconds are forgotten: a section that a slow spell
+    made look too expensive would otherwise never run again, so never be measured again. After that
+    the estimate falls back to the profile, or to none, and the next call that may run the section
+    measures it afresh (at the risk of one late answer per ``max_age_s``).
     """
 
     def __init__(self, num_sections: int, window: int = 256, quantile: float = 0.99, min_samples: int = 3,
-                 refresh: int = 16) -> None:
+                 refresh: int = 16, max_age_s: float = 60.0, clock: Callable[[], float] = time.perf_counter) -> None:
         if not 0.5 <= quantile <= 1.0:
             raise PolicyError(f"latency quantile must be in [0.5, 1], got {quantile!r}")
         if window < 8:
             raise PolicyError(f"latency window must hold at least 8 samples, got {window!r}")
         self.num_sections = num_sections
         self.window, self.quantile, self.min_samples, self.refresh = window, quantile, min_samples, refresh
+        self.max_age_s, self.clock = max_age_s, clock
         self._rings: list[dict[int, _Ring]] = [dict() for _ in range(num_sections + 1)]
 
     def record(self, section: int, batch: int, ms: float) -> None:
@@ -201,7 +210,7 @@ class LatencyEstimator:
         ring = rings.get(b)
         if ring is None:
             ring = rings[b] = _Ring(self.window, self.quantile, self.refresh)
-        ring.add(ms)
+        ring.add(ms, self.clock())
 
     def reset(self, section: int | None = None) -> None:
         """Forget the measurements of one section (0 = overhead), or of all when ``section`` is None."""
@@ -221,8 +230,11 @@ class LatencyEstimator:
         rings = self._rings[section]
         b = 1 if batch <= 1 else batch_bucket(batch)
         ring = rings.get(b)
-        if ring is not None and ring.n >= self.min_samples:
+        oldest = self.clock() - self.max_age_s
+        if ring is not None and ring.n >= self.min_samples and ring.last >= oldest:
             return ring.q
+        for k in [k for k, r in rings.items() if r.last < oldest]:
+            del rings[k]  # stale: forget it (see the class docstring)
         ok = [k for k, r in rings.items() if r.n >= self.min_samples]
         if not ok:
             return None

@@ -205,3 +205,18 @@ def test_deadline_policy_uses_larger_of_profile_and_online() -> None:
     now = 100.0
     assert not pol.should_stop(2, 1, now, now + 0.006)  # 5 ms + 0.01 ms overhead fits in 6 ms
     assert pol.should_stop(2, 1, now, now + 0.004)
+
+
+def test_stale_measurements_are_forgotten() -> None:
+    now = [0.0]
+    est = LatencyEstimator(2, window=16, max_age_s=10.0, clock=lambda: now[0])
+    for _ in range(5):
+        est.record(2, 1, 50.0)  # a slow spell
+    now[0] = 9.0
+    assert est.estimate(2, 1) == pytest.approx(50.0)
+    now[0] = 11.0  # the section has not run for 11 s: its old, slow figure no longer counts
+    assert est.estimate(2, 1) is None and est.count(2, 1) == 0
+    est.record(2, 1, 1.0)
+    est.record(2, 1, 1.0)
+    est.record(2, 1, 1.0)
+    assert est.estimate(2, 1) == pytest.approx(1.0)
