@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
           f"   full p50 {lt.full['p50_ms']:.4f} ms; the chain also computes the intermediate exit heads: MACs "
           f"chain/full {'n/a' if mr is None else f'{mr:.3f}'}"
           + ("" if mr is None else f", time beyond the extra MACs {lt.split_overhead / mr:.3f}"))
-    print("2. exit   p50 ms    p99 ms   latency/full   MAC share   |diff|")
+    print("2. exit   p50 ms    p99 ms   latency/full   MAC share   diff (points)   latency/MAC share")
     for e in lt.exits:
         share = e["mac_share"]
-        diff = "" if share is None else f"{abs(e['latency_share'] - share):.3f}"
+        diff = "" if share is None else f"{e['latency_share'] - share:+13.3f}   {e['latency_share'] / share:17.3f}"
         print(f"   {e['exit']:>4}  {e['p50_ms']:8.4f}  {e['p99_ms']:8.4f}   {e['latency_share']:11.3f}   "
               f"{'n/a' if share is None else f'{share:9.3f}'}   {diff}")
 
