@@ -37,7 +37,7 @@ from ..runtime.atomic import write_text_atomic
 from ..runtime.errors import CheckpointError
 from . import ddp
 from .config import TrainConfig, TrainConfigError, TrainResult
-from .evaluate import evaluate_arrays, format_table
+from .evaluate import as_tensor, evaluate_arrays, format_table
 from .loop import EpochInputs, TrainForward, lr_at, run_epoch
 
 
@@ -278,9 +278,9 @@ class _Run:
         aug = BatchAugment(AugmentConfig(cfg.crop_padding, s.hflip if cfg.hflip is None else cfg.hflip,
                                          cfg.cutout, cfg.autoaugment), s.image_size, s.mean, s.std)
         data_dev = self.dev if self.dev.type == "cuda" else torch.device("cpu")
-        train_x = torch.from_numpy(s.train.images).to(data_dev)
-        train_y = torch.from_numpy(s.train.labels).to(data_dev)
-        self.eval_data = {name: (torch.from_numpy(a.images), torch.from_numpy(a.labels))
+        train_x = as_tensor(s.train.images).to(data_dev)
+        train_y = as_tensor(s.train.labels).to(data_dev)
+        self.eval_data = {name: (as_tensor(a.images), as_tensor(a.labels))
                           for name, a in (("val", s.val), ("test", s.test))}
         per_proc = max(2, -(-cfg.batch_size // dist.world))
         inputs = EpochInputs(train_x, train_y, aug, per_proc, self.dev, cfg.channels_last, self.amp_dtype)
@@ -326,7 +326,7 @@ class _Run:
                 self.best_score, self.best_epoch = score, epoch + 1
             entry = {"epoch": epoch + 1, "phase": self.phase, "lr": st.lr, "loss": st.loss, "parts": st.parts,
                      "train_acc": st.train_acc, "val": val, "score": score, "select": self.select,
-                     "seconds": round(st.seconds, 3), "images_per_s": round(st.images / max(st.seconds, 1e-9), 1)}
+                     "images": st.images, "seconds": round(st.seconds, 3), "images_per_s": round(st.images / max(st.seconds, 1e-9), 1)}
             self.history.append(entry)
             if is_best:
                 self._save(self.best_path, {"val": val, "test": None}, epoch + 1, with_state=False)

@@ -22,6 +22,11 @@ from .ddp import DistInfo, all_reduce_sum, shard_range
 SPLITS = ("val", "test")
 
 
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory, or a copy when ``a`` is read-only (IDX files are read zero-copy)."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None or device.type != "cuda":
         return contextlib.nullcontext()
@@ -132,6 +137,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", data
             raise DataError(f"split {name!r} is empty (validation size 0?)")
         if int(np.max(arr.labels)) >= model.num_classes:
             raise DataError(f"{name} labels reach {int(np.max(arr.labels))} but the model has {model.num_classes} classes")
-        out[name] = evaluate_arrays(model, torch.from_numpy(arr.images), torch.from_numpy(arr.labels),
+        out[name] = evaluate_arrays(model, as_tensor(arr.images), as_tensor(arr.labels),
                                     pre["mean"], pre["std"], dev, batch_size, channels_last)
     return out
