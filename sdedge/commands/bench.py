@@ -1,0 +1,70 @@
+"""``sdedge bench BUNDLE``: per-exit latency, split overhead, decision overhead, deadline compliance.
+
+Torch-free; reuses :mod:`sdedge.runtime.benchmarking` through :mod:`sdedge.calibrate.bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals or any(not v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive numbers of milliseconds, got {text!r}")
+    return vals
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "bench", help="measure a bundle on this device: exit latencies, overheads, deadline compliance",
+        description="Measure a bundle on this device, side by side in one run (same preloaded inputs, interleaved, "
+                    "warm-up discarded, threads fixed): per-exit latency (p50/p99) beside each exit's MAC share, the "
+                    "split overhead of chained sections vs full.onnx, the runtime's decision overhead, and the share "
+                    "of calls that meet their deadline at a set of budgets (optionally beside CPU-burning neighbours). "
+                    "Printed as a table of ratios and saved as JSON.")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--runs", type=int, default=500, help="timed calls per contender (default 500)")
+    p.add_argument("--warmup", type=int, default=50, help="untimed warm-up calls (default 50)")
+    p.add_argument("--calls", type=int, default=2000, help="infer calls per budget for deadline compliance")
+    p.add_argument("--budgets", type=_floats, default=None, metavar="MS,MS,...",
+                   help="budgets in ms (default: exit-1 p99 and 50/75/100/125 %% of the full infer p50)")
+    p.add_argument("--burn", type=int, default=0, metavar="N",
+                   help="also measure compliance beside N CPU-burning neighbour processes")
+    p.add_argument("--plot", default=None, metavar="OUT.png",
+                   help="anytime curves measured live on labelled data (+ .csv/.json beside it)")
+    p.add_argument("--data", default=None, metavar="DIR", help="dataset folder for --plot (default: the usual place)")
+    p.add_argument("--images", default=None, metavar="X.npy", help="labelled images for --plot instead of the dataset")
+    p.add_argument("--labels", default=None, metavar="Y.npy")
+    p.add_argument("--curve-samples", type=int, default=500, help="labelled images per live curve point")
+    p.add_argument("--json", default="bench.json", metavar="OUT.json", help="where to save the results (default bench.json)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calibrate.bench import BenchConfig, run_bench
+    from ..runtime.errors import DataError
+
+    images = labels = None
+    if (args.images is None) != (args.labels is None):
+        raise DataError("--images and --labels go together")
+    if args.images is not None:
+        from ..calibrate.datasets import load_arrays
+
+        a = load_arrays(args.images, args.labels)
+        images, labels = a.images, a.labels
+    cfg = BenchConfig(backend=args.backend, precision=args.precision, threads=args.threads, runs=args.runs,
+                      warmup=args.warmup, calls=args.calls, budgets_ms=args.budgets, burn=args.burn, plot=args.plot,
+                      data=args.data, curve_samples=args.curve_samples, json_path=args.json or None)
+    progress = None if args.quiet else (lambda m: print(f"# {m}", file=sys.stderr, flush=True))
+    res = run_bench(args.bundle, cfg, images=images, labels=labels, progress=progress)
+    print(res.summary())
+    return 0

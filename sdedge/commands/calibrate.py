@@ -1,0 +1,108 @@
+"""``sdedge calibrate BUNDLE``: temperatures, thresholds and a latency profile, written into the bundle.
+
+Runs on the target device without PyTorch (numpy + the runtime). See :mod:`sdedge.calibrate.api`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "calibrate", help="fit temperatures and per-exit thresholds, measure a latency profile (on the target)",
+        description="Calibrate a bundle on the device it will run on: run every exit on labelled data once, fit a "
+                    "temperature per exit (NLL), choose per-exit confidence thresholds for an accuracy or latency "
+                    "target (fit on one half of the data, reported on the other), measure each section's latency "
+                    "(profiles/<device>.json), and write calibration.json and the profile atomically into the bundle.",
+        epilog="Data: by default the validation split the model was trained without (read from the bundle's training "
+               "metadata: Fashion-MNIST IDX files, CIFAR python pickles, or the built-in digits). "
+               "Examples: `sdedge calibrate bundle/ --data ~/fashion-mnist --max-accuracy-drop 0.5 --plot curve.png`; "
+               "`sdedge calibrate bundle/ --images x.npy --labels y.npy --target-latency-ms 2`.")
+    p.add_argument("bundle", help="bundle folder (made by `sdedge export`)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", default=None, metavar="DIR", help="dataset folder (default: $SDEDGE_DATA or the usual place)")
+    d.add_argument("--images", default=None, metavar="X.npy",
+                   help="calibration images instead: raw uint8 [N,H,W,C] or preprocessed float [N,C,H,W]")
+    d.add_argument("--labels", default=None, metavar="Y.npy", help="labels of --images, integers [N]")
+    d.add_argument("--split", choices=["val", "test", "train"], default="val",
+                   help="which split of the dataset (default val: the hold-out training never saw)")
+    d.add_argument("--max-samples", type=int, default=None, help="seeded subsample of the calibration data")
+    d.add_argument("--heldout-fraction", type=float, default=0.5,
+                   help="share kept aside to report the expected accuracy/latency (default 0.5; 0 = same data, warned)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the fit/held-out split and subsample")
+    t = p.add_argument_group("target (one of)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--target-accuracy", type=float, default=None,
+                   help="absolute accuracy to keep (fraction, or percent when > 1): the cheapest thresholds that reach it")
+    g.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="percentage points below the deepest exit's accuracy (default 1.0)")
+    g.add_argument("--target-latency-ms", type=float, default=None,
+                   help="expected mean latency per image: the most accurate thresholds within it")
+    t.add_argument("--criterion", choices=["max_prob", "entropy", "margin"], default="max_prob",
+                   help="confidence criterion the thresholds apply to")
+    t.add_argument("--no-temperature", action="store_true", help="do not fit temperatures (T = 1)")
+    t.add_argument("--answer", choices=["last", "ensemble"], default="last",
+                   help="answer mode the thresholds are chosen for (the session's answer=)")
+    r = p.add_argument_group("device and profile")
+    r.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
+    r.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    r.add_argument("--threads", type=_int_list, default=None,
+                   help="intra-op threads; a comma list profiles each (e.g. 1,2), the first runs the calibration")
+    r.add_argument("--profile-runs", type=int, default=200, help="timed runs per batch size (0: keep the bundle's profile)")
+    r.add_argument("--profile-warmup", type=int, default=20, help="untimed warm-up runs")
+    r.add_argument("--overhead-runs", type=int, default=200, help="calls per contender to measure the decision overhead")
+    r.add_argument("--batch-sizes", type=_int_list, default=(1,), help="batch sizes to profile (default 1), e.g. 1,8")
+    r.add_argument("--profile-only", action="store_true", help="only measure and write the profile(s)")
+    o = p.add_argument_group("output")
+    o.add_argument("--plot", default=None, metavar="OUT.png", help="anytime-curve PNG (+ .csv and .json tables beside it)")
+    o.add_argument("--dry-run", action="store_true", help="report only; write nothing into the bundle")
+    o.add_argument("--json", default=None, metavar="OUT.json", help="also save the calibration report here")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calibrate.api import CalibrationConfig, calibrate_bundle
+    from ..runtime.errors import DataError
+
+    images = labels = None
+    if (args.images is None) != (args.labels is None):
+        raise DataError("--images and --labels go together")
+    if args.images is not None:
+        from ..calibrate.datasets import load_arrays
+
+        arrs = load_arrays(args.images, args.labels)
+        images, labels = arrs.images, arrs.labels
+    cfg = CalibrationConfig(
+        criterion=args.criterion, target_accuracy=args.target_accuracy, max_accuracy_drop=args.max_accuracy_drop,
+        target_latency_ms=args.target_latency_ms, data=args.data, split=args.split, max_samples=args.max_samples,
+        heldout_fraction=args.heldout_fraction, seed=args.seed, backend=args.backend, precision=args.precision,
+        threads=tuple(args.threads) if args.threads else (None,), batch_sizes=tuple(args.batch_sizes),
+        profile_runs=args.profile_runs, profile_warmup=args.profile_warmup, overhead_runs=args.overhead_runs,
+        temperature=not args.no_temperature, answer=args.answer, profile_only=args.profile_only, plot=args.plot,
+        write=not args.dry_run)
+    progress = None if args.quiet else (lambda m: print(f"# {m}", file=sys.stderr, flush=True))
+    res = calibrate_bundle(args.bundle, images=images, labels=labels, config=cfg, progress=progress)
+    print(res.summary())
+    if args.json:
+        import json
+
+        from ..runtime.atomic import write_text_atomic
+
+        report = res.calibration if res.calibration is not None else {"profiles": res.profiles}
+        write_text_atomic(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if args.dry_run:
+        print("dry run: nothing written into the bundle")
+    return 0
