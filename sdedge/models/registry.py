@@ -35,7 +35,7 @@ def register_head(name: str) -> Callable[[F], F]:
 
 def _ensure_loaded() -> None:
     # Importing the family modules fills the registries (one family per file).
-    from . import heads, resnet, tiny  # noqa: F401
+    from . import heads, mobilenetv2, resnet, resnext, tiny, vgg, wrn  # noqa: F401
 
 
 def get_backbone(name: str) -> Callable:

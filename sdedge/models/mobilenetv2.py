@@ -1,0 +1,95 @@
+"""MobileNetV2 (Sandler et al. 2018), CIFAR variant, cut into four sections at the stride changes.
+
+CIFAR layout (as in the common CIFAR ports): the 3×3 stem has stride 1 and the second bottleneck
+stage (24 channels) stride 1 instead of 2, so 32×32 inputs end at 4×4. Inverted residual blocks:
+1×1 expand (×t) -BN-ReLU6, 3×3 depthwise -BN-ReLU6, 1×1 linear projection -BN, plus the input when
+stride is 1 and widths match. Sections (strides 1, 2, 4, 8):
+
+1. stem, 16- and 24-channel stages      2. 32-channel stage
+3. 64- and 96-channel stages            4. 160- and 320-channel stages, 1×1 conv to ``last_channels`` -BN-ReLU6
+
+``width_mult`` scales the stage widths (rounded to multiples of 8, as in the paper's code);
+``last_channels`` defaults to ``1280·max(1, width_mult)``. ``width`` is an alias for the stem width
+(32 in the paper; ``width=w`` means ``width_mult=w/32``) so ``sdedge train --width`` works here too.
+
+Sections 1-3 end in a linear bottleneck (no activation): their pre-activation point is an identity
+tap on the block output. Section 4's tap is its final ReLU6 (not in-place); its input is the BN output.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Backbone
+from .registry import register_backbone
+
+# (expansion t, output channels c, blocks n, first stride s); the 24-channel stage has s=1 on CIFAR.
+_CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_SECTION_OF_STAGE = [0, 0, 1, 2, 2, 3, 3]
+
+
+def _divisible(v: float, divisor: int = 8) -> int:
+    """Round ``v`` to the nearest multiple of ``divisor``, not going below 90 % of ``v`` (paper's code)."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+def _conv_bn_act(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]
+    return layers + [nn.ReLU6(inplace=True)] if act else layers
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers = _conv_bn_act(cin, hidden, 1) if expand != 1 else []
+        layers += _conv_bn_act(hidden, hidden, 3, stride, groups=hidden)
+        layers += _conv_bn_act(hidden, cout, 1, act=False)
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+@register_backbone("mobilenetv2")
+def mobilenetv2(in_channels: int = 3, width_mult: float = 1.0, width: int | None = None,
+                last_channels: int | None = None) -> Backbone:
+    if width is not None:
+        if width_mult != 1.0:
+            raise ValueError(f"give MobileNetV2 either width (stem channels) or width_mult, not both "
+                             f"(got width={width}, width_mult={width_mult})")
+        if width < 1:
+            raise ValueError(f"MobileNetV2 width must be positive, got {width}")
+        width_mult = width / 32
+    if width_mult <= 0:
+        raise ValueError(f"MobileNetV2 width_mult must be positive, got {width_mult}")
+    last = last_channels if last_channels is not None else _divisible(1280 * max(1.0, width_mult))
+    if last < 1:
+        raise ValueError(f"MobileNetV2 last_channels must be positive, got {last}")
+    stem_c = _divisible(32 * width_mult)
+    parts: list[list[nn.Module]] = [[*_conv_bn_act(in_channels, stem_c, 3)], [], [], []]
+    cin = stem_c
+    for (t, c, n, s), sec in zip(_CFG, _SECTION_OF_STAGE):
+        cout = _divisible(c * width_mult)
+        for j in range(n):
+            parts[sec].append(InvertedResidual(cin, cout, s if j == 0 else 1, t))
+            cin = cout
+    sections: list[nn.Module] = []
+    channels, preacts = [], []
+    for k, layers in enumerate(parts):
+        if k < 3:
+            tap: nn.Module = nn.Identity()
+            layers.append(tap)
+            channels.append(layers[-2].body[-1].num_features)
+        else:
+            tap = nn.ReLU6()
+            layers += [nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), tap]
+            channels.append(last)
+        sections.append(nn.Sequential(*layers))
+        preacts.append(tap)
+    return Backbone(sections, channels, [1, 2, 4, 8], preacts,
+                    {"width_mult": width_mult, "last_channels": last})

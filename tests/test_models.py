@@ -1,0 +1,199 @@
+"""Backbone families and the multi-exit model: shapes, section-by-section runs, pre-activation taps,
+declared strides, full-size parameter counts against the papers, config round trip, bad arguments."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sdedge.models import ModelConfig, build_model, get_backbone, list_backbones
+
+# Tiny versions of every registered backbone (a new family must add itself here).
+TINY: dict[str, dict] = {
+    "tiny": {"width": 4},
+    **{f"resnet{d}": {"width": 4} for d in (18, 34, 50, 101, 152)},
+    **{f"vgg{d}_bn": {"width": 4} for d in (11, 13, 16, 19)},
+    **{n: {"width": 4, "widen_factor": 1} for n in ("wrn16_4", "wrn28_10", "wrn40_4")},
+    **{n: {"width": 4, "base_width": 16} for n in ("resnext29_8x64d", "resnext29_16x64d")},
+    "mobilenetv2": {"width_mult": 0.25, "last_channels": 32},
+}
+
+# (in_channels, H, W, num_classes): Fashion-MNIST, CIFAR-100, the built-in digits example.
+INPUTS = [(1, 28, 28, 10), (3, 32, 32, 100), (1, 16, 16, 10)]
+
+
+def _tiny_model(name: str, c: int, h: int, w: int, n: int, seed: int = 0):
+    if name not in TINY:
+        pytest.fail(f"backbone {name!r} is registered but has no tiny configuration in tests/test_models.py TINY")
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(name, n, c, (h, w), backbone_kwargs=TINY[name])).eval()
+
+
+def _leaf_call_order(section: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], torch.Tensor]:
+    """Run ``section`` on ``x`` and return the leaf modules in the order they were called."""
+    order: list[nn.Module] = []
+    leaves = [m for m in section.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod)) for m in leaves]
+    try:
+        y = section(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order, y
+
+
+def test_every_backbone_has_a_tiny_config():
+    assert set(list_backbones()) == set(TINY), "TINY must list exactly the registered backbones"
+    for name in ("vgg11_bn", "vgg16_bn", "vgg19_bn", "wrn28_10", "wrn16_4", "wrn40_4",
+                 "resnext29_8x64d", "resnext29_16x64d", "mobilenetv2", "resnet18", "tiny"):
+        assert name in list_backbones()
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("c,h,w,n", INPUTS, ids=["1x28x28", "3x32x32", "1x16x16"])
+@torch.no_grad()
+def test_exits_sections_and_preacts(name, c, h, w, n):
+    model = _tiny_model(name, c, h, w, n)
+    k = model.num_exits
+    assert k >= 3 and len(model.exits) == k
+    x = torch.randn(2, c, h, w)
+    out = model(x)
+    assert len(out.logits) == len(out.features) == k and out.preacts is None
+    for lg, ft in zip(out.logits, out.features):
+        assert lg.shape == (2, n) and torch.isfinite(lg).all()
+        assert ft.shape == (2, model.feature_dim)
+    assert model.feature_dim == model.section_channels[-1]
+
+    # Section by section gives the same logits; each section's output has the declared channels.
+    f, section_outs = x, []
+    for i in range(k):
+        f = model.sections[i](f)
+        assert f.shape[:2] == (2, model.section_channels[i]), f"section {i + 1}"
+        section_outs.append(f)
+        torch.testing.assert_close(model.exits[i](f), out.logits[i], rtol=1e-5, atol=1e-5)
+
+    # Pre-activation taps: the declared module is the last op of its section, is not in-place, and
+    # applying it to the captured map reproduces the section output.
+    pre = model(x, return_preacts=True)
+    assert pre.preacts is not None and len(pre.preacts) == k
+    for i, t in enumerate(pre.preacts):
+        tap = model._preact_modules[i]
+        order, y = _leaf_call_order(model.sections[i], section_outs[i - 1] if i else x)
+        assert order[-1] is tap, f"{name}: the pre-activation tap of section {i + 1} is not its last op"
+        assert isinstance(tap, (nn.ReLU, nn.ReLU6, nn.Identity)) and not getattr(tap, "inplace", False)
+        assert t.shape == y.shape
+        torch.testing.assert_close(tap(t), y, rtol=1e-5, atol=1e-5)
+        if isinstance(tap, (nn.ReLU, nn.ReLU6)):
+            assert (t < 0).any(), f"{name}: section {i + 1} preact has no negative value (post-ReLU?)"
+    for a, b in zip(pre.logits, out.logits):  # capturing does not change the result
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@torch.no_grad()
+def test_declared_strides_match_feature_maps(name):
+    model = _tiny_model(name, 3, 32, 32, 10)
+    f = torch.randn(1, 3, 32, 32)
+    for i, (section, stride) in enumerate(zip(model.sections, model.section_strides)):
+        f = section(f)
+        assert f.shape[-2:] == (32 // stride, 32 // stride), f"{name} section {i + 1}: stride {stride}"
+    assert model.section_strides == sorted(model.section_strides)
+
+
+def _backbone_params(name: str, **kw) -> int:
+    with torch.device("meta"):  # no memory, no init: counts only
+        bb = get_backbone(name)(in_channels=3, **kw)
+    return sum(p.numel() for s in bb.sections for p in s.parameters())
+
+
+# Published parameter counts of the full-size CIFAR networks (millions; they include a 10-class FC
+# of at most 13k weights, which the backbone count leaves out).
+PAPER_PARAMS_M = {
+    "resnet18": 11.17,  # CIFAR ResNet-18 as in the BYOT code (11 173 962 with a 10-class FC)
+    "resnet50": 23.52,
+    "wrn16_4": 2.7,  # Zagoruyko & Komodakis 2016, tables 4-6
+    "wrn40_4": 8.9,
+    "wrn28_10": 36.5,
+    "resnext29_8x64d": 34.4,  # Xie et al. 2017, table 7
+    "resnext29_16x64d": 68.1,
+    "vgg16_bn": 14.7,  # CIFAR VGG-16 with BN, one FC
+    "vgg19_bn": 20.0,
+    "mobilenetv2": 2.24,  # ImageNet MobileNetV2 3.50M minus its 1.28M classifier
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PARAMS_M))
+def test_full_size_parameter_counts(name):
+    got = _backbone_params(name) / 1e6
+    want = PAPER_PARAMS_M[name]
+    assert abs(got - want) <= 0.02 * want, f"{name}: {got:.3f}M parameters, the paper has {want}M"
+
+
+def test_resnet18_width_64_is_the_cifar_resnet18():
+    n = _backbone_params("resnet18")
+    # 11 173 962 (CIFAR ResNet-18 with a 512x10 FC) - 5 130 (that FC) = 11 168 832
+    assert n == 11_168_832
+    assert _backbone_params("resnet18", width=32) < n / 3.5  # width scales the count ~quadratically
+
+
+@pytest.mark.parametrize("name,kw,sections,channels,strides", [
+    ("vgg16_bn", {}, 4, [128, 256, 512, 512], [2, 4, 8, 16]),
+    ("vgg16_bn", {"num_sections": 5}, 5, [64, 128, 256, 512, 512], [1, 2, 4, 8, 16]),
+    ("wrn28_10", {}, 3, [160, 320, 640], [1, 2, 4]),
+    ("resnext29_8x64d", {}, 3, [256, 512, 1024], [1, 2, 4]),
+    ("mobilenetv2", {}, 4, [24, 32, 96, 1280], [1, 2, 4, 8]),
+    ("mobilenetv2", {"width": 16}, 4, [16, 16, 48, 1280], [1, 2, 4, 8]),
+])
+def test_full_size_section_layout(name, kw, sections, channels, strides):
+    with torch.device("meta"):
+        bb = get_backbone(name)(in_channels=3, **kw)
+    assert (len(bb.sections), bb.channels, bb.strides) == (sections, channels, strides)
+    assert len(bb.preacts) == sections
+
+
+def test_model_config_round_trip_rebuilds_the_same_model():
+    cfg = ModelConfig("wrn16_4", 10, 1, (28, 28), head="bottleneck",
+                      backbone_kwargs={"width": 4, "widen_factor": 1}, head_kwargs={"reduction": 4})
+    back = ModelConfig.from_json(json.loads(json.dumps(cfg.to_json())))
+    assert back == cfg and back.image_size == (28, 28)
+    torch.manual_seed(1)
+    a = build_model(cfg).eval()
+    b = build_model(back).eval()
+    b.load_state_dict(a.state_dict())  # same architecture: every key and shape matches
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        for la, lb in zip(a(x).logits, b(x).logits):
+            torch.testing.assert_close(la, lb)
+
+
+@pytest.mark.parametrize("name,kw,match", [
+    ("wrn28_10", {"depth": 27}, "6n\\+4"),
+    ("vgg11_bn", {"num_sections": 3}, "4 or 5"),
+    ("mobilenetv2", {"width": 16, "width_mult": 0.5}, "not both"),
+    ("mobilenetv2", {"width_mult": 0}, "positive"),
+    ("resnext29_8x64d", {"width": 2, "base_width": 16}, "at least 64"),
+    ("no_such_net", {}, "choose one of"),
+])
+def test_bad_backbone_arguments_are_refused(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        get_backbone(name)(in_channels=3, **kw)
+
+
+def test_unknown_backbone_kwarg_is_a_type_error():
+    with pytest.raises(TypeError):
+        get_backbone("vgg19_bn")(in_channels=3, widen_factor=2)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_trains_with_preacts_in_channels_last(name):
+    # Training mode, channels_last (what the trainer uses), preacts captured: every weight gets a gradient.
+    model = _tiny_model(name, 3, 32, 32, 10).train().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)
+    out = model(x, return_preacts=True)
+    loss = sum(nn.functional.cross_entropy(lg, torch.arange(4)) for lg in out.logits)
+    loss = loss + sum(p.pow(2).mean() for p in out.preacts)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
