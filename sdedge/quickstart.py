@@ -174,6 +174,7 @@ def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
     if man.get("expected", {}).get("reference", {}).get("cost_unit") != "ms":
         costs = None
     budget = cfg.budget_ms
+    log(f"4/4 answering {cfg.images} test images under a budget with the calibrated thresholds")
     with AnytimeSession(bundle, backend="onnxruntime", intra_op_threads=threads) as s:
         test = load_calibration_split(s.manifest, cfg.data, "test")
         k = min(cfg.images, len(test.labels))
