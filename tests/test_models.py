@@ -197,3 +197,30 @@ def test_trains_with_preacts_in_channels_last(name):
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "wrn16_4", "resnext29_8x64d", "mobilenetv2"])
+def test_new_families_export_to_onnx_sections(name):
+    # Each family traces with the bundle exporter and its chained ONNX sections give the PyTorch logits.
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from sdedge.export.onnx_sections import export_graphs
+
+    model = _tiny_model(name, 1, 16, 16, 10)
+    for m in model.modules():  # non-trivial BatchNorm statistics, so folding errors would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    graphs = export_graphs(model, (1, 16, 16))
+    assert len(graphs.sections) == model.num_exits
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        ref = model(x).logits
+    feed = x.numpy()
+    for k, proto in enumerate(graphs.sections):
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: feed})))
+        logits = next(v for n, v in outs.items() if n.startswith("logits"))
+        torch.testing.assert_close(torch.from_numpy(logits), ref[k], rtol=1e-4, atol=1e-4)
+        if k < model.num_exits - 1:
+            feed = next(v for n, v in outs.items() if n.startswith("features"))
