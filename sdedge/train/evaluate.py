@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,13 +92,19 @@ def format_table(accuracy: dict[str, dict | None], title: str | None = None) -> 
 
 
 def splits_for_checkpoint(meta: dict, data: str | os.PathLike | None = None, download: bool = False):
-    """Load the dataset a checkpoint was trained on, with the same validation hold-out."""
+    """Load the dataset a checkpoint was trained on, with the same validation hold-out.
+
+    The folder: ``data``, else the one training used (``meta['hparams']['data']``) if it still exists,
+    else ``SDEDGE_DATA`` / the dataset's default place.
+    """
     from ..data import load_splits
 
     d = meta.get("data") or {}
     if "dataset" not in d:
         raise DataError("checkpoint metadata does not name its dataset (meta['data']['dataset'])")
     hp = meta.get("hparams") or {}
+    if data is None and hp.get("data") and Path(hp["data"]).is_dir():
+        data = hp["data"]  # where training read it, when that folder is still there
     splits = load_splits(d["dataset"], data, d.get("val_size"), int(d.get("seed", 0)), download,
                          d.get("limit", hp.get("limit")))
     want_hw, want_c = tuple(d.get("image_size", splits.image_size)), int(d.get("in_channels", splits.in_channels))

@@ -81,6 +81,20 @@ class EpochInputs:
     amp_dtype: torch.dtype | None
 
 
+def _average_grads(params: list[torch.Tensor], dist: DistInfo) -> None:
+    import torch.distributed as td
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    td.all_reduce(flat, op=td.ReduceOp.SUM)
+    flat /= dist.world
+    i = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[i:i + n].view_as(p).clone()
+        i += n
+
+
 def run_epoch(step_module: nn.Module, loss_fn: MethodLoss, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler | None, data: EpochInputs, epoch: int, seed: int, dist: DistInfo,
               lr_fn, teacher: nn.Module | None = None, progress_desc: str | None = None,
@@ -98,6 +112,7 @@ def run_epoch(step_module: nn.Module, loss_fn: MethodLoss, optimizer: torch.opti
     if frozen_sections:
         net.sections.eval()  # frozen backbone: batch-norm statistics stay as trained
     needs_preacts = loss_fn.needs_preacts
+    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     k = net.num_exits
     correct = torch.zeros(k, dtype=torch.float64, device=dev)
     seen = 0
@@ -134,12 +149,14 @@ def run_epoch(step_module: nn.Module, loss_fn: MethodLoss, optimizer: torch.opti
             raise TrainConfigError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                                    f"lower the learning rate (now {lr:g}) or check the loss weights")
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
+        use_scaler = scaler is not None and scaler.is_enabled()
+        (scaler.scale(loss) if use_scaler else loss).backward()
+        if dist.enabled and loss_params:
+            _average_grads(loss_params, dist)  # DDP syncs the network; the loss's connectors are ours to sync
+        if use_scaler:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         with torch.no_grad():
             b = int(yb.shape[0])
