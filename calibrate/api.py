@@ -86,6 +86,7 @@ class CalibrationConfig:
     temperature: bool = True  # fit temperatures (False: T = 1)
     temperature_bounds: tuple[float, float] = DEFAULT_BOUNDS
     num_candidates: int = 200
+    latency_stat: str = "mean_ms"  # section statistic of the cost model: mean_ms | p50_ms | p90_ms | p99_ms
     answer: str = "last"
     profile_only: bool = False  # measure and write profiles only; keep calibration.json
     plot: str | None = None  # PNG path; CSV and JSON tables are written beside it
@@ -110,6 +111,8 @@ class CalibrationConfig:
             raise PolicyError(f"held-out fraction must be in [0, 1), got {self.heldout_fraction}")
         if self.max_samples is not None and self.max_samples < 2:
             raise PolicyError(f"max_samples must be >= 2, got {self.max_samples}")
+        if self.latency_stat not in ("mean_ms", "p50_ms", "p90_ms", "p99_ms"):
+            raise PolicyError(f"latency_stat must be mean_ms, p50_ms, p90_ms or p99_ms, got {self.latency_stat!r}")
         if not self.threads:
             raise PolicyError("threads must list at least one setting (None = the backend default)")
         if self.profile_runs:
@@ -232,7 +235,7 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
                                      {"source": lab.source, "n": n}, warnings, written)
         own_profile = profiles.get(device) or b.profile(device)
         if own_profile is not None:
-            costs = exit_costs_from_profile(own_profile, k)
+            costs = exit_costs_from_profile(own_profile, k, stat=cfg.latency_stat)
         else:
             from sdedge.runtime.benchmarking import mac_shares
 

@@ -64,6 +64,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     r.add_argument("--profile-warmup", type=int, default=20, help="untimed warm-up runs")
     r.add_argument("--overhead-runs", type=int, default=200, help="calls per contender to measure the decision overhead")
     r.add_argument("--batch-sizes", type=_int_list, default=(1,), help="batch sizes to profile (default 1), e.g. 1,8")
+    r.add_argument("--latency-stat", choices=["mean", "p50", "p90", "p99"], default="mean",
+                   help="per-section statistic behind expected latencies (default mean; p50 ignores a noisy machine's "
+                        "outliers, p99 plans for them)")
     r.add_argument("--profile-only", action="store_true", help="only measure and write the profile(s)")
     o = p.add_argument_group("output")
     o.add_argument("--plot", default=None, metavar="OUT.png", help="anytime-curve PNG (+ .csv and .json tables beside it)")
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         heldout_fraction=args.heldout_fraction, seed=args.seed, backend=args.backend, precision=args.precision,
         threads=tuple(args.threads) if args.threads else (None,), batch_sizes=tuple(args.batch_sizes),
         profile_runs=args.profile_runs, profile_warmup=args.profile_warmup, overhead_runs=args.overhead_runs,
-        temperature=not args.no_temperature, answer=args.answer, profile_only=args.profile_only, plot=args.plot,
+        temperature=not args.no_temperature, latency_stat=f"{args.latency_stat}_ms", answer=args.answer,
+        profile_only=args.profile_only, plot=args.plot,
         write=not args.dry_run)
     progress = None if args.quiet else (lambda m: print(f"# {m}", file=sys.stderr, flush=True))
     res = calibrate_bundle(args.bundle, images=images, labels=labels, config=cfg, progress=progress)
