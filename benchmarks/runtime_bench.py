@@ -9,7 +9,7 @@ Prints, each with its contract (machine, threads, warm-up, what the timer includ
 2. per-exit latency / full latency beside the exit's MAC share (goal: within 15 %);
 3. thread spinning on vs off for the chain (only meaningful with --threads > 1);
 4. decision overhead per section in microseconds (goal <= 20 us);
-5. deadline compliance over --calls calls with budgets between exit-1 and full latency, on a quiet
+5. deadline compliance over --calls calls with budgets between exit-1 (p99.9) and full latency (p50), on a quiet
    machine and with --burner CPU-burning neighbour processes (goal >= 99.9 % met);
 6. ``answer="last"`` vs ``"ensemble"`` accuracy on labelled data (with --dataset; needs sdedge.data).
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"on; worst overrun {dc['worst_overrun_ms']:.3f} ms; mean exit {dc['mean_exit']:.2f}, exits "
                   f"{dc['exit_histogram']})")
         sq.close()
-    print(f"   budgets uniform in [{lo:.3f}, {hi:.3f}] ms = [exit-1 p99, full p50] of infer end to end  (goal >= 99.9 %)")
+    print(f"   budgets uniform in [{lo:.3f}, {hi:.3f}] ms = [exit-1 p99.9, full p50] of infer end to end  (goal >= 99.9 %)")
 
     if labels is not None:
         logits = session.infer_all_exits(raw)

@@ -226,11 +226,16 @@ def cpu_burner(processes: int = 1) -> Iterator[list[subprocess.Popen]]:
                 p.kill()
 
 
-def budget_range(session: Any, inputs: np.ndarray, runs: int = 1000) -> tuple[float, float]:
-    """(exit-1 p99, full p50) of ``infer`` end to end in ms: budgets between exit 1 and the full network."""
+def budget_range(session: Any, inputs: np.ndarray, runs: int = 2000) -> tuple[float, float]:
+    """Budgets between exit 1 and the full network: (exit-1 p99.9, full p50) of ``infer`` end to end, ms.
+
+    The lower end is the budget exit 1 alone meets 99.9 % of the time: below it no policy can reach
+    99.9 % compliance, since exit 1 always runs.
+    """
     xs = [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
     t = _interleaved({"exit1": lambda x: session.infer(x, threshold=0.0), "full": session.infer}, xs, runs, runs // 10)
-    lo, hi = stats_ms(t["exit1"])["p99_ms"], stats_ms(t["full"])["p50_ms"]
+    lo = float(np.percentile(np.asarray(t["exit1"]) * 1e3, 99.9))
+    hi = stats_ms(t["full"])["p50_ms"]
     return lo, max(hi, lo * 1.5)
 
 
@@ -265,7 +270,7 @@ def deadline_compliance(session: Any, inputs: np.ndarray, calls: int = 10_000, b
             "worst_overrun_ms": float(over.max()),
             "miss_overrun_p50_ms": float(np.median(over[~met])) if (~met).any() else None,
             "contract": contract(getattr(session.backend, "threads", None), min(200, calls), calls,
-                                 extra="budgets uniform in [exit-1 p99, full p50] of infer end to end; floor miss = "
+                                 extra="budgets uniform in [exit-1 p99.9, full p50] of infer end to end; floor miss = "
                                        "stopped at exit 1 and still late")}
 
 

@@ -42,7 +42,8 @@ from .profile import LatencyProfile
 ANSWERS = ("last", "ensemble")
 
 __all__ = ["ANSWERS", "CRITERIA", "ConfidencePolicy", "DeadlinePolicy", "LatencyEstimator", "ReplayResult",
-           "batch_bucket", "check_criterion", "check_threshold", "confidence", "replay", "softmax"]
+           "batch_bucket", "check_criterion", "check_threshold", "confidence", "max_prob_of_row", "replay",
+           "softmax"]
 
 
 def check_criterion(criterion: Any) -> str:
@@ -83,6 +84,16 @@ def confidence(probs: np.ndarray, criterion: str) -> np.ndarray:
         plogp = probs * np.log(np.maximum(probs, np.float32(1e-30)))
         return np.clip(1.0 + plogp.sum(axis=-1) / np.float32(math.log(c)), 0.0, 1.0).astype(np.float32)
     raise PolicyError(f"unknown confidence criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+
+
+def max_prob_of_row(logits_row: np.ndarray, temperature: float = 1.0) -> float:
+    """``max_prob`` confidence of one row of logits without forming the probabilities.
+
+    The largest probability is ``1 / sum(exp(z - max z))``; computed in float32 this is bit-identical
+    to ``confidence(softmax(logits, T), "max_prob")`` (the hot path of a single image relies on it).
+    """
+    z = logits_row if temperature == 1.0 else logits_row / np.float32(temperature)
+    return float(np.float32(1.0) / np.exp(z - z.max()).sum())
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from .calibration import Calibration, load_calibration
 from .errors import PolicyError
 from .manifest import Manifest
 from .policies import (ANSWERS, ConfidencePolicy, DeadlinePolicy, LatencyEstimator, check_criterion, confidence,
-                       exit_answers)
+                       exit_answers, max_prob_of_row)
 from .preprocess import Preprocessor
 from .profile import LatencyProfile, load_profile
 
@@ -225,6 +225,7 @@ class AnytimeSession:
         t1 = _clock()
         backend, est, K, record = self.backend, self.estimator, self.num_exits, self.estimator.record
         ensemble = self.answer == "ensemble"
+        fast_max_prob = pol.criterion == "max_prob" and not ensemble
         trace: list[np.ndarray] = []
         acc = probs = None
         conf: float | None = None
@@ -246,8 +247,11 @@ class AnytimeSession:
                 break
             thr = pol.thresholds[k - 1]
             if thr is not None:
-                probs = acc / np.float32(k) if ensemble else pol.probs(k, logits)
-                conf = float(confidence(probs, pol.criterion)[0])
+                if fast_max_prob:
+                    conf = max_prob_of_row(logits[0], pol.temperatures[k - 1])
+                else:
+                    probs = acc / np.float32(k) if ensemble else pol.probs(k, logits)
+                    conf = float(confidence(probs, pol.criterion)[0])
                 if conf >= thr:
                     why = "confidence"
                     break

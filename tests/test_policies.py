@@ -220,3 +220,15 @@ def test_stale_measurements_are_forgotten() -> None:
     est.record(2, 1, 1.0)
     est.record(2, 1, 1.0)
     assert est.estimate(2, 1) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("c", [2, 10, 100])
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 2.5])
+def test_single_row_max_prob_is_bit_identical_to_the_array_path(c: int, temperature: float) -> None:
+    from sdedge.runtime.policies import max_prob_of_row
+
+    rng = np.random.default_rng(c)
+    logits = (rng.standard_normal((300, c)) * rng.uniform(0.1, 30, (300, 1))).astype(np.float32)
+    ref = confidence(softmax(logits, temperature), "max_prob")
+    got = np.array([max_prob_of_row(row, temperature) for row in logits], np.float32)
+    np.testing.assert_array_equal(got, ref)  # exact: live single-image decisions equal the replay's
