@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         out["spinning"] = sp
         print(f"3. spinning ({args.spin_threads} threads): chain p50 off {sp['spin_off']['p50_ms']:.4f} ms, on "
               f"{sp['spin_on']['p50_ms']:.4f} ms  (on/off {sp['chain_on_over_off']:.2f}); full.onnx off "
-              f"{sp['full_spin_off']['p50_ms']:.4f}, on {sp['full_spin_on']['p50_ms']:.4f} ms")
+              f"{sp['full_spin_off']['p50_ms']:.4f}, on {sp['full_spin_on']['p50_ms']:.4f} ms\n"
+              f"   calls paced 1 ms apart (frames): chain p50 off {sp['spin_off_paced']['p50_ms']:.4f} ms, on "
+              f"{sp['spin_on_paced']['p50_ms']:.4f} ms; p99 off {sp['spin_off_paced']['p99_ms']:.3f}, on "
+              f"{sp['spin_on_paced']['p99_ms']:.3f} ms; CPU time per call off {sp['spin_off_cpu_ms_per_call']:.3f} ms, "
+              f"on {sp['spin_on_cpu_ms_per_call']:.3f} ms")
 
     do = B.decision_overhead(session, inputs, runs=args.runs, warmup=args.warmup)
     out["decision_overhead"] = do

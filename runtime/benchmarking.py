@@ -154,6 +154,18 @@ def spinning_comparison(bundle: Any, inputs: np.ndarray, threads: int, runs: int
                       "full_spin_off": off.run_reference, "full_spin_on": on.run_reference}, xs, runs, warmup)
     out = {n: stats_ms(v) for n, v in t.items()}
     out["chain_on_over_off"] = out["spin_on"]["p50_ms"] / out["spin_off"]["p50_ms"]
+    # what spinning costs the rest of the machine: CPU time of this process per chained call
+    # and when calls are paced like camera frames (1 ms idle between calls), as on a robot
+    for name, be in (("spin_off", off), ("spin_on", on)):
+        walls = []
+        c0 = time.process_time()
+        for i in range(runs):
+            w0 = _clock()
+            chain(be, xs[i % len(xs)], k)
+            walls.append(_clock() - w0)
+            time.sleep(0.001)
+        out[f"{name}_cpu_ms_per_call"] = (time.process_time() - c0) * 1e3 / runs
+        out[f"{name}_paced"] = stats_ms(walls)
     out["contract"] = contract(threads, warmup, runs)
     return out
 
