@@ -210,8 +210,10 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
             data = load_export_data(meta, cfg.data)
         except DataError as e:
             if cfg.int8:
-                raise ExportError(f"INT8 export needs the checkpoint's training data for calibration: {e}") from None
-            say(f"warning: cannot load the checkpoint's dataset ({e})")
+                raise ExportError(f"INT8 export needs the checkpoint's training data for calibration: {e}; "
+                                  "pass --data DIR (or set SDEDGE_DATA)") from None
+            say(f"warning: cannot load the checkpoint's dataset ({e}); pass --data DIR for a parity check "
+                "on real images")
     timings["load"] = time.perf_counter() - t
     say(f"model {mcfg.get('backbone')} with {k_total} exits, input {list(shape)}, {len(meta.get('classes', []))} classes")
 
@@ -271,7 +273,9 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
                 chain_full = compare([full_logits], [got[-1]])[0]
                 chain_full.index = k_total
             table = format_table(parity_rows, cfg.parity_tolerance, "parity")
-            say(table.replace("\n", "\n  "))
+            worst_row = max(parity_rows, key=lambda r: r.max_abs_diff)
+            say(f"  largest |Δlogit| {worst_row.max_abs_diff:.2e} (exit {worst_row.index}), lowest top-1 agreement "
+                f"{min(r.top1_agreement for r in parity_rows):.2%}")
             bad = [r for r in parity_rows if r.max_abs_diff > cfg.parity_tolerance]
             if bad:
                 worst = max(bad, key=lambda r: r.max_abs_diff)
@@ -321,7 +325,7 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
             fp32_logits, _ = chain_logits(sessions, xv)
             q_logits, _ = chain_logits(int8_sessions, xv)
             int8_rows = compare_int8(fp32_logits, q_logits, yv)
-            say(format_int8_table(int8_rows, n_eval, "validation").replace("\n", "\n  "))
+            say("  " + ", ".join(f"exit {r.index}: {r.fp32_accuracy:.2%} -> {r.int8_accuracy:.2%}" for r in int8_rows))
             int8_json = {"quantization": settings.to_json(), "calibration": {
                 "samples": len(calib), "split": "train", "dataset": data.name},
                 "evaluation": {"split": "val", "samples": n_eval, "runtime": "onnxruntime CPU"},
@@ -338,7 +342,6 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
         raw = build_manifest(meta, cfg.name or _default_name(meta), Path(cfg.checkpoint).name, ckpt_sha, infos,
                              files, full_info, parity_json, int8_json, export_info)
         (tmp / MANIFEST_NAME).write_bytes(dump_json(raw))
-        (tmp / MARKER).unlink()
         say("verifying the bundle (checksums, then a probe through the runtime's ONNX Runtime backend)")
         try:
             bundle = open_bundle(tmp)
@@ -346,6 +349,7 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
             raise ExportError(f"the freshly written bundle does not verify: {e}") from None
         probe = _probe(bundle, model, shape, cfg, data, meta)
         timings["verify"] = time.perf_counter() - t
+        (tmp / MARKER).unlink()
         sizes["bundle"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         say(f"writing {out}" + (" (replacing the old bundle atomically)" if out.exists() else ""))
     timings["total"] = time.perf_counter() - t_start

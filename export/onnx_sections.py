@@ -138,8 +138,11 @@ def export_graphs(model: Any, image_shape: tuple[int, int, int], opset: int = DE
     _strip_metadata(proto)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as e:
-        raise ExportError(f"ONNX shape inference failed on the exported graph: {e}") from None
+    except Exception:  # strict mode trips on some ops; the cut only needs the types of section boundaries
+        try:
+            proto = onnx.shape_inference.infer_shapes(proto)
+        except Exception as e:
+            raise ExportError(f"ONNX shape inference failed on the exported graph: {e}") from None
     k_total = len(model.sections)
     extractor = Extractor(proto)
     ir = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-# how to make each family tiny: the first of these keyword arguments its builder accepts
-_TINY_KW = (("width", 8), ("base_width", 8), ("width_mult", 0.25), ("width_multiplier", 0.25),
-            ("widen_factor", 1), ("depth", 10), ("cardinality", 2), ("bottleneck_width", 4))
+# how to make each family tiny: every one of these keyword arguments its builder accepts
+# (width = stem channels in every family; WRN-10-1; ResNeXt with 2 groups)
+_TINY_KW = (("width", 8), ("widen_factor", 1), ("depth", 10), ("cardinality", 2))
 _SLOW = ("resnet101", "resnet152")
 
 
