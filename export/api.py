@@ -165,47 +165,63 @@ def _parity_inputs(cfg: ExportConfig, data: Any, meta: dict, shape: tuple[int, .
     return x, f"{cfg.parity_samples} random inputs (dataset not found)"
 
 
-def export_bundle(cfg: ExportConfig) -> ExportResult:
-    """Export ``cfg.checkpoint`` to the bundle folder ``cfg.output``; see the module docstring."""
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
-    from ..runtime.atomic import staging_dir
-    from ..runtime.bundle import MANIFEST_NAME, dump_json, open_bundle, sha256_bytes, sha256_file
-    from . import macs as macs_mod
-    from .manifest_build import SectionInfo, build_manifest
-    from .onnx_sections import export_graphs, save_model, tensor_shape
-    from .parity import chain_logits, compare, ort_session, torch_logits
-    from .samples import load_export_data
+@dataclass
+class _Source:
+    """The loaded checkpoint and what the steps need from it."""
 
-    say = _reporter(cfg.progress)
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    out = Path(cfg.output)
+    model: Any
+    meta: dict
+    sha256: str
+    shape: tuple[int, int, int]  # C, H, W
+    data: Any  # ExportData or None
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.model.num_exits)
+
+    @property
+    def preprocess(self) -> dict:
+        return (self.meta.get("data") or {}).get("preprocess") or {}
+
+
+@dataclass
+class _Staged:
+    """What has been written into the staging folder so far."""
+
+    sections: list[Any]  # SectionInfo
+    paths: list[Path]
+    files: dict[str, str]  # relative path -> sha256 (everything but the sections)
+    sizes: dict[str, int]
+    full: dict | None
+    export_info: dict
+
+
+def _validate(cfg: ExportConfig) -> None:
     if cfg.opset < MIN_OPSET:
         raise ExportError(f"opset {cfg.opset} is not supported: the exporter emits opset >= {MIN_OPSET}; "
                           f"use --opset {MIN_OPSET} or higher")
     if not (cfg.parity_tolerance > 0):
         raise ExportError(f"parity tolerance must be positive, got {cfg.parity_tolerance}")
     if cfg.int8 and cfg.int8_samples < 1:
-        raise ExportError(f"--int8-samples must be at least 1, got {cfg.int8_samples}")
+        raise ExportError(f"INT8 calibration needs at least 1 sample, got int8_samples={cfg.int8_samples}")
     if cfg.parity_samples < 1:
-        raise ExportError(f"parity samples must be at least 1, got {cfg.parity_samples}")
-    _check_output(out, cfg.force)
+        raise ExportError(f"parity needs at least 1 sample, got parity_samples={cfg.parity_samples}")
 
-    # 1. checkpoint
-    t = time.perf_counter()
+
+def _load(cfg: ExportConfig, say: Callable[[str], None]) -> _Source:
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..runtime.bundle import sha256_file
+    from .samples import load_export_data
+
     say(f"loading checkpoint {cfg.checkpoint}")
     ckpt = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(ckpt).cpu().eval()
     meta = ckpt.meta
-    ckpt_sha = sha256_file(cfg.checkpoint)
-    mcfg = meta.get("model") or {}
-    c_in = int(mcfg.get("in_channels") or (meta.get("data") or {}).get("in_channels"))
-    h, w = (int(v) for v in (mcfg.get("image_size") or (meta.get("data") or {}).get("image_size")))
-    shape = (c_in, h, w)
-    k_total = model.num_exits
+    mcfg, dmeta = meta.get("model") or {}, meta.get("data") or {}
+    c_in = int(mcfg.get("in_channels") or dmeta.get("in_channels"))
+    h, w = (int(v) for v in (mcfg.get("image_size") or dmeta.get("image_size")))
     data = None
-    needs_data = cfg.int8 or (cfg.parity and cfg.samples is None)
-    if needs_data:
+    if cfg.int8 or (cfg.parity and cfg.samples is None):
         try:
             data = load_export_data(meta, cfg.data)
         except DataError as e:
@@ -214,148 +230,175 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
                                   "pass --data DIR (or set SDEDGE_DATA)") from None
             say(f"warning: cannot load the checkpoint's dataset ({e}); pass --data DIR for a parity check "
                 "on real images")
-    timings["load"] = time.perf_counter() - t
-    say(f"model {mcfg.get('backbone')} with {k_total} exits, input {list(shape)}, {len(meta.get('classes', []))} classes")
+    src = _Source(model, meta, sha256_file(cfg.checkpoint), (c_in, h, w), data)
+    say(f"model {mcfg.get('backbone')} with {src.num_exits} exits, input {list(src.shape)}, "
+        f"{len(meta.get('classes', []))} classes")
+    return src
+
+
+def _write_graphs(src: _Source, cfg: ExportConfig, tmp: Path, say: Callable[[str], None]) -> _Staged:
+    from ..runtime.bundle import sha256_bytes
+    from . import macs
+    from .manifest_build import SectionInfo
+    from .onnx_sections import export_graphs, save_model, tensor_shape
+
+    k_total = src.num_exits
+    say(f"exporting ONNX (dynamo exporter, opset {cfg.opset}) and cutting {k_total} sections")
+    graphs = export_graphs(src.model, src.shape, cfg.opset)
+    (tmp / "sections").mkdir()
+    staged = _Staged([], [], {}, {"sections": 0, "full": 0, "int8": 0}, None, {
+        "exporter": "torch.onnx.export(dynamo=True)", "opset": graphs.opset,
+        "ir_version": int(graphs.sections[0].ir_version), "batchnorm_remaining": graphs.remaining_batchnorms,
+        "external_data": False})
+    for k, g in enumerate(graphs.sections, start=1):
+        rel = f"sections/s{k}.onnx"
+        data = save_model(g, tmp / rel)
+        staged.sizes["sections"] += len(data)
+        staged.paths.append(tmp / rel)
+        cost = macs.count(g)
+        info = SectionInfo(k, rel, sha256_bytes(data), tensor_shape(g, input_name(k)),
+                           tensor_shape(g, features_name(k)) if k < k_total else None,
+                           tensor_shape(g, logits_name(k)), cost.macs, cost.params)
+        staged.sections.append(info)
+        say(f"  section {k}: {info.input_shape} -> {info.features_shape or info.logits_shape}, "
+            + (f"{cost.macs:,} MACs" if cost.macs is not None else "MACs unknown") + f", {cost.params:,} params")
+    if cfg.full:
+        data = save_model(graphs.full, tmp / "full.onnx")
+        staged.sizes["full"] = len(data)
+        sha = staged.files["full.onnx"] = sha256_bytes(data)
+        cost = macs.count(graphs.full)
+        staged.full = {"file": "full.onnx", "sha256": sha, "macs": cost.macs, "params": cost.params,
+                       "input": {"name": input_name(1), "shape": [None, *src.shape]},
+                       "output": {"name": logits_name(k_total),
+                                  "shape": [None, len(src.meta.get("classes", []))]}}
+    return staged
+
+
+def _check_parity(src: _Source, cfg: ExportConfig, tmp: Path, sessions: list, say: Callable[[str], None]
+                  ) -> tuple[list[ExitParity], ExitParity | None, str, dict]:
+    """ONNX Runtime vs PyTorch per exit (and chained sections vs full.onnx); raise past the tolerance."""
+    from .parity import chain_logits, compare, ort_session, torch_logits
+
+    x, desc = _parity_inputs(cfg, src.data, src.meta, src.shape, say)
+    say(f"parity check on {desc}")
+    got, _ = chain_logits(sessions, x)
+    rows = compare(torch_logits(src.model, x), got)
+    chain_full = None
+    if cfg.full:
+        full_logits = ort_session(tmp / "full.onnx", cfg.threads).run(None, {input_name(1): x})[0]
+        chain_full = compare([full_logits], [got[-1]])[0]
+        chain_full.index = src.num_exits
+    worst = max(rows, key=lambda r: r.max_abs_diff)
+    say(f"  largest |Δlogit| {worst.max_abs_diff:.2e} (exit {worst.index}), lowest top-1 agreement "
+        f"{min(r.top1_agreement for r in rows):.2%}")
+    if worst.max_abs_diff > cfg.parity_tolerance:
+        raise ExportError(
+            f"parity check failed: exit {worst.index} differs from PyTorch by {worst.max_abs_diff:.3e} "
+            f"(tolerance {cfg.parity_tolerance:g}) on {desc}; no bundle was written.\n"
+            + format_table(rows, cfg.parity_tolerance, "parity"))
+    if chain_full is not None and chain_full.max_abs_diff > cfg.parity_tolerance:
+        raise ExportError(f"chained sections and full.onnx disagree at exit {src.num_exits} by "
+                          f"{chain_full.max_abs_diff:.3e} (tolerance {cfg.parity_tolerance:g})")
+    record = {"tolerance": cfg.parity_tolerance, "inputs": desc, "runtime": "onnxruntime CPU",
+              "exits": [r.to_json() for r in rows], "chain_vs_full": chain_full.to_json() if chain_full else None}
+    return rows, chain_full, desc, record
+
+
+def _quantize(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessions: list,
+              say: Callable[[str], None]) -> tuple[list[Int8ExitReport], int, dict]:
+    """QDQ sections under int8/, and FP32 vs INT8 on the validation split."""
+    from ..runtime.bundle import sha256_bytes
+    from .parity import chain_logits, ort_session
+    from .quantize import QuantizeSettings, compare_int8, quantize_section
+    from .samples import pick, preprocess
+
+    data = src.data
+    if data is None:  # _load refuses INT8 without data; keep the invariant explicit
+        raise ExportError("INT8 export needs the checkpoint's training data")
+    calib = preprocess(data.train_images[pick(len(data.train_images), cfg.int8_samples, seed=1)], src.preprocess)
+    say(f"INT8: calibrating {src.num_exits} sections on {len(calib)} {data.name} training images "
+        f"({cfg.int8_method}, per-channel, QDQ)")
+    _, calib_inputs = chain_logits(sessions, calib, collect_inputs=True)  # section k sees features_{k-1}
+    (tmp / "int8").mkdir()
+    settings = QuantizeSettings(per_channel=True, method=cfg.int8_method)
+    int8_sessions = []
+    for k, (path, inputs) in enumerate(zip(staged.paths, calib_inputs), start=1):
+        rel = f"int8/s{k}.onnx"
+        quantize_section(path, tmp / rel, input_name(k), inputs, settings)
+        data_bytes = (tmp / rel).read_bytes()
+        staged.sizes["int8"] += len(data_bytes)
+        staged.files[rel] = sha256_bytes(data_bytes)
+        staged.sections[k - 1].int8_file = rel
+        int8_sessions.append(ort_session(tmp / rel, cfg.threads))
+    n = len(data.val_images) if cfg.int8_eval_samples is None else cfg.int8_eval_samples
+    idx = pick(len(data.val_images), n, seed=2)
+    say(f"INT8: accuracy FP32 vs INT8 on {len(idx)} validation images")
+    xv = preprocess(data.val_images[idx], src.preprocess)
+    rows = compare_int8(chain_logits(sessions, xv)[0], chain_logits(int8_sessions, xv)[0], data.val_labels[idx])
+    say("  " + ", ".join(f"exit {r.index}: {r.fp32_accuracy:.2%} -> {r.int8_accuracy:.2%}" for r in rows))
+    record = {"quantization": settings.to_json(),
+              "calibration": {"samples": len(calib), "split": "train", "dataset": data.name},
+              "evaluation": {"split": "val", "samples": len(idx), "runtime": "onnxruntime CPU"},
+              "exits": [r.to_json() for r in rows]}
+    return rows, len(idx), record
+
+
+def export_bundle(cfg: ExportConfig) -> ExportResult:
+    """Export ``cfg.checkpoint`` to the bundle folder ``cfg.output``; see the module docstring."""
+    from ..runtime.atomic import staging_dir
+    from ..runtime.bundle import MANIFEST_NAME, dump_json, open_bundle
+    from .manifest_build import build_manifest
+    from .parity import ort_session
+
+    say = _reporter(cfg.progress)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(cfg.output)
+    _validate(cfg)
+    _check_output(out, cfg.force)
+    src = _load(cfg, say)
+    timings["load"] = time.perf_counter() - t0
 
     for stale in clean_stale_staging(out):
         say(f"removed {stale.name}, left by an export that was killed")
     with staging_dir(out) as tmp:
         (tmp / MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n", "utf-8")
-
-        # 2. ONNX graphs
         t = time.perf_counter()
-        say(f"exporting ONNX (dynamo exporter, opset {cfg.opset}) and cutting {k_total} sections")
-        graphs = export_graphs(model, shape, cfg.opset)
-        (tmp / "sections").mkdir()
-        files: dict[str, str] = {}
-        sizes = {"sections": 0, "full": 0, "int8": 0}
-        infos: list[SectionInfo] = []
-        section_paths = []
-        for k, g in enumerate(graphs.sections, start=1):
-            rel = f"sections/s{k}.onnx"
-            data_bytes = save_model(g, tmp / rel)
-            sizes["sections"] += len(data_bytes)
-            section_paths.append(tmp / rel)
-            cost = macs_mod.count(g)
-            infos.append(SectionInfo(k, rel, sha256_bytes(data_bytes), tensor_shape(g, input_name(k)),
-                                     tensor_shape(g, features_name(k)) if k < k_total else None,
-                                     tensor_shape(g, logits_name(k)), cost.macs, cost.params))
-            say(f"  section {k}: {infos[-1].input_shape} -> "
-                f"{infos[-1].features_shape or infos[-1].logits_shape}, {cost.macs:,} MACs, {cost.params:,} params"
-                if cost.macs is not None else f"  section {k}: MACs unknown")
-        full_info = None
-        if cfg.full:
-            fb = save_model(graphs.full, tmp / "full.onnx")
-            sizes["full"] = len(fb)
-            files["full.onnx"] = sha256_bytes(fb)
-            fcost = macs_mod.count(graphs.full)
-            full_info = {"file": "full.onnx", "sha256": files["full.onnx"], "macs": fcost.macs, "params": fcost.params,
-                         "input": {"name": "image", "shape": [None, *shape]},
-                         "output": {"name": f"logits_{k_total}", "shape": [None, len(meta.get("classes", []))]}}
+        staged = _write_graphs(src, cfg, tmp, say)
         timings["export_onnx"] = time.perf_counter() - t
 
-        # 3. parity
-        t = time.perf_counter()
-        parity_rows: list[ExitParity] = []
-        chain_full: ExitParity | None = None
-        parity_json = None
-        parity_desc = ""
-        sessions = [ort_session(p, cfg.threads) for p in section_paths]
+        sessions = [ort_session(p, cfg.threads) for p in staged.paths]
+        rows: list[ExitParity] = []
+        chain_full, desc, parity_record = None, "", None
         if cfg.parity:
-            x, parity_desc = _parity_inputs(cfg, data, meta, shape, say)
-            say(f"parity check on {parity_desc}")
-            ref = torch_logits(model, x)
-            got, _ = chain_logits(sessions, x)
-            parity_rows = compare(ref, got)
-            if cfg.full:
-                full_sess = ort_session(tmp / "full.onnx", cfg.threads)
-                full_logits = full_sess.run(None, {"image": x})[0]
-                chain_full = compare([full_logits], [got[-1]])[0]
-                chain_full.index = k_total
-            table = format_table(parity_rows, cfg.parity_tolerance, "parity")
-            worst_row = max(parity_rows, key=lambda r: r.max_abs_diff)
-            say(f"  largest |Δlogit| {worst_row.max_abs_diff:.2e} (exit {worst_row.index}), lowest top-1 agreement "
-                f"{min(r.top1_agreement for r in parity_rows):.2%}")
-            bad = [r for r in parity_rows if r.max_abs_diff > cfg.parity_tolerance]
-            if bad:
-                worst = max(bad, key=lambda r: r.max_abs_diff)
-                raise ExportError(
-                    f"parity check failed: exit {worst.index} differs from PyTorch by {worst.max_abs_diff:.3e} "
-                    f"(tolerance {cfg.parity_tolerance:g}) on {parity_desc}; no bundle was written.\n{table}")
-            if chain_full is not None and chain_full.max_abs_diff > cfg.parity_tolerance:
-                raise ExportError(f"chained sections and full.onnx disagree at exit {k_total} by "
-                                  f"{chain_full.max_abs_diff:.3e} (tolerance {cfg.parity_tolerance:g})")
-            parity_json = {"tolerance": cfg.parity_tolerance, "inputs": parity_desc, "runtime": "onnxruntime CPU",
-                           "exits": [r.to_json() for r in parity_rows],
-                           "chain_vs_full": chain_full.to_json() if chain_full else None}
-        timings["parity"] = time.perf_counter() - t
-
-        # 4. INT8
-        int8_rows = None
-        int8_json = None
-        n_eval = 0
+            t = time.perf_counter()
+            rows, chain_full, desc, parity_record = _check_parity(src, cfg, tmp, sessions, say)
+            timings["parity"] = time.perf_counter() - t
+        int8_rows, n_eval, int8_record = None, 0, None
         if cfg.int8:
             t = time.perf_counter()
-            from .quantize import QuantizeSettings, compare_int8, quantize_section
-            from .samples import pick, preprocess
-
-            pre = meta["data"]["preprocess"]
-            assert data is not None
-            calib_idx = pick(len(data.train_images), cfg.int8_samples, seed=1)
-            calib = preprocess(data.train_images[calib_idx], pre)
-            say(f"INT8: calibrating {k_total} sections on {len(calib)} {data.name} training images "
-                f"({cfg.int8_method}, per-channel, QDQ)")
-            _, calib_inputs = chain_logits(sessions, calib, collect_inputs=True)
-            (tmp / "int8").mkdir()
-            settings = QuantizeSettings(per_channel=True, method=cfg.int8_method)
-            int8_sessions = []
-            for k, (src, inp) in enumerate(zip(section_paths, calib_inputs), start=1):
-                rel = f"int8/s{k}.onnx"
-                quantize_section(src, tmp / rel, input_name(k), inp, settings)
-                qb = (tmp / rel).read_bytes()
-                sizes["int8"] += len(qb)
-                files[rel] = sha256_bytes(qb)
-                infos[k - 1].int8_file = rel
-                int8_sessions.append(ort_session(tmp / rel, cfg.threads))
-            n = len(data.val_images) if cfg.int8_eval_samples is None else cfg.int8_eval_samples
-            idx = pick(len(data.val_images), n, seed=2)
-            xv, yv = preprocess(data.val_images[idx], pre), data.val_labels[idx]
-            n_eval = len(idx)
-            say(f"INT8: accuracy FP32 vs INT8 on {n_eval} validation images")
-            fp32_logits, _ = chain_logits(sessions, xv)
-            q_logits, _ = chain_logits(int8_sessions, xv)
-            int8_rows = compare_int8(fp32_logits, q_logits, yv)
-            say("  " + ", ".join(f"exit {r.index}: {r.fp32_accuracy:.2%} -> {r.int8_accuracy:.2%}" for r in int8_rows))
-            int8_json = {"quantization": settings.to_json(), "calibration": {
-                "samples": len(calib), "split": "train", "dataset": data.name},
-                "evaluation": {"split": "val", "samples": n_eval, "runtime": "onnxruntime CPU"},
-                "exits": [r.to_json() for r in int8_rows]}
+            int8_rows, n_eval, int8_record = _quantize(src, cfg, tmp, staged, sessions, say)
             timings["int8"] = time.perf_counter() - t
         del sessions
 
-        # 5. manifest, verification, probe
         t = time.perf_counter()
-        export_info = {"exporter": "torch.onnx.export(dynamo=True)", "opset": graphs.opset,
-                       "ir_version": int(graphs.sections[0].ir_version),
-                       "batchnorm_remaining": graphs.remaining_batchnorms,
-                       "external_data": False}
-        raw = build_manifest(meta, cfg.name or _default_name(meta), Path(cfg.checkpoint).name, ckpt_sha, infos,
-                             files, full_info, parity_json, int8_json, export_info)
+        raw = build_manifest(src.meta, cfg.name or _default_name(src.meta), Path(cfg.checkpoint).name, src.sha256,
+                             staged.sections, staged.files, staged.full, parity_record, int8_record,
+                             staged.export_info)
         (tmp / MANIFEST_NAME).write_bytes(dump_json(raw))
         say("verifying the bundle (checksums, then a probe through the runtime's ONNX Runtime backend)")
         try:
             bundle = open_bundle(tmp)
         except BundleError as e:
             raise ExportError(f"the freshly written bundle does not verify: {e}") from None
-        probe = _probe(bundle, model, shape, cfg, data, meta)
+        probe = _probe(bundle, src.model, src.shape, cfg, src.data, src.meta)
         timings["verify"] = time.perf_counter() - t
         (tmp / MARKER).unlink()
-        sizes["bundle"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        staged.sizes["bundle"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         say(f"writing {out}" + (" (replacing the old bundle atomically)" if out.exists() else ""))
-    timings["total"] = time.perf_counter() - t_start
-    say(f"done in {timings['total']:.1f} s: {out} ({sizes['bundle'] / 1e6:.2f} MB)")
-    return ExportResult(out, raw, parity_rows, parity_desc, chain_full if chain_full else probe, int8_rows,
-                        n_eval, timings, sizes)
+    timings["total"] = time.perf_counter() - t0
+    say(f"done in {timings['total']:.1f} s: {out} ({staged.sizes['bundle'] / 1e6:.2f} MB)")
+    return ExportResult(out, raw, rows, desc, chain_full or probe, int8_rows, n_eval, timings, staged.sizes)
 
 
 def _probe(bundle: Any, model: Any, shape: tuple[int, ...], cfg: ExportConfig, data: Any,

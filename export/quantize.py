@@ -64,8 +64,9 @@ def _reader(name: str, data: np.ndarray, batch: int) -> Any:
 
 
 def quantize_section(src: Path, dst: Path, input_name: str, calib: np.ndarray,
-                     settings: QuantizeSettings = QuantizeSettings()) -> None:
+                     settings: QuantizeSettings | None = None) -> None:
     """Write the QDQ INT8 version of section ``src`` to ``dst``, calibrated on ``calib`` (its inputs)."""
+    settings = settings or QuantizeSettings()
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
