@@ -48,6 +48,20 @@ def test_missing_tensorrt_is_a_clear_error(bundle: Path, monkeypatch, capsys) ->
     assert not (bundle / "engines").exists()
 
 
+def test_build_engines_command_runs_without_torch_or_onnx(bundle: Path) -> None:
+    """On a Jetson image there may be TensorRT but no PyTorch: the command must not need either."""
+    import subprocess
+
+    script = ("import sys\n"
+              "for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt'):\n"
+              "    sys.modules[m] = None\n"
+              "from sdedge.cli import main\n"
+              f"sys.exit(main(['build-engines', {str(bundle)!r}, '--fp16']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "needs TensorRT" in proc.stderr and "torch" not in proc.stderr.replace("PyTorch", "")
+
+
 def test_engine_key_names_version_gpu_and_precision() -> None:
     key = engine_key("fp16", trt_version="10.3.0.30", gpu="NVIDIA Jetson Orin Nano (R) Developer Kit")
     assert key == "trt10.3.0.30-nvidia-jetson-orin-nano-developer-kit-fp16"
