@@ -29,7 +29,6 @@ import numpy as np
 from .backends.base import Backend, BackendOptions
 from .backends.hostinfo import available_cpus, cpu_model
 from .policies import ConfidencePolicy, replay, softmax
-from .profile import make_profile
 
 _clock = time.perf_counter
 
@@ -316,46 +315,3 @@ def answer_modes(all_logits: np.ndarray, labels: np.ndarray, temperatures: Seque
         sweep.append(row)
     return {"per_exit": per_exit, "threshold_sweep": sweep, "criterion": criterion, "n": int(labels.size)}
 
-
-def measure_profile(session: Any, inputs: np.ndarray, batch_sizes: Sequence[int] = (1,), runs: int = 200,
-                    warmup: int = 20) -> dict:
-    """A latency profile (the :mod:`sdedge.runtime.profile` format) of ``session``'s backend on this device.
-
-    Per batch size: ``runs`` timed passes through every section on rows of ``inputs`` (float,
-    preprocessed; tiled when there are fewer rows than the batch), each section timed alone around
-    ``Backend.run_section``, after ``warmup`` untimed passes. ``decision_overhead_ms`` is the p99 of
-    the session's own time per call outside the sections, over ``runs`` plain batch-1 ``infer`` calls.
-    """
-    be = session.backend
-    k = session.num_exits
-    x_all = np.ascontiguousarray(inputs, dtype=np.float32)
-    per_batch: dict[int, list[list[float]]] = {}
-    for b in batch_sizes:
-        reps = -(-b // len(x_all))
-        xb = np.ascontiguousarray(np.concatenate([x_all] * reps)[:b]) if reps > 1 else np.ascontiguousarray(x_all[:b])
-        times: list[list[float]] = [[] for _ in range(k)]
-        for i in range(warmup + runs):
-            h = be.upload(xb)
-            for j in range(1, k + 1):
-                t = _clock()
-                h, _ = be.run_section(j, h)
-                if i >= warmup:
-                    times[j - 1].append((_clock() - t) * 1e3)
-        per_batch[int(b)] = times
-    from .policies import LatencyEstimator
-
-    saved = session.estimator
-    session.estimator = probe = LatencyEstimator(k, window=max(8, runs), quantile=0.99)
-    session.deadline_policy.estimator = probe
-    try:
-        for i in range(warmup + runs):
-            if i == warmup:
-                probe.reset(0)
-            session.infer(x_all[i % len(x_all)])
-        overhead = probe.estimate(0, 1) or 0.0
-    finally:
-        session.estimator = saved
-        session.deadline_policy.estimator = saved
-    return make_profile(session.device_name, session.backend_name, getattr(be, "precision", None)
-                        or getattr(getattr(be, "options", None), "precision", "fp32"),
-                        getattr(be, "threads", None), per_batch, overhead, runs)

@@ -277,7 +277,7 @@ class DeadlinePolicy:
     def overhead_ms(self, batch: int) -> float:
         est = self.estimator.estimate(0, batch) or 0.0
         if self.profile is not None:
-            est = max(est, self.profile.decision_overhead_ms)
+            est = max(est, self.profile.decision_overhead_ms + self.profile.fixed_per_call_ms)
         return est + self.margin_ms
 
     def should_stop(self, next_section: int, batch: int, now: float, deadline: float) -> bool:

@@ -17,15 +17,16 @@ File format (``format_version`` 1; ``format`` and ``format_version`` are optiona
                            ...one entry per section, index 1..K]},
         "8": {...}
       },
-      "decision_overhead_ms": 0.045,   # the runtime's own time per call outside the sections (p99):
-                                        # validation, softmax, policy decisions, results
+      "decision_overhead_ms": 0.016,   # the runtime's own time per section (softmax, criterion, deadline check)
+      "fixed_per_call_ms": 0.030,      # optional: its time per call (validation, the answer, the result)
       "runs": 500,                      # timed runs per batch size
       "created": "2026-01-01T00:00:00+00:00"
     }
 
-A section's time is the wall time of ``Backend.run_section`` alone (model only); the session adds
-``decision_overhead_ms`` to every next-section estimate. :func:`sdedge.runtime.benchmarking.measure_profile`
-measures both on a live session and returns this format (``sdedge calibrate`` writes it). Batch sizes missing
+A section's time is the wall time of ``Backend.run_section`` alone (model only); before running the
+next section the session also allows ``decision_overhead_ms + fixed_per_call_ms`` for its own work
+(or its online measurement of that work, whichever is larger). ``sdedge calibrate``
+(:func:`sdedge.calibrate.profile.measure_profile`) measures and writes profiles. Batch sizes missing
 from the profile are answered by the next larger one measured, or by scaling the largest measured one
 linearly (a pessimistic estimate for batches beyond what was profiled).
 """
@@ -73,6 +74,7 @@ class LatencyProfile:
     decision_overhead_ms: float
     runs: int | None
     raw: dict
+    fixed_per_call_ms: float = 0.0
 
     @classmethod
     def from_json(cls, d: Any, num_sections: int) -> "LatencyProfile":
@@ -110,11 +112,12 @@ class LatencyProfile:
                 rows.append(q)
             table[b] = tuple(rows)
         overhead = _ms(d.get("decision_overhead_ms", 0.0), "decision_overhead_ms")
+        fixed = _ms(d.get("fixed_per_call_ms", 0.0), "fixed_per_call_ms")
         threads = d.get("threads")
         runs = d.get("runs")
         return cls(device, d.get("backend"), d.get("precision"),
                    threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
-                   table, overhead, runs if isinstance(runs, int) else None, d)
+                   table, overhead, runs if isinstance(runs, int) else None, d, fixed)
 
     @property
     def batch_sizes(self) -> list[int]:

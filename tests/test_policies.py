@@ -202,6 +202,9 @@ def test_deadline_policy_uses_larger_of_profile_and_online() -> None:
         est.record(2, 1, 5.0)  # the device is slower now than when profiled
     assert pol.section_cost_ms(2, 1) == pytest.approx(5.0)
     assert DeadlinePolicy(est, None).section_cost_ms(3, 1) == 0.0  # nothing known yet
+    d = _profile_dict()
+    d["fixed_per_call_ms"] = 0.02
+    assert DeadlinePolicy(LatencyEstimator(3), LatencyProfile.from_json(d, 3)).overhead_ms(1) == pytest.approx(0.03)
     now = 100.0
     assert not pol.should_stop(2, 1, now, now + 0.006)  # 5 ms + 0.01 ms overhead fits in 6 ms
     assert pol.should_stop(2, 1, now, now + 0.004)

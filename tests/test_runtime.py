@@ -284,15 +284,15 @@ def test_profile_for_this_device_drives_the_deadline_policy(bundle_copy: Path) -
 
 
 def test_measured_profile_roundtrips_through_the_bundle(bundle_copy: Path) -> None:
-    from sdedge.runtime.benchmarking import measure_profile
+    from sdedge.calibrate.profile import ProfileConfig, measure_profile  # what `sdedge calibrate` writes
     from sdedge.runtime.profile import LatencyProfile
 
     s = AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=0)
-    prof = measure_profile(s, floats(s, 4), batch_sizes=(1, 4), runs=20, warmup=2)
+    prof = measure_profile(s, floats(s, 4), ProfileConfig(batch_sizes=(1, 4), runs=20, warmup=2, overhead_runs=20))
     parsed = LatencyProfile.from_json(prof, s.num_exits)
     assert parsed.device == s.device_name and parsed.batch_sizes == [1, 4] and parsed.runs == 20
     assert all(0 < parsed.section_ms(k, 1) < 1000 for k in range(1, s.num_exits + 1))
-    assert 0 < parsed.decision_overhead_ms < 1000
+    assert 0 <= parsed.decision_overhead_ms < 1000 and 0 <= parsed.fixed_per_call_ms < 1000
     update_bundle(bundle_copy, {profile_relpath(s.device_name): dump_json(prof)})
     s2 = AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=0)
     assert s2.profile is not None and s2.deadline_policy.section_cost_ms(2, 1) >= parsed.section_ms(2, 1)
