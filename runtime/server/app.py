@@ -1,0 +1,397 @@
+"""``build_app``: the KServe v2 HTTP app (Starlette, ASGI) around one or more ``AnytimeSession``.
+
+::
+
+    from sdedge.runtime.server import ServerConfig, build_app
+    app = build_app("bundle/", ServerConfig(budget_ms=5))      # any ASGI server runs it; or mount it
+    # uvicorn.run(app, host="127.0.0.1", port=8000)  -- or sdedge.runtime.server.serve("bundle/", config)
+
+Endpoints (``{name}`` is the model name: ``--model-name``, else the manifest's ``model.name``; each
+``/v2/models/{name}/...`` also answers as ``/v2/models/{name}/versions/{version}/...``):
+
+==================================== ======================================================================
+``GET  /v2``                         server metadata (name, version, extensions)
+``GET  /v2/health/live``             200 while the process serves
+``GET  /v2/health/ready``            200 when the sessions are loaded and the server is not stopping, else 503
+``GET  /v2/models/{name}``           model metadata: inputs, outputs, datatypes, shapes
+``GET  /v2/models/{name}/ready``     200 when the model can answer
+``GET  /v2/models/{name}/config``    sdedge details: accepted input forms, classes, exits, preprocess, defaults
+``POST /v2/models/{name}/infer``     inference (JSON or binary tensors, see :mod:`.protocol`)
+``GET  /metrics``                    Prometheus metrics (see :mod:`.metrics`)
+==================================== ======================================================================
+
+Deadlines: the request's arrival time is taken by the outermost app middleware, before routing and
+before the body is read; ``deadline = arrival + budget`` goes to the session, so reading the body,
+parsing and waiting for a worker all count against the budget. ``deadline_met`` says whether the
+*answer was ready* by the deadline (encoding and sending the response come after).
+
+Response ``parameters``: ``latency_ms`` (arrival to answer ready), ``queue_ms`` (waiting for a worker),
+``inference_ms`` (inside the session), ``exits_run`` (deepest exit run in the request), and for a
+single image ``exit_index`` and ``stopped_by`` (``confidence``, ``deadline`` or ``last``); with a
+budget also ``budget_ms`` and ``deadline_met``. The per-image exits are the ``exit_index`` output.
+
+Errors are ``{"error": "<message>"}`` with: 400 malformed request (bad JSON, wrong datatype/shape/input
+name, NaN/Inf, bad parameter, a lying binary header, batch above the cap), 404 unknown model, version
+or route, 405 wrong method, 408 body not received within ``body_timeout_s``, 413 body above
+``max_body_mb`` (refused on ``Content-Length`` before reading, or while reading), 415 unsupported
+``Content-Type``/``Content-Encoding``, 503 queue full or shutting down, 500 only for a fault of the
+server itself (logged with its traceback; the server keeps serving).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import BackendError, InputError, PolicyError
+from .config import ServerConfig, ServerConfigError, check_model_name
+from .metrics import ServerMetrics
+from .protocol import (ModelIO, ProtocolError, encode_infer_response, error_body, model_metadata, parse_infer_request,
+                       server_metadata)
+from .worker import InferencePool, Overloaded, ShuttingDown
+
+log = logging.getLogger("sdedge.server")
+_clock = time.perf_counter
+_ARRIVAL = "sdedge_arrival"
+_ENDPOINT = "sdedge_endpoint"
+_INLINE_PARSE_BYTES = 1 << 20  # bodies above 1 MiB are parsed off the event loop
+_CONTENT_TYPES = ("application/json", "application/octet-stream")
+
+__all__ = ["ServerConfig", "ServerState", "build_app"]
+
+
+def _require_web() -> None:
+    try:
+        import starlette  # noqa: F401
+    except ImportError:
+        raise BackendError("sdedge serve needs the web extra (starlette via fastapi, uvicorn, prometheus-client): "
+                           "pip install 'sdedge[serve]'") from None
+
+
+@dataclass
+class ServerState:
+    """Everything one app serves with (``app.state.sdedge``)."""
+
+    config: ServerConfig
+    sessions: list
+    pool: InferencePool
+    metrics: ServerMetrics
+    io: ModelIO
+    model_name: str
+    model_version: str
+    owns_sessions: bool
+    ready: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def session(self) -> Any:
+        return self.sessions[0]
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Finish queued requests, stop the workers, close the sessions this app opened."""
+        self.ready = False
+        self.pool.close(timeout)
+        if self.owns_sessions:
+            for s in self.sessions:
+                s.close()
+
+
+def _open_sessions(target: Any, config: ServerConfig) -> tuple[list, bool]:
+    if isinstance(target, (str, Path)) or hasattr(target, "__fspath__"):
+        from ..session import AnytimeSession
+
+        sessions: list = []
+        try:
+            for _ in range(config.workers):
+                sessions.append(AnytimeSession(target, backend=config.backend, precision=config.precision,
+                                               intra_op_threads=config.threads_per_session(), warmup=config.warmup,
+                                               max_batch=config.max_batch, answer=config.answer))
+        except BaseException:
+            for s in sessions:
+                s.close()
+            raise
+        return sessions, True
+    if isinstance(target, (list, tuple)):
+        if not target:
+            raise ServerConfigError("build_app needs a bundle path, a session or a non-empty list of sessions")
+        return list(target), False
+    if hasattr(target, "infer") and hasattr(target, "manifest"):
+        return [target], False
+    raise ServerConfigError(f"build_app needs a bundle path or an AnytimeSession, got {type(target).__name__}")
+
+
+def build_state(target: Any, config: ServerConfig | None = None) -> ServerState:
+    """Open (or adopt) the sessions and make the pool and metrics; no web framework needed."""
+    config = config or ServerConfig()
+    sessions, owns = _open_sessions(target, config)
+    try:
+        s0 = sessions[0]
+        for s in sessions[1:]:
+            if s.manifest.raw != s0.manifest.raw:
+                raise ServerConfigError("all sessions of one server must serve the same bundle")
+        name = config.model_name or s0.manifest.model.get("name") or Path(str(s0.bundle.path)).name
+        check_model_name(name)
+        s0.policy(config.threshold, config.criterion)  # a bad default (e.g. "calibrated" w/o calibration) fails now
+        io = ModelIO(input_name=s0.manifest.input.name, chw=tuple(s0.input_shape), classes=tuple(s0.classes),
+                     max_batch=min([config.max_batch] + [int(s.max_batch) for s in sessions]))
+        pool = InferencePool(sessions, config.max_queue)
+        metrics = ServerMetrics(s0.num_exits, queue_depth=pool.qsize)
+    except BaseException:
+        if owns:
+            for s in sessions:
+                s.close()
+        raise
+    return ServerState(config, sessions, pool, metrics, io, name, config.model_version, owns)
+
+
+def build_app(target: Any, config: ServerConfig | None = None) -> Any:
+    """A Starlette (ASGI) app serving ``target``: a bundle path (opens ``config.workers`` sessions), an
+    ``AnytimeSession``, a list of sessions of the same bundle (one worker thread each), or a
+    :class:`ServerState` from :func:`build_state` (its own config then applies)."""
+    _require_web()
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    state = target if isinstance(target, ServerState) else build_state(target, config)
+    cfg, metrics, io = state.config, state.metrics, state.io
+
+    def err(status: int, message: str, headers: dict | None = None) -> Response:
+        return Response(error_body(message), status_code=status, media_type="application/json", headers=headers)
+
+    def ok(doc: Any, status: int = 200) -> Response:
+        import json
+
+        return Response(json.dumps(doc).encode(), status_code=status, media_type="application/json")
+
+    def model_error(request: Request) -> Response | None:
+        name = request.path_params["name"]
+        if name != state.model_name:
+            return err(404, f"unknown model {name!r}; this server serves {state.model_name!r}")
+        v = request.path_params.get("version")
+        if v is not None and v != state.model_version:
+            return err(404, f"unknown version {v!r} of model {name!r}; available: {state.model_version!r}")
+        return None
+
+    def mark(request: Request, endpoint: str) -> None:
+        request.scope[_ENDPOINT] = endpoint
+
+    async def get_server_metadata(request: Request) -> Response:
+        mark(request, "server_metadata")
+        from ... import __version__
+
+        return ok(server_metadata(__version__))
+
+    async def get_live(request: Request) -> Response:
+        mark(request, "health")
+        return ok({"live": True})
+
+    async def get_ready(request: Request) -> Response:
+        mark(request, "health")
+        ready = state.ready and not state.pool.closed
+        return ok({"ready": ready}, 200 if ready else 503)
+
+    async def get_model_metadata(request: Request) -> Response:
+        mark(request, "model_metadata")
+        return model_error(request) or ok(model_metadata(io, state.model_name, [state.model_version]))
+
+    async def get_model_ready(request: Request) -> Response:
+        mark(request, "model_ready")
+        ready = state.ready and not state.pool.closed
+        return model_error(request) or ok({"name": state.model_name, "ready": ready}, 200 if ready else 503)
+
+    async def get_model_config(request: Request) -> Response:
+        mark(request, "model_config")
+        e = model_error(request)
+        if e is not None:
+            return e
+        s = state.session
+        m = s.manifest
+        return ok({
+            "name": state.model_name, "version": state.model_version, "platform": "sdedge",
+            "max_batch_size": io.max_batch, "input": io.accepted_inputs(), "output": io.outputs_metadata(),
+            "classes": list(io.classes), "num_exits": s.num_exits, "exits": m.exits,
+            "preprocess": m.preprocess.to_json(), "model": {k: m.model.get(k) for k in ("name", "backbone", "method")},
+            "defaults": {"budget_ms": cfg.budget_ms, "threshold": cfg.threshold, "criterion": cfg.criterion},
+            "workers": len(state.sessions), "backend": s.backend_name, "device": s.device_name,
+            "calibrated": s.calibration is not None, "latency_profile": s.profile is not None,
+            "max_body_bytes": cfg.max_body_bytes, "max_queue": cfg.max_queue,
+        })
+
+    async def get_metrics(request: Request) -> Response:
+        mark(request, "metrics")
+        text, ctype = metrics.render()
+        return Response(text, headers={"Content-Type": ctype})
+
+    async def read_body(request: Request) -> bytes:
+        ctype = request.headers.get("content-type")
+        if ctype is not None and ctype.split(";")[0].strip().lower() not in _CONTENT_TYPES:
+            raise ProtocolError(f"unsupported Content-Type {ctype!r}; send application/json (or "
+                                f"application/octet-stream with the Inference-Header-Content-Length header)", 415)
+        enc = request.headers.get("content-encoding", "identity").strip().lower()
+        if enc not in ("identity", "gzip", "deflate"):
+            raise ProtocolError(f"unsupported Content-Encoding {enc!r}; expected identity, gzip or deflate", 415)
+        cap = cfg.max_body_bytes
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                declared = int(cl)
+            except ValueError:
+                raise ProtocolError(f"Content-Length must be an integer, got {cl!r}") from None
+            if declared > cap:
+                raise ProtocolError(f"request body of {declared} bytes is larger than the server's limit of {cap} bytes "
+                                    f"(--max-body-mb {cfg.max_body_mb:g})", 413)
+        chunks: list[bytes] = []
+        total = 0
+
+        async def pull() -> None:
+            nonlocal total
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > cap:
+                    raise ProtocolError(f"request body is larger than the server's limit of {cap} bytes "
+                                        f"(--max-body-mb {cfg.max_body_mb:g})", 413)
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(pull(), cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise ProtocolError(f"the request body did not arrive within {cfg.body_timeout_s:g} s "
+                                f"({total} bytes received)", 408) from None
+        body = b"".join(chunks)
+        if enc != "identity":
+            body = _decompress(body, enc, cap)
+        if not body:
+            raise ProtocolError("empty request body; expected a JSON inference request")
+        return body
+
+    async def post_infer(request: Request) -> Response:
+        mark(request, "infer")
+        t0 = request.scope.get(_ARRIVAL) or _clock()
+        e = model_error(request)
+        if e is not None:
+            return e
+        metrics.inflight.inc()
+        try:
+            return await infer(request, t0)
+        except ProtocolError as ex:
+            return err(ex.status, str(ex))
+        except (InputError, PolicyError) as ex:  # the session's own checks (e.g. NaN/Inf, "calibrated" w/o calibration)
+            return err(400, str(ex))
+        except (Overloaded, ShuttingDown) as ex:
+            return err(503, str(ex), {"Retry-After": "1"})
+        finally:
+            metrics.inflight.dec()
+
+    async def infer(request: Request, t0: float) -> Response:
+        body = await read_body(request)
+        hl = request.headers.get("inference-header-content-length")
+        if len(body) > _INLINE_PARSE_BYTES:
+            req = await asyncio.to_thread(parse_infer_request, body, hl, io)
+        else:
+            req = parse_infer_request(body, hl, io)
+        budget = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
+        deadline = None if budget is None else t0 + budget * 1e-3
+        threshold = req.threshold if req.threshold is not None else cfg.threshold
+        criterion = req.criterion if req.criterion is not None else cfg.criterion
+        out = await state.pool.run(req.array, deadline=deadline, threshold=threshold, criterion=criterion)
+        results = out.results
+        latency_s = out.t_done - t0
+        met = results[0].deadline_met if deadline is not None else None
+        exits = [r.exit_index for r in results]
+        params: dict[str, Any] = {"latency_ms": round(latency_s * 1e3, 4), "queue_ms": round(out.queue_s * 1e3, 4),
+                                  "inference_ms": round(out.inference_s * 1e3, 4), "exits_run": max(exits)}
+        if len(results) == 1:
+            params["exit_index"] = exits[0]
+            params["stopped_by"] = results[0].stopped_by
+        if deadline is not None:
+            params["budget_ms"] = budget
+            params["deadline_met"] = bool(met)
+        payload, head_len = encode_infer_response(state.model_name, state.model_version, req.id, results, req.outputs,
+                                                  io.classes, params)
+        metrics.observe_inference(exits, latency_s, out.queue_s, out.inference_s, met)
+        if head_len is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(head_len)})
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        msg = exc.detail if exc.status_code != 404 else f"no such endpoint: {request.method} {request.url.path}"
+        return err(exc.status_code, str(msg), getattr(exc, "headers", None))
+
+    async def on_server_fault(request: Request, exc: Exception) -> Response:
+        log.exception("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return err(500, f"internal server error ({type(exc).__name__}); see the server log")
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        state.pool.start()
+        yield
+        await asyncio.to_thread(state.close, cfg.graceful_timeout_s)
+
+    routes = [
+        Route("/v2", get_server_metadata, methods=["GET"]),
+        Route("/v2/health/live", get_live, methods=["GET"]),
+        Route("/v2/health/ready", get_ready, methods=["GET"]),
+        Route("/metrics", get_metrics, methods=["GET"]),
+    ]
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [
+            Route(base, get_model_metadata, methods=["GET"]),
+            Route(base + "/ready", get_model_ready, methods=["GET"]),
+            Route(base + "/config", get_model_config, methods=["GET"]),
+            Route(base + "/infer", post_infer, methods=["POST"]),
+        ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(_ArrivalAndStatus, metrics=metrics)],
+                    exception_handlers={HTTPException: on_http_error, Exception: on_server_fault})
+    app.state.sdedge = state
+    return app
+
+
+class _ArrivalAndStatus:
+    """Pure ASGI middleware: stamps the arrival time first thing, counts every answer by endpoint and status."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[_ARRIVAL] = _clock()
+        status = 500
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.count_request(scope.get(_ENDPOINT, "other"), status)
+
+
+def _decompress(body: bytes, encoding: str, cap: int) -> bytes:
+    d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = d.decompress(body, cap + 1)
+    except zlib.error as e:
+        raise ProtocolError(f"the {encoding} request body could not be decompressed ({e})") from None
+    if len(out) > cap or d.unconsumed_tail:
+        raise ProtocolError(f"the decompressed request body is larger than the server's limit of {cap} bytes", 413)
+    if not d.eof:
+        raise ProtocolError(f"the {encoding} request body is truncated")
+    return out

@@ -1,0 +1,118 @@
+"""``ServerConfig``: every knob of ``sdedge serve`` in one dataclass (no web imports here).
+
+The CLI (``sdedge serve -h``) builds one from its flags; robot code and tests build one directly and
+pass it to :func:`sdedge.runtime.server.build_app` or :func:`sdedge.runtime.server.serve`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SdedgeError
+from ..policies import check_criterion, check_threshold
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ServerConfigError(SdedgeError, ValueError):
+    """A server setting is out of range (bad port, negative cap, a model name unusable in a URL, ...)."""
+
+
+@dataclass
+class ServerConfig:
+    """How the server answers and what it refuses.
+
+    Policy defaults (a request's ``parameters`` override them per request):
+      ``budget_ms``: latency budget counted from the request's arrival (None: no deadline);
+      ``threshold``: confidence threshold in [0, 1] or ``"calibrated"`` (None: no confidence stop);
+      ``criterion``: ``max_prob``, ``entropy`` or ``margin`` (None: the session's).
+    Capacity: ``workers`` sessions, each on its own inference thread with ``threads`` ORT intra-op
+    threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
+    ``max_queue`` requests (more: 503). Safety caps: ``max_batch`` images per request, ``max_body_mb``
+    MiB per body (after decompression too), ``body_timeout_s`` to receive a body (408 after),
+    ``max_header_kb`` per request head (h11), ``limit_concurrency`` connections+tasks (503 beyond),
+    ``timeout_keep_alive`` seconds an idle keep-alive connection is kept.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str | None = None  # None: the manifest's model name
+    model_version: str = "1"
+    budget_ms: float | None = None
+    threshold: Any = None
+    criterion: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    workers: int = 1
+    threads: int | None = None
+    answer: str = "last"
+    warmup: int = 3
+    max_batch: int = 64
+    max_body_mb: float = 16.0
+    max_queue: int = 256
+    body_timeout_s: float = 30.0
+    max_header_kb: int = 16
+    limit_concurrency: int | None = 512
+    timeout_keep_alive: int = 5
+    graceful_timeout_s: float = 30.0
+    log_level: str = "info"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.budget_ms is not None:
+            b = self.budget_ms
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+                raise ServerConfigError(f"budget_ms must be a positive number of milliseconds or None, got {b!r}")
+            self.budget_ms = float(b)
+        if self.threshold is not None and self.threshold != "calibrated":
+            self.threshold = check_threshold(self.threshold, "threshold")
+        if self.criterion is not None:
+            check_criterion(self.criterion)
+        _positive_int(self, "port", allow_zero=True)
+        if self.port > 65535:
+            raise ServerConfigError(f"port must be in 0..65535, got {self.port}")
+        for name in ("workers", "max_batch", "max_queue", "max_header_kb", "timeout_keep_alive"):
+            _positive_int(self, name)
+        if self.threads is not None:
+            _positive_int(self, "threads")
+        if self.limit_concurrency is not None:
+            _positive_int(self, "limit_concurrency")
+        if self.warmup < 0:
+            raise ServerConfigError(f"warmup must be >= 0, got {self.warmup}")
+        for name in ("max_body_mb", "body_timeout_s", "graceful_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ServerConfigError(f"{name} must be a positive number, got {v!r}")
+        if self.model_name is not None:
+            check_model_name(self.model_name)
+        if not isinstance(self.model_version, str) or not _NAME_RE.match(self.model_version):
+            raise ServerConfigError(f"model_version must be 1-128 characters of A-Z a-z 0-9 . _ -, got {self.model_version!r}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def threads_per_session(self) -> int | None:
+        """ORT intra-op threads for each session: ``threads``, else the CPUs split between the sessions."""
+        if self.threads is not None:
+            return self.threads
+        if self.workers == 1:
+            return None  # ORT's own default (one thread per physical core)
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def check_model_name(name: Any) -> str:
+    """A model name usable as one URL path segment (``/v2/models/{name}``)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ServerConfigError(f"model name must be 1-128 characters of A-Z a-z 0-9 . _ - (it is a URL path segment), "
+                                f"got {name!r}; pick one with --model-name")
+    return name
+
+
+def _positive_int(cfg: ServerConfig, name: str, allow_zero: bool = False) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
+        raise ServerConfigError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {v!r}")

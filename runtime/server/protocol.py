@@ -1,0 +1,384 @@
+"""KServe v2 / Open Inference Protocol messages: parse inference requests, encode responses.
+
+Pure numpy + json (no web framework), so it is unit-tested without a server and reused by any
+transport. What it implements of the protocol
+(https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/):
+
+* **Request** ``{"id"?, "parameters"?, "inputs": [tensor], "outputs"?: [{"name", "parameters"?}]}`` with
+  one input tensor, named after the bundle's input (``image``):
+
+  - ``FP32`` ``[B, C, H, W]``: preprocessed pixels;
+  - ``UINT8`` ``[B, H, W, C]`` (``[B, H, W]`` too for a one-channel model): raw pixels in the model's
+    channel order, preprocessed by the runtime with the bundle's ``preprocess``.
+
+  Other datatypes, another rank or size, ``B`` of 0 or above ``max_batch`` are refused (400).
+  ``data`` is a row-major flattened list or a nested list of the tensor's shape; JSON numbers only
+  (``NaN``/``Infinity`` are not JSON and are refused, so are bools, strings, out-of-range UINT8).
+* **Binary tensor data extension**: with the ``Inference-Header-Content-Length: N`` header, the first
+  ``N`` bytes of the body are the JSON request and the rest holds the tensors, one after the other in
+  input order, each sized by its ``parameters.binary_data_size`` (little-endian, row-major). Sizes that
+  do not add up to the body, or a header length that does not fit it, are refused (400).
+* **Request parameters**: ``budget_ms`` (positive number), ``threshold`` (number in [0, 1] or
+  ``"calibrated"``), ``criterion`` (``max_prob``/``entropy``/``margin``), ``binary_data_output``
+  (bool: every output in binary). Other parameters (e.g. ``tritonclient``'s ``priority``,
+  ``timeout``, ``sequence_id``) are accepted and ignored.
+* **Outputs**: ``probabilities`` FP32 ``[B, C]``, ``label`` INT64 ``[B]``, ``exit_index`` INT32 ``[B]``
+  (1 = shallowest), ``confidence`` FP32 ``[B]``, ``class_name`` BYTES ``[B]``. ``outputs`` in the
+  request picks some (each ``parameters.binary_data`` true/false); without it every output is
+  returned, in binary when ``binary_data_output`` is set. The ``classification`` extension is refused.
+* **Errors**: :class:`ProtocolError` carries the HTTP status; the body is ``{"error": "<message>"}``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..calibration import CRITERIA
+from ..errors import InputError
+
+INPUT_DATATYPES = ("FP32", "UINT8")
+OUTPUTS: dict[str, str] = {  # name -> v2 datatype
+    "probabilities": "FP32",
+    "label": "INT64",
+    "exit_index": "INT32",
+    "confidence": "FP32",
+    "class_name": "BYTES",
+}
+_NP = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
+KNOWN_PARAMETERS = ("budget_ms", "threshold", "criterion", "binary_data_output")
+
+
+class ProtocolError(InputError):
+    """A request the protocol layer refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What the served model takes and returns, as the protocol describes it."""
+
+    input_name: str
+    chw: tuple[int, int, int]
+    classes: tuple[str, ...]
+    max_batch: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def inputs_metadata(self) -> list[dict]:
+        c, h, w = self.chw
+        return [{"name": self.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}]
+
+    def outputs_metadata(self) -> list[dict]:
+        shapes = {"probabilities": [-1, self.num_classes]}
+        return [{"name": n, "datatype": dt, "shape": shapes.get(n, [-1])} for n, dt in OUTPUTS.items()]
+
+    def accepted_inputs(self) -> list[dict]:
+        """Every input form accepted (the metadata can name only one datatype per input)."""
+        c, h, w = self.chw
+        forms = [{"name": self.input_name, "datatype": "FP32", "shape": [-1, c, h, w], "layout": "NCHW",
+                  "note": "preprocessed"},
+                 {"name": self.input_name, "datatype": "UINT8", "shape": [-1, h, w, c], "layout": "NHWC",
+                  "note": "raw pixels, preprocessed by the server"}]
+        if c == 1:
+            forms.append({"name": self.input_name, "datatype": "UINT8", "shape": [-1, h, w], "layout": "NHW",
+                          "note": "raw grayscale pixels"})
+        return forms
+
+    def expected(self) -> str:
+        c, h, w = self.chw
+        s = f"FP32 [B,{c},{h},{w}] (preprocessed NCHW) or UINT8 [B,{h},{w},{c}] (raw NHWC pixels)"
+        return s + (f" or UINT8 [B,{h},{w}]" if c == 1 else "") + f", 1 <= B <= {self.max_batch}"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    """A parsed, validated inference request (policy fields are None when the request did not set them)."""
+
+    id: str | None
+    array: np.ndarray  # float32 [B,C,H,W] or uint8 [B,H,W,C] / [B,H,W]
+    datatype: str
+    outputs: list[RequestedOutput]
+    budget_ms: float | None = None
+    threshold: Any = None
+    criterion: str | None = None
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return int(self.array.shape[0])
+
+
+# -- parsing ------------------------------------------------------------------------------------------------
+def _reject_constant(token: str) -> Any:
+    raise ProtocolError(f"malformed JSON: {token} is not a JSON number (send finite numbers only)")
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON part and the binary part of a body, per ``Inference-Header-Content-Length``."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        n = int(header_length.strip())
+    except ValueError:
+        raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+    if n <= 0 or n > len(body):
+        raise ProtocolError(f"Inference-Header-Content-Length is {n} but the body holds {len(body)} bytes; expected "
+                            f"1..{len(body)} (the length of the JSON part at the start of the body)")
+    view = memoryview(body)
+    return bytes(view[:n]), view[n:]
+
+
+def parse_json(text: bytes) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise ProtocolError(f"malformed JSON request: {e}") from None
+    except RecursionError:
+        raise ProtocolError("malformed JSON request: nested too deeply") from None
+
+
+def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> InferRequest:
+    """Parse and validate one ``POST .../infer`` body (see the module docstring for the rules)."""
+    head, binary = split_body(body, header_length)
+    req = parse_json(head)
+    if not isinstance(req, dict):
+        raise ProtocolError(f"the request must be a JSON object with an \"inputs\" list, got {type(req).__name__}")
+    rid = req.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise ProtocolError(f"\"id\" must be a string, got {type(rid).__name__}")
+    params = req.get("parameters", {})
+    if not isinstance(params, dict):
+        raise ProtocolError(f"\"parameters\" must be an object, got {type(params).__name__}")
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ProtocolError(f"the request needs a non-empty \"inputs\" list with one tensor named "
+                            f"{io.input_name!r}: {io.expected()}")
+    offset = 0
+    array = datatype = None
+    for i, t in enumerate(inputs):
+        if not isinstance(t, dict):
+            raise ProtocolError(f"inputs[{i}] must be an object with name/shape/datatype, got {type(t).__name__}")
+        name = t.get("name")
+        if name != io.input_name:
+            raise ProtocolError(f"unknown input {name!r}: this model has one input, {io.input_name!r}")
+        if array is not None:
+            raise ProtocolError(f"input {name!r} appears more than once")
+        array, datatype, offset = _parse_input(t, binary, offset, io)
+    if offset != len(binary):
+        raise ProtocolError(f"the body holds {len(binary)} bytes of binary tensor data after the JSON header but the "
+                            f"inputs' binary_data_size add up to {offset}")
+    assert array is not None and datatype is not None
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ProtocolError(f"parameters.binary_data_output must be true or false, got {binary_default!r}")
+    return InferRequest(id=rid, array=array, datatype=datatype, outputs=_parse_outputs(req.get("outputs"), binary_default),
+                        budget_ms=_budget(params), threshold=_threshold(params), criterion=_criterion(params),
+                        parameters=params)
+
+
+def _parse_input(t: dict, binary: memoryview, offset: int, io: ModelIO) -> tuple[np.ndarray, str, int]:
+    name, datatype, shape = t["name"], t.get("datatype"), t.get("shape")
+    if datatype not in INPUT_DATATYPES:
+        raise ProtocolError(f"input {name!r} has datatype {datatype!r}; expected {io.expected()}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise ProtocolError(f"input {name!r}: \"shape\" must be a list of integers, got {shape!r}")
+    c, h, w = io.chw
+    if datatype == "FP32":
+        ok = len(shape) == 4 and shape[1:] == [c, h, w]
+    else:
+        ok = (len(shape) == 4 and shape[1:] == [h, w, c]) or (c == 1 and len(shape) == 3 and shape[1:] == [h, w])
+    if not ok:
+        raise ProtocolError(f"input {name!r} has datatype {datatype} and shape {shape}; expected {io.expected()}")
+    b = shape[0]
+    if b < 1:
+        raise ProtocolError(f"input {name!r}: batch size must be at least 1, got shape {shape}")
+    if b > io.max_batch:
+        raise ProtocolError(f"input {name!r}: batch of {b} images is larger than this server's max batch "
+                            f"({io.max_batch}); split the request")
+    dt = _NP[datatype]
+    count = math.prod(shape)
+    params = t.get("parameters", {})
+    if not isinstance(params, dict):
+        raise ProtocolError(f"input {name!r}: \"parameters\" must be an object, got {type(params).__name__}")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+        if "data" in t:
+            raise ProtocolError(f"input {name!r} has both \"data\" and binary_data_size; send one")
+        if size != count * dt.itemsize:
+            raise ProtocolError(f"input {name!r}: binary_data_size is {size} bytes but {datatype} {shape} needs "
+                                f"{count * dt.itemsize}")
+        if offset + size > len(binary):
+            raise ProtocolError(f"input {name!r}: binary_data_size is {size} bytes but only {len(binary) - offset} bytes "
+                                f"of binary data follow the JSON header (check Inference-Header-Content-Length)")
+        arr = np.frombuffer(binary, dtype=dt, count=count, offset=offset).reshape(shape)
+        return arr, datatype, offset + size
+    if "data" not in t:
+        raise ProtocolError(f"input {name!r} has neither \"data\" nor parameters.binary_data_size")
+    return _json_tensor(t["data"], name, datatype, shape, count), datatype, offset
+
+
+def _json_tensor(data: Any, name: str, datatype: str, shape: list[int], count: int) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ProtocolError(f"input {name!r}: \"data\" must be a list (flattened row-major or nested), "
+                            f"got {type(data).__name__}")
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ProtocolError(f"input {name!r}: \"data\" is not a regular array of numbers ({e})") from None
+    kinds = "iuf" if datatype == "FP32" else "iu"
+    if arr.dtype.kind not in kinds:
+        what = {"b": "booleans", "U": "strings", "O": "mixed or non-numeric values", "f": "non-integer numbers"}.get(
+            arr.dtype.kind, str(arr.dtype))
+        want = "numbers" if datatype == "FP32" else "integers in 0..255"
+        raise ProtocolError(f"input {name!r}: {datatype} \"data\" must hold {want}, got {what}")
+    if arr.ndim > 1 and list(arr.shape) != shape:
+        raise ProtocolError(f"input {name!r}: nested \"data\" has shape {list(arr.shape)} but \"shape\" says {shape}")
+    if arr.size != count:
+        raise ProtocolError(f"input {name!r}: \"data\" holds {arr.size} values but shape {shape} needs {count}")
+    if datatype == "UINT8":
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
+            raise ProtocolError(f"input {name!r}: UINT8 values must be in 0..255, got {int(arr.min())}..{int(arr.max())}")
+        return arr.astype(np.uint8).reshape(shape)
+    return arr.astype(np.float32).reshape(shape)
+
+
+def _budget(params: dict) -> float | None:
+    b = params.get("budget_ms")
+    if b is None:
+        return None
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+        raise ProtocolError(f"parameters.budget_ms must be a positive number of milliseconds, got {b!r}")
+    return float(b)
+
+
+def _threshold(params: dict) -> Any:
+    t = params.get("threshold")
+    if t is None or t == "calibrated":
+        return t
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0.0 <= t <= 1.0):
+        raise ProtocolError(f"parameters.threshold must be a number in [0, 1] or \"calibrated\", got {t!r}")
+    return float(t)
+
+
+def _criterion(params: dict) -> str | None:
+    c = params.get("criterion")
+    if c is not None and c not in CRITERIA:
+        raise ProtocolError(f"parameters.criterion must be one of {', '.join(CRITERIA)}, got {c!r}")
+    return c
+
+
+def _parse_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutput]:
+    if outputs is None:
+        return [RequestedOutput(n, binary_default) for n in OUTPUTS]
+    if not isinstance(outputs, list) or not outputs:
+        raise ProtocolError(f"\"outputs\" must be a non-empty list of {{\"name\": ...}} objects, got {outputs!r}")
+    picked: list[RequestedOutput] = []
+    for i, o in enumerate(outputs):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise ProtocolError(f"outputs[{i}] must be an object with a \"name\" string, got {o!r}")
+        name = o["name"]
+        if name not in OUTPUTS:
+            raise ProtocolError(f"unknown output {name!r}; this model returns {', '.join(OUTPUTS)}")
+        if any(p.name == name for p in picked):
+            raise ProtocolError(f"output {name!r} is requested more than once")
+        p = o.get("parameters", {})
+        if not isinstance(p, dict):
+            raise ProtocolError(f"outputs[{i}].parameters must be an object, got {type(p).__name__}")
+        if p.get("classification"):
+            raise ProtocolError("the classification extension is not supported; request the \"label\", "
+                                "\"class_name\" and \"probabilities\" outputs instead")
+        binary = p.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise ProtocolError(f"outputs[{i}].parameters.binary_data must be true or false, got {binary!r}")
+        picked.append(RequestedOutput(name, binary))
+    return picked
+
+
+# -- encoding -----------------------------------------------------------------------------------------------
+def output_arrays(results: Sequence[Any], names: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    """The requested output tensors of a batch of ``InferenceResult`` (class_name: a list of str)."""
+    out: dict[str, Any] = {}
+    for n in names:
+        if n == "probabilities":
+            out[n] = np.stack([r.probabilities for r in results]).astype("<f4", copy=False)
+        elif n == "label":
+            out[n] = np.array([r.label for r in results], "<i8")
+        elif n == "exit_index":
+            out[n] = np.array([r.exit_index for r in results], "<i4")
+        elif n == "confidence":
+            out[n] = np.array([r.confidence for r in results], "<f4")
+        elif n == "class_name":
+            out[n] = [classes[r.label] for r in results]
+    return out
+
+
+def _bytes_tensor(strings: Sequence[str]) -> bytes:
+    parts = []
+    for s in strings:
+        b = s.encode("utf-8")
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def encode_infer_response(model_name: str, model_version: str, request_id: str | None, results: Sequence[Any],
+                          outputs: Sequence[RequestedOutput], classes: Sequence[str],
+                          parameters: dict | None = None) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header length when some outputs are binary (else None)."""
+    arrays = output_arrays(results, [o.name for o in outputs], classes)
+    entries, blobs = [], []
+    for o in outputs:
+        arr = arrays[o.name]
+        dt = OUTPUTS[o.name]
+        shape = list(arr.shape) if isinstance(arr, np.ndarray) else [len(arr)]
+        e: dict[str, Any] = {"name": o.name, "datatype": dt, "shape": shape}
+        if o.binary:
+            raw = _bytes_tensor(arr) if dt == "BYTES" else arr.tobytes()
+            e["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            e["data"] = list(arr) if dt == "BYTES" else arr.ravel().tolist()
+        entries.append(e)
+    resp: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        resp["id"] = request_id
+    if parameters:
+        resp["parameters"] = parameters
+    resp["outputs"] = entries
+    head = json.dumps(resp, separators=(",", ":"), allow_nan=False).encode()
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+def server_metadata(version: str) -> dict:
+    return {"name": "sdedge", "version": version, "extensions": ["binary_tensor_data", "parameters"]}
+
+
+def model_metadata(io: ModelIO, name: str, versions: Sequence[str]) -> dict:
+    return {"name": name, "versions": list(versions), "platform": "sdedge",
+            "inputs": io.inputs_metadata(), "outputs": io.outputs_metadata()}

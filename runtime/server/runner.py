@@ -1,0 +1,129 @@
+"""Run the app with uvicorn: ``serve()`` in the foreground (the CLI), ``BackgroundServer`` in a thread.
+
+uvicorn settings and why (all from :class:`~sdedge.runtime.server.config.ServerConfig`):
+
+* ``host`` 127.0.0.1 unless told otherwise: nothing outside the machine reaches the model by accident.
+* ``http="h11"``, ``loop="asyncio"``: pure-Python, maintained, no compiled extras needed on a board.
+  ``h11_max_incomplete_event_size`` (``max_header_kb``) caps a request head, so a client cannot make
+  the server buffer endless headers.
+* ``timeout_keep_alive``: an idle keep-alive connection is closed after that many seconds.
+  uvicorn has no timer for a request head that trickles in; ``limit_concurrency`` (connections and
+  tasks, 503 beyond) bounds how many such connections can be held, and the app itself gives a request
+  body ``body_timeout_s`` to arrive (408 after). Exposed beyond a trusted network, put the server
+  behind a proxy with header timeouts (Envoy/Istio in KServe, nginx), as with any Python ASGI server.
+* Graceful shutdown: on SIGTERM/SIGINT uvicorn stops accepting connections, closes idle ones, and
+  waits up to ``graceful_timeout_s`` for requests in flight to be answered; then the app's lifespan
+  ends, which lets queued inferences finish, stops the worker threads and closes the sessions.
+  ``serve`` then returns normally (exit status 0 from the CLI after SIGTERM).
+* ``server_header`` off, access log off by default (``access_log`` turns it on).
+"""
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from ..errors import BackendError
+from .app import ServerState, build_app
+from .config import ServerConfig
+
+
+def _require_uvicorn():
+    try:
+        import uvicorn
+    except ImportError:
+        raise BackendError("sdedge serve needs uvicorn: pip install 'sdedge[serve]'") from None
+    return uvicorn
+
+
+def uvicorn_config(app: Any, config: ServerConfig) -> Any:
+    """The ``uvicorn.Config`` for ``app`` under ``config`` (see the module docstring)."""
+    uvicorn = _require_uvicorn()
+    return uvicorn.Config(
+        app, host=config.host, port=config.port, http="h11", loop="asyncio", lifespan="on",
+        timeout_keep_alive=config.timeout_keep_alive,
+        timeout_graceful_shutdown=max(1, int(round(config.graceful_timeout_s))),
+        limit_concurrency=config.limit_concurrency, h11_max_incomplete_event_size=config.max_header_kb * 1024,
+        server_header=False, access_log=config.access_log, log_level=config.log_level, proxy_headers=False)
+
+
+def serve(target: Any, config: ServerConfig | None = None) -> None:
+    """Serve ``target`` (a bundle path, session(s) or a ``ServerState``) until SIGTERM/SIGINT; blocks."""
+    if config is None:
+        config = target.config if isinstance(target, ServerState) else ServerConfig()
+    uvicorn = _require_uvicorn()
+    app = build_app(target, config)
+    server = uvicorn.Server(uvicorn_config(app, config))
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with SIGTERM's
+    # default action that would kill the process after all. Swallow that one re-raise instead.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        server.run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class BackgroundServer:
+    """An app served by uvicorn in a daemon thread, on a port picked by the OS when ``port`` is 0.
+
+    ::
+
+        with BackgroundServer(build_app("bundle/"), ServerConfig(port=0)) as srv:
+            client = tritonclient.http.InferenceServerClient(srv.address)
+    """
+
+    def __init__(self, app: Any, config: ServerConfig | None = None) -> None:
+        self.app = app
+        self.config = config or ServerConfig(port=0)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self.port: int | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (what ``tritonclient.http`` takes as its url)."""
+        return f"{self.config.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self, timeout: float = 30.0) -> "BackgroundServer":
+        uvicorn = _require_uvicorn()
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, self.config.port))
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        self._server = uvicorn.Server(uvicorn_config(self.app, self.config))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="sdedge-uvicorn",
+                                        daemon=True)
+        self._thread.start()
+        end = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > end:
+                self.stop()
+                raise BackendError(f"the server did not start on {self.address} within {timeout:g} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop: requests in flight are answered, then the lifespan shutdown closes the workers."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

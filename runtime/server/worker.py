@@ -1,0 +1,161 @@
+"""Inference workers: one thread per ``AnytimeSession``, all fed by one bounded FIFO queue.
+
+How the server handles concurrency, and why:
+
+* The event loop (uvicorn + Starlette) only does I/O and protocol work: it reads and parses requests
+  and encodes answers. Inference never runs on it.
+* Each session gets **one dedicated inference thread**. A session is not re-entrant (it serializes
+  calls with a lock) and ONNX Runtime already spreads one inference over the cores with its intra-op
+  threads, so two concurrent calls on one device only slow each other down and spoil the latency
+  estimates the deadline policy relies on. ``--workers N`` runs N sessions (N threads), each with
+  ``cores / N`` intra-op threads: worth it on many-core hosts where one small model cannot use every
+  core, rarely on an edge board.
+* Requests wait in **one FIFO queue** of at most ``max_queue`` entries; when it is full the server
+  answers 503 at once instead of queueing work that would only miss its deadline. Waiting in the queue
+  is *visible*: each answer and ``/metrics`` report ``queue_ms``, and since the deadline counts from the
+  request's arrival (``deadline = arrival + budget``), time spent queued is taken off the budget: a
+  request that waited long runs fewer sections, and says whether its deadline held.
+* Each request is run as its own ``infer`` call (no merging of requests into one batch), so every
+  request gets exactly its own deadline, threshold and criterion.
+* While one request runs, the event loop is already reading and parsing the next ones (ORT releases
+  the GIL), so HTTP work overlaps inference.
+
+``close()`` lets the queued requests finish (graceful shutdown), then stops the threads.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..errors import SdedgeError
+
+_clock = time.perf_counter
+
+
+class Overloaded(SdedgeError):
+    """The inference queue is full (answered 503)."""
+
+
+class ShuttingDown(SdedgeError):
+    """The server is stopping and takes no new inference work (answered 503)."""
+
+
+@dataclass
+class Outcome:
+    """What a worker did for one request."""
+
+    results: list  # list[InferenceResult], one per image
+    queue_s: float  # enqueue to the start of infer
+    inference_s: float  # inside infer
+    t_done: float  # perf_counter() when infer returned
+
+
+@dataclass
+class _Job:
+    x: Any
+    deadline: float | None
+    threshold: Any
+    criterion: str | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    t_enqueued: float
+
+
+def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
+    if fut.done():  # the request was cancelled (client gone) while it ran
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+class InferencePool:
+    """Sessions, one thread each, taking jobs from one bounded queue."""
+
+    def __init__(self, sessions: Sequence[Any], max_queue: int = 256) -> None:
+        if not sessions:
+            raise ValueError("InferencePool needs at least one session")
+        self.sessions = list(sessions)
+        self.max_queue = int(max_queue)
+        self._q: queue.Queue = queue.Queue(maxsize=self.max_queue)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return len(self.sessions)
+
+    def qsize(self) -> int:
+        return self._q.qsize()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        """Start the worker threads (idempotent; :meth:`run` starts them on first use too)."""
+        with self._lock:
+            if self._threads or self._closed:
+                return
+            for i, s in enumerate(self.sessions):
+                t = threading.Thread(target=self._work, args=(s,), name=f"sdedge-infer-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    async def run(self, x: Any, deadline: float | None = None, threshold: Any = None,
+                  criterion: str | None = None) -> Outcome:
+        """Queue one request and wait for its answer; raises :class:`Overloaded` when the queue is full."""
+        if self._closed:
+            raise ShuttingDown("the server is shutting down and takes no new requests")
+        if not self._threads:
+            self.start()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        job = _Job(x, deadline, threshold, criterion, fut, loop, _clock())
+        try:
+            self._q.put_nowait(job)
+        except queue.Full:
+            raise Overloaded(f"the inference queue is full ({self.max_queue} requests waiting); retry later") from None
+        return await fut
+
+    def _work(self, session: Any) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if job.future.cancelled():
+                continue  # nobody is waiting for it any more
+            t0 = _clock()
+            try:
+                res = session.infer(job.x, threshold=job.threshold, criterion=job.criterion, deadline=job.deadline)
+                t1 = _clock()
+                out: Any = Outcome(res if isinstance(res, list) else [res], t0 - job.t_enqueued, t1 - t0, t1)
+                ok = True
+            except Exception as e:  # handed to the request; the worker goes on
+                out, ok = e, False
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, ok, out)
+            except RuntimeError:  # the event loop is gone (hard stop); nothing to answer
+                pass
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Take no new jobs, let the queued ones finish, stop the threads (waits up to ``timeout`` s)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = list(self._threads)
+        end = None if timeout is None else _clock() + timeout
+        for _ in threads:  # one stop marker per thread, behind every queued job
+            try:
+                self._q.put(None, timeout=None if end is None else max(0.0, end - _clock()))
+            except queue.Full:
+                break
+        for t in threads:
+            t.join(None if end is None else max(0.0, end - _clock()))

@@ -1,0 +1,106 @@
+"""``sdedge serve BUNDLE``: serve a bundle over HTTP with the KServe v2 / Open Inference Protocol.
+
+A thin layer over :func:`sdedge.runtime.server.serve`; torch-free, and the web packages are imported
+only in ``run`` (``sdedge serve -h`` works without them).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "serve", help="serve a bundle over HTTP (KServe v2 / Open Inference Protocol, per-request deadlines)",
+        description="Serve a bundle over HTTP with the KServe v2 / Open Inference Protocol (the one tritonclient, "
+                    "KServe and Triton speak): /v2/health/{live,ready}, /v2/models/NAME[/versions/V]{,/ready,/config,"
+                    "/infer}, JSON and binary tensors, and Prometheus /metrics. Input: FP32 [B,C,H,W] preprocessed or "
+                    "UINT8 [B,H,W,C] raw pixels. Request parameters budget_ms, threshold and criterion override the "
+                    "defaults below; the deadline counts from the request's arrival, queueing included, and every "
+                    "answer says which exit it took and whether its deadline held. Stops gracefully on SIGTERM.",
+        epilog="Example: `sdedge serve bundle/ --budget-ms 5`, then `curl localhost:8000/v2/models/NAME`.")
+    p.add_argument("bundle", help="bundle folder (made by `sdedge export`, optionally calibrated)")
+    g = p.add_argument_group("answers (defaults; each request's parameters may override them)")
+    g.add_argument("--budget-ms", type=float, default=None,
+                   help="latency budget per request in milliseconds, counted from the request's arrival: the deepest "
+                        "exit that fits (default: no deadline)")
+    g.add_argument("--threshold", default=None,
+                   help="confidence threshold in [0, 1] (first exit at least this sure) or 'calibrated' "
+                        "(calibration.json's per-exit thresholds) (default: no confidence stop)")
+    g.add_argument("--criterion", choices=["max_prob", "entropy", "margin"], default=None,
+                   help="confidence criterion for the threshold (default: max_prob)")
+    g.add_argument("--answer", choices=["last", "ensemble"], default="last",
+                   help="answer with the last exit run, or the mean of the exits run so far (default last)")
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; 0.0.0.0 (or ::) exposes the server to the network, do it on purpose (default 127.0.0.1)")
+    n.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    n.add_argument("--model-name", default=None,
+                   help="model name in the URLs (default: the manifest's model name)")
+    n.add_argument("--model-version", default="1", help="model version in the metadata and /versions/V URLs (default 1)")
+    c = p.add_argument_group("capacity and safety")
+    c.add_argument("--workers", type=int, default=1,
+                   help="sessions, each with its own inference thread, sharing one request queue; more than 1 pays "
+                        "off only where one inference cannot use every core (default 1)")
+    c.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime intra-op threads per session (default: the CPUs split between the sessions)")
+    c.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
+                   help="inference backend (default auto: TensorRT engines if built, else onnxruntime)")
+    c.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32", help="section precision (default fp32)")
+    c.add_argument("--max-batch", type=int, default=64, help="most images in one request (more: 400; default 64)")
+    c.add_argument("--max-body-mb", type=float, default=16.0,
+                   help="largest request body in MiB, also after decompression (more: 413, refused on Content-Length "
+                        "before reading; default 16)")
+    c.add_argument("--max-queue", type=int, default=256,
+                   help="most requests waiting for an inference worker (more: 503 with Retry-After; default 256)")
+    c.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a client has to send its request body (slower: 408; default 30)")
+    c.add_argument("--limit-concurrency", type=int, default=512,
+                   help="most open connections + tasks (more: 503); bounds what slow clients can hold (default 512)")
+    c.add_argument("--timeout-keep-alive", type=int, default=5,
+                   help="seconds an idle keep-alive connection stays open (default 5)")
+    c.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds to let requests in flight finish (default 30)")
+    c.add_argument("--warmup", type=int, default=3, help="warm-up runs per section before serving (default 3)")
+    o = p.add_argument_group("logging")
+    o.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+                   help="uvicorn log level (default info)")
+    o.add_argument("--access-log", action="store_true", help="log every request")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from ..runtime.server.config import ServerConfig
+    from .run import _threshold
+
+    return ServerConfig(
+        host=args.host, port=args.port, model_name=args.model_name, model_version=args.model_version,
+        budget_ms=args.budget_ms, threshold=_threshold(args.threshold), criterion=args.criterion,
+        backend=args.backend, precision=args.precision, workers=args.workers, threads=args.threads,
+        answer=args.answer, warmup=args.warmup, max_batch=args.max_batch, max_body_mb=args.max_body_mb,
+        max_queue=args.max_queue, body_timeout_s=args.body_timeout, limit_concurrency=args.limit_concurrency,
+        timeout_keep_alive=args.timeout_keep_alive, graceful_timeout_s=args.graceful_timeout,
+        log_level=args.log_level, access_log=args.access_log)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
+    from ..runtime.server import serve
+    from ..runtime.server.app import build_state
+
+    config = config_from_args(args)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(levelname)s: %(name)s: %(message)s")
+    if config.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"sdedge serve: binding {config.host}: the model is reachable from the network", file=sys.stderr)
+    state = build_state(args.bundle, config)  # load and warm up before binding the port
+    s = state.session
+    print(f"sdedge serve: model {state.model_name!r} version {state.model_version!r}: {s.num_exits} exits, input "
+          f"{list(s.input_shape)}, {len(state.sessions)} session(s) on {s.device_name}, "
+          f"{'calibrated' if s.calibration else 'uncalibrated'}, default budget "
+          f"{'none' if config.budget_ms is None else f'{config.budget_ms:g} ms'}", file=sys.stderr)
+    print(f"sdedge serve: http://{config.host}:{config.port}/v2/models/{state.model_name}  (metrics: /metrics)",
+          file=sys.stderr)
+    serve(state)
+    return 0
