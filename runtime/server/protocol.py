@@ -144,13 +144,13 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return bytes(view[:n]), view[n:]
 
 
-def parse_json(text: bytes) -> Any:
+def parse_json(text: bytes, hint: str = "") -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except ProtocolError:
         raise
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise ProtocolError(f"malformed JSON request: {e}") from None
+        raise ProtocolError(f"malformed JSON request: {e}{hint}") from None
     except RecursionError:
         raise ProtocolError("malformed JSON request: nested too deeply") from None
 
@@ -158,7 +158,8 @@ def parse_json(text: bytes) -> Any:
 def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> InferRequest:
     """Parse and validate one ``POST .../infer`` body (see the module docstring for the rules)."""
     head, binary = split_body(body, header_length)
-    req = parse_json(head)
+    req = parse_json(head, "" if header_length is not None else
+                     " (binary tensor data after the JSON needs the Inference-Header-Content-Length header)")
     if not isinstance(req, dict):
         raise ProtocolError(f"the request must be a JSON object with an \"inputs\" list, got {type(req).__name__}")
     rid = req.get("id")
