@@ -254,17 +254,19 @@ def deadline_compliance(session: Any, inputs: np.ndarray, calls: int = 10_000, b
                         seed: int = 0, burner: int = 0) -> dict:
     """Share of ``infer`` calls that return within their budget, budgets uniform in ``budgets_ms``.
 
-    ``burner`` neighbour processes burn CPU meanwhile (0 = a quiet machine). Inputs rotate through
-    ``inputs`` (float, preprocessed); a call's budget counts from its entry.
+    ``burner`` neighbour processes burn CPU meanwhile (0 = a quiet machine). Without ``budgets_ms``
+    the range is measured (:func:`budget_range`) under the same load, burner included. Inputs rotate
+    through ``inputs`` (float, preprocessed); a call's budget counts from its entry.
     """
-    lo, hi = budgets_ms or budget_range(session, inputs)
-    rng = np.random.default_rng(seed)
-    budgets = rng.uniform(lo, hi, calls)
     xs = [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
     met = np.zeros(calls, bool)
     exits = np.zeros(calls, np.int64)
     over = np.zeros(calls)
     with cpu_burner(burner) if burner else contextlib.nullcontext():
+        # budgets measured under the same load as the run (unless given): exit 1's own tail moves with it
+        lo, hi = budgets_ms or budget_range(session, inputs)
+        rng = np.random.default_rng(seed)
+        budgets = rng.uniform(lo, hi, calls)
         for i in range(min(200, calls)):  # re-seed the online estimates under the current load
             session.infer(xs[i % len(xs)], budget_ms=float(budgets[i]))
         for i in range(calls):
