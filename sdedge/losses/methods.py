@@ -48,7 +48,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .terms import LossBatch, Term, TermContext, build_term
+from .terms import LossBatch, TermContext, build_term
 
 PARAM_NAMES = ("alpha", "temperature", "hint_weight", "feature_weight", "correct_prob")
 
