@@ -17,12 +17,15 @@ Contract
   - fixed exit: the deepest exit whose latency fits;
   - deadline policy: a per-call budget of that size, simulated with the runtime's rule from the profile
     (go on only if the p99 of the next section fits); with ``--live N`` also measured live on N test
-    images (``AnytimeSession.infer(x, budget_ms=...)`` end to end, batch 1);
+    images (``AnytimeSession.infer(x, budget_ms=...)`` end to end, batch 1), the budgets then being
+    fractions of the full network's *end-to-end* ``infer`` p50 (which includes the runtime's per-call
+    time: input checks, the answer), and the confidence policy at 8 shared thresholds likewise;
   - confidence policy: the best shared threshold whose *mean* latency fits (temperature-scaled max
     probability), replayed from every exit's logits; the calibrated per-exit thresholds are one point.
 * ECE (15 bins, max probability) per exit before/after temperature scaling, on the test split.
 
-Writes ``OUT/anytime_test.png``, ``.csv``, ``.json`` (series as in :mod:`sdedge.calibrate.curves`) and
+Writes ``OUT/anytime_test.png``, ``.csv``, ``.json`` (series as in :mod:`sdedge.calibrate.curves`),
+with ``--live`` also ``OUT/anytime_live.*`` (every series on the same first N test images), and
 ``OUT/figures.json``.
 """
 from __future__ import annotations
@@ -103,13 +106,23 @@ def main(argv: list[str] | None = None) -> int:
         table = ReplayTable(logits, test.labels, cal["temperatures"], cal["criterion"])
         costs = exit_costs_from_profile(prof, s.num_exits)
         cs = offline_curves(table, costs, {"thresholds": cal["thresholds"], "enabled": cal["enabled"]})
-        if args.live:
+        live_cs = None
+        if args.live:  # the same first N test images for every series of this table
+            from sdedge.runtime.benchmarking import budget_range
+
             n = min(args.live, len(test.labels))
+            sub = table.subset(np.arange(n))
+            live_cs = offline_curves(sub, costs, {"thresholds": cal["thresholds"], "enabled": cal["enabled"]})
             x = Preprocessor(b.manifest, 1 << 62)(test.images[:n]).batch
-            budgets = [f * costs.cumulative[-1] for f in (0.25, 0.5, 0.75, 1.0)]
-            print(f"# live: {len(budgets)} budgets on {n} test images", file=sys.stderr, flush=True)
-            for name, pts in live_points(s, x, test.labels[:n], budgets, ()).items():
-                cs.add(name, pts)
+            _, live_full = budget_range(s, x[:64], runs=300)  # full network, infer end to end, p50
+            live_cs.meta.update({"live_full_latency_ms": live_full, "n": n})
+            budgets = [f * live_full for f in (0.25, 0.5, 0.75, 1.0)]
+            thr = [p["value"] for p in live_cs.series["confidence"] if p["value"] is not None]
+            thr = [thr[int(i)] for i in np.linspace(0, len(thr) - 1, 8)]
+            print(f"# live: {len(budgets)} budgets and {len(thr)} thresholds on {n} test images (full network "
+                  f"end to end: {live_full:.4f} ms)", file=sys.stderr, flush=True)
+            for name, pts in live_points(s, x, test.labels[:n], budgets, thr).items():
+                live_cs.add(name, pts)
         device = s.device_name
     cs.meta.update({"bundle": str(bundle), "device": device, "data": test.source, "split": "test"})
     rows = accuracy_at_fractions(cs)
@@ -126,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{b.manifest.model.get('name')}: test split ({len(test.labels)} images), {device}, "
           f"full latency {costs.cumulative[-1]:.4f} ms (sections + decision overhead, mean)")
     print(format_fraction_table(rows))
+    live_rows = None
+    if live_cs is not None:
+        live_cs.meta.update({"bundle": str(bundle), "device": device, "split": "test (first N)"})
+        live_rows = accuracy_at_fractions(live_cs)
+        files.update({f"live_{k}": v for k, v in save_curves(live_cs, out / "anytime_live.png", f"{device}: live, "
+                                                              f"first {live_cs.meta['n']} test images").items()})
+        print(f"\nthe first {live_cs.meta['n']} test images, live policies beside the replayed ones (live budgets are "
+              f"fractions of the full network's end-to-end infer p50, {live_cs.meta['live_full_latency_ms']:.4f} ms):")
+        print(format_fraction_table(live_rows))
     print(f"calibrated thresholds ({cal['target']['text']}): accuracy {100 * calibrated['accuracy']:.2f} %, mean "
           f"latency {calibrated['mean_latency_ms']:.4f} ms ({100 * calibrated['mean_latency_ms'] / costs.cumulative[-1]:.0f} "
           f"% of full), exits {calibrated['exit_histogram']}")
@@ -135,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['exit']:>4} {r['temperature']:>6.3f} {100 * r['ece_before']:>9.2f}% {100 * r['ece_after']:>8.2f}% "
               f"{r['nll_before']:>10.4f} {r['nll_after']:>9.4f} {100 * accs[r['exit'] - 1]:>7.2f}")
     figures = {"bundle": str(bundle), "device": device, "test_n": int(len(test.labels)),
-               "full_latency_ms": costs.cumulative[-1], "accuracy_at_fraction": rows, "ece": ece_rows,
+               "full_latency_ms": costs.cumulative[-1], "accuracy_at_fraction": rows, "live": live_rows, "ece": ece_rows,
                "calibrated": calibrated, "target": cal["target"], "files": files,
                "wall_s": round(time.perf_counter() - t0, 1)}
     (out / "figures.json").write_text(json.dumps(figures, indent=1, default=float))

@@ -86,6 +86,7 @@ class CalibrationConfig:
     temperature: bool = True  # fit temperatures (False: T = 1)
     temperature_bounds: tuple[float, float] = DEFAULT_BOUNDS
     num_candidates: int = 200
+    confidence_z: float = 1.0  # accuracy targets must hold for acc - z standard errors (0: the point estimate)
     latency_stat: str = "mean_ms"  # section statistic of the cost model: mean_ms | p50_ms | p90_ms | p99_ms
     answer: str = "last"
     profile_only: bool = False  # measure and write profiles only; keep calibration.json
@@ -113,6 +114,8 @@ class CalibrationConfig:
             raise PolicyError(f"max_samples must be >= 2, got {self.max_samples}")
         if self.latency_stat not in ("mean_ms", "p50_ms", "p90_ms", "p99_ms"):
             raise PolicyError(f"latency_stat must be mean_ms, p50_ms, p90_ms or p99_ms, got {self.latency_stat!r}")
+        if not 0.0 <= self.confidence_z <= 5.0:
+            raise PolicyError(f"confidence_z must be in [0, 5] standard errors, got {self.confidence_z}")
         if not self.threads:
             raise PolicyError("threads must list at least one setting (None = the backend default)")
         if self.profile_runs:
@@ -270,7 +273,8 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
         fit_t, held_t = table.subset(fit_idx), table.subset(held_idx)
         _log(progress, f"choosing thresholds ({cfg.target().kind} target) on {fit_idx.size} images, "
                        f"evaluating on {held_idx.size}")
-        thr = select_thresholds(fit_t, costs, cfg.target(), cfg.num_candidates, heldout=held_t)
+        thr = select_thresholds(fit_t, costs, cfg.target(), cfg.num_candidates, heldout=held_t,
+                                confidence_z=cfg.confidence_z)
         warnings.extend(thr.warnings)
 
         calib = {

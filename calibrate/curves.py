@@ -7,14 +7,17 @@ Series (the ``series`` names in every CSV/JSON table and plot legend):
   scaled confidences, replayed from logits); the latency of a point is the *mean* over samples;
 * ``calibrated``: the per-exit thresholds chosen by the calibration (one point);
 * ``deadline``: the deadline policy with a per-call budget, swept, simulated from the latency profile
-  the way the runtime decides (go on to section ``k+1`` only if the elapsed time (mean figures) plus
-  section ``k+1``'s p99 plus the decision overhead fit in the budget; exit 1 always answers): every
+  the way the runtime decides with a profile (go on to section ``k+1`` only if the elapsed time (mean
+  figures) plus section ``k+1``'s p99 plus the profile's overhead allowance (per section + per call) fit
+  in the budget; exit 1 always answers; online measurements, which the live runtime also uses, are
+  not simulated): every
   sample of a budget exits at the same exit, so its accuracy is that exit's;
 * ``deadline_live`` / ``confidence_live``: the same policies measured with the live runtime (batch 1,
   ``AnytimeSession.infer`` end to end), when measured.
 
 ``accuracy_at_fractions`` answers "how accurate can I be within 25/50/75/100 % of the full network's
-latency" per policy: for the confidence policy the best point whose *mean* latency fits, for the
+latency" per policy (live series against ``meta["live_full_latency_ms"]``, the full network's
+end-to-end ``infer`` latency, when the measurement set it): for the confidence policy the best point whose *mean* latency fits, for the
 deadline policy the point whose per-call *budget* is that fraction, for fixed exits the deepest exit
 whose latency fits. The full latency is the cost of running every section (the deepest exit).
 """
@@ -88,9 +91,10 @@ def simulate_deadline_exit(costs: ExitCosts, budget_ms: float) -> int:
     if not mean:
         raise ValueError("deadline simulation needs per-section times (a latency profile)")
     elapsed = mean[0] + costs.overhead_ms
+    allowance = costs.overhead_ms + costs.fixed_ms  # the runtime's allowance for its own work
     k = 1
     while k < len(mean):
-        if elapsed + p99[k] + costs.overhead_ms > budget_ms:
+        if elapsed + p99[k] + allowance > budget_ms:
             break
         elapsed += mean[k] + costs.overhead_ms
         k += 1
@@ -179,18 +183,22 @@ def accuracy_at_fractions(cs: CurveSet, fractions: Sequence[float] = FRACTIONS) 
     full = cs.full_latency_ms
     if full is None or not math.isfinite(full):
         return []
+    live_full = cs.meta.get("live_full_latency_ms") or full  # live series: fractions of the live full latency
     rows = []
     for f in fractions:
         lim = f * full
         row: dict[str, Any] = {"fraction": f, "latency_ms": lim}
+        if live_full != full:
+            row["live_latency_ms"] = f * live_full
         for name in ("fixed_exit", "confidence", "confidence_live"):
             if name in cs.series:
-                p = _best_within(cs.series[name], lim)
+                p = _best_within(cs.series[name], f * (live_full if name.endswith("_live") else full))
                 row[name] = None if p is None else {"accuracy": p["accuracy"], "mean_latency_ms": p["mean_latency_ms"],
                                                     "value": p.get("value")}
         for name in ("deadline", "deadline_live"):
             if name in cs.series:
-                pts = [p for p in cs.series[name] if p["value"] <= lim * (1 + 1e-9)]
+                b_lim = f * (live_full if name.endswith("_live") else full)
+                pts = [p for p in cs.series[name] if p["value"] <= b_lim * (1 + 1e-9)]
                 p = max(pts, key=lambda q: q["value"]) if pts else None  # the largest budget within the fraction
                 row[name] = None if p is None else {"accuracy": p["accuracy"], "mean_latency_ms": p["mean_latency_ms"],
                                                     "value": p["value"],
@@ -204,10 +212,15 @@ def format_fraction_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no latency profile: no accuracy-at-latency table)"
     names = [n for n in ("fixed_exit", "deadline", "deadline_live", "confidence", "confidence_live") if n in rows[0]]
-    head = f"{'latency budget':>22} | " + " | ".join(f"{n:>15}" for n in names)
+    labels = []
+    for r in rows:
+        live = f"; live {r['live_latency_ms']:.3f}" if "live_latency_ms" in r else ""
+        labels.append(f"{int(round(100 * r['fraction'])):>3d} % ({r['latency_ms']:.3f}{live} ms)")
+    width = max(22, *(len(x) for x in labels))
+    head = f"{'share of full latency':>{width}} | " + " | ".join(f"{n:>15}" for n in names)
     lines = [head, "-" * len(head)]
     missed = False
-    for r in rows:
+    for label, r in zip(labels, rows):
         cells = []
         for n in names:
             p = r[n]
@@ -217,7 +230,7 @@ def format_fraction_table(rows: list[dict[str, Any]]) -> str:
             miss = p.get("deadline_met_share") is not None and p["deadline_met_share"] < 0.999
             missed = missed or miss
             cells.append(f"{100 * p['accuracy']:>13.2f}%" + ("*" if miss else " "))
-        lines.append(f"{int(round(100 * r['fraction'])):>4d} % ({r['latency_ms']:8.3f} ms) | " + " | ".join(cells))
+        lines.append(f"{label:>{width}} | " + " | ".join(cells))
     if missed:
-        lines.append("* deadline missed (on some calls): even the exits taken do not fit that budget; exit 1 is the floor")
+        lines.append("* deadline missed on some calls: even exit 1 (the floor, always answered) does not fit that budget")
     return "\n".join(lines)

@@ -27,7 +27,10 @@ Search (``method = "shared-sweep+greedy"``): (1) one threshold shared by exits `
 quantiles of the pooled confidences; (2) from the best shared point, coordinate-wise refinement: for
 each exit in turn try every candidate of that exit (its confidence quantiles, and "off") keeping the
 others fixed, keep any improvement, and repeat until a pass changes nothing (at most ``max_passes``).
-Candidates are ranked by (target met, objective, tie-break): among points meeting the target the best
+An accuracy target is checked against a lower confidence bound of the accuracy (``confidence_z``
+standard errors below the point estimate, 1 by default; on the paired difference with the deepest
+exit for ``max_accuracy_drop``), because thresholds tuned on one sample otherwise miss the target on
+the next by about that much. Candidates are ranked by (target met, objective, tie-break): among points meeting the target the best
 objective wins; when none meets it, the nearest achievable point wins (highest accuracy, or lowest
 latency) and the result says ``target_met: false`` with a warning naming that point.
 
@@ -60,6 +63,7 @@ class ExitCosts:
     section_p99_ms: tuple[float, ...] | None = None  # per-section tail times (deadline simulation)
     section_mean_ms: tuple[float, ...] | None = None
     overhead_ms: float = 0.0  # per section
+    fixed_ms: float = 0.0  # per call
 
     @property
     def is_ms(self) -> bool:
@@ -90,7 +94,7 @@ def exit_costs_from_profile(profile: dict, num_exits: int, batch: int = 1, stat:
     fixed = float(profile.get("fixed_per_call_ms") or 0.0)
     cum = np.cumsum(mean) + per_section * np.arange(1, num_exits + 1) + fixed
     return ExitCosts(tuple(float(c) for c in cum), "ms", f"profile {profile.get('device')} batch {b} {stat}",
-                     tuple(p99), tuple(mean), per_section)
+                     tuple(p99), tuple(mean), per_section, fixed)
 
 
 def exit_costs_from_macs(mac_shares: Sequence[float | None]) -> ExitCosts:
@@ -244,16 +248,42 @@ def _candidates(conf: np.ndarray, n: int) -> np.ndarray:
     return v
 
 
-def _key(kind: str, target: float, acc: float, cost: float) -> tuple:
+def _key(kind: str, target: float, acc: float, cost: float, acc_bound: float | None = None) -> tuple:
+    """Ranking of a candidate: met targets first, then the objective; ``acc_bound`` is what must meet it."""
     eps = 1e-12
     if kind == "accuracy":
-        return (1, -cost, acc) if acc >= target - eps else (0, acc, -cost)
+        ok = (acc if acc_bound is None else acc_bound) >= target - eps
+        return (1, -cost, acc) if ok else (0, acc, -cost)
     return (1, acc, -cost) if cost <= target + eps else (0, -cost, acc)
 
 
+def accuracy_bound(correct: np.ndarray, reference: np.ndarray | None, z: float) -> float:
+    """A lower confidence bound of the accuracy: mean minus ``z`` standard errors.
+
+    With a ``reference`` (the deepest exit's correctness on the same samples) the bound is on the
+    paired difference, ``acc_ref + mean(d) - z * sd(d) / sqrt(n)`` with ``d = correct - reference``:
+    only the samples where the two disagree add uncertainty, so a policy that answers like the
+    deepest exit has no margin at all. Without one, the binomial ``acc - z * sqrt(acc (1 - acc) / n)``.
+    """
+    n = correct.size
+    acc = float(correct.mean())
+    if z <= 0 or n < 2:
+        return acc
+    if reference is not None:
+        d = correct.astype(np.float64) - reference
+        return float(reference.mean() + d.mean() - z * d.std(ddof=1) / math.sqrt(n))
+    return acc - z * math.sqrt(max(acc * (1 - acc), 0.0) / n)
+
+
 def select_thresholds(table: ReplayTable, costs: ExitCosts, target: Target, num_candidates: int = 200,
-                      max_passes: int = 4, heldout: ReplayTable | None = None) -> ThresholdResult:
-    """Search thresholds on ``table`` for ``target`` (see the module docstring); evaluate on ``heldout``."""
+                      max_passes: int = 4, heldout: ReplayTable | None = None,
+                      confidence_z: float = 1.0) -> ThresholdResult:
+    """Search thresholds on ``table`` for ``target`` (see the module docstring); evaluate on ``heldout``.
+
+    ``confidence_z``: an accuracy target must hold for a lower confidence bound of the accuracy
+    (:func:`accuracy_bound`, ``z`` standard errors), not just for the point estimate, so that
+    thresholds fitted to one sample keep the target on the next (0: the point estimate).
+    """
     k = table.num_exits
     if len(costs.cumulative) != k:
         raise InputError(f"{len(costs.cumulative)} exit costs for {k} exits")
@@ -266,13 +296,18 @@ def select_thresholds(table: ReplayTable, costs: ExitCosts, target: Target, num_
     cols = np.arange(table.n)
     evaluated = 0
 
+    reference = table.correct[-1].astype(np.float64) if target.max_accuracy_drop_pp is not None else None
+    z = float(confidence_z) if target.kind == "accuracy" else 0.0
+
     def score(thr: list[float]) -> tuple[tuple, float, float]:
         nonlocal evaluated
         evaluated += 1
         ex = table.exits(thr)
-        acc = float(table.correct[ex - 1, cols].mean())
+        correct = table.correct[ex - 1, cols]
+        acc = float(correct.mean())
         cost = float(cum[ex - 1].mean())
-        return _key(target.kind, goal, acc, cost), acc, cost
+        bound = accuracy_bound(correct, reference, z) if z > 0 else None
+        return _key(target.kind, goal, acc, cost, bound), acc, cost
 
     # (1) one shared threshold, swept
     pooled = _candidates(table.conf[:-1], num_candidates) if k > 1 else np.zeros(0, np.float32)
@@ -322,7 +357,12 @@ def select_thresholds(table: ReplayTable, costs: ExitCosts, target: Target, num_
     ref = {"deepest_exit_accuracy": deepest_acc, "exit_accuracies": table.exit_accuracies(),
            "exit_costs": list(costs.cumulative), "cost_unit": costs.unit, "cost_source": costs.source,
            "deepest_exit_latency_ms": float(cum[-1]) if costs.is_ms else None}
-    res = ThresholdResult(METHOD, table.criterion, target.to_json(goal), met, thresholds, enabled, fit,
+    tj = target.to_json(goal)
+    if target.kind == "accuracy":
+        tj["confidence_z"] = z
+        ex_final = table.exits(thresholds, enabled)
+        fit["accuracy_lower_bound"] = accuracy_bound(table.correct[ex_final - 1, cols], reference, z)
+    res = ThresholdResult(METHOD, table.criterion, tj, met, thresholds, enabled, fit,
                           reference=ref, candidates_evaluated=evaluated, warnings=warnings)
     if not met:
         what = "accuracy" if target.kind == "accuracy" else "latency"

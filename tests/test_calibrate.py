@@ -113,7 +113,7 @@ def test_accuracy_target_is_met_and_cheaper_than_the_deepest_exit() -> None:
     temps = [f.temperature for f in fit_temperatures(z[:, :1500], y[:1500])]
     table = ReplayTable(z, y, temps)
     fit_t, held_t = table.subset(np.arange(1500)), table.subset(np.arange(1500, 3000))
-    res = select_thresholds(fit_t, COSTS, Target.accuracy(max_accuracy_drop=1.0), heldout=held_t)
+    res = select_thresholds(fit_t, COSTS, Target.accuracy(max_accuracy_drop=1.0), heldout=held_t, confidence_z=0)
     deepest = fit_t.exit_accuracies()[-1]
     assert res.method == "shared-sweep+greedy" and res.target["kind"] == "accuracy"
     assert res.target_met and res.fit["accuracy"] >= deepest - 0.01 - 1e-12
@@ -127,6 +127,25 @@ def test_accuracy_target_is_met_and_cheaper_than_the_deepest_exit() -> None:
     best_shared = min((fit_t.evaluate([t, t, None], COSTS)["mean_cost"] for t in np.unique(fit_t.conf[:2])
                        if fit_t.evaluate([t, t, None], COSTS)["accuracy"] >= deepest - 0.01), default=3.0)
     assert res.fit["mean_cost"] <= best_shared + 1e-12
+
+
+def test_a_confidence_margin_makes_the_accuracy_target_conservative() -> None:
+    from sdedge.calibrate.thresholds import accuracy_bound
+
+    z, y = synth(3000, seed=8)
+    table = ReplayTable(z, y, (1.0, 1.0, 1.0))
+    target = Target.accuracy(max_accuracy_drop=1.0)
+    loose = select_thresholds(table, COSTS, target, confidence_z=0)
+    tight = select_thresholds(table, COSTS, target, confidence_z=2)
+    assert loose.target_met and tight.target_met and tight.target["confidence_z"] == 2
+    assert tight.fit["accuracy"] >= loose.fit["accuracy"] and tight.fit["mean_cost"] >= loose.fit["mean_cost"]
+    assert tight.fit["accuracy_lower_bound"] >= table.exit_accuracies()[-1] - 0.01 - 1e-12
+    ex = table.exits(tight.thresholds, tight.enabled)
+    correct = table.correct[ex - 1, np.arange(table.n)]
+    assert tight.fit["accuracy_lower_bound"] == pytest.approx(accuracy_bound(correct, table.correct[-1] * 1.0, 2))
+    # answering like the deepest exit has no uncertainty relative to it; an absolute bound does
+    assert accuracy_bound(table.correct[-1], table.correct[-1] * 1.0, 2) == pytest.approx(table.exit_accuracies()[-1])
+    assert accuracy_bound(table.correct[-1], None, 2) < table.exit_accuracies()[-1]
 
 
 def test_unreachable_targets_warn_with_the_nearest_point() -> None:
@@ -178,11 +197,12 @@ def test_target_arguments_are_checked() -> None:
 def test_deadline_simulation_follows_the_runtime_rule() -> None:
     prof = {"device": "x", "batch_sizes": {"1": {"sections": [
         {"index": i, "p50_ms": m, "p90_ms": m, "p99_ms": p, "mean_ms": m} for i, (m, p) in
-        enumerate([(1.0, 1.5), (2.0, 4.0), (1.0, 1.2)], start=1)]}}, "decision_overhead_ms": 0.1}
+        enumerate([(1.0, 1.5), (2.0, 4.0), (1.0, 1.2)], start=1)]}}, "decision_overhead_ms": 0.1,
+        "fixed_per_call_ms": 0.05}
     from sdedge.calibrate.thresholds import exit_costs_from_profile
 
     costs = exit_costs_from_profile(prof, 3)
-    assert costs.cumulative == pytest.approx((1.1, 3.2, 4.3))
+    assert costs.cumulative == pytest.approx((1.15, 3.25, 4.35))
     pol = DeadlinePolicy(LatencyEstimator(3), LatencyProfile.from_json(prof, 3))
     for budget in np.linspace(0.5, 8.0, 40):
         # the runtime: stop before section k+1 if now + p99(k+1) + overhead > deadline, now = time spent so far
