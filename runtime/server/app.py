@@ -59,6 +59,7 @@ log = logging.getLogger("sdedge.server")
 _clock = time.perf_counter
 _ARRIVAL = "sdedge_arrival"
 _ENDPOINT = "sdedge_endpoint"
+_BODY_DONE = "sdedge_body_done"
 _INLINE_PARSE_BYTES = 1 << 20  # bodies above 1 MiB are parsed off the event loop
 _CONTENT_TYPES = ("application/json", "application/octet-stream")
 
@@ -266,6 +267,7 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
         except asyncio.TimeoutError:
             raise ProtocolError(f"the request body did not arrive within {cfg.body_timeout_s:g} s "
                                 f"({total} bytes received)", 408) from None
+        request.scope[_BODY_DONE] = True
         body = b"".join(chunks)
         if enc != "identity":
             body = _decompress(body, enc, cap)
@@ -283,7 +285,9 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
         try:
             return await infer(request, t0)
         except ProtocolError as ex:
-            return err(ex.status, str(ex))
+            # refused before the whole body was read: close the connection rather than keep reading it
+            unread = not request.scope.get(_BODY_DONE)
+            return err(ex.status, str(ex), {"Connection": "close"} if unread else None)
         except (InputError, PolicyError) as ex:  # the session's own checks (e.g. NaN/Inf, "calibrated" w/o calibration)
             return err(400, str(ex))
         except (Overloaded, ShuttingDown) as ex:

@@ -260,7 +260,8 @@ def _json_tensor(data: Any, name: str, datatype: str, shape: list[int], count: i
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
             raise ProtocolError(f"input {name!r}: UINT8 values must be in 0..255, got {int(arr.min())}..{int(arr.max())}")
         return arr.astype(np.uint8).reshape(shape)
-    return arr.astype(np.float32).reshape(shape)
+    with np.errstate(over="ignore"):  # beyond float32 range becomes Inf, which the session refuses (NaN/Inf)
+        return arr.astype(np.float32).reshape(shape)
 
 
 def _budget(params: dict) -> float | None:

@@ -1,0 +1,423 @@
+"""``sdedge serve`` refusing what it must refuse, surviving faults, and stopping gracefully.
+
+Every bad request gets its 4xx with a ``{"error": ...}`` body (raw ``http.client``/sockets, so the
+requests can be as broken as a real client's); a server fault is a 500 and the next request is
+answered; a full queue is a 503; time queued is taken off the deadline; slow and oversized bodies
+are cut off; SIGTERM lets the request in flight finish and the process exit 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import gzip
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+
+from sdedge.runtime.server import BackgroundServer, ServerConfig, ServerConfigError, build_app  # noqa: E402
+from sdedge.runtime.server.worker import InferencePool, Overloaded, ShuttingDown  # noqa: E402
+
+MAX_BODY_MB = 0.05  # 52 428 bytes
+
+
+@pytest.fixture(scope="module")
+def session(tiny_bundle):
+    from sdedge.runtime import AnytimeSession
+
+    s = AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=1, warmup=1, max_batch=4)
+    yield s
+    s.close()
+
+
+class Proxy:
+    """A session that first sleeps ``delay`` s, and fails on an input whose first value is 123."""
+
+    def __init__(self, session, delay: float = 0.0) -> None:
+        self._s, self.delay = session, delay
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def infer(self, x, **kw):
+        if float(np.asarray(x).ravel()[0]) == 123.0:
+            raise RuntimeError("simulated backend fault")
+        time.sleep(self.delay)
+        return self._s.infer(x, **kw)
+
+
+def start(target, **kw) -> BackgroundServer:
+    cfg = ServerConfig(port=0, log_level="critical", **kw)
+    app = build_app(target, cfg)
+    srv = BackgroundServer(app, cfg).start()
+    srv.state = app.state.sdedge
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(session):
+    srv = start(Proxy(session), max_batch=4, max_body_mb=MAX_BODY_MB, body_timeout_s=0.5, timeout_keep_alive=1)
+    yield srv
+    srv.stop()
+
+
+def call(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request(method, path, body, headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def error_of(status_body) -> str:
+    doc = json.loads(status_body)
+    assert set(doc) == {"error"} and isinstance(doc["error"], str) and doc["error"]
+    return doc["error"]
+
+
+def tensor(session, n=1, value=0.5, raw=False):
+    c, h, w = session.input_shape
+    if raw:
+        return {"name": "image", "datatype": "UINT8", "shape": [n, h, w, c], "data": [7] * (n * h * w * c)}
+    return {"name": "image", "datatype": "FP32", "shape": [n, c, h, w], "data": [value] * (n * c * h * w)}
+
+
+def post_json(srv, doc, path=None, headers=None):
+    path = path or f"/v2/models/{srv.state.model_name}/infer"
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return call(srv, "POST", path, body, {"Content-Type": "application/json", **(headers or {})})
+
+
+# -- routing --------------------------------------------------------------------------------------------------
+def test_unknown_model_version_route_and_method(server, session):
+    name = server.state.model_name
+    status, _, body = post_json(server, {"inputs": [tensor(session)]}, "/v2/models/nope/infer")
+    assert status == 404 and "unknown model 'nope'" in error_of(body) and name in error_of(body)
+    status, _, body = post_json(server, {"inputs": [tensor(session)]}, f"/v2/models/{name}/versions/9/infer")
+    assert status == 404 and "unknown version '9'" in error_of(body)
+    for path in ("/v2/models/nope", "/v2/models/nope/ready", f"/v2/models/{name}/versions/2"):
+        status, _, body = call(server, "GET", path)
+        assert status == 404, path
+        error_of(body)
+    status, _, body = call(server, "GET", "/v3/anything")
+    assert status == 404 and "no such endpoint" in error_of(body)
+    status, _, body = call(server, "GET", f"/v2/models/{name}/infer")
+    assert status == 405
+    error_of(body)
+    assert post_json(server, {"inputs": [tensor(session)]}, f"/v2/models/{name}/versions/1/infer")[0] == 200
+
+
+# -- malformed requests ----------------------------------------------------------------------------------------
+def _cases(session):
+    c, h, w = session.input_shape
+    good = tensor(session)
+    nan_bin = np.full((1, c, h, w), np.nan, np.float32).tobytes()
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, c, h, w],
+                                   "parameters": {"binary_data_size": len(nan_bin)}}]}).encode()
+    return {
+        "malformed JSON": (b'{"inputs": [', {}, "malformed JSON"),
+        "not an object": (b"[1, 2, 3]", {}, "JSON object"),
+        "no inputs": ({"outputs": [{"name": "label"}]}, {}, "inputs"),
+        "unknown input": ({"inputs": [dict(good, name="pixels")]}, {}, "unknown input 'pixels'"),
+        "datatype": ({"inputs": [dict(good, datatype="FP16")]}, {}, "datatype 'FP16'"),
+        "shape": ({"inputs": [dict(good, shape=[1, c, h, w + 1])]}, {}, "shape"),
+        "data count": ({"inputs": [dict(good, data=good["data"][:-1])]}, {}, "values"),
+        "NaN token": (json.dumps({"inputs": [good]}).replace("0.5", "NaN", 1).encode(), {}, "NaN"),
+        "NaN binary": (head + nan_bin, {"Inference-Header-Content-Length": str(len(head))}, "NaN"),
+        "overflow to Inf": ({"inputs": [dict(good, data=[1e39] * len(good["data"]))]}, {}, "NaN/Inf"),
+        "batch over cap": ({"inputs": [tensor(session, n=5)]}, {}, "max batch (4)"),
+        "budget": ({"inputs": [good], "parameters": {"budget_ms": 0}}, {}, "budget_ms"),
+        "threshold": ({"inputs": [good], "parameters": {"threshold": -0.1}}, {}, "threshold"),
+        "criterion": ({"inputs": [good], "parameters": {"criterion": "luck"}}, {}, "criterion"),
+        "calibrated w/o calibration": ({"inputs": [good], "parameters": {"threshold": "calibrated"}}, {}, "calibrat"),
+        "header longer than body": (head, {"Inference-Header-Content-Length": str(len(head) + 10)}, "body holds"),
+        "binary sizes lie": (head + nan_bin[:-4], {"Inference-Header-Content-Length": str(len(head))}, "bytes"),
+        "binary too long": (head + nan_bin + b"xx", {"Inference-Header-Content-Length": str(len(head))}, "add up"),
+        "unknown output": ({"inputs": [good], "outputs": [{"name": "logits_1"}]}, {}, "unknown output"),
+        "empty body": (b"", {}, "empty request body"),
+    }
+
+
+def test_each_malformed_request_gets_400(server, session):
+    for case, (doc, headers, needle) in _cases(session).items():
+        status, _, body = post_json(server, doc, headers=headers)
+        assert status == 400, (case, body)
+        assert needle in error_of(body), (case, body)
+    assert post_json(server, {"inputs": [tensor(session, raw=True)]})[0] == 200  # and it still serves
+
+
+def test_content_type_and_encoding(server, session):
+    body = json.dumps({"inputs": [tensor(session)]}).encode()
+    path = f"/v2/models/{server.state.model_name}/infer"
+    for ctype in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"):
+        status, _, out = call(server, "POST", path, body, {"Content-Type": ctype})
+        assert status == 415 and "Content-Type" in error_of(out)
+    status, _, out = call(server, "POST", path, body, {"Content-Type": "application/json", "Content-Encoding": "br"})
+    assert status == 415 and "Content-Encoding" in error_of(out)
+    status, _, out = call(server, "POST", path, b"not gzip", {"Content-Encoding": "gzip"})
+    assert status == 400 and "decompressed" in error_of(out)
+    assert call(server, "POST", path, body, {"Content-Type": "application/json; charset=utf-8"})[0] == 200
+    assert call(server, "POST", path, body)[0] == 200  # no Content-Type (tritonclient sends none)
+
+
+# -- size and time limits ---------------------------------------------------------------------------------------
+def raw_exchange(srv, head: bytes, parts=(), pause: float = 0.0, timeout: float = 10.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as s:
+        try:
+            s.sendall(head)
+            for p in parts:
+                time.sleep(pause)
+                s.sendall(p)
+        except (BrokenPipeError, ConnectionResetError):  # the server stopped listening: read what it said
+            pass
+        chunks = []
+        while True:
+            try:
+                b = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def test_oversized_body_refused_on_content_length_before_reading(server):
+    path = f"/v2/models/{server.state.model_name}/infer"
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {10**9}\r\n\r\n").encode()
+    t = time.perf_counter()
+    out = raw_exchange(server, head)  # no body sent at all: the answer cannot depend on reading it
+    assert status_of(out) == 413 and b"larger than the server's limit" in out
+    assert time.perf_counter() - t < 5
+
+
+def test_oversized_chunked_body_refused_while_reading(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    chunk = b" " * 8192
+    conn.request("POST", f"/v2/models/{server.state.model_name}/infer", body=iter([chunk] * 8),
+                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and "larger than the server's limit" in error_of(r.read())
+    conn.close()
+
+
+def test_decompression_bomb_refused(server, session):
+    bomb = gzip.compress(b" " * (4 * 1024 * 1024))  # 4 MiB of spaces in ~4 KiB
+    assert len(bomb) < 64 * 1024
+    status, _, body = call(server, "POST", f"/v2/models/{server.state.model_name}/infer", bomb,
+                           {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 413 and "decompressed" in error_of(body)
+
+
+def test_slow_body_times_out_with_408(server):
+    path = f"/v2/models/{server.state.model_name}/infer"
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    out = raw_exchange(server, head.encode() + b'{"inputs"', timeout=10)
+    assert status_of(out) == 408 and b"did not arrive within 0.5 s" in out
+
+
+def test_huge_headers_refused_and_idle_connections_closed(server):
+    # a head that trickles in is buffered up to max_header_kb (16 KiB) only (h11 checks incomplete heads)
+    junk = b"a" * 4096
+    out = raw_exchange(server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Junk: ", [junk] * 16, pause=0.02)
+    assert out == b"" or status_of(out) in (400, 431), out[:200]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:  # keep-alive idle: closed after 1 s
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        t = time.perf_counter()
+        got = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+        assert got.startswith(b"HTTP/1.1 200") and 0.5 < time.perf_counter() - t < 8
+    assert call(server, "GET", "/v2/health/ready")[0] == 200
+
+
+# -- faults, overload, deadlines ---------------------------------------------------------------------------------
+def test_server_fault_is_500_and_the_server_keeps_serving(server, session):
+    status, _, body = post_json(server, {"inputs": [tensor(session, value=123.0)]})
+    assert status == 500 and "internal server error (RuntimeError)" in error_of(body)
+    assert post_json(server, {"inputs": [tensor(session)]})[0] == 200
+    status, _, text = call(server, "GET", "/metrics")
+    assert b'sdedge_requests_total{endpoint="infer",status="500"} 1.0' in text
+
+
+def test_full_queue_answers_503_with_retry_after(session):
+    srv = start(Proxy(session, delay=0.3), max_queue=1)
+    try:
+        doc = {"inputs": [tensor(session)]}
+        with cf.ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda _: post_json(srv, doc), range(4)))
+        statuses = sorted(g[0] for g in got)
+        assert statuses.count(200) >= 2 and 503 in statuses, statuses
+        busy = next(g for g in got if g[0] == 503)
+        assert busy[1].get("retry-after") == "1" and "queue is full" in error_of(busy[2])
+    finally:
+        srv.stop()
+
+
+def test_time_queued_is_taken_off_the_budget(session):
+    srv = start(Proxy(session, delay=0.2), max_queue=16)
+    try:
+        k = session.num_exits
+        doc = {"inputs": [tensor(session)], "parameters": {"budget_ms": 600}}
+        alone = json.loads(post_json(srv, doc)[2])
+        assert alone["parameters"]["deadline_met"] is True and alone["parameters"]["exit_index"] == k
+        with cf.ThreadPoolExecutor(5) as pool:
+            ahead = [pool.submit(post_json, srv, {"inputs": [tensor(session)]}) for _ in range(4)]  # 0.8 s of work
+            time.sleep(0.05)
+            queued = json.loads(pool.submit(post_json, srv, doc).result()[2])
+            assert all(f.result()[0] == 200 for f in ahead)
+        p = queued["parameters"]
+        assert p["queue_ms"] > 400 and p["exit_index"] == 1 and p["stopped_by"] == "deadline"
+        assert p["deadline_met"] is False and p["latency_ms"] > 600
+    finally:
+        srv.stop()
+
+
+# -- the worker pool alone -----------------------------------------------------------------------------------------
+class Blocking:
+    def __init__(self):
+        self.go = threading.Event()
+        self.seen = []
+
+    def infer(self, x, threshold=None, criterion=None, deadline=None):
+        self.go.wait(10)
+        if x == "fail":
+            raise ValueError("bad input")
+        self.seen.append((x, deadline))
+        return [x]
+
+
+def test_worker_pool_queue_bound_errors_and_drain():
+    async def main():
+        s = Blocking()
+        pool = InferencePool([s], max_queue=2)
+        running = asyncio.ensure_future(pool.run("a", deadline=12.5))
+        await asyncio.sleep(0.1)  # "a" is taken by the worker and blocks
+        queued = [asyncio.ensure_future(pool.run(v)) for v in ("b", "fail")]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await pool.run("c")
+        assert pool.qsize() == 2
+        s.go.set()
+        a = await running
+        assert a.results == ["a"] and a.queue_s >= 0 and a.inference_s > 0
+        assert (await queued[0]).results == ["b"]
+        with pytest.raises(ValueError, match="bad input"):  # the request's own error, the worker lives on
+            await queued[1]
+        assert (await pool.run("d")).results == ["d"]
+        pending = [asyncio.ensure_future(pool.run(v)) for v in ("e", "f")]
+        await asyncio.sleep(0)
+        await asyncio.to_thread(pool.close, 10)  # drains what was queued
+        assert [(await p).results for p in pending] == [["e"], ["f"]]
+        with pytest.raises(ShuttingDown):
+            await pool.run("g")
+        assert s.seen[0] == ("a", 12.5)
+
+    asyncio.run(main())
+
+
+# -- configuration, CLI, shutdown ---------------------------------------------------------------------------------
+def test_bad_settings_are_refused(session):
+    for kw, needle in (({"max_batch": 0}, "max_batch"), ({"port": 70000}, "port"), ({"budget_ms": -5}, "budget_ms"),
+                       ({"model_name": "a/b"}, "model name"), ({"max_body_mb": 0}, "max_body_mb"),
+                       ({"threshold": 3}, "threshold")):
+        with pytest.raises((ServerConfigError, ValueError), match=needle):
+            ServerConfig(**kw)
+    assert ServerConfig().host == "127.0.0.1"
+    from sdedge.runtime.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="calibrat"):
+        build_app(session, ServerConfig(threshold="calibrated"))
+
+
+def test_cli_defaults_and_help():
+    from sdedge.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "bundle/"])
+    assert (args.host, args.port, args.max_batch, args.max_body_mb, args.workers) == ("127.0.0.1", 8000, 64, 16.0, 1)
+    out = subprocess.run([sys.executable, "-m", "sdedge.cli", "serve", "-h"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0
+    for flag in ("--budget-ms", "--threshold", "--criterion", "--host", "--port", "--max-batch", "--max-body-mb",
+                 "--workers", "--threads", "--backend", "--model-name"):
+        assert flag in out.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tiny_bundle):
+    port = _free_port()
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sdedge.cli", "serve", str(tiny_bundle), "--port", str(port),
+                             "--threads", "1", "--warmup", "0", "--budget-ms", "1000", "--model-name", "tiny",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        end = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("GET", "/v2/health/ready")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < end, "server did not become ready"
+            time.sleep(0.2)
+        meta = json.loads(call(type("S", (), {"port": port}), "GET", "/v2/models/tiny/config")[2])
+        c_, h, w = meta["input"][0]["shape"][1:]
+        body = json.dumps({"id": "last-one", "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, c_, h, w],
+                                                         "data": [0.1] * (c_ * h * w)}]}).encode()
+        head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(head + body[:100])  # the request is in flight: head received, body half sent
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            s.sendall(body[100:])
+            raw = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                raw += b
+        assert status_of(raw) == 200, raw[:500]
+        doc = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+        assert doc["id"] == "last-one" and doc["parameters"]["exits_run"] >= 1
+        assert proc.wait(60) == 0, proc.stderr.read()[-3000:]
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
