@@ -36,7 +36,7 @@ import datetime as _dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from .datasets import LabelledImages, load_calibration_split
 from .metrics import ece, nll
 from .profile import ProfileConfig, measure_profile
 from .temperature import DEFAULT_BOUNDS, TemperatureFit, fit_temperatures
-from .thresholds import (ExitCosts, ReplayTable, Target, ThresholdResult, exit_costs_from_macs, exit_costs_from_profile,
+from .thresholds import (ReplayTable, Target, ThresholdResult, exit_costs_from_macs, exit_costs_from_profile,
                          fit_heldout_split, select_thresholds)
 
 CALIBRATION_FORMAT = "sdedge-calibration"

@@ -28,7 +28,7 @@ import numpy as np
 
 from sdedge.runtime import benchmarking as B
 from sdedge.runtime.bundle import open_bundle
-from sdedge.runtime.errors import BackendError, PolicyError
+from sdedge.runtime.errors import PolicyError
 from sdedge.runtime.preprocess import Preprocessor
 
 from .curves import CurveSet, accuracy_at_fractions, format_fraction_table, live_points, offline_curves
