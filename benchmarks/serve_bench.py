@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
@@ -102,12 +103,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: str, port: int, threads: int, name: str) -> subprocess.Popen:
+def start_server(bundle: str, port: int, threads: int, name: str, extra: list[str]) -> subprocess.Popen:
     import http.client
 
     proc = subprocess.Popen([sys.executable, "-m", "sdedge.cli", "serve", bundle, "--port", str(port), "--threads",
-                             str(threads), "--model-name", name, "--log-level",
-                             "warning"], stderr=subprocess.PIPE, text=True)
+                             str(threads), "--model-name", name, "--log-level", "warning"] + extra,
+                            stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + 120
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads of the session (both sides)")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--modes", default="binary,json")
+    p.add_argument("--server-args", default="", help="extra `sdedge serve` flags, e.g. '--workers 2'")
+    p.add_argument("--phases", default="full,budget", help="full (no budget), budget, or both")
+    p.add_argument("--no-in-process", action="store_true", help="served contenders only (ratios then omitted)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -155,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             return (r.deadline_met, r.exit_index)
         return local
 
-    inproc = {}
-    for phase, budget in (("full depth", None), (f"budget {args.budget_ms:g} ms", args.budget_ms)):
+    phase_list = [(n, b) for key, n, b in (("full", "full depth", None),
+                                           ("budget", f"budget {args.budget_ms:g} ms", args.budget_ms))
+                  if key in args.phases.split(",")]
+    inproc: dict[str, float] = {}
+    for phase, budget in ([] if args.no_in_process else phase_list):
         for n in ((1, args.clients) if budget is None else (args.clients,)):
             rate, recs = closed_loop(local_at(budget), n, args.seconds, args.warmup_s)
             results.append(dict(summarize(f"in-process x{n}", rate, recs, k), phase=phase))
@@ -164,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     session.close()
 
     port, name = free_port(), "bench"
-    proc = start_server(args.bundle, port, args.threads, name)
+    proc = start_server(args.bundle, port, args.threads, name, shlex.split(args.server_args))
     try:
-        for phase, budget in (("full depth", None), (f"budget {args.budget_ms:g} ms", args.budget_ms)):
+        for phase, budget in phase_list:
             for mode in args.modes.split(","):
                 binary = mode == "binary"
                 clients = [th.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
@@ -184,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 rate, recs = closed_loop(remote, args.clients, args.seconds, args.warmup_s)
                 s = dict(summarize(f"served {mode} x{args.clients}", rate, recs, k), phase=phase)
-                s["ratio_vs_in_process"] = rate / inproc[phase]
+                if phase in inproc:
+                    s["ratio_vs_in_process"] = rate / inproc[phase]
                 results.append(s)
                 for c in clients:
                     c.close()
