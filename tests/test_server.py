@@ -270,6 +270,16 @@ def test_protocol_parses_tritonclient_bodies():
     assert req.datatype == "UINT8" and req.threshold == "calibrated" and req.budget_ms is None
 
 
+def test_protocol_binary_tensors_after_any_header_length_are_aligned():
+    x = np.arange(60, dtype=np.float32).reshape(1, 3, 4, 5)
+    for pad in range(4):
+        head = json.dumps({"id": "x" * pad, "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 4, 5],
+                                                         "parameters": {"binary_data_size": 240}}]}).encode()
+        req = parse_infer_request(head + x.tobytes(), str(len(head)), IO)
+        assert req.array.flags.aligned and req.array.dtype == np.float32
+        np.testing.assert_array_equal(req.array, x)
+
+
 def test_protocol_nested_and_flat_json_are_the_same():
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 5)).astype(np.float32)
     for data in (x.tolist(), x.ravel().tolist()):
@@ -398,6 +408,21 @@ def test_server_runs_with_torch_blocked(tiny_bundle):
     env.pop("PYTHONPATH", None)
     out = subprocess.run([sys.executable, "-c", NOTORCH, str(tiny_bundle)], capture_output=True, text=True,
                          timeout=300, env=env, cwd=str(tiny_bundle.parent))
+    assert out.returncode == 0 and out.stdout.startswith("OK"), out.stderr[-3000:]
+
+
+@pytest.mark.skipif(not os.environ.get("SDEDGE_NOTORCH_PYTHON"), reason="SDEDGE_NOTORCH_PYTHON not set (CI sets it)")
+def test_server_runs_in_an_environment_without_torch(tiny_bundle):
+    py = os.environ["SDEDGE_NOTORCH_PYTHON"]
+    assert subprocess.run([py, "-c", "import torch"], capture_output=True, timeout=120).returncode != 0, \
+        f"{py} has torch installed; it must be a torch-free environment"
+    if subprocess.run([py, "-c", "import starlette, uvicorn, prometheus_client"], capture_output=True,
+                      timeout=120).returncode != 0:
+        pytest.skip("the torch-free environment has no serve extra (pip install '.[serve]')")
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([py, "-c", NOTORCH, str(tiny_bundle)], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=str(tiny_bundle.parent))
     assert out.returncode == 0 and out.stdout.startswith("OK"), out.stderr[-3000:]
 
 

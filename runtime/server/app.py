@@ -96,8 +96,10 @@ class ServerState:
     def close(self, timeout: float | None = 30.0) -> None:
         """Finish queued requests, stop the workers, close the sessions this app opened."""
         self.ready = False
-        self.pool.close(timeout)
-        if self.owns_sessions:
+        stopped = self.pool.close(timeout)
+        if not stopped:
+            log.warning("an inference was still running after %s s; leaving its session open", timeout)
+        elif self.owns_sessions:
             for s in self.sessions:
                 s.close()
 
@@ -333,7 +335,7 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
         return err(exc.status_code, str(msg), getattr(exc, "headers", None))
 
     async def on_server_fault(request: Request, exc: Exception) -> Response:
-        log.exception("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
+        # Starlette re-raises the exception after this answer, so the ASGI server logs its traceback
         return err(500, f"internal server error ({type(exc).__name__}); see the server log")
 
     @asynccontextmanager

@@ -232,6 +232,8 @@ def _parse_input(t: dict, binary: memoryview, offset: int, io: ModelIO) -> tuple
             raise ProtocolError(f"input {name!r}: binary_data_size is {size} bytes but only {len(binary) - offset} bytes "
                                 f"of binary data follow the JSON header (check Inference-Header-Content-Length)")
         arr = np.frombuffer(binary, dtype=dt, count=count, offset=offset).reshape(shape)
+        if not arr.flags.aligned:  # the JSON header has any length: do not hand engines a misaligned buffer
+            arr = arr.copy()
         return arr, datatype, offset + size
     if "data" not in t:
         raise ProtocolError(f"input {name!r} has neither \"data\" nor parameters.binary_data_size")

@@ -144,11 +144,14 @@ class InferencePool:
             except RuntimeError:  # the event loop is gone (hard stop); nothing to answer
                 pass
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Take no new jobs, let the queued ones finish, stop the threads (waits up to ``timeout`` s)."""
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Take no new jobs, let the queued ones finish, stop the threads (waits up to ``timeout`` s).
+
+        Returns whether every thread stopped (False: one is still inside an inference).
+        """
         with self._lock:
             if self._closed:
-                return
+                return not any(t.is_alive() for t in self._threads)
             self._closed = True
             threads = list(self._threads)
         end = None if timeout is None else _clock() + timeout
@@ -159,3 +162,4 @@ class InferencePool:
                 break
         for t in threads:
             t.join(None if end is None else max(0.0, end - _clock()))
+        return not any(t.is_alive() for t in threads)
