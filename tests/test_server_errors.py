@@ -212,13 +212,14 @@ def test_oversized_body_refused_on_content_length_before_reading(server):
 
 
 def test_oversized_chunked_body_refused_while_reading(server):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    chunk = b" " * 8192
-    conn.request("POST", f"/v2/models/{server.state.model_name}/infer", body=iter([chunk] * 8),
-                 headers={"Content-Type": "application/json"}, encode_chunked=True)
-    r = conn.getresponse()
-    assert r.status == 413 and "larger than the server's limit" in error_of(r.read())
-    conn.close()
+    # no Content-Length: the cap is enforced while the body streams in; the server answers 413 and closes
+    path = f"/v2/models/{server.state.model_name}/infer"
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Transfer-Encoding: chunked\r\n\r\n").encode()
+    chunk = b"2000\r\n" + b" " * 0x2000 + b"\r\n"
+    out = raw_exchange(server, head + chunk * 8)  # 64 KiB > 51.2 KiB, sent at once (no final chunk)
+    assert status_of(out) == 413 and b"larger than the server's limit" in out
+    assert b"connection: close" in out.lower()
 
 
 def test_decompression_bomb_refused(server, session):
@@ -306,6 +307,8 @@ class Blocking:
         self.go.wait(10)
         if x == "fail":
             raise ValueError("bad input")
+        if x == "abort":
+            raise KeyboardInterrupt("stop")
         self.seen.append((x, deadline))
         return [x]
 
@@ -327,13 +330,16 @@ def test_worker_pool_queue_bound_errors_and_drain():
         assert (await queued[0]).results == ["b"]
         with pytest.raises(ValueError, match="bad input"):  # the request's own error, the worker lives on
             await queued[1]
-        assert (await pool.run("d")).results == ["d"]
+        with pytest.raises(RuntimeError, match="aborted by KeyboardInterrupt"):
+            await pool.run("abort")
+        assert (await pool.run("d")).results == ["d"] and pool.healthy()
         pending = [asyncio.ensure_future(pool.run(v)) for v in ("e", "f")]
         await asyncio.sleep(0)
         await asyncio.to_thread(pool.close, 10)  # drains what was queued
         assert [(await p).results for p in pending] == [["e"], ["f"]]
         with pytest.raises(ShuttingDown):
             await pool.run("g")
+        assert not pool.healthy()
         assert s.seen[0] == ("a", 12.5)
 
     asyncio.run(main())

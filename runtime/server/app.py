@@ -195,11 +195,12 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
 
     async def get_live(request: Request) -> Response:
         mark(request, "health")
-        return ok({"live": True})
+        live = state.pool.healthy() or state.pool.closed  # a dead inference thread: let the orchestrator restart us
+        return ok({"live": live}, 200 if live else 503)
 
     async def get_ready(request: Request) -> Response:
         mark(request, "health")
-        ready = state.ready and not state.pool.closed
+        ready = state.ready and state.pool.healthy()
         return ok({"ready": ready}, 200 if ready else 503)
 
     async def get_model_metadata(request: Request) -> Response:
@@ -208,7 +209,7 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
 
     async def get_model_ready(request: Request) -> Response:
         mark(request, "model_ready")
-        ready = state.ready and not state.pool.closed
+        ready = state.ready and state.pool.healthy()
         return model_error(request) or ok({"name": state.model_name, "ready": ready}, 200 if ready else 503)
 
     async def get_model_config(request: Request) -> Response:

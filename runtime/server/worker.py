@@ -98,6 +98,10 @@ class InferencePool:
     def closed(self) -> bool:
         return self._closed
 
+    def healthy(self) -> bool:
+        """Not closed, and every started inference thread is still alive."""
+        return not self._closed and all(t.is_alive() for t in self._threads)
+
     def start(self) -> None:
         """Start the worker threads (idempotent; :meth:`run` starts them on first use too)."""
         with self._lock:
@@ -139,6 +143,8 @@ class InferencePool:
                 ok = True
             except Exception as e:  # handed to the request; the worker goes on
                 out, ok = e, False
+            except BaseException as e:  # noqa: BLE001 - never let one request kill the inference thread
+                out, ok = RuntimeError(f"inference aborted by {type(e).__name__}: {e}"), False
             try:
                 job.loop.call_soon_threadsafe(_settle, job.future, ok, out)
             except RuntimeError:  # the event loop is gone (hard stop); nothing to answer
