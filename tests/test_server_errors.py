@@ -372,6 +372,13 @@ def test_cli_defaults_and_help():
         assert flag in out.stdout
 
 
+def test_missing_web_packages_are_named_with_the_extra():
+    code = ("import sys; sys.modules['uvicorn'] = None; from sdedge.cli import main; "
+            "sys.exit(main(['serve', 'no-such-bundle']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "uvicorn" in out.stderr and "pip install 'sdedge[serve]'" in out.stderr, out.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

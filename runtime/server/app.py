@@ -63,15 +63,20 @@ _BODY_DONE = "sdedge_body_done"
 _INLINE_PARSE_BYTES = 1 << 20  # bodies above 1 MiB are parsed off the event loop
 _CONTENT_TYPES = ("application/json", "application/octet-stream")
 
-__all__ = ["ServerConfig", "ServerState", "build_app"]
+__all__ = ["ServerConfig", "ServerState", "build_app", "build_state", "require_web"]
 
 
-def _require_web() -> None:
-    try:
-        import starlette  # noqa: F401
-    except ImportError:
-        raise BackendError("sdedge serve needs the web extra (starlette via fastapi, uvicorn, prometheus-client): "
-                           "pip install 'sdedge[serve]'") from None
+def require_web() -> None:
+    """Fail early, with the extra to install, when the web packages are missing."""
+    missing = []
+    for mod in ("starlette", "uvicorn", "prometheus_client"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise BackendError(f"sdedge serve needs {', '.join(missing)} (the serve extra: starlette via fastapi, uvicorn, "
+                           f"prometheus-client): pip install 'sdedge[serve]'")
 
 
 @dataclass
@@ -156,7 +161,7 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
     """A Starlette (ASGI) app serving ``target``: a bundle path (opens ``config.workers`` sessions), an
     ``AnytimeSession``, a list of sessions of the same bundle (one worker thread each), or a
     :class:`ServerState` from :func:`build_state` (its own config then applies)."""
-    _require_web()
+    require_web()
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware

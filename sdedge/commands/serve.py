@@ -88,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..runtime.server import serve
-    from ..runtime.server.app import build_state
+    from ..runtime.server.app import build_state, require_web
 
     config = config_from_args(args)
+    require_web()  # before spending seconds on loading and warming up the bundle
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(levelname)s: %(name)s: %(message)s")
     if config.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"sdedge serve: binding {config.host}: the model is reachable from the network", file=sys.stderr)
