@@ -55,7 +55,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from sdedge.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_run")
-    cfg = TrainConfig(dataset="digits", backbone="tiny", method="byot", epochs=4, batch_size=64, lr=0.05,
+    cfg = TrainConfig(dataset="digits", backbone="tiny", method="byot", epochs=4, batch_size=64, lr=0.2,
                       output=str(out), seed=0, device="cpu", progress=False, backbone_kwargs={"width": 8})
     result = train(cfg)
     return Path(result.best_checkpoint)
