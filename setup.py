@@ -16,7 +16,7 @@ calibrate/ sdedge.calibrate    (temperatures, thresholds, profiles, plots; numpy
 from setuptools import setup
 
 RUNTIME = ["numpy>=1.24", "onnxruntime>=1.17"]
-SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20"]
+SERVE = ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20"]
 TRAIN = [
     "torch>=2.2,<=2.14.1",
     "torchvision>=0.17,<=0.29.1",
