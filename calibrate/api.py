@@ -86,7 +86,7 @@ class CalibrationConfig:
     temperature: bool = True  # fit temperatures (False: T = 1)
     temperature_bounds: tuple[float, float] = DEFAULT_BOUNDS
     num_candidates: int = 200
-    confidence_z: float = 1.0  # accuracy targets must hold for acc - z standard errors (0: the point estimate)
+    confidence_z: float = 2.0  # accuracy targets must hold for acc - z standard errors (0: the point estimate)
     latency_stat: str = "mean_ms"  # section statistic of the cost model: mean_ms | p50_ms | p90_ms | p99_ms
     answer: str = "last"
     profile_only: bool = False  # measure and write profiles only; keep calibration.json
@@ -392,7 +392,8 @@ def format_summary(res: CalibrationResult) -> str:
                      f"{100 * hist[j] / max(1, sum(hist)):>7.1f}")
     tgt = thr.target
     lines.append("")
-    lines.append(f"target: {tgt['text']} ({thr.method}, criterion {thr.criterion}) -> "
+    margin = f", lower bound at {tgt['confidence_z']:g} standard errors" if tgt.get("confidence_z") else ""
+    lines.append(f"target: {tgt['text']} ({thr.method}, criterion {thr.criterion}{margin}) -> "
                  f"{'met' if thr.target_met else 'NOT met'} on the fit split"
                  + ("" if thr.heldout is None else f", {'met' if thr.heldout['target_met'] else 'NOT met'} held-out"))
 

@@ -28,9 +28,13 @@ quantiles of the pooled confidences; (2) from the best shared point, coordinate-
 each exit in turn try every candidate of that exit (its confidence quantiles, and "off") keeping the
 others fixed, keep any improvement, and repeat until a pass changes nothing (at most ``max_passes``).
 An accuracy target is checked against a lower confidence bound of the accuracy (``confidence_z``
-standard errors below the point estimate, 1 by default; on the paired difference with the deepest
+standard errors below the point estimate, 2 by default; on the paired difference with the deepest
 exit for ``max_accuracy_drop``), because thresholds tuned on one sample otherwise miss the target on
-the next by about that much. Candidates are ranked by (target met, objective, tie-break): among points meeting the target the best
+the next. Measured on the Fashion-MNIST preset model (ResNet-18 width 16, 4 exits; fit on 2 500
+validation images, 6 seeds, a 1 pp drop target, scored on the 10 000 test images): the point
+estimate (z = 0) dropped 1.23 pp on average (worst 1.65), z = 1 0.88 (worst 1.12), z = 2 0.56
+(worst 0.90) at 5 % more mean latency than z = 0; the shared threshold alone at z = 1 dropped 0.77
+(worst 0.98) at 10 % more latency than the refined search at z = 2. Candidates are ranked by (target met, objective, tie-break): among points meeting the target the best
 objective wins; when none meets it, the nearest achievable point wins (highest accuracy, or lowest
 latency) and the result says ``target_met: false`` with a warning naming that point.
 
@@ -277,10 +281,10 @@ def accuracy_bound(correct: np.ndarray, reference: np.ndarray | None, z: float) 
 
 def select_thresholds(table: ReplayTable, costs: ExitCosts, target: Target, num_candidates: int = 200,
                       max_passes: int = 4, heldout: ReplayTable | None = None,
-                      confidence_z: float = 1.0) -> ThresholdResult:
+                      confidence_z: float = 2.0) -> ThresholdResult:
     """Search thresholds on ``table`` for ``target`` (see the module docstring); evaluate on ``heldout``.
 
-    ``confidence_z``: an accuracy target must hold for a lower confidence bound of the accuracy
+    ``confidence_z`` (default 2): an accuracy target must hold for a lower confidence bound of the accuracy
     (:func:`accuracy_bound`, ``z`` standard errors), not just for the point estimate, so that
     thresholds fitted to one sample keep the target on the next (0: the point estimate).
     """
