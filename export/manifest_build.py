@@ -100,6 +100,9 @@ def build_manifest(meta: dict[str, Any], name: str, checkpoint_file: str, checkp
             "num_classes": len(classes),
             "num_exits": k,
             "dataset": dmeta.get("dataset"),
+            # the data split the checkpoint was trained with: calibrate re-creates the same validation split
+            "data": {k: dmeta[k] for k in ("dataset", "val_size", "seed", "limit", "image_size", "in_channels")
+                     if k in dmeta},
             "config": mcfg,
             "training": {key: v for key, v in meta.items() if key not in _NOT_TRAINING},
             "source_checkpoint": {"file": checkpoint_file, "sha256": checkpoint_sha256},
