@@ -150,6 +150,20 @@ def check_relpath(path: str, where: str) -> str:
     return norm
 
 
+def _floats(values: list, where: str) -> tuple[float, ...]:
+    """JSON numbers as floats; anything else (strings, null, lists, ints beyond float range) is a BundleError."""
+    out = []
+    for v in values:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        try:
+            f = float(v) if ok else math.nan
+        except OverflowError:
+            ok = False
+        _require(ok, f"{where} must hold numbers, got {v!r}"[:300])
+        out.append(f)
+    return tuple(out)
+
+
 def _hex64(v: Any, where: str) -> str:
     _require(isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
              f"{where}: sha256 must be 64 lowercase hex digits")
@@ -174,17 +188,19 @@ def validate_manifest(raw: Any) -> Manifest:
             f"bundle format_version {ver} is not supported by this sdedge (reads version {FORMAT_VERSION}); "
             + ("upgrade sdedge" if ver > FORMAT_VERSION else "re-export the bundle"))
 
+    _require(isinstance(raw.get("model", {}), dict), "manifest.model must be an object (name, backbone, method, ...)")
     inp = _get(raw, "input", dict, "manifest")
     input_spec = TensorSpec.from_json(inp, "input")
     _require(len(input_spec.shape) == 4 and input_spec.shape[0] is None and all(input_spec.shape[1:]),
              f"input.shape must be [null, C, H, W], got {list(input_spec.shape)}")
     pre = _get(inp, "preprocess", dict, "input")
     channels = input_spec.shape[1]
-    mean = tuple(float(x) for x in _get(pre, "mean", list, "input.preprocess"))
-    std = tuple(float(x) for x in _get(pre, "std", list, "input.preprocess"))
-    scale = _get(pre, "scale", (int, float), "input.preprocess")
+    mean = _floats(_get(pre, "mean", list, "input.preprocess"), "input.preprocess.mean")
+    std = _floats(_get(pre, "std", list, "input.preprocess"), "input.preprocess.std")
+    scale = _floats([_get(pre, "scale", (int, float), "input.preprocess")], "input.preprocess.scale")[0]
     _require(len(mean) == channels and len(std) == channels,
              f"input.preprocess mean/std must have {channels} values (one per channel)")
+    _require(all(math.isfinite(m) for m in mean), "input.preprocess mean must be finite")
     _require(all(s > 0 and math.isfinite(s) for s in std) and math.isfinite(scale) and scale > 0,
              "input.preprocess std and scale must be positive and finite")
     order = pre.get("channel_order", "RGB" if channels == 3 else "L")
