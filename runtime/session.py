@@ -48,7 +48,7 @@ from .backends import create_backend
 from .backends.base import Backend, BackendOptions
 from .bundle import Bundle, open_bundle
 from .calibration import Calibration, load_calibration
-from .errors import PolicyError
+from .errors import InputError, PolicyError
 from .manifest import Manifest
 from .policies import (ANSWERS, ConfidencePolicy, DeadlinePolicy, LatencyEstimator, check_criterion, confidence,
                        exit_answers, max_prob_of_row)
@@ -267,6 +267,8 @@ class AnytimeSession:
         if probs is None:
             probs = acc / np.float32(k) if ensemble else pol.probs(k, logits)
             conf = None
+        if not np.isfinite(probs).all():
+            raise _non_finite(k, x1)
         label = int(probs[0].argmax())
         if conf is None:
             conf = float(probs[0, label]) if pol.criterion == "max_prob" else float(confidence(probs, pol.criterion)[0])
@@ -328,6 +330,10 @@ class AnytimeSession:
                 keep = np.flatnonzero(~stop)
                 h = backend.take_rows(h, keep)
                 rows = rows[keep]
+        bad = ~np.isfinite(out_probs).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _non_finite(int(out_exit[i]), xb[i:i + 1], f"image {i} of the batch")
         labels = out_probs.argmax(axis=1)
         results = []
         for i in range(n_all):
@@ -361,3 +367,11 @@ class AnytimeSession:
                     per.append(np.array(logits, np.float32, copy=True))
                 outs.append(np.stack(per))
         return np.concatenate(outs, axis=1)
+
+
+def _non_finite(exit_index: int, x: np.ndarray, what: str = "the input") -> InputError:
+    """The error for an input whose values are finite but drive the network to NaN/Inf (e.g. |x| ~ 1e38)."""
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    return InputError(f"exit {exit_index} produced non-finite probabilities (NaN/Inf) for {what}: its preprocessed "
+                      f"values reach |x| = {peak:.3g}, which overflows the network; expected preprocessed values of "
+                      f"order 1 (or send raw uint8 pixels)")

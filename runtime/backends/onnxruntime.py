@@ -29,8 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BackendError
-from ..manifest import features_name, input_name, logits_name
+from ..errors import BackendError, BundleError
+from ..manifest import SectionSpec, TensorSpec, features_name, input_name, logits_name
 from .base import Backend, BackendOptions
 from .hostinfo import available_cpus, cpu_model, gpu_name, slug
 
@@ -78,6 +78,39 @@ def resolve_providers(requested: Sequence[str] | None, available: Sequence[str])
     return out
 
 
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int8": "tensor(int8)", "uint8": "tensor(uint8)"}
+
+
+def check_section_io(sess: Any, spec: SectionSpec, rel: str) -> None:
+    """Refuse a section graph whose real inputs/outputs (names, ranks, fixed dims, dtypes) are not the manifest's.
+
+    Checksums only prove the files are the ones the manifest lists; this proves the manifest describes them,
+    so a bundle whose sections were swapped or whose manifest shapes were edited fails at load, naming the
+    section, instead of failing (or silently computing on the wrong tensors) at the first call.
+    """
+    where = f"section {spec.index} ({rel})"
+    wanted: list[tuple[str, list[TensorSpec], list[Any]]] = [
+        ("input", [spec.input], sess.get_inputs()),
+        ("output", ([spec.features] if spec.features else []) + [spec.logits], sess.get_outputs())]
+    for kind, want, got in wanted:
+        got_names, want_names = [g.name for g in got], [w.name for w in want]
+        if sorted(got_names) != sorted(want_names):
+            raise BundleError(f"{where}: the graph's {kind}s are {got_names} but the manifest says {want_names} "
+                              f"(sections swapped or the manifest edited?)")
+        by_name = {g.name: g for g in got}
+        for w in want:
+            g = by_name[w.name]
+            dims = [d if isinstance(d, int) else None for d in g.shape]
+            # dynamic (None/symbolic) in the graph fits any manifest value; a fixed graph dim must equal it
+            if len(dims) != len(w.shape) or any(d is not None and d != m for d, m in zip(dims, w.shape)):
+                raise BundleError(f"{where}: {kind} {w.name!r} has shape {dims} in the graph but {list(w.shape)} "
+                                  f"in the manifest (null = dynamic)")
+            want_type = _ORT_TYPES.get(w.dtype)
+            if want_type is not None and g.type != want_type:
+                raise BundleError(f"{where}: {kind} {w.name!r} has type {g.type} in the graph but dtype "
+                                  f"{w.dtype!r} in the manifest")
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -114,8 +147,12 @@ class OnnxRuntimeBackend(Backend):
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         so.log_severity_level = 3
         self._so = so
-        self._sessions = [self._load(bundle.section_path(k, opts.precision))
-                          for k in range(1, bundle.manifest.num_exits + 1)]
+        self._sessions = []
+        for spec in bundle.manifest.sections:
+            path = bundle.section_path(spec.index, opts.precision)
+            sess = self._load(path)
+            check_section_io(sess, spec, path.relative_to(bundle.path).as_posix())
+            self._sessions.append(sess)
         self._reference = None
         self._io_out: dict[tuple[int, int], tuple[Any, dict[str, np.ndarray]]] = {}
 

@@ -165,7 +165,7 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
     from starlette.routing import Route
 
@@ -272,6 +272,9 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
 
         try:
             await asyncio.wait_for(pull(), cfg.body_timeout_s)
+        except ClientDisconnect:  # a truncated body: a client error, not a server fault (no 500, no traceback)
+            raise ProtocolError(f"the client closed the connection before the whole body arrived ({total} bytes "
+                                f"received)") from None
         except asyncio.TimeoutError:
             raise ProtocolError(f"the request body did not arrive within {cfg.body_timeout_s:g} s "
                                 f"({total} bytes received)", 408) from None
