@@ -80,6 +80,22 @@ def test_random_and_foreign_files_are_refused_as_checkpoints(tmp_path: Path) -> 
         assert path.read_bytes() == before, case  # reading never writes
 
 
+def test_a_checkpoint_missing_a_metadata_field_is_refused_on_load(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from sdedge.checkpoint import FORMAT, content_digest, load_checkpoint
+
+    sd = {"w": torch.ones(2)}
+    for missing in ("model", "classes"):
+        meta = {"model": {"backbone": "tiny"}, "data": {}, "classes": ["a", "b"], "method": {"name": "byot"}}
+        del meta[missing]
+        meta_json = json.dumps(meta)  # digest consistent: only the missing field is wrong
+        path = tmp_path / f"no-{missing}.pt"
+        torch.save({"format": FORMAT, "format_version": 1, "meta": meta_json, "state_dict": sd,
+                    "sha256": content_digest(meta_json, sd)}, path)
+        with pytest.raises(CheckpointError, match=rf"metadata lacks required field\(s\) \['{missing}'\]"):
+            load_checkpoint(path)
+
+
 # -- bundles: section graphs vs the manifest (the rest: test_bundle_format.py, test_export.py) -----------------------------
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)

@@ -274,7 +274,7 @@ def test_atheris_harness_runs_clean_for_a_bounded_time(tmp_path: Path) -> None:
     shutil.copytree(REPO / "fuzz" / "corpus" / "request_decoding", corpus)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, str(REPO / "fuzz" / "fuzz_request_decoding.py"), str(corpus),
-                          "-runs=20000", "-max_total_time=10", "-rss_limit_mb=2048", "-print_final_stats=1"],
+                          "-runs=300000", "-max_total_time=10", "-rss_limit_mb=2048", "-print_final_stats=1"],
                          capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
