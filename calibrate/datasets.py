@@ -72,20 +72,26 @@ def dataset_spec(manifest: Any) -> dict[str, Any]:
 
 
 # -- readers ---------------------------------------------------------------------------------------------------
-def _idx(data: bytes, ndim: int, name: str, limit: int | None) -> np.ndarray:
-    magic = 0x800 + ndim
-    if len(data) < 4 + 4 * ndim or struct.unpack(">I", data[:4])[0] != magic:
-        raise DataError(f"{name}: not an IDX file of unsigned bytes with {ndim} dimensions")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    header = 4 + 4 * ndim
-    if len(data) != header + int(np.prod(dims)):
-        raise DataError(f"{name}: size {len(data)} bytes does not match its header {dims}")
+def parse_idx(data: bytes, expect_ndim: int, name: str, limit: int | None = None) -> np.ndarray:
+    """Parse an IDX unsigned-byte array; ``limit`` reads only the first ``limit`` items."""
+    magic = 0x800 + expect_ndim
+    if len(data) < 4 + 4 * expect_ndim:
+        raise DataError(f"{name}: file too short for an IDX header ({len(data)} bytes)")
+    got = struct.unpack(">I", data[:4])[0]
+    if got != magic:
+        raise DataError(f"{name}: wrong IDX magic number {got} (expected {magic}: unsigned bytes, {expect_ndim} dims)")
+    dims = struct.unpack(f">{expect_ndim}I", data[4:4 + 4 * expect_ndim])
+    header = 4 + 4 * expect_ndim
+    expected = int(np.prod(dims)) + header
+    if len(data) != expected:
+        raise DataError(f"{name}: size {len(data)} bytes does not match its header {dims} ({expected} bytes expected)")
     n = dims[0] if limit is None else min(limit, dims[0])
-    per = int(np.prod(dims[1:])) if ndim > 1 else 1
+    per = int(np.prod(dims[1:])) if expect_ndim > 1 else 1
     return np.frombuffer(data, np.uint8, count=n * per, offset=header).reshape((n,) + tuple(dims[1:]))
 
 
-def _read_idx(folder: Path, stem: str) -> bytes:
+def read_idx_bytes(folder: Path, stem: str) -> bytes:
+    """The decompressed bytes of IDX file ``stem`` (``.gz`` or plain) in ``folder``."""
     for name in (stem + ".gz", stem):
         p = folder / name
         if p.is_file():
@@ -112,17 +118,21 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None) -> Path:
 
 def read_fashion_mnist(folder: Path, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     img_stem, lbl_stem = IDX_FILES[split]
-    images = _idx(_read_idx(folder, img_stem), 3, img_stem, limit)
-    labels = _idx(_read_idx(folder, lbl_stem), 1, lbl_stem, limit)
+    images = parse_idx(read_idx_bytes(folder, img_stem), 3, img_stem, limit)
+    labels = parse_idx(read_idx_bytes(folder, lbl_stem), 1, lbl_stem, limit)
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{img_stem} has {images.shape[0]} images but {lbl_stem} has {labels.shape[0]} labels")
+    if labels.size and labels.max() >= 10:
+        raise DataError(f"{lbl_stem}: label {int(labels.max())} out of range for 10 classes")
     return np.ascontiguousarray(images[..., None]), labels.astype(np.int64)
 
 
 class _PlainUnpickler(pickle.Unpickler):
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+                # pickle protocol 5 (numpy >= 1.16 re-saves): np.frombuffer(bytes, dtype).reshape(shape)
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
@@ -130,7 +140,8 @@ class _PlainUnpickler(pickle.Unpickler):
         raise DataError(f"refusing to unpickle {module}.{name}: CIFAR files hold only plain data")
 
 
-def _load_pickle(path: Path) -> dict:
+def load_cifar_pickle(path: Path) -> dict:
+    """One CIFAR python-format pickle as a dict with str keys; refuses anything but plain data."""
     if not path.is_file():
         raise DataError(f"CIFAR file {path} not found")
     try:
@@ -160,7 +171,7 @@ def read_cifar(name: str, folder: Path, split: str, limit: int | None) -> tuple[
     _sub, train_files, test_files, key = CIFAR[name]
     xs, ys = [], []
     for f in train_files if split == "train" else test_files:
-        d = _load_pickle(folder / f)
+        d = load_cifar_pickle(folder / f)
         if "data" not in d or key not in d:
             raise DataError(f"{folder / f}: missing key 'data' or {key!r}")
         data = np.asarray(d["data"])

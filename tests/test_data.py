@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdedge.calibrate.datasets import parse_idx, read_idx_bytes
 from sdedge.data import load_splits
 from sdedge.data import fashion_mnist as fm
 from sdedge.data.augment import AugmentConfig, BatchAugment, default_padding, normalize
@@ -30,7 +31,7 @@ def test_fashion_mnist_reads_a_slice_of_the_real_data(fmnist_dir: Path) -> None:
     assert 0 < train.images.mean() < 255
     # the full label files: 6 000 per class in train, 1 000 per class in test
     for stem, per_class in (("train-labels-idx1-ubyte", 6000), ("t10k-labels-idx1-ubyte", 1000)):
-        labels = fm.parse_idx(fm._open(folder, stem), 1, stem)
+        labels = parse_idx(read_idx_bytes(folder, stem), 1, stem)
         assert np.bincount(labels).tolist() == [per_class] * 10
 
 

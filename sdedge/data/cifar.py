@@ -8,13 +8,12 @@ containers, strings, numbers and numpy arrays, so a hostile file cannot run code
 """
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 
+from ..calibrate.datasets import load_cifar_pickle
 from ..runtime.errors import DataError
 from .base import ImageArrays
 
@@ -25,33 +24,7 @@ LAYOUT = {
 }
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
-        # pickle protocol 5 (numpy >= 1.16 re-saves): np.frombuffer(bytes, dtype).reshape(shape)
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise DataError(f"refusing to unpickle {module}.{name}: CIFAR files hold only plain data")
-
-
-def _load(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"CIFAR file {path} not found")
-    try:
-        obj = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a CIFAR file"
-        raise DataError(f"{path} is not a CIFAR python-format file ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+_load = load_cifar_pickle
 
 
 def find_folder(name: str, data_dir: str | os.PathLike | None, download: bool = False) -> Path:
