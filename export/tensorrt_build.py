@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..runtime.errors import BackendError, ExportError
+from ..runtime.engine_cache import import_tensorrt as _import_tensorrt
+from ..runtime.errors import ExportError
 from ..runtime.manifest import input_name
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -41,19 +42,7 @@ class EngineBuildResult:
 
 def import_tensorrt() -> Any:
     """The ``tensorrt`` module (>= 10) or a :class:`BackendError` saying how to install it."""
-    from ..runtime.engine_cache import INSTALL_HINT
-
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendError(f"building engines needs TensorRT, which is not installed ({e}); {INSTALL_HINT}") from None
-    try:
-        major = int(str(trt.__version__).split(".")[0])
-    except (AttributeError, ValueError):
-        major = 0
-    if major < 10:
-        raise BackendError(f"building engines needs TensorRT >= 10, found {getattr(trt, '__version__', '?')}; {INSTALL_HINT}")
-    return trt
+    return _import_tensorrt("building engines")
 
 
 def _build_one(trt: Any, onnx_path: Path, precision: str, batches: tuple[int, int, int], workspace_mb: int,

@@ -31,6 +31,23 @@ INSTALL_HINT = ("install TensorRT 10 for Python (`pip install tensorrt` on x86 w
                 "comes with JetPack as python3-libnvinfer) and cuda-python (`pip install 'sdedge[tensorrt]'`)")
 
 
+def import_tensorrt(purpose: str) -> Any:
+    """The ``tensorrt`` module (>= 10), imported lazily, or a :class:`BackendError` saying that ``purpose``
+    (e.g. "the tensorrt backend") needs it and how to install it. Shared by the backend and the builder."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise BackendError(f"{purpose} needs TensorRT (the tensorrt package), which is not installed ({e}); "
+                           f"{INSTALL_HINT}") from None
+    try:
+        major = int(str(trt.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        major = 0
+    if major < 10:
+        raise BackendError(f"{purpose} needs TensorRT >= 10, found {getattr(trt, '__version__', '?')}; {INSTALL_HINT}")
+    return trt
+
+
 def tensorrt_version() -> str:
     """The installed TensorRT version, or :class:`BackendError` saying how to install it."""
     try:

@@ -28,25 +28,11 @@ import numpy as np
 from ..errors import BackendError
 from ..manifest import features_name, input_name, logits_name
 from .base import Backend, BackendOptions
+from ..engine_cache import import_tensorrt as _import_tensorrt
 from .hostinfo import gpu_name, slug
 
-INSTALL_HINT = ("install NVIDIA TensorRT 10 for Python (`pip install tensorrt`, or JetPack's python3-libnvinfer on "
-                "Jetson) and cuda-python (`pip install 'sdedge[tensorrt]'`)")
-
-
 def import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendError(f"the tensorrt backend needs the tensorrt package, which is missing ({e}); {INSTALL_HINT}") from None
-    try:
-        major = int(str(trt.__version__).split(".")[0])
-    except (AttributeError, ValueError):
-        major = 0
-    if major < 10:
-        raise BackendError(f"the tensorrt backend needs TensorRT >= 10, found {getattr(trt, '__version__', '?')}; "
-                           f"{INSTALL_HINT}")
-    return trt
+    return _import_tensorrt("the tensorrt backend")
 
 
 # -- CUDA memory and streams, through cuda-python or pycuda -------------------------------------------
