@@ -253,3 +253,14 @@ def load_arrays(images_path: str | os.PathLike, labels_path: str | os.PathLike) 
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{images.shape[0]} images in {images_path} but {labels.shape[0]} labels in {labels_path}")
     return LabelledImages(images, labels.astype(np.int64), f"arrays {images_path}, {labels_path}", "given")
+
+
+def optional_arrays(images_path: str | os.PathLike | None,
+                    labels_path: str | os.PathLike | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``--images X.npy --labels Y.npy`` as arrays, ``(None, None)`` when neither is given."""
+    if (images_path is None) != (labels_path is None):
+        raise DataError("--images and --labels go together")
+    if images_path is None:
+        return None, None
+    arrs = load_arrays(images_path, labels_path)
+    return arrs.images, arrs.labels

@@ -51,16 +51,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..calibrate.bench import BenchConfig, run_bench
-    from ..runtime.errors import DataError
+    from ..calibrate.datasets import optional_arrays
 
-    images = labels = None
-    if (args.images is None) != (args.labels is None):
-        raise DataError("--images and --labels go together")
-    if args.images is not None:
-        from ..calibrate.datasets import load_arrays
-
-        a = load_arrays(args.images, args.labels)
-        images, labels = a.images, a.labels
+    images, labels = optional_arrays(args.images, args.labels)
     cfg = BenchConfig(backend=args.backend, precision=args.precision, threads=args.threads, runs=args.runs,
                       warmup=args.warmup, calls=args.calls, budgets_ms=args.budgets, burn=args.burn, plot=args.plot,
                       data=args.data, curve_samples=args.curve_samples, json_path=args.json or None)

@@ -81,16 +81,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..calibrate.api import CalibrationConfig, calibrate_bundle
-    from ..runtime.errors import DataError
+    from ..calibrate.datasets import optional_arrays
 
-    images = labels = None
-    if (args.images is None) != (args.labels is None):
-        raise DataError("--images and --labels go together")
-    if args.images is not None:
-        from ..calibrate.datasets import load_arrays
-
-        arrs = load_arrays(args.images, args.labels)
-        images, labels = arrs.images, arrs.labels
+    images, labels = optional_arrays(args.images, args.labels)
     cfg = CalibrationConfig(
         criterion=args.criterion, target_accuracy=args.target_accuracy, max_accuracy_drop=args.max_accuracy_drop,
         target_latency_ms=args.target_latency_ms, data=args.data, split=args.split, max_samples=args.max_samples,
