@@ -18,9 +18,6 @@ Steps, each printed when ``progress`` is on:
 """
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import sys
 import time
 import warnings
@@ -36,7 +33,6 @@ from .onnx_sections import MIN_OPSET
 from .parity import DEFAULT_TOLERANCE, ExitParity, format_table
 from .quantize import Int8ExitReport, format_int8_table
 
-MARKER = ".sdedge-export-owner"
 
 
 @dataclass
@@ -95,31 +91,6 @@ def _reporter(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
     if progress:
         return lambda msg: print(f"[sdedge export] {msg}", file=sys.stderr, flush=True)
     return lambda msg: None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_staging(out: Path) -> list[Path]:
-    """Remove ``<out>.tmp-*`` folders left by killed exports of this host (marker names a dead pid)."""
-    removed = []
-    for cand in out.parent.glob(f"{out.name}.tmp-*"):
-        marker = cand / MARKER
-        try:
-            host, pid = marker.read_text("utf-8").split()
-            if host == socket.gethostname() and not _pid_alive(int(pid)):
-                shutil.rmtree(cand, ignore_errors=True)
-                removed.append(cand)
-        except (OSError, ValueError):
-            continue  # not ours, or another export is writing it right now
-    return removed
 
 
 def _check_output(out: Path, force: bool) -> None:
@@ -345,7 +316,7 @@ def _quantize(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessi
 
 def export_bundle(cfg: ExportConfig) -> ExportResult:
     """Export ``cfg.checkpoint`` to the bundle folder ``cfg.output``; see the module docstring."""
-    from ..runtime.atomic import staging_dir
+    from ..runtime.atomic import clean_stale_staging, staging_dir
     from ..runtime.bundle import MANIFEST_NAME, dump_json, open_bundle
     from .manifest_build import build_manifest
     from .parity import ort_session
@@ -362,7 +333,6 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
     for stale in clean_stale_staging(out):
         say(f"removed {stale.name}, left by an export that was killed")
     with staging_dir(out) as tmp:
-        (tmp / MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n", "utf-8")
         t = time.perf_counter()
         staged = _write_graphs(src, cfg, tmp, say)
         timings["export_onnx"] = time.perf_counter() - t
@@ -393,7 +363,6 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
             raise ExportError(f"the freshly written bundle does not verify: {e}") from None
         probe = _probe(bundle, src.model, src.shape, cfg, src.data, src.meta)
         timings["verify"] = time.perf_counter() - t
-        (tmp / MARKER).unlink()
         staged.sizes["bundle"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         say(f"writing {out}" + (" (replacing the old bundle atomically)" if out.exists() else ""))
     timings["total"] = time.perf_counter() - t0

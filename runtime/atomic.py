@@ -6,6 +6,9 @@ place (target absent) or swap atomically with the existing folder using Linux ``
 (``RENAME_EXCHANGE``) and delete the old copy. Where ``renameat2`` is unavailable (non-Linux) the
 swap falls back to two renames, with a window of a few microseconds where the target is missing;
 the old copy is kept as ``<out>.old-<random>`` until the new one is in place.
+
+A staging folder carries an owner marker (host and pid) until the swap, so the next writer of the same
+target can remove folders left by a process that was killed (:func:`clean_stale_staging`).
 """
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ import ctypes.util
 import os
 import secrets
 import shutil
+import socket
 from pathlib import Path
 from typing import Iterator
 
+OWNER_MARKER = ".sdedge-staging-owner"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -115,11 +120,38 @@ def staging_dir(dst: str | os.PathLike, copy_existing: bool = False) -> Iterator
             shutil.copytree(dst, tmp, copy_function=_link_or_copy)
         else:
             tmp.mkdir()
+        (tmp / OWNER_MARKER).write_text(f"{socket.gethostname()} {os.getpid()}\n", "utf-8")
         yield tmp
+        (tmp / OWNER_MARKER).unlink()
         replace_dir(tmp, dst)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(dst: str | os.PathLike) -> list[Path]:
+    """Remove ``<dst>.tmp-*`` folders left by killed writers on this host (their marker names a dead pid)."""
+    dst = Path(dst)
+    removed = []
+    for cand in dst.parent.glob(f"{dst.name}.tmp-*"):
+        try:
+            host, pid = (cand / OWNER_MARKER).read_text("utf-8").split()
+            if host == socket.gethostname() and not _pid_alive(int(pid)):
+                shutil.rmtree(cand, ignore_errors=True)
+                removed.append(cand)
+        except (OSError, ValueError):
+            continue  # not ours, or another writer is using it right now
+    return removed
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .atomic import staging_dir
+from .atomic import clean_stale_staging, staging_dir
 from .errors import BundleError, ChecksumError
 from .manifest import MANIFEST_NAME, Manifest, check_relpath, validate_manifest
 
@@ -138,6 +138,7 @@ def update_bundle(path: str | os.PathLike, new_files: Mapping[str, bytes],
     files = raw.setdefault("files", {})
     if not os.access(root.parent, os.W_OK) or not os.access(root, os.W_OK):
         raise BundleError(f"cannot update bundle {root}: the folder (or its parent) is not writable")
+    clean_stale_staging(root)  # folders left by a calibration that was killed mid-update
     with staging_dir(root, copy_existing=True) as tmp:
         for rel, data in new_files.items():
             norm = check_relpath(rel, "new file")

@@ -183,3 +183,22 @@ def test_validate_manifest_keeps_unknown_fields(bundle: Path) -> None:
     raw2 = copy.deepcopy(raw)
     raw2["vendor_extension"] = {"x": 1}
     assert validate_manifest(raw2).raw["vendor_extension"] == {"x": 1}
+
+
+def test_staging_left_by_a_killed_writer_is_removed_by_the_next_update(bundle: Path) -> None:
+    import subprocess
+    import sys
+
+    from sdedge.runtime.atomic import OWNER_MARKER
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    stale = bundle.with_name(bundle.name + ".tmp-dead0001")
+    stale.mkdir()
+    (stale / OWNER_MARKER).write_text(f"{__import__('socket').gethostname()} {dead.pid}\n")
+    foreign = bundle.with_name(bundle.name + ".tmp-foreign1")  # no marker: not ours, left alone
+    foreign.mkdir()
+    update_bundle(bundle, {"calibration.json": b"{}"})
+    assert not stale.exists() and foreign.exists()
+    assert not (bundle / OWNER_MARKER).exists()  # the marker never ships inside a bundle
+    open_bundle(bundle)
