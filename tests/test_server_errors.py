@@ -265,11 +265,16 @@ def test_server_fault_is_500_and_the_server_keeps_serving(server, session):
 
 
 def test_full_queue_answers_503_with_retry_after(session):
-    srv = start(Proxy(session, delay=0.3), max_queue=1)
+    srv = start(Proxy(session, delay=0.5), max_queue=1)
     try:
         doc = {"inputs": [tensor(session)]}
         with cf.ThreadPoolExecutor(4) as pool:
-            got = list(pool.map(lambda _: post_json(srv, doc), range(4)))
+            # the first request must be in the worker's hands before the others arrive, else two of the
+            # simultaneous arrivals race for the one queue slot and only one request is served
+            first = pool.submit(post_json, srv, doc)
+            time.sleep(0.2)
+            rest = [pool.submit(post_json, srv, doc) for _ in range(3)]
+            got = [first.result()] + [f.result() for f in rest]
         statuses = sorted(g[0] for g in got)
         assert statuses.count(200) >= 2 and 503 in statuses, statuses
         busy = next(g for g in got if g[0] == 503)
