@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from sdedge.train import TrainConfig, format_table, train
+    from sdedge.train.evaluate import format_deltas
 
     data = find_fmnist(args.data)
     out = Path(args.out)
@@ -97,11 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         ep = f"{args.epochs}+{args.heads_epochs}" if m == "plain" else str(args.epochs)
         print(f"{m:<11}" + "".join(f"{a:>9.4f}" for a in r["test"]["exits"]) + f"{r['test']['ensemble']:>10.4f}"
               f"{ep:>8}{r['wall_s'] / 60:>9.1f}")
-    if "byot" in results:
-        for base in [b for b in ("plain", "dsn") if b in results]:
-            d = [a - b for a, b in zip(results["byot"]["test"]["exits"], results[base]["test"]["exits"])]
-            de = results["byot"]["test"]["ensemble"] - results[base]["test"]["ensemble"]
-            print(f"{'byot-' + base:<11}" + "".join(f"{v:>+9.4f}" for v in d) + f"{de:>+10.4f}")
+    for row in format_deltas(results):
+        print(row)
     print(f"total wall-clock {total / 60:.1f} min{'  (over the 30-minute budget)' if total > 1800 else ''}")
     for m, r in results.items():
         print(format_table({"val": r["val"], "test": r["test"]}, f"\n{m}: {r['checkpoint']} (epoch {r['best_epoch']})"))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sdedge.train.evaluate import format_deltas
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="cifar100")
     ap.add_argument("--data", default=None)
@@ -105,11 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         for m, r in summary.items():
             print(f"{m:<11}" + "".join(f"{a:>9.4f}" for a in r["test"]["exits"]) + f"{r['test']['ensemble']:>10.4f}"
                   f"{r['best_epoch']:>9}{r['images_per_s']:>8.0f}")
-        if "byot" in summary:
-            for base in [b for b in ("plain", "dsn") if b in summary]:
-                d = [a - b for a, b in zip(summary["byot"]["test"]["exits"], summary[base]["test"]["exits"])]
-                de = summary["byot"]["test"]["ensemble"] - summary[base]["test"]["ensemble"]
-                print(f"{'byot-' + base:<11}" + "".join(f"{v:>+9.4f}" for v in d) + f"{de:>+10.4f}")
+        for row in format_deltas(summary):
+            print(row)
     (out / "summary.json").write_text(json.dumps({"args": vars(args), "wall_s": round(wall, 1), "results": summary},
                                                  indent=1))
     return 0 if len(summary) == len(cmds) else 1

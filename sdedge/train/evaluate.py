@@ -91,6 +91,22 @@ def format_table(accuracy: dict[str, dict | None], title: str | None = None) -> 
     return "\n".join(out)
 
 
+def format_deltas(results: dict[str, dict], method: str = "byot", baselines: tuple[str, ...] = ("plain", "dsn"),
+                  label_width: int = 11) -> list[str]:
+    """Rows of ``method`` minus each baseline present in ``results`` (test accuracy per exit, then ensemble),
+    in the column layout of the benchmarks' side-by-side tables (9 characters per exit, 10 for the ensemble)."""
+    if method not in results:
+        return []
+    mine = results[method]["test"]
+    rows = []
+    for base in [b for b in baselines if b in results]:
+        ref = results[base]["test"]
+        d = [a - b for a, b in zip(mine["exits"], ref["exits"])]
+        rows.append(f"{method + '-' + base:<{label_width}}" + "".join(f"{v:>+9.4f}" for v in d)
+                    + f"{mine['ensemble'] - ref['ensemble']:>+10.4f}")
+    return rows
+
+
 def splits_for_checkpoint(meta: dict, data: str | os.PathLike | None = None, download: bool = False):
     """Load the dataset a checkpoint was trained on, with the same validation hold-out.
 
