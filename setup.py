@@ -9,6 +9,7 @@ sdedge/    sdedge              (training core, CLI; needs torch for train/export
 export/    sdedge.export       (checkpoint -> bundle; needs torch + onnx)
 runtime/   sdedge.runtime      (bundle reader, backends, AnytimeSession, server; numpy + onnxruntime)
 calibrate/ sdedge.calibrate    (temperatures, thresholds, profiles, plots; numpy + runtime)
+common/    sdedge.common       (errors, atomic writes, host names, digests, JSON, dataset readers; numpy only)
 ========== ====================
 
 ``pip install .[runtime]`` gives a torch-free device install; ``pip install .[all]`` everything.
@@ -42,6 +43,7 @@ setup(
         "sdedge.export": "export",
         "sdedge.runtime": "runtime",
         "sdedge.calibrate": "calibrate",
+        "sdedge.common": "common",
     },
     packages=[
         "sdedge",
@@ -55,6 +57,7 @@ setup(
         "sdedge.runtime.backends",
         "sdedge.runtime.server",
         "sdedge.calibrate",
+        "sdedge.common",
     ],
     install_requires=["numpy>=1.24"],
     extras_require={

@@ -84,20 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     from sdedge.calibrate.metrics import ece, nll
     from sdedge.calibrate.plot import save_curves
     from sdedge.calibrate.thresholds import ReplayTable, exit_costs_from_profile
-    from sdedge.runtime import AnytimeSession, open_bundle
+    from sdedge.runtime import AnytimeSession, SessionOptions, open_bundle
     from sdedge.runtime.preprocess import Preprocessor
 
+    options = SessionOptions(backend="onnxruntime", intra_op_threads=args.threads)
     if not args.no_calibrate:
         res = calibrate_bundle(bundle, config=CalibrationConfig(
-            data=args.data, criterion=args.criterion, max_accuracy_drop=args.max_accuracy_drop, threads=(args.threads,),
-            backend="onnxruntime", profile_runs=args.profile_runs, overhead_runs=args.profile_runs,
+            session=options.replace(criterion=args.criterion), data=args.data,
+            max_accuracy_drop=args.max_accuracy_drop, profile_runs=args.profile_runs, overhead_runs=args.profile_runs,
             plot=str(out / "anytime_val.png")), progress=lambda m: print(f"# {m}", file=sys.stderr, flush=True))
         print(res.summary())
     b = open_bundle(bundle)
     cal = b.calibration
     if cal is None:
         sys.exit(f"{bundle} has no calibration.json: run without --no-calibrate")
-    with AnytimeSession(b, backend="onnxruntime", intra_op_threads=args.threads, max_batch=256) as s:
+    with AnytimeSession(b, options, max_batch=256) as s:
         prof = b.profile(s.device_name)
         if prof is None:
             sys.exit(f"{bundle} has no profile for {s.device_name}: run without --no-calibrate or with these --threads")
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         cs = offline_curves(table, costs, {"thresholds": cal["thresholds"], "enabled": cal["enabled"]})
         live_cs = None
         if args.live:  # the same first N test images for every series of this table
-            from sdedge.runtime.benchmarking import budget_range
+            from sdedge.calibrate.benchmarking import budget_range
 
             n = min(args.live, len(test.labels))
             sub = table.subset(np.arange(n))

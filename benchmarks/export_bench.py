@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdedge.checkpoint import load_checkpoint
     from sdedge.export import ExportConfig, export_bundle
-    from sdedge.runtime.backends.hostinfo import available_cpus, cpu_model
+    from sdedge.common.hostinfo import available_cpus, cpu_model
 
     machine = {"cpu": cpu_model(), "cpus": available_cpus(), "python": platform.python_version(),
                "threads": args.threads}

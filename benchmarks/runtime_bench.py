@@ -13,7 +13,7 @@ Prints, each with its contract (machine, threads, warm-up, what the timer includ
    machine and with --burner CPU-burning neighbour processes (goal >= 99.9 % met);
 6. ``answer="last"`` vs ``"ensemble"`` accuracy on labelled data (with --dataset; needs sdedge.data).
 
-The measuring functions live in :mod:`sdedge.runtime.benchmarking` (``sdedge bench`` reuses them).
+The measuring functions live in :mod:`sdedge.calibrate.benchmarking` (``sdedge bench`` reuses them).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sdedge.runtime import AnytimeSession, open_bundle
-from sdedge.runtime import benchmarking as B
+from sdedge.calibrate import benchmarking as B
 
 
 def load_inputs(session: AnytimeSession, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

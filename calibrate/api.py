@@ -9,7 +9,8 @@
 Steps, all torch-free (numpy + :mod:`sdedge.runtime`):
 
 1. calibration data: the validation split the model was trained without (read by
-   :mod:`sdedge.calibrate.datasets` from the bundle's training metadata), or arrays given by the caller;
+   :mod:`sdedge.calibrate.datasets` as the bundle's data spec, manifest ``model.data``, says), or arrays
+   given by the caller;
    split into a *fit* half and a *held-out* half (seeded);
 2. every exit's logits on it, once (``AnytimeSession.infer_all_exits``);
 3. a temperature per exit on the fit half (:mod:`~sdedge.calibrate.temperature`), NLL/ECE before and
@@ -24,14 +25,16 @@ Steps, all torch-free (numpy + :mod:`sdedge.runtime`):
    :func:`sdedge.runtime.bundle.update_bundle` (manifest checksums updated in the same swap). Nothing is
    written before every step has succeeded; an interrupted run leaves the previous bundle as it was.
 
-``calibration.json`` holds the fields the runtime reads (``criterion``, ``temperatures``,
-``thresholds``, ``enabled``; see :mod:`sdedge.runtime.calibration`) and the report: ``method``,
+``calibration.json`` (format and version owned by :mod:`sdedge.runtime.calibration`, which builds the
+document) holds the fields the runtime reads (``criterion``, ``temperatures``, ``thresholds``,
+``enabled``) and the report: ``method``,
 ``target``, ``target_met``, ``expected`` (fit and held-out accuracy / mean latency / exit histogram),
 ``temperature_fits`` (converged, at_bound, NLL, ECE), ``data`` (source, split, sizes, seed),
 ``profile`` (the profile file the latencies come from) and ``warnings``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 from dataclasses import dataclass, field
@@ -40,10 +43,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sdedge.runtime.bundle import Bundle, CALIBRATION_NAME, dump_json, open_bundle, update_bundle
-from sdedge.runtime.calibration import Calibration
-from sdedge.runtime.errors import BundleError, DataError, PolicyError, SdedgeError
-from sdedge.runtime.policies import ANSWERS, ConfidencePolicy, check_criterion, replay
+from sdedge.common.jsonio import dump_json
+from sdedge.runtime.bundle import Bundle, CALIBRATION_NAME, open_bundle, update_bundle
+from sdedge.runtime.calibration import calibration_document, parse_calibration
+from sdedge.common.errors import BundleError, DataError, PolicyError, SdedgeError
+from sdedge.runtime.options import SessionOptions
+from sdedge.runtime.policies import ConfidencePolicy, replay
 from sdedge.runtime.preprocess import Preprocessor
 from sdedge.runtime.profile import profile_relpath
 
@@ -55,19 +60,21 @@ from .temperature import DEFAULT_BOUNDS, TemperatureFit, fit_temperatures
 from .thresholds import (ReplayTable, Target, ThresholdResult, exit_costs_from_macs, exit_costs_from_profile,
                          fit_heldout_split, select_thresholds)
 
-CALIBRATION_FORMAT = "sdedge-calibration"
-CALIBRATION_VERSION = 1
-
-
 class CalibrationError(SdedgeError):
     """A calibration step failed a consistency check (the bundle is left as it was)."""
 
 
 @dataclass
 class CalibrationConfig:
-    """Options of :func:`calibrate_bundle` (one flag of ``sdedge calibrate`` each)."""
+    """Options of :func:`calibrate_bundle` (one flag of ``sdedge calibrate`` each).
 
-    criterion: str = "max_prob"
+    ``session``: how the calibration's session is opened (:class:`~sdedge.runtime.options.SessionOptions`):
+    its ``criterion`` and ``answer`` are those the thresholds are chosen for, its ``intra_op_threads`` the
+    first thread setting profiled, its ``max_batch`` raised to the largest of ``batch_sizes`` when smaller.
+    ``profile_threads``: further intra-op thread settings to profile (one profile each).
+    """
+
+    session: SessionOptions = field(default_factory=SessionOptions)
     target_accuracy: float | None = None  # absolute (fraction, or percent when > 1)
     max_accuracy_drop: float | None = None  # percentage points below the deepest exit (default 1.0)
     target_latency_ms: float | None = None  # expected mean latency per image
@@ -76,9 +83,7 @@ class CalibrationConfig:
     max_samples: int | None = None  # seeded subsample of the calibration data
     heldout_fraction: float = 0.5  # share of the calibration data kept for evaluation (0: evaluate on the fit data)
     seed: int = 0
-    backend: str = "auto"
-    precision: str = "fp32"
-    threads: tuple[int | None, ...] = (None,)  # one profile per entry; the first runs the calibration
+    profile_threads: tuple[int | None, ...] = ()  # more thread settings to profile besides session.intra_op_threads
     batch_sizes: tuple[int, ...] = (1,)
     profile_runs: int = 200  # 0: no new profile (use the bundle's profile for this device, if any)
     profile_warmup: int = 20
@@ -88,7 +93,6 @@ class CalibrationConfig:
     num_candidates: int = 200
     confidence_z: float = 2.0  # accuracy targets must hold for acc - z standard errors (0: the point estimate)
     latency_stat: str = "mean_ms"  # section statistic of the cost model: mean_ms | p50_ms | p90_ms | p99_ms
-    answer: str = "last"
     profile_only: bool = False  # measure and write profiles only; keep calibration.json
     plot: str | None = None  # PNG path; CSV and JSON tables are written beside it
     write: bool = True  # False: compute and report, write nothing into the bundle
@@ -103,11 +107,16 @@ class CalibrationConfig:
             return Target.accuracy(target_accuracy=self.target_accuracy)
         return Target.accuracy(max_accuracy_drop=1.0 if self.max_accuracy_drop is None else self.max_accuracy_drop)
 
+    def thread_settings(self) -> tuple[int | None, ...]:
+        """The intra-op thread settings profiled, one profile each; the first runs the calibration."""
+        return (self.session.intra_op_threads,) + tuple(self.profile_threads)
+
     def check(self) -> None:
-        check_criterion(self.criterion)
+        if not isinstance(self.session, SessionOptions):
+            raise PolicyError(f"session must be a SessionOptions, got {type(self.session).__name__}")
+        for t in self.profile_threads:
+            self.session.replace(intra_op_threads=t)  # the session options' own check of a thread count
         self.target()
-        if self.answer not in ANSWERS:
-            raise PolicyError(f"answer must be one of {', '.join(ANSWERS)}, got {self.answer!r}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise PolicyError(f"held-out fraction must be in [0, 1), got {self.heldout_fraction}")
         if self.max_samples is not None and self.max_samples < 2:
@@ -116,8 +125,6 @@ class CalibrationConfig:
             raise PolicyError(f"latency_stat must be mean_ms, p50_ms, p90_ms or p99_ms, got {self.latency_stat!r}")
         if not 0.0 <= self.confidence_z <= 5.0:
             raise PolicyError(f"confidence_z must be in [0, 5] standard errors, got {self.confidence_z}")
-        if not self.threads:
-            raise PolicyError("threads must list at least one setting (None = the backend default)")
         if self.profile_runs:
             ProfileConfig(tuple(self.batch_sizes), self.profile_runs, self.profile_warmup, self.overhead_runs).check()
 
@@ -172,15 +179,18 @@ def _data(bundle: Bundle, images: Any, labels: Any, data: Any, cfg: CalibrationC
 def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any = None, data: Any = None,
                      config: CalibrationConfig | None = None, progress: Callable[[str], None] | None = None,
                      **overrides: Any) -> CalibrationResult:
-    """Calibrate ``bundle`` in place (see the module docstring); ``overrides`` set config fields."""
+    """Calibrate ``bundle`` in place (see the module docstring); ``overrides`` set config fields, or
+    fields of its ``session`` (e.g. ``criterion="entropy"``, ``intra_op_threads=1``)."""
     from sdedge.runtime.session import AnytimeSession  # lazily: pulls in onnxruntime
 
     cfg = config or CalibrationConfig()
     if overrides:
-        unknown = [k for k in overrides if not hasattr(cfg, k)]
+        session_kw, rest = SessionOptions.split_overrides(overrides)
+        unknown = sorted(set(rest) - {f.name for f in dataclasses.fields(cfg)})
         if unknown:
             raise PolicyError(f"unknown calibration option(s): {', '.join(unknown)}")
-        cfg = CalibrationConfig(**{**cfg.__dict__, **overrides})
+        cfg = dataclasses.replace(cfg, **rest)
+        cfg = dataclasses.replace(cfg, session=cfg.session.replace(**session_kw))
     cfg.check()
     root = Path(bundle)
     b = open_bundle(root)
@@ -206,11 +216,10 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
                         "estimate (use the validation split)")
     _log(progress, f"calibration data: {n} images from {lab.source}")
 
-    max_batch = max(64, max(cfg.batch_sizes))
+    options = cfg.session.replace(max_batch=max(cfg.session.max_batch, max(cfg.batch_sizes)))
     sessions: list[Any] = []
     try:
-        session = AnytimeSession(b, backend=cfg.backend, precision=cfg.precision, intra_op_threads=cfg.threads[0],
-                                 warmup=3, max_batch=max_batch, criterion=cfg.criterion, answer=cfg.answer)
+        session = AnytimeSession(b, options)
         sessions.append(session)
         device = session.device_name
         prep = Preprocessor(b.manifest, 1 << 62)
@@ -221,9 +230,8 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
         if cfg.profile_runs:
             pcfg = ProfileConfig(tuple(sorted(set(cfg.batch_sizes))), cfg.profile_runs, cfg.profile_warmup,
                                  cfg.overhead_runs)
-            for i, threads in enumerate(cfg.threads):
-                s = session if i == 0 else AnytimeSession(b, backend=cfg.backend, precision=cfg.precision,
-                                                          intra_op_threads=threads, warmup=3, max_batch=max_batch)
+            for i, threads in enumerate(cfg.thread_settings()):
+                s = session if i == 0 else AnytimeSession(b, options, intra_op_threads=threads)
                 if i:
                     sessions.append(s)
                 _log(progress, f"profiling {s.device_name}: {cfg.profile_runs} runs per batch size "
@@ -240,7 +248,7 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
         if own_profile is not None:
             costs = exit_costs_from_profile(own_profile, k, stat=cfg.latency_stat)
         else:
-            from sdedge.runtime.benchmarking import mac_shares
+            from sdedge.calibrate.benchmarking import mac_shares
 
             costs = exit_costs_from_macs(mac_shares(b.manifest))
             warnings.append(f"no latency profile for {device} (profile_runs=0 and none in the bundle): thresholds "
@@ -269,7 +277,7 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
                 warnings.append(f"exit {j}: temperature fit did not converge ({f.note or 'tolerance not reached'})")
 
         # -- thresholds ------------------------------------------------------------------------------------------------------
-        table = ReplayTable(all_logits, y, temps, cfg.criterion, cfg.answer)
+        table = ReplayTable(all_logits, y, temps, cfg.session.criterion, cfg.session.answer)
         fit_t, held_t = table.subset(fit_idx), table.subset(held_idx)
         _log(progress, f"choosing thresholds ({cfg.target().kind} target) on {fit_idx.size} images, "
                        f"evaluating on {held_idx.size}")
@@ -277,22 +285,20 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
                                 confidence_z=cfg.confidence_z)
         warnings.extend(thr.warnings)
 
-        calib = {
-            "format": CALIBRATION_FORMAT, "format_version": CALIBRATION_VERSION,
-            "criterion": cfg.criterion, "answer": cfg.answer,
-            "temperatures": temps, "thresholds": thr.thresholds, "enabled": thr.enabled,
-            "method": thr.method, "target": thr.target, "target_met": thr.target_met,
-            "nearest_achievable": thr.nearest_achievable,
-            "expected": {"fit": thr.fit, "heldout": thr.heldout, "reference": thr.reference},
-            "temperature_fits": [f.to_json() for f in fits],
-            "data": {"source": lab.source, "split": lab.split, "n": n, "fit_n": int(fit_idx.size),
-                     "heldout_n": int(held_idx.size), "seed": cfg.seed,
-                     "same_split": bool(np.array_equal(fit_idx, held_idx))},
-            "device": device, "backend": session.backend_name,
-            "profile": profile_relpath(device) if own_profile is not None else None,
-            "warnings": list(dict.fromkeys(warnings)),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+        calib = calibration_document(
+            cfg.session.criterion, temps, thr.thresholds, thr.enabled,
+            answer=cfg.session.answer, method=thr.method, target=thr.target, target_met=thr.target_met,
+            nearest_achievable=thr.nearest_achievable,
+            expected={"fit": thr.fit, "heldout": thr.heldout, "reference": thr.reference},
+            temperature_fits=[f.to_json() for f in fits],
+            data={"source": lab.source, "split": lab.split, "n": n, "fit_n": int(fit_idx.size),
+                  "heldout_n": int(held_idx.size), "seed": cfg.seed,
+                  "same_split": bool(np.array_equal(fit_idx, held_idx))},
+            device=device, backend=session.backend_name,
+            profile=profile_relpath(device) if own_profile is not None else None,
+            warnings=list(dict.fromkeys(warnings)),
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
         calib = _jsonable(calib)
         _self_check(calib, all_logits[:, held_idx], thr, table.subset(held_idx), b)
 
@@ -309,7 +315,7 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
             from .plot import save_curves
 
             title = f"{b.manifest.model.get('name', root.name)} on {device}\n(held-out {held_idx.size} images, " \
-                    f"{cfg.criterion})"
+                    f"{cfg.session.criterion})"
             plot_files = save_curves(curves, cfg.plot, title)
         return CalibrationResult(str(root), device, calib, profiles, fits, thr, curves, calib["data"],
                                  calib["warnings"], written, plot_files)
@@ -348,8 +354,9 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _self_check(calib: dict, logits: np.ndarray, thr: ThresholdResult, table: ReplayTable, b: Bundle) -> None:
-    """The runtime's own replay of the calibration about to be written must decide what we evaluated."""
-    c = Calibration.from_json(calib, b.manifest.num_exits)
+    """The runtime's own replay of the calibration about to be written must decide what we evaluated
+    (the document is first read back exactly as the runtime reads the file: format header and fields)."""
+    c = parse_calibration(calib, b.manifest.num_exits)
     pol = ConfidencePolicy.build(b.manifest.num_exits, "calibrated", calibration=c)
     rt = replay(logits, pol, answer=calib["answer"])
     ours = table.exits(thr.thresholds, thr.enabled)

@@ -1,6 +1,6 @@
 """``sdedge bench``: what a bundle costs on this device, measured side by side and printed as ratios.
 
-Every figure comes from the runtime's own measuring functions (:mod:`sdedge.runtime.benchmarking`,
+Every figure comes from the runtime's own measuring functions (:mod:`sdedge.calibrate.benchmarking`,
 also behind ``benchmarks/runtime_bench.py``), whose contract is stated in every JSON section: the same
 preloaded inputs for every contender, contenders interleaved in a shuffled order, warm-up discarded,
 threads fixed and reported, what the timer includes (model only, or ``infer`` end to end).
@@ -18,7 +18,6 @@ threads fixed and reported, what the timer includes (model only, or ``infer`` en
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sdedge.runtime import benchmarking as B
+from sdedge.calibrate import benchmarking as B
 from sdedge.runtime.bundle import open_bundle
-from sdedge.runtime.errors import PolicyError
+from sdedge.common.errors import PolicyError
+from sdedge.runtime.options import SessionOptions
 from sdedge.runtime.preprocess import Preprocessor
 
 from .curves import CurveSet, accuracy_at_fractions, format_fraction_table, live_points, offline_curves
@@ -36,11 +36,20 @@ from .datasets import LabelledImages, load_calibration_split
 from .thresholds import ReplayTable, exit_costs_from_profile
 
 
+def _bench_session() -> SessionOptions:
+    return SessionOptions(intra_op_threads=1, warmup=5)  # threads fixed (and reported), as the contract says
+
+
 @dataclass
 class BenchConfig:
-    backend: str = "auto"
-    precision: str = "fp32"
-    threads: int | None = 1
+    """Options of :func:`run_bench` (one flag of ``sdedge bench`` each).
+
+    ``session``: how the measured session is opened (default: 1 intra-op thread, 5 warm-up calls); its
+    ``intra_op_threads`` also runs the ``full.onnx`` reference. ``warmup``: the untimed calls before each
+    measurement (not the session's own warm-up).
+    """
+
+    session: SessionOptions = field(default_factory=_bench_session)
     runs: int = 500  # timed calls per contender (latency table, decision overhead)
     warmup: int = 50
     calls: int = 2000  # infer calls per budget (deadline compliance)
@@ -54,6 +63,8 @@ class BenchConfig:
     json_path: str | None = None  # write the whole result here
 
     def check(self) -> None:
+        if not isinstance(self.session, SessionOptions):
+            raise PolicyError(f"session must be a SessionOptions, got {type(self.session).__name__}")
         if self.runs < 10 or self.calls < 10:
             raise PolicyError(f"runs and calls must be >= 10, got runs={self.runs}, calls={self.calls}")
         if self.burn < 0:
@@ -126,14 +137,14 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig | None = None, imag
         labelled = LabelledImages(np.asarray(images), np.asarray(labels, np.int64), "arrays given by the caller", "given")
     elif cfg.plot:
         labelled = load_calibration_split(b.manifest, cfg.data, cfg.split)
-    with AnytimeSession(b, backend=cfg.backend, precision=cfg.precision, intra_op_threads=cfg.threads,
-                        warmup=5) as session:
+    with AnytimeSession(b, cfg.session) as session:
         inputs = _inputs(session, labelled, cfg.num_inputs)
         latency: dict[str, Any] | None
         on_ort_cpu = session.backend_name == "onnxruntime" and session.device_name.startswith("onnxruntime-cpu")
         if b.has_full and on_ort_cpu:
             log(f"latency table: sections 1..k vs full.onnx, {cfg.runs} runs each")
-            latency = B.latency_table(b, inputs, threads=cfg.threads, runs=cfg.runs, warmup=cfg.warmup).to_json()
+            latency = B.latency_table(b, inputs, threads=cfg.session.intra_op_threads, runs=cfg.runs,
+                                      warmup=cfg.warmup).to_json()
         else:
             why = "the bundle has no full.onnx" if not b.has_full else f"backend {session.device_name} is not ONNX Runtime CPU"
             notes.append(f"split overhead not measured: {why}")
@@ -164,9 +175,9 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig | None = None, imag
                                                        f"{session.device_name} (live, batch 1)"))
         res = BenchResult(str(bundle), session.device_name, latency, overhead, compliance, curves, notes, files)
     if cfg.json_path:
-        from sdedge.runtime.atomic import write_text_atomic
+        from sdedge.common.jsonio import write_json_atomic
 
-        write_text_atomic(cfg.json_path, json.dumps(_clean(res.to_json()), indent=2, allow_nan=False) + "\n")
+        write_json_atomic(cfg.json_path, _clean(res.to_json()))
         res.files["json"] = str(cfg.json_path)
     return res
 

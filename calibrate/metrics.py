@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdedge.runtime.errors import InputError
+from sdedge.common.errors import InputError
 
 ECE_BINS = 15
 
@@ -55,7 +55,6 @@ def ece_from_probs(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_
         return float("nan")
     # bin b holds conf in (b/B, (b+1)/B]; conf == 0 goes to bin 0
     idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    count = np.bincount(idx, minlength=bins)
     sum_conf = np.bincount(idx, weights=conf, minlength=bins)
     sum_corr = np.bincount(idx, weights=corr, minlength=bins)
     return float(np.abs(sum_corr - sum_conf).sum() / conf.size)

@@ -7,13 +7,13 @@ so plotting works on a headless board. :func:`save_curves` writes ``<stem>.png``
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from sdedge.runtime.atomic import write_bytes_atomic, write_text_atomic
-from sdedge.runtime.errors import SdedgeError
+from sdedge.common.atomic import write_bytes_atomic, write_text_atomic
+from sdedge.common.jsonio import write_json_atomic
+from sdedge.common.errors import SdedgeError
 
 from .curves import CurveSet
 
@@ -93,6 +93,6 @@ def save_curves(cs: CurveSet, path: str | os.PathLike, title: str = "", png: boo
         out["png"] = str(target)
     write_text_atomic(stem.with_suffix(".csv"), cs.to_csv())
     out["csv"] = str(stem.with_suffix(".csv"))
-    write_text_atomic(stem.with_suffix(".json"), json.dumps(cs.to_json(), indent=2, allow_nan=False) + "\n")
+    write_json_atomic(stem.with_suffix(".json"), cs.to_json())
     out["json"] = str(stem.with_suffix(".json"))
     return out

@@ -1,11 +1,12 @@
 """Measure a latency profile of a bundle's sections on this device (``profiles/<device_name>.json``).
 
 For each batch size: ``warmup`` untimed passes, then ``runs`` timed passes through every section in
-order; a section's time is the wall time (``time.perf_counter``) of ``Backend.run_section`` alone, the
+order; a section's time is the wall time (``time.perf_counter``) of ``Backend.run_section`` alone
+(:meth:`Backend.run_chain`'s ``on_section`` figure), the
 same quantity the runtime's deadline policy predicts (model only: the input upload is outside the
 timer). Statistics (p50/p90/p99/mean) and the file format are those of
 :mod:`sdedge.runtime.profile`. The decision overhead comes from
-:func:`sdedge.runtime.benchmarking.decision_overhead` (the session's own time beside the bare chain,
+:func:`sdedge.calibrate.benchmarking.decision_overhead` (the session's own time beside the bare chain,
 split by a least-squares line into a fixed cost per call and a cost per section): the profile stores
 the per-section part as ``decision_overhead_ms`` and the fixed part as ``fixed_per_call_ms``.
 
@@ -15,17 +16,14 @@ backends by measuring one session per configuration.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sdedge.runtime import benchmarking
-from sdedge.runtime.errors import InputError
+from sdedge.calibrate import benchmarking
+from sdedge.common.errors import InputError
 from sdedge.runtime.profile import LatencyProfile, make_profile, profile_relpath
-
-_clock = time.perf_counter
 
 
 @dataclass
@@ -46,16 +44,11 @@ class ProfileConfig:
 
 def time_sections(backend: Any, x: np.ndarray, runs: int, warmup: int) -> list[list[float]]:
     """Per-section wall times (ms) of ``runs`` passes through every section on batch ``x``."""
-    k = backend.num_sections
-    out: list[list[float]] = [[] for _ in range(k)]
-    for i in range(warmup + runs):
-        h = backend.upload(x)
-        for j in range(1, k + 1):
-            t = _clock()
-            h, _ = backend.run_section(j, h)
-            dt = (_clock() - t) * 1e3
-            if i >= warmup:
-                out[j - 1].append(dt)
+    out: list[list[float]] = [[] for _ in range(backend.num_sections)]
+    for _ in range(warmup):
+        backend.run_chain(x)
+    for _ in range(runs):
+        backend.run_chain(x, on_section=lambda k, ms, _features: out[k - 1].append(ms))
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sdedge.runtime.errors import InputError
+from sdedge.common.errors import InputError
 
 from .metrics import ECE_BINS, check_logits_labels, ece, nll
 

@@ -49,7 +49,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sdedge.runtime.errors import InputError, PolicyError
+from sdedge.common.errors import InputError, PolicyError
 from sdedge.runtime.policies import ConfidencePolicy, check_criterion, exit_answers
 
 METHOD = "shared-sweep+greedy"

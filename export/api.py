@@ -18,7 +18,6 @@ Steps, each printed when ``progress`` is on:
 """
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..runtime.errors import BundleError, DataError, ExportError
+from ..common.errors import BundleError, DataError, ExportError
+from ..common.progress import reporter
 from ..runtime.manifest import features_name, input_name, logits_name
 from .onnx_sections import MIN_OPSET
 from .parity import DEFAULT_TOLERANCE, ExitParity, format_table
@@ -85,14 +85,6 @@ class ExportResult:
         return format_int8_table(self.int8, self.int8_samples, "validation")
 
 
-def _reporter(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
-    if callable(progress):
-        return progress
-    if progress:
-        return lambda msg: print(f"[sdedge export] {msg}", file=sys.stderr, flush=True)
-    return lambda msg: None
-
-
 def _check_output(out: Path, force: bool) -> None:
     if not out.exists():
         return
@@ -106,7 +98,7 @@ def _check_output(out: Path, force: bool) -> None:
 
 
 def _default_name(meta: dict) -> str:
-    from ..runtime.backends.hostinfo import slug
+    from ..common.hostinfo import slug
 
     method = meta.get("method")
     method = method.get("name") if isinstance(method, dict) else method
@@ -181,13 +173,18 @@ def _validate(cfg: ExportConfig) -> None:
 
 def _load(cfg: ExportConfig, say: Callable[[str], None]) -> _Source:
     from ..checkpoint import load_checkpoint, model_from_checkpoint
-    from ..runtime.bundle import sha256_file
+    from ..common.digest import sha256_file
+    from ..data import checkpoint_data_spec
     from .samples import load_export_data
 
     say(f"loading checkpoint {cfg.checkpoint}")
     ckpt = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(ckpt).cpu().eval()
     meta = ckpt.meta
+    try:  # the DataSpec goes into the manifest verbatim: refuse a bad one before any work
+        checkpoint_data_spec(meta)
+    except DataError as e:
+        raise ExportError(f"checkpoint {cfg.checkpoint}: its data record is not usable: {e}") from None
     mcfg, dmeta = meta.get("model") or {}, meta.get("data") or {}
     c_in = int(mcfg.get("in_channels") or dmeta.get("in_channels"))
     h, w = (int(v) for v in (mcfg.get("image_size") or dmeta.get("image_size")))
@@ -208,7 +205,7 @@ def _load(cfg: ExportConfig, say: Callable[[str], None]) -> _Source:
 
 
 def _write_graphs(src: _Source, cfg: ExportConfig, tmp: Path, say: Callable[[str], None]) -> _Staged:
-    from ..runtime.bundle import sha256_bytes
+    from ..common.digest import sha256_bytes
     from . import macs
     from .manifest_build import SectionInfo
     from .onnx_sections import export_graphs, save_model, tensor_shape
@@ -278,7 +275,7 @@ def _check_parity(src: _Source, cfg: ExportConfig, tmp: Path, sessions: list, sa
 def _quantize(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessions: list,
               say: Callable[[str], None]) -> tuple[list[Int8ExitReport], int, dict]:
     """QDQ sections under int8/, and FP32 vs INT8 on the validation split."""
-    from ..runtime.bundle import sha256_bytes
+    from ..common.digest import sha256_bytes
     from .parity import chain_logits, ort_session
     from .quantize import QuantizeSettings, compare_int8, quantize_section
     from .samples import pick, preprocess
@@ -316,12 +313,13 @@ def _quantize(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessi
 
 def export_bundle(cfg: ExportConfig) -> ExportResult:
     """Export ``cfg.checkpoint`` to the bundle folder ``cfg.output``; see the module docstring."""
-    from ..runtime.atomic import clean_stale_staging, staging_dir
-    from ..runtime.bundle import MANIFEST_NAME, dump_json, open_bundle
+    from ..common.atomic import clean_stale_staging, staging_dir
+    from ..common.jsonio import dump_json
+    from ..runtime.bundle import MANIFEST_NAME, open_bundle
     from .manifest_build import build_manifest
     from .parity import ort_session
 
-    say = _reporter(cfg.progress)
+    say = reporter(cfg.progress, "[sdedge export]")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(cfg.output)
@@ -385,10 +383,7 @@ def _probe(bundle: Any, model: Any, shape: tuple[int, ...], cfg: ExportConfig, d
         warnings.simplefilter("ignore")
         backend = create_backend(bundle, "onnxruntime", BackendOptions(intra_op_threads=cfg.threads or 1))
     try:
-        h = backend.upload(x)
-        logits = None
-        for k in range(1, backend.num_sections + 1):
-            h, logits = backend.run_section(k, h)
+        logits = backend.run_chain(x)[-1]
         ref = backend.run_reference(x) if bundle.has_full else torch_logits(model, x)[-1]
     finally:
         backend.close()
@@ -406,9 +401,7 @@ def _probe(bundle: Any, model: Any, shape: tuple[int, ...], cfg: ExportConfig, d
         backend = create_backend(bundle, "onnxruntime", BackendOptions(precision="int8",
                                                                        intra_op_threads=cfg.threads or 1))
         try:
-            h = backend.upload(x)
-            for k in range(1, backend.num_sections + 1):
-                h, q = backend.run_section(k, h)
+            for k, q in enumerate(backend.run_chain(x), start=1):
                 if not np.isfinite(q).all():
                     raise ExportError(f"bundle refused: INT8 section {k} returns non-finite logits on a probe batch")
         finally:

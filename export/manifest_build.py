@@ -2,6 +2,10 @@
 
 The schema belongs to :mod:`sdedge.runtime.manifest`; this module only fills it in and always passes
 the result through :func:`~sdedge.runtime.manifest.validate_manifest` before anyone writes it.
+
+``model.data`` is the checkpoint's :class:`~sdedge.common.datasets.DataSpec` (``meta["data"]`` less
+``preprocess``, which becomes ``input.preprocess``), copied as recorded once it parses; a checkpoint
+that names no dataset gets ``null`` there, and one whose record does not parse is refused.
 """
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import platform
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..runtime.errors import ExportError
+from ..common.errors import DataError, ExportError
+from ..data import checkpoint_data_spec
 from ..runtime.manifest import (FORMAT, FORMAT_VERSION, SectionSpec, TensorSpec, features_name, input_name,
                                 logits_name, validate_manifest)
 
@@ -60,6 +65,10 @@ def build_manifest(meta: dict[str, Any], name: str, checkpoint_file: str, checkp
     """The manifest as a JSON-able dict, already validated."""
     mcfg = meta.get("model") or {}
     dmeta = meta.get("data") or {}
+    try:
+        spec = checkpoint_data_spec(meta)  # None: the checkpoint names no dataset
+    except DataError as e:
+        raise ExportError(f"the checkpoint's data record is not usable: {e}") from None
     pre = dmeta.get("preprocess")
     if not isinstance(pre, dict):
         raise ExportError("the checkpoint has no data.preprocess (scale, mean, std, channel_order); "
@@ -99,10 +108,9 @@ def build_manifest(meta: dict[str, Any], name: str, checkpoint_file: str, checkp
             "method": method_name,
             "num_classes": len(classes),
             "num_exits": k,
-            "dataset": dmeta.get("dataset"),
-            # the data split the checkpoint was trained with: calibrate re-creates the same validation split
-            "data": {k: dmeta[k] for k in ("dataset", "val_size", "seed", "limit", "image_size", "in_channels")
-                     if k in dmeta},
+            "dataset": spec.dataset if spec is not None else None,
+            # the checkpoint's DataSpec, verbatim: calibrate re-creates the same validation split from it
+            "data": spec.to_json() if spec is not None else None,
             "config": mcfg,
             "training": {key: v for key, v in meta.items() if key not in _NOT_TRAINING},
             "source_checkpoint": {"file": checkpoint_file, "sha256": checkpoint_sha256},

@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime.errors import ExportError
+from ..common.errors import ExportError
 from ..runtime.manifest import features_name, input_name, logits_name
 
 DEFAULT_OPSET = 18

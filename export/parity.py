@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..runtime.backends.base import Backend
+
 DEFAULT_TOLERANCE = 1e-3
 
 
@@ -43,21 +45,54 @@ def ort_session(path_or_bytes: str | os.PathLike | bytes, threads: int | None = 
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
+class GraphChain(Backend):
+    """Section graphs on ONNX Runtime sessions behind the runtime's backend interface.
+
+    Export checks and quantizes the staged graphs before any bundle (manifest, checksums) exists, so it
+    cannot open them with :class:`~sdedge.runtime.backends.onnxruntime.OnnxRuntimeBackend`; this runner
+    gives those graphs the same :meth:`~sdedge.runtime.backends.base.Backend.run_chain`. Outputs are
+    positional, as the exporter writes them: ``(features, logits)``, the last section ``(logits,)``.
+    """
+
+    name = "onnxruntime-graphs"
+
+    def __init__(self, sessions: Sequence[Any]) -> None:
+        self._sessions = list(sessions)
+
+    @property
+    def num_sections(self) -> int:
+        return len(self._sessions)
+
+    def upload(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def run_section(self, index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        sess = self._sessions[index - 1]
+        outs = sess.run(None, {sess.get_inputs()[0].name: x})
+        return (None if index == len(self._sessions) else outs[0]), outs[-1]
+
+    def take_rows(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x[rows])
+
+
 def chain_logits(sessions: Sequence[Any], x: np.ndarray, batch: int = 256,
                  collect_inputs: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Run the section sessions in a chain; return per-exit logits (and, optionally, each section's input)."""
-    k = len(sessions)
+    runner = GraphChain(sessions)
+    k = runner.num_sections
     logits: list[list[np.ndarray]] = [[] for _ in range(k)]
     inputs: list[list[np.ndarray]] = [[] for _ in range(k)]
+
+    def keep_input(section: int, _ms: float, features: Any) -> None:
+        if section < k:
+            inputs[section].append(features)  # the input of the next section
+
     for start in range(0, len(x), batch):
         f = np.ascontiguousarray(x[start:start + batch], dtype=np.float32)
-        for i, sess in enumerate(sessions):
-            if collect_inputs:
-                inputs[i].append(f)
-            outs = sess.run(None, {sess.get_inputs()[0].name: f})
-            logits[i].append(outs[-1])
-            if i < k - 1:
-                f = outs[0]
+        if collect_inputs:
+            inputs[0].append(f)
+        for i, lg in enumerate(runner.run_chain(f, on_section=keep_input if collect_inputs else None)):
+            logits[i].append(lg)
     return ([np.concatenate(c) for c in logits],
             [np.concatenate(c) for c in inputs] if collect_inputs else [])
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..runtime.errors import ExportError
+from ..common.errors import ExportError
 
 METHODS = ("minmax", "percentile", "entropy")
 

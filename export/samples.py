@@ -1,20 +1,20 @@
 """Real images for the export checks: the checkpoint's dataset, preprocessed exactly as the bundle says.
 
 Parity, INT8 calibration and the FP32-vs-INT8 accuracy report all read the data the checkpoint was
-trained on (``meta['data']['dataset']``), from ``--data DIR``, else ``SDEDGE_DATA`` and the dataset's
-default folders (:func:`sdedge.data.load_splits`). The validation split is rebuilt with the trainer's
-hold-out size, seed and image limit when the checkpoint records them (``data.val_size``, ``data.seed``,
-``data.limit``), so the accuracy reported here is measured on the images the trainer selected on.
+trained on, as its :class:`~sdedge.common.datasets.DataSpec` (``meta['data']``) says, from ``--data DIR``,
+else ``SDEDGE_DATA`` and the dataset's default folders (:func:`sdedge.data.splits_for_spec`). The
+validation split is rebuilt with the trainer's hold-out size, seed and image limit from that spec, so
+the accuracy reported here is measured on the images the trainer selected on.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ..runtime.errors import DataError, ExportError
+from ..common.errors import DataError, ExportError
 
 
 @dataclass
@@ -40,26 +40,16 @@ def preprocess(images: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
 
 def load_export_data(meta: dict[str, Any], data_dir: str | os.PathLike | None) -> ExportData:
     """The checkpoint's dataset (raises :class:`DataError` naming what is missing)."""
-    from ..data import load_splits
+    from ..data import checkpoint_data_spec, splits_for_spec
 
-    dmeta = meta.get("data") or {}
-    name = dmeta.get("dataset")
-    if not name:
+    spec = checkpoint_data_spec(meta)
+    if spec is None:
         raise DataError("the checkpoint does not name its dataset (meta data.dataset); pass --data with samples")
-    kwargs: dict[str, Any] = {}
-    if isinstance(dmeta.get("val_size"), int):
-        kwargs["val_size"] = dmeta["val_size"]
-    seed = dmeta.get("seed", dmeta.get("split_seed"))
-    if isinstance(seed, int):
-        kwargs["seed"] = seed
-    if isinstance(dmeta.get("limit"), int):  # a run on the first N images holds out from those N
-        kwargs["limit"] = dmeta["limit"]
-    splits = load_splits(name, data_dir or dmeta.get("data_dir"), **kwargs)
-    want_hw = tuple(dmeta.get("image_size") or meta.get("model", {}).get("image_size") or splits.image_size)
-    want_c = dmeta.get("in_channels") or meta.get("model", {}).get("in_channels") or splits.in_channels
-    if tuple(splits.image_size) != want_hw or splits.in_channels != want_c:
-        raise DataError(f"dataset {name} has {splits.in_channels}x{splits.image_size[0]}x{splits.image_size[1]} "
-                        f"images but the checkpoint expects {want_c}x{want_hw[0]}x{want_hw[1]}")
+    model = meta.get("model") or {}
+    if spec.image_size is None or spec.in_channels is None:  # a record without the geometry: the model's
+        spec = replace(spec, image_size=spec.image_size or model.get("image_size"),
+                       in_channels=spec.in_channels or model.get("in_channels"))
+    splits = splits_for_spec(spec, data_dir)
     return ExportData(splits.name, splits.train.images, splits.val.images, splits.val.labels)
 
 

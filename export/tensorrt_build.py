@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..runtime.engine_cache import import_tensorrt as _import_tensorrt
-from ..runtime.errors import ExportError
+from ..common.errors import ExportError
+from ..common.progress import reporter
 from ..runtime.manifest import input_name
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -79,13 +79,12 @@ def build_engines(bundle: str | Path, precision: str = "fp16", min_batch: int = 
                   max_batch: int = 64, workspace_mb: int = 1024, force: bool = False, device: int = 0,
                   progress: bool | Callable[[str], None] = False) -> EngineBuildResult:
     """Build (or reuse) one TensorRT engine per section of ``bundle`` for ``precision`` on this GPU."""
-    from ..runtime.atomic import staging_dir
-    from ..runtime.backends.hostinfo import gpu_name
+    from ..common.atomic import staging_dir
+    from ..common.hostinfo import gpu_name
     from ..runtime.bundle import open_bundle
     from ..runtime.engine_cache import KEY_FILE, cached_engines, engine_cache_dir, engine_path
 
-    say = progress if callable(progress) else (
-        (lambda m: print(f"[sdedge build-engines] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None))
+    say = reporter(progress, "[sdedge build-engines]")
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if not (1 <= min_batch <= opt_batch <= max_batch):

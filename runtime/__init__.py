@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..common.errors import (BackendError, BundleError, ChecksumError, FormatVersionError, InputError, PolicyError,
+                             SdedgeError)
 from .bundle import Bundle, open_bundle
-from .errors import (BackendError, BundleError, ChecksumError, FormatVersionError, InputError, PolicyError,
-                     SdedgeError)
+from .options import SessionOptions
 
-__all__ = ["AnytimeSession", "InferenceResult", "Bundle", "BackendError", "BundleError", "ChecksumError", "FormatVersionError",
-           "InputError", "PolicyError", "SdedgeError", "open_bundle"]
+__all__ = ["AnytimeSession", "InferenceResult", "SessionOptions", "Bundle", "BackendError", "BundleError",
+           "ChecksumError", "FormatVersionError", "InputError", "PolicyError", "SdedgeError", "open_bundle"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: the session pulls in onnxruntime

@@ -7,37 +7,21 @@ the bundle with an error that names the offending file. :func:`update_bundle` re
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .atomic import clean_stale_staging, staging_dir
-from .errors import BundleError, ChecksumError
+from ..common.atomic import clean_stale_staging, staging_dir
+from ..common.digest import sha256_bytes, sha256_file
+from ..common.errors import BundleError, ChecksumError
+from ..common import jsonio
 from .manifest import MANIFEST_NAME, Manifest, check_relpath, validate_manifest
 
 CALIBRATION_NAME = "calibration.json"
 PROFILES_DIR = "profiles"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def dump_json(obj: Any) -> bytes:
-    """Canonical JSON bytes (sorted keys, 2-space indent) used for every JSON file in a bundle."""
-    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -69,7 +53,7 @@ class Bundle:
     def calibration(self) -> dict | None:
         if CALIBRATION_NAME not in self.manifest.files:
             return None
-        return json.loads(self.file(CALIBRATION_NAME).read_text("utf-8"))
+        return read_json(self.file(CALIBRATION_NAME))
 
     def profile_names(self) -> list[str]:
         pre = PROFILES_DIR + "/"
@@ -79,7 +63,15 @@ class Bundle:
         rel = f"{PROFILES_DIR}/{device}.json"
         if rel not in self.manifest.files:
             return None
-        return json.loads(self.file(rel).read_text("utf-8"))
+        return read_json(self.file(rel))
+
+
+def read_json(path: Path, what: str = "") -> Any:
+    """A bundle's JSON file, parsed; :class:`BundleError` naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"malformed {what}{path} is not valid JSON ({e})") from None
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -93,10 +85,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise BundleError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
-    try:
-        return json.loads(mpath.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"malformed manifest: {mpath} is not valid JSON ({e})") from None
+    return read_json(mpath, "manifest: ")
 
 
 def _verify(root: Path, rel: str, expected: str) -> None:
@@ -151,5 +140,5 @@ def update_bundle(path: str | os.PathLike, new_files: Mapping[str, bytes],
         validate_manifest(raw)
         man = tmp / MANIFEST_NAME
         man.unlink()
-        man.write_bytes(dump_json(raw))
+        man.write_bytes(jsonio.dump_json(raw))
     return open_bundle(root)

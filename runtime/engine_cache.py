@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .backends.hostinfo import gpu_name, slug
-from .errors import BackendError
+from ..common.hostinfo import gpu_name, slug
+from ..common.errors import BackendError
 
 ENGINES_DIR = "engines"
 KEY_FILE = "key.json"

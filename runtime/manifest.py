@@ -15,7 +15,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BundleError, FormatVersionError
+from ..common.errors import BundleError
+from ..common.formats import check_format
 
 FORMAT = "sdedge-bundle"
 FORMAT_VERSION = 1
@@ -176,17 +177,7 @@ def validate_manifest(raw: Any) -> Manifest:
     Raises :class:`FormatVersionError` for another format version and :class:`BundleError` naming the
     first problem otherwise.
     """
-    if not isinstance(raw, dict):
-        raise BundleError(f"malformed manifest: top level must be an object, got {type(raw).__name__}")
-    if raw.get("format") != FORMAT:
-        raise BundleError(f"not an sdedge bundle: manifest 'format' is {raw.get('format')!r}, expected {FORMAT!r}")
-    ver = raw.get("format_version")
-    if not isinstance(ver, int) or isinstance(ver, bool):
-        raise BundleError("malformed manifest: 'format_version' must be an integer")
-    if ver != FORMAT_VERSION:
-        raise FormatVersionError(
-            f"bundle format_version {ver} is not supported by this sdedge (reads version {FORMAT_VERSION}); "
-            + ("upgrade sdedge" if ver > FORMAT_VERSION else "re-export the bundle"))
+    check_format(raw, FORMAT, (FORMAT_VERSION,), "bundle", "manifest", "re-export the bundle")
 
     _require(isinstance(raw.get("model", {}), dict), "manifest.model must be an object (name, backbone, method, ...)")
     inp = _get(raw, "input", dict, "manifest")

@@ -29,38 +29,61 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .calibration import CRITERIA, Calibration
-from .errors import PolicyError
+from ..common.errors import PolicyError
 from .profile import LatencyProfile
 
 ANSWERS = ("last", "ensemble")
 
 __all__ = ["ANSWERS", "CRITERIA", "ConfidencePolicy", "DeadlinePolicy", "LatencyEstimator", "ReplayResult",
-           "batch_bucket", "check_criterion", "check_threshold", "confidence", "max_prob_of_row", "replay",
-           "softmax"]
+           "batch_bucket", "check_budget_ms", "check_criterion", "check_threshold", "confidence", "max_prob_of_row",
+           "replay", "softmax"]
 
 
-def check_criterion(criterion: Any) -> str:
-    if criterion not in CRITERIA:
-        raise PolicyError(f"unknown confidence criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+# -- the request parameters (budget, threshold, criterion), checked here for the session, the server's
+# -- defaults (ServerConfig) and the server's requests (protocol) alike; ``where`` names the parameter.
+def check_criterion(criterion: Any, where: str = "criterion") -> str:
+    """A confidence criterion name (one of :data:`CRITERIA`)."""
+    if not isinstance(criterion, str) or criterion not in CRITERIA:
+        at = "" if where == "criterion" else f" ({where})"
+        raise PolicyError(f"unknown confidence criterion {criterion!r}{at}; expected one of {', '.join(CRITERIA)}")
     return criterion
 
 
-def check_threshold(value: Any, where: str = "threshold") -> float:
-    """A confidence threshold: a real number in [0, 1] (every criterion's confidence lives there)."""
+def check_threshold(value: Any, where: str = "threshold", calibrated: bool = False) -> Any:
+    """A confidence threshold: a real number in [0, 1] (every criterion's confidence lives there), as a
+    float; with ``calibrated`` also the string ``"calibrated"`` (calibration.json's thresholds), as is."""
+    if calibrated and isinstance(value, str) and value == "calibrated":
+        return value
+    alt = ' or "calibrated"' if calibrated else ""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise PolicyError(f"{where} must be a number in [0, 1], got {value!r}")
-    v = float(value)
+        raise PolicyError(f"{where} must be a number in [0, 1]{alt}, got {value!r}")
+    v = _as_float(value)
     if not (0.0 <= v <= 1.0):  # also refuses NaN
-        raise PolicyError(f"{where} must be in [0, 1] (confidence is 1 - H/log C, max prob or top-1 minus "
+        raise PolicyError(f"{where} must be in [0, 1]{alt} (confidence is 1 - H/log C, max prob or top-1 minus "
                           f"top-2 prob), got {value!r}")
     return v
+
+
+def check_budget_ms(value: Any, where: str = "budget_ms") -> float:
+    """A latency budget: a positive, finite real number of milliseconds, as a float."""
+    v = math.nan if isinstance(value, bool) or not isinstance(value, Real) else _as_float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise PolicyError(f"{where} must be a positive finite number of milliseconds, got {value!r}")
+    return v
+
+
+def _as_float(value: Real) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range (e.g. 10**400 from JSON)
+        return math.inf if value > 0 else -math.inf
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -103,6 +126,12 @@ class ConfidencePolicy:
     criterion: str
     thresholds: tuple[float | None, ...]
     temperatures: tuple[float, ...]
+    # the thresholds rounded to float32, the precision confidences are compared in (see :meth:`step`)
+    _thresholds32: tuple[float | None, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_thresholds32",
+                           tuple(None if t is None else float(np.float32(t)) for t in self.thresholds))
 
     @property
     def num_exits(self) -> int:
@@ -158,6 +187,31 @@ class ConfidencePolicy:
         """Which rows stop on confidence at 1-based ``exit_index`` (None: no threshold there)."""
         t = self.thresholds[exit_index - 1]
         return None if t is None else conf >= t
+
+    def step(self, exit_index: int, logits: np.ndarray, answer_probs: np.ndarray | None = None
+             ) -> tuple[np.ndarray | None, np.ndarray, int] | None:
+        """The confidence decision at one exit: ``(stop, confidence, n_stop)``, or None (no threshold).
+
+        ``confidence`` is each row's, ``n_stop`` how many rows stop, and ``stop`` the mask of those rows
+        when it splits the batch (None when all or none stop). ``answer_probs`` are the answer's
+        probabilities where the caller forms them itself (``answer="ensemble"``); otherwise the answer is
+        the temperature-scaled softmax of ``logits``, and one row under ``max_prob`` takes the scalar fast
+        path that forms no probabilities (:func:`max_prob_of_row`, bit-identical). Either way a row stops
+        where :meth:`stop_mask` (the rule :func:`replay` applies) says so: a float32 confidence against the
+        threshold rounded to float32.
+        """
+        t = self._thresholds32[exit_index - 1]
+        if t is None:
+            return None
+        if answer_probs is None and logits.shape[0] == 1 and self.criterion == "max_prob":
+            c = max_prob_of_row(logits[0], self.temperatures[exit_index - 1])
+            return None, np.array([c], np.float32), int(c >= t)
+        if answer_probs is None:
+            answer_probs = self.probs(exit_index, logits)
+        conf = confidence(answer_probs, self.criterion)
+        stop = self.stop_mask(exit_index, conf)
+        n_stop = int(np.count_nonzero(stop))
+        return (stop if 0 < n_stop < conf.shape[0] else None), conf, n_stop
 
 
 def batch_bucket(n: int) -> int:

@@ -8,7 +8,7 @@ Accepted inputs (``C, H, W`` from the manifest's ``input.shape``):
   and ``[N, H, W]``. They become ``(pixel * scale - mean) / std`` per channel, then NCHW.
 
 Anything else (another rank or dtype, wrong channels or size, NaN/Inf, an empty batch or one larger
-than ``max_batch``) raises :class:`~sdedge.runtime.errors.InputError` saying what was expected and what
+than ``max_batch``) raises :class:`~sdedge.common.errors.InputError` saying what was expected and what
 came. Images are never resized: that is the caller's job (``sdedge run`` does it with Pillow).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..common.errors import InputError
 from .manifest import Manifest
 
 _FLOATS = (np.float16, np.float32, np.float64)

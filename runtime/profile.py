@@ -6,7 +6,7 @@ one named after its backend's ``device_name`` and uses it to predict the next se
 deadline. The file name is the device name, so a profile measured on another device, backend,
 thread count or precision is never used by mistake.
 
-File format (``format_version`` 1; ``format`` and ``format_version`` are optional when reading)::
+File format (``format`` and ``format_version`` checked on read, :func:`sdedge.common.formats.check_format`)::
 
     {
       "format": "sdedge-profile", "format_version": 1,
@@ -40,7 +40,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import BundleError
+from ..common.errors import BundleError
+from ..common.formats import check_format
 
 PROFILE_FORMAT = "sdedge-profile"
 PROFILE_VERSION = 1
@@ -77,12 +78,9 @@ class LatencyProfile:
     fixed_per_call_ms: float = 0.0
 
     @classmethod
-    def from_json(cls, d: Any, num_sections: int) -> "LatencyProfile":
-        if not isinstance(d, dict):
-            raise _bad(f"top level must be an object, got {type(d).__name__}")
-        ver = d.get("format_version", PROFILE_VERSION)
-        if ver != PROFILE_VERSION:
-            raise _bad(f"format_version {ver!r} is not supported (expected {PROFILE_VERSION})")
+    def from_json(cls, d: Any, num_sections: int, where: str = "latency profile") -> "LatencyProfile":
+        check_format(d, PROFILE_FORMAT, (PROFILE_VERSION,), "latency profile", where,
+                     "re-run `sdedge calibrate` on the bundle")
         device = d.get("device")
         if not isinstance(device, str) or not device:
             raise _bad("'device' must be a non-empty string")
@@ -172,7 +170,7 @@ def load_profile(bundle: Any, device_name: str) -> LatencyProfile | None:
     raw = bundle.profile(device_name)
     if raw is None:
         return None
-    prof = LatencyProfile.from_json(raw, bundle.manifest.num_exits)
+    prof = LatencyProfile.from_json(raw, bundle.manifest.num_exits, profile_relpath(device_name))
     if prof.device != device_name:
         raise _bad(f"{profile_relpath(device_name)} says it is for device {prof.device!r}")
     return prof

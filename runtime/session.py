@@ -2,8 +2,10 @@
 
 ::
 
-    from sdedge.runtime import AnytimeSession
+    from sdedge.runtime import AnytimeSession, SessionOptions
     session = AnytimeSession("bundle/")                   # onnxruntime on CPU by default
+    session = AnytimeSession("bundle/", SessionOptions(intra_op_threads=1, max_batch=8))   # settings: one record
+    session = AnytimeSession("bundle/", intra_op_threads=1, warmup=0)   # or its fields as keywords (overrides)
     r = session.infer(image, budget_ms=5)                 # deepest exit that fits the budget
     r = session.infer(image, threshold=0.9)               # first exit with confidence >= 0.9
     r = session.infer(image, threshold="calibrated")      # calibration.json's per-exit thresholds
@@ -40,18 +42,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .backends import create_backend
-from .backends.base import Backend, BackendOptions
+from .backends.base import Backend
 from .bundle import Bundle, open_bundle
 from .calibration import Calibration, load_calibration
-from .errors import InputError, PolicyError
+from ..common.errors import InputError, PolicyError
 from .manifest import Manifest
-from .policies import (ANSWERS, ConfidencePolicy, DeadlinePolicy, LatencyEstimator, check_criterion, confidence,
-                       exit_answers, max_prob_of_row)
+from .options import SessionOptions
+from .policies import (ConfidencePolicy, DeadlinePolicy, LatencyEstimator, check_budget_ms, confidence, exit_answers)
 from .preprocess import Preprocessor
 from .profile import LatencyProfile, load_profile
 
@@ -72,14 +74,16 @@ class InferenceResult:
     deadline_met: bool | None  # None when the call had no budget or deadline
     stopped_by: str = "last"  # "confidence", "deadline" or "last" (reached the deepest exit)
     _exit_conf: list[float] | None = field(default=None, repr=False, compare=False)
-    _trace: tuple | None = field(default=None, repr=False, compare=False)  # (logits per exit, policy, answer)
+    _trace: tuple | None = field(default=None, repr=False, compare=False)  # (call trace, row, policy, answer)
 
     @property
     def exit_confidences(self) -> list[float]:
         """Confidence of the answer at every exit run, shallow first (computed on first access)."""
         if self._exit_conf is None:
-            logits, pol, answer = self._trace  # type: ignore[misc]
-            _, conf = exit_answers(np.stack(logits), pol, answer)
+            trace, row, pol, answer = self._trace  # type: ignore[misc]
+            # each section's (rows still running, their logits); rows stay sorted as the batch shrinks
+            logits = [lg[np.searchsorted(rows, row)] for rows, lg in trace[:self.exit_index]]
+            _, conf = exit_answers(np.stack(logits)[:, None, :], pol, answer)
             self._exit_conf = [float(c) for c in conf[:, 0]]
         return self._exit_conf
 
@@ -87,34 +91,33 @@ class InferenceResult:
 class AnytimeSession:
     """A verified bundle loaded on a backend, ready to answer under a threshold and/or a deadline."""
 
-    def __init__(self, bundle: str | os.PathLike | Bundle, backend: str | Backend = "auto", precision: str = "fp32",
-                 providers: Sequence[str] | None = None, intra_op_threads: int | None = None, warmup: int = 3,
-                 max_batch: int = 64, answer: str = "last", criterion: str = "max_prob", verify: bool = True,
-                 latency_quantile: float = 0.99, latency_window: int = 256,
-                 backend_options: dict[str, Any] | None = None) -> None:
-        if answer not in ANSWERS:
-            raise PolicyError(f"answer must be one of {', '.join(ANSWERS)}, got {answer!r}")
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-            raise PolicyError(f"max_batch must be a positive integer, got {max_batch!r}")
-        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-            raise PolicyError(f"warmup must be a non-negative integer, got {warmup!r}")
-        self.criterion = check_criterion(criterion)
-        self.answer = answer
-        self.max_batch = max_batch
-        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=verify)
+    def __init__(self, bundle: str | os.PathLike | Bundle, options: SessionOptions | None = None,
+                 **overrides: Any) -> None:
+        """Open (and verify) ``bundle`` and load it on a backend.
+
+        ``options``: a :class:`~sdedge.runtime.options.SessionOptions` (default: its defaults); keyword
+        arguments override its fields (``AnytimeSession("b/", backend="onnxruntime", intra_op_threads=1,
+        warmup=1)``); an unknown name is a ``TypeError``, a bad value a ``PolicyError``.
+        """
+        opts = SessionOptions.resolve(options, **overrides)
+        self.options = opts
+        self.criterion = opts.criterion
+        self.answer = opts.answer
+        self.max_batch = opts.max_batch
+        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=opts.verify)
         self.manifest: Manifest = self.bundle.manifest
         self.calibration: Calibration | None = load_calibration(self.bundle)
+        backend, max_batch = opts.backend, opts.max_batch
         if isinstance(backend, Backend):
             self.backend = backend
         else:
-            opts = BackendOptions(precision=precision, intra_op_threads=intra_op_threads, providers=providers,
-                                  max_batch=max_batch, extra=dict(backend_options or {}))
-            self.backend = create_backend(self.bundle, backend, opts)
+            self.backend = create_backend(self.bundle, backend, opts.for_backend())
         try:
             # a backend with fixed buffers (TensorRT) may hold fewer rows than asked for
             self.max_batch = min(max_batch, int(getattr(self.backend, "max_batch", max_batch)))
             self.profile: LatencyProfile | None = load_profile(self.bundle, self.backend.device_name)
-            self.estimator = LatencyEstimator(self.num_exits, window=latency_window, quantile=latency_quantile)
+            self.estimator = LatencyEstimator(self.num_exits, window=opts.latency_window,
+                                              quantile=opts.latency_quantile)
             self.deadline_policy = DeadlinePolicy(self.estimator, self.profile)
             self._prep = Preprocessor(self.manifest, self.max_batch)
             self._prep_any = Preprocessor(self.manifest, 1 << 62)  # infer_all_exits chunks any batch
@@ -122,7 +125,7 @@ class AnytimeSession:
             self._policies: dict[tuple[Any, str | None], ConfidencePolicy] = {}
             self._default_policy: ConfidencePolicy | None = None
             self._default_policy = self.policy(None, None)
-            self._warmup(warmup)
+            self._warmup(opts.warmup)
         except BaseException:
             if not isinstance(backend, Backend):
                 self.backend.close()  # do not leak device memory on a failed start
@@ -170,13 +173,10 @@ class AnytimeSession:
         if n <= 0:
             return
         x = np.zeros((1,) + self.input_shape, np.float32)
-        for i in range(n + 1):
-            h = self.backend.upload(x)
-            for k in range(1, self.num_exits + 1):
-                t = _clock()
-                h, _ = self.backend.run_section(k, h)
-                if i:
-                    self.estimator.record(k, 1, (_clock() - t) * 1e3)
+        record = self.estimator.record
+        self.backend.run_chain(x)
+        for _ in range(n):
+            self.backend.run_chain(x, on_section=lambda k, ms, _features: record(k, 1, ms))
         for _ in range(n):  # the runtime's own time, measured on real calls
             self.infer(x[0])
 
@@ -198,12 +198,7 @@ class AnytimeSession:
 
     @staticmethod
     def _deadline(t0: float, budget_ms: Any, deadline: Any) -> float | None:
-        d = None
-        if budget_ms is not None:
-            if isinstance(budget_ms, bool) or not isinstance(budget_ms, Real) or not math.isfinite(budget_ms) \
-                    or budget_ms <= 0:
-                raise PolicyError(f"budget_ms must be a positive finite number of milliseconds, got {budget_ms!r}")
-            d = t0 + float(budget_ms) * 1e-3
+        d = None if budget_ms is None else t0 + check_budget_ms(budget_ms) * 1e-3
         if deadline is not None:
             if isinstance(deadline, bool) or not isinstance(deadline, Real) or not math.isfinite(deadline):
                 raise PolicyError(f"deadline must be a finite time.perf_counter() value in seconds, got {deadline!r}")
@@ -220,76 +215,36 @@ class AnytimeSession:
         prep = self._prep(x)
         prep_ms = (_clock() - t0) * 1e3
         with self._lock:  # time spent waiting here counts against the deadline, not as overhead
-            if prep.batch.shape[0] == 1:
-                r = self._infer_one(prep.batch, pol, stop_at, t0, prep_ms)
-                return r if prep.single else [r]
-            return self._infer(prep.batch, prep.single, pol, stop_at, t0, prep_ms)
+            results = self._run(prep.batch, pol, stop_at, t0, prep_ms)
+        return results[0] if prep.single else results
 
-    def _infer_one(self, x1: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
-                   prep_ms: float) -> InferenceResult:
-        """The batch-of-one path: the same decisions as :meth:`_infer`, on scalars, no row bookkeeping."""
-        t1 = _clock()
-        backend, est, K, record = self.backend, self.estimator, self.num_exits, self.estimator.record
-        ensemble = self.answer == "ensemble"
-        fast_max_prob = pol.criterion == "max_prob" and not ensemble
-        trace: list[np.ndarray] = []
-        acc = probs = None
-        conf: float | None = None
-        section_ms = 0.0
-        why = "last"
-        h = backend.upload(x1)
-        for k in range(1, K + 1):
-            ts = _clock()
-            h, logits = backend.run_section(k, h)
-            dt = (_clock() - ts) * 1e3
-            record(k, 1, dt)
-            section_ms += dt
-            trace.append(logits)
-            probs = None
-            if ensemble:
-                p = pol.probs(k, logits)
-                acc = p if acc is None else acc + p
-            if k == K:
-                break
-            thr = pol.thresholds[k - 1]
-            if thr is not None:
-                if fast_max_prob:
-                    conf = max_prob_of_row(logits[0], pol.temperatures[k - 1])
-                else:
-                    probs = acc / np.float32(k) if ensemble else pol.probs(k, logits)
-                    conf = float(confidence(probs, pol.criterion)[0])
-                if conf >= thr:
-                    why = "confidence"
-                    break
-            if stop_at is not None and self.deadline_policy.should_stop(k + 1, 1, _clock(), stop_at):
-                why = "deadline"
-                break
-        if probs is None:
-            probs = acc / np.float32(k) if ensemble else pol.probs(k, logits)
-            conf = None
-        if not np.isfinite(probs).all():
-            raise _non_finite(k, x1)
-        label = int(probs[0].argmax())
-        if conf is None:
-            conf = float(probs[0, label]) if pol.criterion == "max_prob" else float(confidence(probs, pol.criterion)[0])
-        t_end = _clock()
-        record(0, 1, prep_ms + (t_end - t1) * 1e3 - section_ms)
-        return InferenceResult(label, self.classes[label], probs[0], conf, k, k, (t_end - t0) * 1e3,
-                               None if stop_at is None else t_end <= stop_at, why,
-                               _trace=(trace, pol, self.answer))
+    def _run(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
+             prep_ms: float) -> list[InferenceResult]:
+        """The decision loop: run section after section, stop each row at its exit, shrink the batch.
 
-    def _infer(self, xb: np.ndarray, single: bool, pol: ConfidencePolicy, stop_at: float | None,
-               t0: float, prep_ms: float) -> InferenceResult | list[InferenceResult]:
+        After section k (k < K) the rows that are confident enough stop (:meth:`ConfidencePolicy.step`);
+        then, if rows remain and the next section on that many rows would end after the deadline, they
+        all stop ("deadline"). Only the rows still going on run the next section. A batch of one takes the
+        same path; its per-section cost is the policy's scalar fast path and one deadline check.
+        """
         t1 = _clock()
-        backend, est, K = self.backend, self.estimator, self.num_exits
+        backend, record, K = self.backend, self.estimator.record, self.num_exits
+        should_stop = self.deadline_policy.should_stop
         n_all = xb.shape[0]
-        ensemble = self.answer == "ensemble"
-        out_probs = np.empty((n_all, len(self.classes)), np.float32)
-        out_conf = np.empty(n_all, np.float32)
-        out_exit = np.zeros(n_all, np.int64)
-        out_why = [""] * n_all
-        exit_conf = np.full((K, n_all), np.nan, np.float32)
-        acc = np.zeros((n_all, len(self.classes)), np.float32) if ensemble else None
+        acc = np.zeros((n_all, len(self.classes)), np.float32) if self.answer == "ensemble" else None
+        trace: list[tuple[np.ndarray, np.ndarray]] = []  # per section: (rows it ran, their logits)
+        groups: list[tuple[np.ndarray, int, np.ndarray, np.ndarray, str]] = []  # (rows, exit, probs, conf, why)
+
+        def settle(k: int, rows: np.ndarray, logits: np.ndarray, answer: np.ndarray | None,
+                   sel: np.ndarray | None, why: str, conf: np.ndarray | None = None) -> None:
+            """Rows ``rows[sel]`` (all when ``sel`` is None) answer at exit ``k``."""
+            if sel is not None:
+                rows, logits = rows[sel], logits[sel]
+                answer = None if answer is None else answer[sel]
+                conf = None if conf is None else conf[sel]
+            p = pol.probs(k, logits) if answer is None else answer
+            groups.append((rows, k, p, confidence(p, pol.criterion) if conf is None else conf, why))
+
         rows = np.arange(n_all)
         section_ms = 0.0
         h = backend.upload(xb)
@@ -298,57 +253,61 @@ class AnytimeSession:
             ts = _clock()
             h, logits = backend.run_section(k, h)
             dt = (_clock() - ts) * 1e3
-            est.record(k, n, dt)
+            record(k, n, dt)
             section_ms += dt
-            probs = pol.probs(k, logits)
-            if ensemble:
-                acc[rows] += probs
-                probs = acc[rows] / np.float32(k)
-            conf = confidence(probs, pol.criterion)
-            exit_conf[k - 1, rows] = conf
+            trace.append((rows, logits))
+            answer = None
+            if acc is not None:
+                acc[rows] += pol.probs(k, logits)
+                answer = acc[rows] / np.float32(k)
             if k == K:
-                stop, why = np.ones(n, bool), "last"
-            else:
-                m = pol.stop_mask(k, conf)
-                stop, why = (np.zeros(n, bool) if m is None else m), "confidence"
-                if stop_at is not None and not stop.all():
-                    n_next = n - int(stop.sum())
-                    if self.deadline_policy.should_stop(k + 1, n_next, _clock(), stop_at):
-                        for i in rows[stop]:
-                            out_why[i] = "confidence"
-                        stop, why = np.ones(n, bool), "deadline"
-            if stop.any():
-                done = rows[stop]
-                out_probs[done] = probs[stop]
-                out_conf[done] = conf[stop]
-                out_exit[done] = k
-                for i in done:
-                    if not out_why[i]:
-                        out_why[i] = why
-                if stop.all():
+                settle(k, rows, logits, answer, None, "last")
+                break
+            decided = pol.step(k, logits, answer)
+            n_stop = 0
+            if decided is not None:
+                stop, conf, n_stop = decided  # stop: the mask where it splits the rows, else None
+                if n_stop == n:
+                    settle(k, rows, logits, answer, None, "confidence", conf)
                     break
+            if stop_at is not None and should_stop(k + 1, n - n_stop, _clock(), stop_at):
+                if n_stop:
+                    settle(k, rows, logits, answer, stop, "confidence", conf)
+                    settle(k, rows, logits, answer, ~stop, "deadline")
+                else:
+                    settle(k, rows, logits, answer, None, "deadline")
+                break
+            if n_stop:
+                settle(k, rows, logits, answer, stop, "confidence", conf)
                 keep = np.flatnonzero(~stop)
                 h = backend.take_rows(h, keep)
                 rows = rows[keep]
-        bad = ~np.isfinite(out_probs).all(axis=1)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise _non_finite(int(out_exit[i]), xb[i:i + 1], f"image {i} of the batch")
-        labels = out_probs.argmax(axis=1)
-        results = []
-        for i in range(n_all):
-            ke = int(out_exit[i])
-            results.append(InferenceResult(
-                label=int(labels[i]), class_name=self.classes[labels[i]], probabilities=out_probs[i],
-                confidence=float(out_conf[i]), exit_index=ke, exits_run=ke, latency_ms=0.0, deadline_met=None,
-                stopped_by=out_why[i], _exit_conf=[float(c) for c in exit_conf[:ke, i]]))
+        if len(groups) == 1:  # every row answered at one exit: the group is the batch, in order
+            _, k, out_probs, out_conf, why = groups[0]
+            out_exit, out_why = [k] * n_all, [why] * n_all
+        else:
+            out_probs = np.empty((n_all, len(self.classes)), np.float32)
+            out_conf = np.empty(n_all, np.float32)
+            out_exit, out_why = [0] * n_all, [""] * n_all
+            for done, k, p, c, why in groups:
+                out_probs[done], out_conf[done] = p, c
+                for i in done.tolist():
+                    out_exit[i], out_why[i] = k, why
+        if not np.isfinite(out_probs).all():
+            i = int(np.flatnonzero(~np.isfinite(out_probs).all(axis=1))[0])
+            raise _non_finite(out_exit[i], xb[i:i + 1], "the input" if n_all == 1 else f"image {i} of the batch")
+        labels, confs, classes, answer_mode = out_probs.argmax(axis=1).tolist(), out_conf.tolist(), self.classes, self.answer
+        results = [InferenceResult(label=labels[i], class_name=classes[labels[i]], probabilities=out_probs[i],
+                                   confidence=confs[i], exit_index=out_exit[i], exits_run=out_exit[i], latency_ms=0.0,
+                                   deadline_met=None, stopped_by=out_why[i], _trace=(trace, i, pol, answer_mode))
+                   for i in range(n_all)]
         t_end = _clock()
-        est.record(0, n_all, prep_ms + (t_end - t1) * 1e3 - section_ms)
+        record(0, n_all, prep_ms + (t_end - t1) * 1e3 - section_ms)
         latency = (t_end - t0) * 1e3
         met = None if stop_at is None else t_end <= stop_at
         for r in results:
             r.latency_ms, r.deadline_met = latency, met
-        return results[0] if single else results
+        return results
 
     def infer_all_exits(self, x: Any) -> np.ndarray:
         """Every exit's raw logits ``[K, B, C]`` (no temperature) for one image or a batch of any size.
@@ -357,15 +316,9 @@ class AnytimeSession:
         those of :meth:`infer`.
         """
         xb = self._prep_any(x).batch
-        outs = []
         with self._lock:
-            for i in range(0, xb.shape[0], self.max_batch):
-                h = self.backend.upload(xb[i:i + self.max_batch])
-                per = []
-                for k in range(1, self.num_exits + 1):
-                    h, logits = self.backend.run_section(k, h)
-                    per.append(np.array(logits, np.float32, copy=True))
-                outs.append(np.stack(per))
+            outs = [np.stack(self.backend.run_chain(xb[i:i + self.max_batch]))
+                    for i in range(0, xb.shape[0], self.max_batch)]
         return np.concatenate(outs, axis=1)
 
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from .runtime.atomic import write_bytes_atomic
-from .runtime.errors import CheckpointError
+from .common.atomic import write_bytes_atomic
+from .common.errors import CheckpointError
 
 FORMAT = "sdedge-checkpoint"
 FORMAT_VERSION = 1

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime.errors import SdedgeError
+    from .common.errors import SdedgeError
 
     parser = build_parser()
     args = parser.parse_args(argv)

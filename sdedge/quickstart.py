@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .common.progress import reporter
+
 # per dataset: backbone, backbone kwargs, epochs, batch size, learning rate (CPU-friendly defaults)
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {"backbone": "tiny", "backbone_kwargs": {"width": 16}, "epochs": 30, "batch_size": 64, "lr": 0.05},
@@ -78,20 +80,10 @@ class QuickstartResult:
         return format_result(self)
 
 
-def _log_fn(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
-    if callable(progress):
-        return progress
-    if progress:
-        import sys
-
-        return lambda m: print(f"# {m}", file=sys.stderr, flush=True)
-    return lambda _m: None
-
-
 def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
     """Run the pipeline end to end (see the module docstring)."""
     from .export import ExportConfig, export_bundle
-    from .runtime.errors import DataError
+    from .common.errors import DataError
     from .train import TrainConfig, train
 
     cfg = cfg or QuickstartConfig()
@@ -112,7 +104,7 @@ def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
         preset["backbone_kwargs"] = {"width": cfg.width}
     if cfg.epochs:
         preset["epochs"] = cfg.epochs
-    log = _log_fn(cfg.progress)
+    log = reporter(cfg.progress, "#")
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
@@ -142,6 +134,7 @@ def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
 
     # 3. calibrate (torch-free code path, as on a device)
     from .calibrate.api import CalibrationConfig, calibrate_bundle
+    from .runtime.options import SessionOptions
 
     t = time.perf_counter()
     plot = None
@@ -154,9 +147,9 @@ def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
             notes.append("no anytime.png: matplotlib is not installed (pip install 'sdedge[plot]')")
     log("3/4 calibrating on this machine: temperatures, thresholds, latency profile")
     runs = 30 if cfg.short else 200
-    threads = cfg.threads or 1
+    options = SessionOptions(backend="onnxruntime", intra_op_threads=cfg.threads or 1)  # calibrate and answer alike
     cres = calibrate_bundle(bundle, config=CalibrationConfig(
-        data=cfg.data, max_accuracy_drop=cfg.max_accuracy_drop, threads=(threads,), backend="onnxruntime",
+        session=options, data=cfg.data, max_accuracy_drop=cfg.max_accuracy_drop,
         profile_runs=runs, profile_warmup=max(3, runs // 10), overhead_runs=runs, plot=plot, seed=cfg.seed),
         progress=log)
     timings["calibrate_s"] = time.perf_counter() - t
@@ -164,7 +157,7 @@ def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
     # 4. answer a few test images under a budget
     t = time.perf_counter()
     from .calibrate.datasets import load_calibration_split
-    from .runtime import benchmarking as B
+    from .calibrate import benchmarking as B
     from .runtime.session import AnytimeSession
 
     from .runtime.preprocess import Preprocessor
@@ -175,7 +168,7 @@ def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
         costs = None
     budget = cfg.budget_ms
     log(f"4/4 answering {cfg.images} test images under a budget with the calibrated thresholds")
-    with AnytimeSession(bundle, backend="onnxruntime", intra_op_threads=threads) as s:
+    with AnytimeSession(bundle, options) as s:
         test = load_calibration_split(s.manifest, cfg.data, "test")
         k = min(cfg.images, len(test.labels))
         x = Preprocessor(s.manifest, 1 << 62)(test.images[: max(k, 32)]).batch
@@ -208,7 +201,7 @@ def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
     files["summary"] = str(out / "quickstart.json")
     res = QuickstartResult(str(out), str(tres.best_checkpoint), str(bundle), exits, answers, budget,
                            cres.summary(), files, timings, notes)
-    from .runtime.atomic import write_text_atomic
+    from .common.atomic import write_text_atomic
 
     write_text_atomic(out / "quickstart.json", json.dumps(res.to_json(), indent=2, default=str) + "\n")
     return res

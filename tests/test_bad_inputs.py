@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 
 from sdedge.runtime import AnytimeSession
-from sdedge.runtime.bundle import dump_json, open_bundle, sha256_file
-from sdedge.runtime.errors import BundleError, CheckpointError, InputError, PolicyError
+from sdedge.common.digest import sha256_file
+from sdedge.common.jsonio import dump_json
+from sdedge.runtime.bundle import open_bundle
+from sdedge.common.errors import BundleError, CheckpointError, InputError, PolicyError
 from sdedge.runtime.manifest import validate_manifest
 
 
@@ -220,9 +222,10 @@ def server(session):
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
     pytest.importorskip("prometheus_client")
-    from sdedge.runtime.server import BackgroundServer, ServerConfig, build_app
+    from sdedge.runtime.server import BackgroundServer, ServerConfig, SessionOptions, build_app
 
-    cfg = ServerConfig(port=0, log_level="critical", max_batch=4, max_body_mb=0.05, body_timeout_s=1.0,
+    cfg = ServerConfig(port=0, log_level="critical", session=SessionOptions(max_batch=4), max_body_mb=0.05,
+                       body_timeout_s=1.0,
                        timeout_keep_alive=5)
     app = build_app(session, cfg)
     srv = BackgroundServer(app, cfg).start()

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 
 from sdedge.calibrate.bench import BenchConfig, run_bench
-from sdedge.runtime import open_bundle
-from sdedge.runtime.errors import PolicyError
+from sdedge.runtime import SessionOptions, open_bundle
+from sdedge.common.errors import PolicyError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_measures_every_part_and_saves_json(tiny_bundle: Path, digits_splits, tmp_path: Path) -> None:
-    cfg = BenchConfig(backend="onnxruntime", threads=1, runs=30, warmup=5, calls=60, budgets_ms=(0.01, 1000.0),
+    cfg = BenchConfig(session=SessionOptions(backend="onnxruntime", intra_op_threads=1, warmup=5), runs=30, warmup=5,
+                      calls=60, budgets_ms=(0.01, 1000.0),
                       burn=1, plot=str(tmp_path / "bench.png"), curve_samples=60, json_path=str(tmp_path / "b.json"))
     res = run_bench(tiny_bundle, cfg, images=digits_splits.val.images, labels=digits_splits.val.labels)
     k = open_bundle(tiny_bundle).manifest.num_exits

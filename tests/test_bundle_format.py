@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sdedge.runtime.atomic import staging_dir, write_bytes_atomic
-from sdedge.runtime.bundle import dump_json, open_bundle, sha256_bytes, update_bundle
-from sdedge.runtime.errors import BundleError, ChecksumError, FormatVersionError
+from sdedge.common.atomic import staging_dir, write_bytes_atomic
+from sdedge.common.digest import sha256_bytes
+from sdedge.common.jsonio import dump_json
+from sdedge.runtime.bundle import open_bundle, update_bundle
+from sdedge.common.errors import BundleError, ChecksumError, FormatVersionError
 from sdedge.runtime.manifest import validate_manifest
 
 
@@ -189,7 +191,7 @@ def test_staging_left_by_a_killed_writer_is_removed_by_the_next_update(bundle: P
     import subprocess
     import sys
 
-    from sdedge.runtime.atomic import OWNER_MARKER
+    from sdedge.common.atomic import OWNER_MARKER
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs

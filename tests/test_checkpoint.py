@@ -12,7 +12,7 @@ import torch
 
 from sdedge.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint
 from sdedge.models import ModelConfig, build_model
-from sdedge.runtime.errors import CheckpointError
+from sdedge.common.errors import CheckpointError
 
 
 def _model_and_meta():

@@ -1,5 +1,5 @@
 """Dataset readers (real Fashion-MNIST slice, CIFAR folders written here in the official format),
-the validation hold-out, and the batch augmentation."""
+the validation hold-out, the data spec a checkpoint records, and the batch augmentation."""
 from __future__ import annotations
 
 import gzip
@@ -11,19 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from sdedge.calibrate.datasets import parse_idx, read_idx_bytes
-from sdedge.data import load_splits
-from sdedge.data import fashion_mnist as fm
+from sdedge.common.dataset_files import parse_idx, read_idx_bytes
+from sdedge.common.datasets import DataSpec, ImageArrays, find_folder, holdout, read_split
+from sdedge.data import checkpoint_data, checkpoint_data_spec, load_splits
 from sdedge.data.augment import AugmentConfig, BatchAugment, default_padding, normalize
-from sdedge.data.base import ImageArrays, holdout
-from sdedge.runtime.errors import DataError
+from sdedge.common.errors import DataError
 
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 
 def test_fashion_mnist_reads_a_slice_of_the_real_data(fmnist_dir: Path) -> None:
-    folder = fm.find_folder(fmnist_dir)
-    train = fm.read_split(folder, "train", limit=1000)
+    folder = find_folder("fashion-mnist", fmnist_dir)
+    train = read_split("fashion-mnist", "train", folder, limit=1000)
     assert train.images.shape == (1000, 28, 28, 1) and train.images.dtype == np.uint8
     assert train.labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the file's first labels
     counts = np.bincount(train.labels, minlength=10)
@@ -161,6 +160,22 @@ def test_cifar10_reads_the_official_python_format(tmp_path: Path) -> None:
     assert s.classes[0] == "airplane" and s.num_classes == 10
 
 
+def test_calibration_reads_the_training_splits_of_cifar(tmp_path: Path, monkeypatch) -> None:
+    from sdedge.calibrate.datasets import load_calibration_split
+
+    write_cifar100(tmp_path, n_train=60, n_test=20)
+    s = load_splits("cifar100", tmp_path, val_size=10, seed=4, limit=50)
+    man = {"model": {"data": s.spec.to_json()}}
+    for split in ("train", "val", "test"):
+        got, want = load_calibration_split(man, tmp_path, split), s.split(split)
+        assert np.array_equal(got.images, want.images) and np.array_equal(got.labels, want.labels), split
+    monkeypatch.delenv("SDEDGE_DATA", raising=False)
+    with pytest.raises(DataError, match="cifar100: pass --data DIR .* or pass --images X.npy"):
+        load_calibration_split(man, None)
+    with pytest.raises(DataError, match="cifar100: pass --data DIR .* or use --download"):
+        load_splits("cifar100")
+
+
 def test_cifar_rejects_a_wrong_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cifar100 not found: expected .*cifar-100-python/meta"):
         load_splits("cifar100", tmp_path)
@@ -230,6 +245,81 @@ def test_digits_builtin_example(digits_splits) -> None:
     s = digits_splits
     assert s.image_size == (16, 16) and s.in_channels == 1 and s.num_classes == 10 and not s.hflip
     assert len(s.val) == 200 and len(s.train) + len(s.val) + len(s.test) == 1797
+
+
+def test_names_and_aliases_are_one_table(tmp_path: Path) -> None:
+    for alias in ("fmnist", "FashionMNIST", "fashion_mnist", "Fashion-MNIST"):
+        assert DataSpec(alias).dataset == "fashion-mnist"
+    assert load_splits("fmnist", _write_fmnist(tmp_path), val_size=4).name == "fashion-mnist"
+    with pytest.raises(DataError, match="unknown dataset 'svhn'; choose one of: fashion-mnist, cifar100"):
+        DataSpec("svhn")
+
+
+def test_the_limit_and_default_hold_out_rules(tmp_path: Path) -> None:
+    folder = _write_fmnist(tmp_path, n=40)
+    s = load_splits("fashion-mnist", folder, limit=30)  # first 30 of each split; hold-out 10 % of them
+    assert (len(s.train), len(s.val), len(s.test)) == (27, 3, 30)
+    full = read_split("fashion-mnist", "train", folder)
+    assert np.array_equal(read_split("fashion-mnist", "train", folder, limit=30).images, full.images[:30])
+    assert np.array_equal(np.sort(np.concatenate([s.train.labels, s.val.labels])), np.sort(full.labels[:30]))
+    with pytest.raises(DataError, match="validation size 5000 must be between 0 and 39"):
+        load_splits("fashion-mnist", folder)  # no limit: the dataset's default, 5 000
+
+
+# --------------------------------------------------------------------------- the data spec
+
+
+def test_data_spec_round_trip_and_what_training_records(digits_splits) -> None:
+    spec = digits_splits.spec
+    assert spec == DataSpec("digits", 200, 0, None, (16, 16), 1)
+    assert DataSpec.from_json(spec.to_json()) == spec
+    assert spec.to_json() == {"dataset": "digits", "val_size": 200, "seed": 0, "limit": None, "image_size": [16, 16],
+                              "in_channels": 1}
+    meta = {"data": checkpoint_data(digits_splits)}
+    assert meta["data"]["preprocess"] == digits_splits.preprocess_json()
+    assert checkpoint_data_spec(meta) == spec
+    assert checkpoint_data_spec({"data": {"preprocess": {}}}) is None  # names no dataset
+    # a partial record (hand-written checkpoints) reads as the defaults
+    assert DataSpec.from_json({"dataset": "fmnist"}) == DataSpec("fashion-mnist", None, 0, None, None, None)
+    # the spec rebuilds the very same split
+    again = load_splits(spec.dataset, None, spec.val_size, spec.seed, limit=spec.limit)
+    assert np.array_equal(again.val.images, digits_splits.val.images)
+
+
+@pytest.mark.parametrize("obj,message", [
+    ([1, 2], "must be a JSON object"),
+    ({"val_size": 10}, "missing 'dataset'"),
+    ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+    ({"dataset": 7}, "dataset must be a dataset name"),
+    ({"dataset": "digits", "val_size": -1}, "val_size must be an integer >= 0"),
+    ({"dataset": "digits", "val_size": 2.5}, "val_size must be an integer"),
+    ({"dataset": "digits", "val_size": True}, "val_size must be an integer"),
+    ({"dataset": "digits", "seed": "0"}, "seed must be an integer >= 0"),
+    ({"dataset": "digits", "seed": -3}, "seed must be an integer >= 0"),
+    ({"dataset": "digits", "limit": 0}, "limit must be an integer >= 1"),
+    ({"dataset": "digits", "image_size": [16]}, r"image_size must be \[height, width\]"),
+    ({"dataset": "digits", "image_size": [16, 0]}, "image_size must be"),
+    ({"dataset": "digits", "in_channels": 0}, "in_channels must be an integer >= 1"),
+    ({"dataset": "digits", "split_seed": 1}, r"unknown keys \['split_seed'\]"),
+])
+def test_a_bad_data_spec_is_refused_clearly(obj, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        DataSpec.from_json(obj)
+
+
+def test_a_bad_checkpoint_data_record_names_where_it_is() -> None:
+    with pytest.raises(DataError, match=r"checkpoint meta 'data': data spec: val_size must be"):
+        checkpoint_data_spec({"data": {"dataset": "digits", "val_size": "lots", "preprocess": {}}})
+    with pytest.raises(DataError, match="must be an object"):
+        checkpoint_data_spec({"data": ["digits"]})
+
+
+def test_the_geometry_check() -> None:
+    arr = ImageArrays(np.zeros((3, 16, 16, 1), np.uint8), np.zeros(3, np.int64))
+    DataSpec("digits", image_size=(16, 16), in_channels=1).check_geometry(arr)
+    DataSpec("digits").check_geometry(arr)  # nothing recorded, nothing to check
+    with pytest.raises(DataError, match="has images of 1x16x16 but the checkpoint expects 3x32x32"):
+        DataSpec("digits", image_size=(32, 32), in_channels=3).check_geometry(arr)
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 
 from sdedge.export import ExportConfig, export_bundle  # noqa: E402
 from sdedge.runtime import open_bundle  # noqa: E402
-from sdedge.runtime.errors import BundleError, ChecksumError, ExportError, FormatVersionError  # noqa: E402
+from sdedge.common.errors import BundleError, ChecksumError, ExportError, FormatVersionError  # noqa: E402
 
 TOL = 1e-3
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def tiny_export(tiny_ckpt, tmp_path_factory):
 
 
 def test_manifest_describes_the_bundle(tiny_export, tiny_ckpt) -> None:
-    from sdedge.runtime.bundle import sha256_file
+    from sdedge.common.digest import sha256_file
 
     man = tiny_export.manifest
     b = open_bundle(tiny_export.bundle_path)
@@ -377,4 +377,27 @@ def test_bad_options_are_refused_before_any_work(tiny_ckpt, tmp_path: Path) -> N
         export_bundle(_cfg(tiny_ckpt, tmp_path / "b", opset=13))
     with pytest.raises(ExportError, match="tolerance must be positive"):
         export_bundle(_cfg(tiny_ckpt, tmp_path / "b", parity_tolerance=0))
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_manifest_carries_the_checkpoint_data_spec_verbatim(tiny_export, tiny_ckpt) -> None:
+    from sdedge.checkpoint import load_checkpoint
+    from sdedge.common.datasets import DataSpec
+    from sdedge.data import checkpoint_data_spec
+
+    meta = load_checkpoint(tiny_ckpt).meta  # a hand-written record: dataset and geometry, no hold-out fields
+    spec = checkpoint_data_spec(meta)
+    assert spec == DataSpec("digits", None, 0, None, (16, 16), 1)
+    model = tiny_export.manifest["model"]
+    assert model["data"] == spec.to_json() and model["dataset"] == "digits"
+    assert DataSpec.from_json(open_bundle(tiny_export.bundle_path).manifest.model["data"]) == spec
+
+
+def test_a_bad_data_spec_is_refused_before_any_work(tiny_ckpt, tmp_path: Path) -> None:
+    from sdedge.checkpoint import load_checkpoint, save_checkpoint
+
+    c = load_checkpoint(tiny_ckpt)
+    bad = save_checkpoint(tmp_path / "bad.pt", dict(c.meta, data=dict(c.meta["data"], val_size=-5)), c.state_dict)
+    with pytest.raises(ExportError, match=r"bad.pt: its data record is not usable: .*val_size must be an integer >= 0"):
+        export_bundle(_cfg(bad, tmp_path / "b"))
     assert not (tmp_path / "b").exists()

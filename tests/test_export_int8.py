@@ -21,10 +21,16 @@ from onnx import numpy_helper  # noqa: E402
 
 from sdedge.export import ExportConfig, export_bundle  # noqa: E402
 from sdedge.runtime import open_bundle  # noqa: E402
-from sdedge.runtime.errors import ExportError  # noqa: E402
+from sdedge.common.errors import ExportError  # noqa: E402
 
-AGREEMENT_FLOOR = 0.9  # INT8 and FP32 pick the same class on at least 90 % of validation images
+# Measured on the tiny checkpoint's config, seeds 0-3 with 1 thread and 0-2 with 2 threads: top-1
+# agreement 0.925-1.0 per exit (the weak exit 1 of seed 0, this test's own model, is the lowest: its
+# margins are small), accuracy change -0.02..+0.02, INT8 logit error 1.7-3.3 % of the FP32 logits' spread.
+# A broken quantization (wrong scale, zero point or channel order) lands near chance agreement and an error
+# of the order of the logits themselves (100 %), so the bounds sit well below what is measured.
+AGREEMENT_FLOOR = 0.8  # INT8 and FP32 pick the same class on at least 80 % of validation images, per exit
 MAX_ACCURACY_DROP = 0.05
+MAX_RELATIVE_LOGIT_ERROR = 0.10  # RMS(INT8 - FP32 logits) / RMS(FP32 logits about their per-image mean)
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +84,17 @@ def test_int8_runs_through_the_runtime_and_matches_its_own_report(int8_export) -
                                                              max_batch=len(x))) as be:
             from sdedge.runtime.preprocess import Preprocessor
 
-            h = be.upload(Preprocessor(b.manifest, len(x))(x).batch)
-            out = []
-            for k in range(1, be.num_sections + 1):
-                h, logits = be.run_section(k, h)
-                out.append(logits.argmax(1))
-            preds[precision] = out
+            chain = be.run_chain(Preprocessor(b.manifest, len(x))(x).batch)
+            preds[precision] = [np.array(logits, dtype=np.float64) for logits in chain]
     for k, row in enumerate(int8_export.int8):
-        agree = float(np.mean(preds["fp32"][k] == preds["int8"][k]))
+        fp32, int8 = preds["fp32"][k], preds["int8"][k]
+        agree = float(np.mean(fp32.argmax(1) == int8.argmax(1)))
         assert agree == pytest.approx(row.top1_agreement, abs=1e-9)
+        # the logits themselves stay close: a continuous measure over every image and class, steadier
+        # than the top-1 agreement of a weak exit, and far from the ~100 % of a broken quantization
+        spread = np.sqrt(np.mean((fp32 - fp32.mean(1, keepdims=True)) ** 2))
+        err = np.sqrt(np.mean((int8 - fp32) ** 2)) / spread
+        assert err <= MAX_RELATIVE_LOGIT_ERROR, f"exit {k + 1}: INT8 logits are off by {err:.1%} of the FP32 spread"
 
 
 def test_qdq_graphs_suit_tensorrt_explicit_quantization(int8_export) -> None:

@@ -34,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdedge.runtime.errors import BundleError
+from sdedge.common.errors import BundleError
 from sdedge.runtime.manifest import FORMAT, validate_manifest
 from sdedge.runtime.server.protocol import ModelIO, ProtocolError, parse_infer_request
 
@@ -213,10 +213,11 @@ def server(tiny_bundle):
     pytest.importorskip("uvicorn")
     pytest.importorskip("prometheus_client")
     from sdedge.runtime import AnytimeSession
-    from sdedge.runtime.server import BackgroundServer, ServerConfig, build_app
+    from sdedge.runtime.server import BackgroundServer, ServerConfig, SessionOptions, build_app
 
     s = AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=1, warmup=1, max_batch=4)
-    cfg = ServerConfig(port=0, log_level="critical", max_batch=4, max_body_mb=0.05, body_timeout_s=2.0)
+    cfg = ServerConfig(port=0, log_level="critical", session=SessionOptions(max_batch=4), max_body_mb=0.05,
+                       body_timeout_s=2.0)
     app = build_app(s, cfg)
     srv = BackgroundServer(app, cfg).start()
     srv.state = app.state.sdedge

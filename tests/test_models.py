@@ -44,6 +44,60 @@ def _leaf_call_order(section: nn.Module, x: torch.Tensor) -> tuple[list[nn.Modul
     return order, y
 
 
+def _models_import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ``sdedge.models`` it imports (``__init__`` is the package itself)."""
+    import ast
+    from pathlib import Path
+
+    import sdedge.models
+
+    folder = Path(sdedge.models.__file__).parent
+    names = {p.stem for p in folder.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        imported: list[str] = []  # absolute module names, `from X import a, b` also as X.a, X.b
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                imported += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join((["sdedge", "models"][: 3 - node.level] if node.level else []) + [node.module or ""])
+                base = base.strip(".")
+                imported += [base] + [f"{base}.{a.name}" for a in node.names]
+        deps = {m[len("sdedge.models."):].split(".")[0] if m != "sdedge.models" else "__init__"
+                for m in imported if m == "sdedge.models" or m.startswith("sdedge.models.")}
+        graph[path.stem] = deps & names
+    return graph
+
+
+def test_the_registry_imports_no_family_and_the_package_imports_them_all():
+    """timm's layout: families import the registry and register themselves; the package imports the families."""
+    graph = _models_import_graph()
+    assert graph["registry"] == set(), "the registry must import no family (that made an import loop)"
+    families = set(graph) - {"__init__", "base", "registry"}
+    assert families <= graph["__init__"], f"sdedge/models/__init__.py does not import {families - graph['__init__']}"
+    for mod, deps in graph.items():  # no import loop anywhere in the package
+        seen, todo = set(), [d for d in deps if d != "__init__" or mod != "__init__"]
+        while todo:
+            d = todo.pop()
+            assert d != mod, f"sdedge.models.{mod} imports itself through {sorted(seen)}"
+            if d not in seen:
+                seen.add(d)
+                todo.extend(graph[d])
+
+
+def test_every_way_in_sees_every_family():
+    """Whichever module is imported first (the registry itself included), the families are registered."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sdedge.models.registry import get_backbone, list_backbones, list_heads; "
+            "assert 'tiny' in list_backbones() and list_heads() == ['bottleneck', 'linear'], list_backbones(); "
+            "print(len(list_backbones()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout) == len(TINY)
+
+
 def test_every_backbone_has_a_tiny_config():
     assert set(list_backbones()) == set(TINY), "TINY must list exactly the registered backbones"
     for name in ("vgg11_bn", "vgg16_bn", "vgg19_bn", "wrn28_10", "wrn16_4", "wrn40_4",

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from sdedge.runtime.calibration import Calibration
-from sdedge.runtime.errors import BundleError, PolicyError
+from sdedge.common.errors import BundleError, PolicyError
 from sdedge.runtime.policies import (ConfidencePolicy, DeadlinePolicy, LatencyEstimator, batch_bucket,
-                                     check_threshold, confidence, replay, softmax)
+                                     check_budget_ms, check_criterion, check_threshold, confidence, replay, softmax)
 from sdedge.runtime.profile import LatencyProfile, make_profile
 
 C = 10
@@ -57,6 +57,31 @@ def test_entropy_confidence_matches_definition() -> None:
 def test_threshold_outside_range_is_refused(bad) -> None:
     with pytest.raises(PolicyError, match=r"\[0, 1\]"):
         check_threshold(bad)
+
+
+def test_threshold_may_be_calibrated_where_asked() -> None:
+    assert check_threshold("calibrated", calibrated=True) == "calibrated"
+    assert check_threshold(np.float32(0.25), "parameters.threshold", calibrated=True) == 0.25
+    with pytest.raises(PolicyError, match=r"^parameters\.threshold must be a number in \[0, 1\] or \"calibrated\""):
+        check_threshold("calibrate", "parameters.threshold", calibrated=True)
+    with pytest.raises(PolicyError, match=r"^threshold must be a number in \[0, 1\], got 'calibrated'"):
+        check_threshold("calibrated")
+
+
+@pytest.mark.parametrize("bad", [0, -0.0, -5, float("nan"), float("inf"), True, "5", None, 1j, 10 ** 400])
+def test_budget_must_be_positive_finite_milliseconds(bad) -> None:
+    with pytest.raises(PolicyError, match=r"^parameters\.budget_ms must be a positive finite number of milliseconds"):
+        check_budget_ms(bad, "parameters.budget_ms")
+
+
+def test_budget_and_criterion_come_back_checked() -> None:
+    assert check_budget_ms(5) == 5.0 and isinstance(check_budget_ms(np.float32(0.5)), float)
+    assert check_criterion("entropy") == "entropy"
+    with pytest.raises(PolicyError, match=r"^unknown confidence criterion 'luck' \(parameters\.criterion\); "
+                                          r"expected one of max_prob, entropy, margin"):
+        check_criterion("luck", "parameters.criterion")
+    with pytest.raises(PolicyError, match="unknown confidence criterion"):
+        check_criterion(["max_prob"])
 
 
 def test_policy_build_forms() -> None:
@@ -185,6 +210,9 @@ def test_profile_roundtrip_and_lookup() -> None:
     (lambda d: d["batch_sizes"]["1"]["sections"][0].__setitem__("p99_ms", -1), "non-negative"),
     (lambda d: d["batch_sizes"].__setitem__("x", {}), "not an integer"),
     (lambda d: d.__setitem__("format_version", 9), "format_version"),
+    (lambda d: d.pop("format_version"), "'format_version' must be an integer"),
+    (lambda d: d.__setitem__("format", "sdedge-calibration"), "is not an sdedge latency profile"),
+    (lambda d: d.pop("format"), "is not an sdedge latency profile"),
 ])
 def test_malformed_profile_is_refused(mutate, message: str) -> None:
     d = _profile_dict()
@@ -235,3 +263,30 @@ def test_single_row_max_prob_is_bit_identical_to_the_array_path(c: int, temperat
     ref = confidence(softmax(logits, temperature), "max_prob")
     got = np.array([max_prob_of_row(row, temperature) for row in logits], np.float32)
     np.testing.assert_array_equal(got, ref)  # exact: live single-image decisions equal the replay's
+
+
+@pytest.mark.parametrize("criterion", ["max_prob", "entropy", "margin"])
+def test_step_decides_as_replay_for_one_row_and_for_a_batch(criterion: str) -> None:
+    """The live decision (ConfidencePolicy.step, scalar fast path included) is replay's, row by row,
+    also when a threshold equals a row's float32 confidence exactly (the comparison is made once)."""
+    rng = np.random.default_rng(3)
+    z = (rng.standard_normal((3, 64, 10)) * 3).astype(np.float32)
+    conf0 = confidence(softmax(z[0]), criterion)
+    pol = ConfidencePolicy.build(3, [float(conf0[5]), 0.6], criterion)  # row 5 sits exactly on the threshold
+    rep = replay(z, pol)
+    for k in (1, 2):
+        stop, conf, n_stop = pol.step(k, z[k - 1])
+        want = pol.stop_mask(k, rep.exit_confidences[k - 1])
+        assert 0 < n_stop < z.shape[1] and n_stop == want.sum()
+        np.testing.assert_array_equal(stop, want)
+        np.testing.assert_array_equal(conf, rep.exit_confidences[k - 1])
+        for i in range(z.shape[1]):
+            s1, c1, n1 = pol.step(k, z[k - 1, i:i + 1])
+            assert s1 is None and n1 == int(want[i]) and c1[0] == conf[i]
+    assert pol.step(1, z[0, 5:6])[2] == 1 and rep.exit_index[5] == 1
+    given = pol.step(1, z[0], softmax(z[0]))  # the ensemble form: the caller's answer probabilities
+    np.testing.assert_array_equal(given[1], pol.step(1, z[0])[1])
+    all_stop = ConfidencePolicy.build(3, 0.0, criterion).step(1, z[0])
+    assert all_stop[0] is None and all_stop[2] == z.shape[1]
+    assert pol.step(3, z[2]) is None  # the deepest exit has no threshold
+    assert ConfidencePolicy.build(3, None).step(1, z[0]) is None

@@ -1,4 +1,8 @@
-"""sdedge quickstart: the README's first command runs end to end (short setting, one CPU thread)."""
+"""sdedge quickstart: the README's first command runs end to end (short setting, one CPU thread).
+
+``--short`` is checked to be short by the work it does (epochs, width, profile runs), not by a wall-clock
+bound: the same work takes 3x longer on a loaded CI machine, and a hang is caught by the subprocess timeout.
+"""
 from __future__ import annotations
 
 import json
@@ -19,9 +23,8 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "sdedge.cli", "quickstart", "--short", "--threads", "1", "-o",
                           str(out_dir)], capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
-    elapsed = time.perf_counter() - t
+    print(f"quickstart --short took {time.perf_counter() - t:.1f} s")  # for the log; the work is checked below
     assert out.returncode == 0, out.stderr[-4000:]
-    assert elapsed < 60, f"quickstart --short took {elapsed:.1f} s"
     text = out.stdout
     for needle in ("exit table", "answers (budget", "files:", "calibration.json", "target:"):
         assert needle in text, needle
@@ -32,6 +35,13 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     assert bundle == out_dir / "bundle" and (out_dir / "run" / "best.pt").is_file()
     b = open_bundle(bundle)  # verified: sections, full.onnx, calibration and profile checksums
     assert b.calibration is not None and b.profile_names()
+    # --short did the short setting's work: its epochs and width, and a short latency profile
+    from sdedge.quickstart import SHORT
+
+    run = json.loads((out_dir / "run" / "results.json").read_text())
+    assert [h["epoch"] for h in run["history"]] == list(range(1, SHORT["epochs"] + 1))
+    assert run["config"]["backbone_kwargs"] == SHORT["backbone_kwargs"] and run["config"]["epochs"] == SHORT["epochs"]
+    assert all(b.profile(d)["runs"] <= 30 for d in b.profile_names())
     k = b.manifest.num_exits
     assert [e["exit"] for e in summary["exits"]] == list(range(1, k + 1))
     assert all(e["latency_ms"] > 0 and e["mac_share"] > 0 for e in summary["exits"])
@@ -50,7 +60,7 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_quickstart_refuses_an_unknown_dataset(tmp_path: Path) -> None:
     from sdedge.quickstart import QuickstartConfig, quickstart
-    from sdedge.runtime.errors import DataError
+    from sdedge.common.errors import DataError
 
     with pytest.raises(DataError, match="digits"):
         quickstart(QuickstartConfig(dataset="imagenet", output=str(tmp_path / "x"), progress=False))

@@ -19,8 +19,9 @@ import pytest
 from sdedge.runtime import AnytimeSession, open_bundle
 from sdedge.runtime.backends import create_backend
 from sdedge.runtime.backends.base import BackendOptions
-from sdedge.runtime.bundle import dump_json, update_bundle
-from sdedge.runtime.errors import BackendError, BundleError, InputError, PolicyError
+from sdedge.common.jsonio import dump_json
+from sdedge.runtime.bundle import update_bundle
+from sdedge.common.errors import BackendError, BundleError, InputError, PolicyError
 from sdedge.runtime.policies import ConfidencePolicy, replay, softmax
 from sdedge.runtime.preprocess import Preprocessor
 from sdedge.runtime.profile import make_profile, profile_relpath
@@ -169,6 +170,25 @@ def test_live_decisions_equal_infer_all_exits_and_replay(tiny_bundle: Path, answ
             np.testing.assert_allclose(r.probabilities, mean, rtol=1e-4, atol=1e-6)
 
 
+def test_run_chain_is_the_section_loop_with_per_section_times(session: AnytimeSession) -> None:
+    be = session.backend
+    x = floats(session, 5)
+    seen = []
+    out = be.run_chain(x, on_section=lambda k, ms, feats: seen.append((k, ms, feats is None)))
+    ref = session.infer_all_exits(x)
+    assert len(out) == session.num_exits
+    for k in range(session.num_exits):
+        np.testing.assert_array_equal(out[k], ref[k])
+    assert [k for k, _, _ in seen] == list(range(1, session.num_exits + 1))
+    assert all(ms > 0 for _, ms, _ in seen)
+    assert [last for _, _, last in seen] == [False] * (session.num_exits - 1) + [True]
+    two = be.run_chain(x, upto=2)
+    assert len(two) == 2 and np.array_equal(two[1], ref[1])
+    for bad in (0, session.num_exits + 1):
+        with pytest.raises(BackendError, match="upto must be between 1 and"):
+            be.run_chain(x, upto=bad)
+
+
 def test_full_reference_equals_the_chained_sections(session: AnytimeSession, tiny_bundle: Path) -> None:
     if not open_bundle(tiny_bundle).has_full:
         pytest.skip("bundle has no full.onnx")
@@ -298,11 +318,59 @@ def test_measured_profile_roundtrips_through_the_bundle(bundle_copy: Path) -> No
     assert s2.profile is not None and s2.deadline_policy.section_cost_ms(2, 1) >= parsed.section_ms(2, 1)
 
 
-def calibrate(bundle: Path, k: int, **fields) -> None:
-    data = {"criterion": "max_prob", "temperatures": [2.0] * k, "thresholds": [0.0] * (k - 1) + [None],
-            "enabled": [True] * k, "method": "test"}
+def calibrate(bundle: Path, k: int, drop: tuple[str, ...] = (), **fields) -> None:
+    """Write a calibration.json the way `sdedge calibrate` does, ``fields`` changed and ``drop`` removed."""
+    from sdedge.runtime.calibration import calibration_document
+
+    data = calibration_document("max_prob", [2.0] * k, [0.0] * (k - 1) + [None], [True] * k, method="test")
     data.update(fields)
+    for key in drop:
+        del data[key]
     update_bundle(bundle, {"calibration.json": dump_json(data)})
+
+
+@pytest.mark.parametrize("rel", ["calibration.json", "profiles/some-device.json"])
+def test_a_bundle_json_file_that_is_not_json_is_refused_naming_it(bundle_copy: Path, rel: str) -> None:
+    update_bundle(bundle_copy, {rel: b"{not json"})  # checksummed: only its content is wrong
+    b = open_bundle(bundle_copy)
+    with pytest.raises(BundleError, match=r"is not valid JSON") as e:
+        b.calibration if rel == "calibration.json" else b.profile("some-device")
+    assert rel.split("/")[-1] in str(e.value)
+
+
+@pytest.mark.parametrize("fields, drop, newer, message", [
+    ({"format": "sdedge-profile"}, (), False, r"is not an sdedge calibration: 'format' is 'sdedge-profile'"),
+    ({}, ("format",), False, r"is not an sdedge calibration: 'format' is None"),
+    ({"format_version": 2}, (), True, r"format_version 2, not supported .*reads version 1.*upgrade sdedge"),
+    ({"format_version": 0}, (), True, r"format_version 0, not supported .*re-run `sdedge calibrate`"),
+    ({}, ("format_version",), False, r"'format_version' must be an integer, got None"),
+    ({"format_version": "1"}, (), False, r"'format_version' must be an integer, got '1'"),
+], ids=["other-format", "no-format", "newer-version", "older-version", "no-version", "string-version"])
+def test_calibration_of_another_format_or_version_is_refused(bundle_copy: Path, fields: dict, drop: tuple,
+                                                              newer: bool, message: str) -> None:
+    from sdedge.common.errors import FormatVersionError
+    from sdedge.runtime.calibration import load_calibration
+
+    calibrate(bundle_copy, open_bundle(bundle_copy).manifest.num_exits, drop=drop, **fields)
+    b = open_bundle(bundle_copy)  # the bundle verifies: the file is intact, only its format is foreign
+    with pytest.raises(BundleError, match=message) as e:
+        load_calibration(b)
+    assert isinstance(e.value, FormatVersionError) == newer  # a version mismatch has its own type
+    assert str(bundle_copy / "calibration.json") in str(e.value)  # the message names the file
+    with pytest.raises(BundleError, match=message):  # and a session refuses the bundle with it
+        AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=0)
+
+
+def test_calibration_document_is_what_the_reader_reads() -> None:
+    from sdedge.runtime.calibration import FORMAT, FORMAT_VERSION, calibration_document, parse_calibration
+
+    doc = calibration_document("margin", [1.5, 1.0], [0.7, None], [True, True], method="test", target_met=True)
+    assert doc["format"] == FORMAT == "sdedge-calibration" and doc["format_version"] == FORMAT_VERSION == 1
+    c = parse_calibration(json.loads(dump_json(doc)), 2)
+    assert (c.criterion, c.temperatures, c.thresholds, c.enabled) == ("margin", (1.5, 1.0), (0.7, None), (True, True))
+    assert c.raw["method"] == "test" and c.raw["target_met"] is True  # the writer's report rides along
+    with pytest.raises(ValueError, match="format_version"):  # a report field cannot forge the header
+        calibration_document("margin", [1.0], [None], [True], format_version=2)
 
 
 def test_calibration_temperatures_always_apply_thresholds_on_request(bundle_copy: Path) -> None:

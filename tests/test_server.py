@@ -30,7 +30,7 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from sdedge.runtime.server import BackgroundServer, ServerConfig, build_app  # noqa: E402
+from sdedge.runtime.server import BackgroundServer, ServerConfig, SessionOptions, build_app  # noqa: E402
 from sdedge.runtime.server.protocol import (ModelIO, ProtocolError, RequestedOutput, encode_infer_response,  # noqa: E402
                                             parse_infer_request)
 
@@ -49,7 +49,8 @@ def session(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def server(session):
-    cfg = ServerConfig(port=0, max_batch=8, max_body_mb=1, budget_ms=GENEROUS_MS, log_level="warning")
+    cfg = ServerConfig(port=0, session=SessionOptions(max_batch=8), max_body_mb=1, budget_ms=GENEROUS_MS,
+                       log_level="warning")
     app = build_app(session, cfg)
     with BackgroundServer(app, cfg) as srv:
         srv.state = app.state.sdedge
@@ -115,6 +116,27 @@ def test_health_and_metadata_through_tritonclient(client, server, session):
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("no-such-model")
     assert not client.is_model_ready("no-such-model")
+
+
+def test_each_endpoint_is_a_method_of_the_server_by_name(client, server):
+    from starlette.routing import Route
+
+    from sdedge.runtime.server import InferenceServer
+    from sdedge.runtime.server.app import package_version
+
+    srv = server.app.state.server
+    assert isinstance(srv, InferenceServer) and srv.state is server.state and srv.app is server.app
+    endpoints = {r.path: r.endpoint for r in server.app.routes if isinstance(r, Route)}
+    for path, method in (("/v2", srv.get_server_metadata), ("/v2/health/live", srv.get_live),
+                         ("/v2/health/ready", srv.get_ready), ("/metrics", srv.get_metrics),
+                         ("/v2/models/{name}", srv.get_model_metadata), ("/v2/models/{name}/ready", srv.get_model_ready),
+                         ("/v2/models/{name}/config", srv.get_model_config),
+                         ("/v2/models/{name}/infer", srv.post_infer),
+                         ("/v2/models/{name}/versions/{version}/infer", srv.post_infer)):
+        assert endpoints[path] == method, path
+    import importlib.metadata
+
+    assert client.get_server_metadata()["version"] == package_version() == importlib.metadata.version("sdedge")
 
 
 # -- inference -------------------------------------------------------------------------------------------
@@ -349,6 +371,30 @@ def test_protocol_refuses_bad_requests(doc, message):
         parse_infer_request(json.dumps(doc).encode(), None, IO)
 
 
+@pytest.mark.parametrize("name,value", [("budget_ms", 0), ("budget_ms", -1), ("budget_ms", True), ("budget_ms", "5"),
+                                        ("budget_ms", 10 ** 400), ("threshold", 1.5), ("threshold", "0.5"),
+                                        ("threshold", False), ("criterion", "vibes"), ("criterion", 3)])
+def test_request_parameters_are_checked_by_the_policies(name, value):
+    """The protocol, ServerConfig and the session refuse a parameter with the policies' one check."""
+    from sdedge.common.errors import PolicyError
+    from sdedge.runtime.policies import check_budget_ms, check_criterion, check_threshold
+
+    check = {"budget_ms": check_budget_ms, "criterion": check_criterion,
+             "threshold": lambda v, where: check_threshold(v, where, calibrated=True)}[name]
+    with pytest.raises(PolicyError) as want:
+        check(value, f"parameters.{name}")
+    doc = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 4, 5], "data": [0] * 60}],
+           "parameters": {name: value}}
+    with pytest.raises(ProtocolError) as got:
+        parse_infer_request(json.dumps(doc).encode(), None, IO)
+    assert str(got.value) == str(want.value) and got.value.status == 400
+    with pytest.raises(PolicyError) as cfg_err:
+        ServerConfig(**{name: value})
+    with pytest.raises(PolicyError) as own:
+        check(value, name)
+    assert str(cfg_err.value) == str(own.value)
+
+
 def test_protocol_refuses_nan_tokens_and_bad_json():
     with pytest.raises(ProtocolError, match="NaN is not a JSON number"):
         parse_infer_request(b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1,3,4,5], "data": [NaN]}]}',
@@ -382,9 +428,9 @@ NOTORCH = r"""
 import sys, json, http.client
 sys.modules["torch"] = None
 import numpy as np
-from sdedge.runtime.server import BackgroundServer, ServerConfig, build_app
+from sdedge.runtime.server import BackgroundServer, ServerConfig, SessionOptions, build_app
 from sdedge.commands import serve as serve_cmd
-cfg = ServerConfig(port=0, warmup=0, threads=1, log_level="warning")
+cfg = ServerConfig(port=0, session=SessionOptions(warmup=0, intra_op_threads=1), log_level="warning")
 app = build_app(sys.argv[1], cfg)
 st = app.state.sdedge
 c, h, w = st.io.chw

@@ -27,7 +27,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from sdedge.runtime.server import BackgroundServer, ServerConfig, ServerConfigError, build_app  # noqa: E402
+from sdedge.runtime.server import (BackgroundServer, ServerConfig, ServerConfigError, SessionOptions,  # noqa: E402
+                                   build_app)
 from sdedge.runtime.server.worker import InferencePool, Overloaded, ShuttingDown  # noqa: E402
 
 MAX_BODY_MB = 0.05  # 52 428 bytes
@@ -68,7 +69,8 @@ def start(target, **kw) -> BackgroundServer:
 
 @pytest.fixture(scope="module")
 def server(session):
-    srv = start(Proxy(session), max_batch=4, max_body_mb=MAX_BODY_MB, body_timeout_s=0.5, timeout_keep_alive=1)
+    srv = start(Proxy(session), session=SessionOptions(max_batch=4), max_body_mb=MAX_BODY_MB, body_timeout_s=0.5,
+                timeout_keep_alive=1)
     yield srv
     srv.stop()
 
@@ -352,16 +354,42 @@ def test_worker_pool_queue_bound_errors_and_drain():
 
 # -- configuration, CLI, shutdown ---------------------------------------------------------------------------------
 def test_bad_settings_are_refused(session):
-    for kw, needle in (({"max_batch": 0}, "max_batch"), ({"port": 70000}, "port"), ({"budget_ms": -5}, "budget_ms"),
-                       ({"model_name": "a/b"}, "model name"), ({"max_body_mb": 0}, "max_body_mb"),
-                       ({"threshold": 3}, "threshold")):
+    for make, needle in ((lambda: ServerConfig(session=SessionOptions(max_batch=0)), "max_batch"),
+                         (lambda: ServerConfig(port=70000), "port"), (lambda: ServerConfig(budget_ms=-5), "budget_ms"),
+                         (lambda: ServerConfig(model_name="a/b"), "model name"),
+                         (lambda: ServerConfig(max_body_mb=0), "max_body_mb"),
+                         (lambda: ServerConfig(threshold=3), "threshold"),
+                         (lambda: ServerConfig(session=SessionOptions(intra_op_threads=0)), "intra_op_threads"),
+                         (lambda: ServerConfig(session=SessionOptions(warmup=-1)), "warmup"),
+                         (lambda: ServerConfig(session={"max_batch": 4}), "SessionOptions")):
         with pytest.raises((ServerConfigError, ValueError), match=needle):
-            ServerConfig(**kw)
+            make()
     assert ServerConfig().host == "127.0.0.1"
-    from sdedge.runtime.errors import PolicyError
+    from sdedge.common.errors import PolicyError
 
     with pytest.raises(PolicyError, match="calibrat"):
         build_app(session, ServerConfig(threshold="calibrated"))
+
+
+def test_sessions_are_opened_with_the_embedded_options():
+    opts = SessionOptions(backend="onnxruntime", warmup=0, max_batch=8)
+    assert ServerConfig(session=opts).session_options() is opts  # one worker: the backend's own thread default
+    assert ServerConfig(session=opts.replace(intra_op_threads=3), workers=2).session_options().intra_op_threads == 3
+    split = ServerConfig(session=opts, workers=2).session_options()
+    assert split.intra_op_threads == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert (split.backend, split.warmup, split.max_batch) == ("onnxruntime", 0, 8)
+
+
+def test_cli_builds_the_session_options():
+    from sdedge.cli import build_parser
+    from sdedge.commands.serve import config_from_args
+
+    args = build_parser().parse_args(["serve", "bundle/", "--threads", "2", "--warmup", "0", "--max-batch", "4",
+                                      "--answer", "ensemble", "--backend", "onnxruntime", "--budget-ms", "5"])
+    cfg = config_from_args(args)
+    assert cfg.session == SessionOptions(backend="onnxruntime", intra_op_threads=2, warmup=0, max_batch=4,
+                                         answer="ensemble")
+    assert cfg.budget_ms == 5.0 and cfg.criterion is None
 
 
 def test_cli_defaults_and_help():

@@ -23,7 +23,7 @@ pytest.importorskip("onnx")
 
 from sdedge.export import build_engines, export_bundle, ExportConfig  # noqa: E402
 from sdedge.runtime.engine_cache import engine_cache_dir, engine_key, read_key  # noqa: E402
-from sdedge.runtime.errors import BackendError, BundleError, ExportError  # noqa: E402
+from sdedge.common.errors import BackendError, BundleError, ExportError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

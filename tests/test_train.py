@@ -90,21 +90,24 @@ def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
 
 
 def test_plain_trains_heads_on_the_frozen_backbone(tmp_path: Path) -> None:
-    cfg = tiny_cfg(tmp_path, method="plain", epochs=2, train_heads_after=1)
+    # 6 head epochs (~1 s): the heads reach 0.57-0.73 (exit 1) and 0.49-0.83 (exit 2) val accuracy over
+    # seeds 0-5 (1 thread) and 0-2 (2 threads); after 1 head epoch exit 1 had 0.07-0.22, astride a 0.15 bound
+    cfg = tiny_cfg(tmp_path, method="plain", epochs=2, train_heads_after=6)
     first = train(replace(cfg, stop_after=2))
     h = first.history
     assert h[-1]["train_acc"][:2] == [None, None]  # plain never runs the shallow heads
     assert h[-1]["select"] == "deepest"
     main_sd = load_checkpoint(tmp_path / "last.pt").state_dict
     res = train(cfg)
-    assert res.completed and res.history[-1]["phase"] == "heads" and res.best_epoch == 3
+    assert res.completed and res.history[-1]["phase"] == "heads"
+    assert res.best_epoch > cfg.epochs  # the heads phase selects its own best epoch
     final = load_checkpoint(res.best_checkpoint).state_dict
     backbone = [k for k in final if k.startswith("sections.") or k.startswith("exits.2.")]
     heads = [k for k in final if k.startswith("exits.0.") or k.startswith("exits.1.")]
     assert backbone and heads
     assert all(torch.equal(final[k], main_sd[k]) for k in backbone)  # frozen, BN statistics included
     assert any(not torch.equal(final[k], main_sd[k]) for k in heads)
-    assert res.metrics["val"]["exits"][0] > 0.15  # the heads learned something
+    assert min(res.metrics["val"]["exits"][:2]) > 0.3  # both heads learned: 3x chance (0.1)
 
 
 def test_config_refusals(tmp_path: Path) -> None:
@@ -166,15 +169,18 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
 
 
 def test_fashion_mnist_slice_train_and_eval(fmnist_dir: Path, tmp_path: Path) -> None:
+    # 3 cosine epochs (63 steps, ~3 s): the deepest exit reaches 0.46-0.64 val / 0.50-0.58 test accuracy
+    # over seeds 0-5 with 1 and 2 threads (1 epoch gave 0.17-0.42: a "> 0.3" bound on it failed at random)
     cfg = TrainConfig(dataset="fashion-mnist", data=str(fmnist_dir), limit=1500, backbone="tiny",
-                      backbone_kwargs={"width": 8}, method="byot", epochs=1, batch_size=64, lr=0.1,
-                      output=str(tmp_path), device="cpu", progress=False, verbose=False)
+                      backbone_kwargs={"width": 8}, method="byot", epochs=3, schedule="cosine", batch_size=64,
+                      lr=0.1, seed=0, output=str(tmp_path), device="cpu", progress=False, verbose=False)
     res = train(cfg)
     meta = load_checkpoint(res.best_checkpoint).meta
     assert meta["data"]["image_size"] == [28, 28] and meta["data"]["in_channels"] == 1
     assert meta["data"]["val_size"] == 150 and meta["data"]["limit"] == 1500
     assert meta["classes"][0] == "T-shirt/top" and len(meta["classes"]) == 10
     assert res.metrics["test"]["n"] == 1500
-    assert res.metrics["val"]["exits"][-1] > 0.3  # chance is 0.1
+    # it learned: 3x chance (0.1), well below the worst of the seeds and thread counts measured
+    assert res.metrics["val"]["exits"][-1] > 0.3 and res.metrics["test"]["exits"][-1] > 0.3
     acc = evaluate_checkpoint(res.best_checkpoint, split="test", data=str(fmnist_dir), device="cpu")
     assert acc["test"]["exits"] == pytest.approx(res.metrics["test"]["exits"], abs=1e-6)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..errors import BackendError
+from ...common.errors import BackendError
 from .base import Backend, BackendOptions
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -38,7 +38,7 @@ _REGISTRY: dict[str, Callable[[Any, BackendOptions], Backend]] = {"onnxruntime":
 
 
 def _auto(bundle: Any, options: BackendOptions) -> Backend:
-    from .hostinfo import nvidia_gpus
+    from ...common.hostinfo import nvidia_gpus
 
     if nvidia_gpus():
         from .tensorrt import engines_ready

@@ -4,18 +4,23 @@ A backend owns one loaded engine/session per section of a bundle and runs them o
 on the backend's device: :meth:`Backend.upload` moves the (preprocessed, float32, NCHW) input batch
 there once, :meth:`Backend.run_section` returns the section's features as an opaque device handle
 (``None`` after the last section) and its exit logits as a host ``float32`` numpy array of shape
-``[B, num_classes]``, and :meth:`Backend.take_rows` shrinks a device handle to the rows still going on.
-Only logits ever come back to the host.
+``[B, num_classes]`` that the caller owns (a backend never reuses it), and :meth:`Backend.take_rows`
+shrinks a device handle to the rows still going on. Only logits ever come back to the host.
+
+:meth:`Backend.run_chain` is the one loop that runs sections back to back without deciding anything
+(warm-up, profiling, every exit's logits, parity probes, benchmarks); the session's decision loop
+(:mod:`sdedge.runtime.session`) is the only other caller of :meth:`Backend.run_section`.
 """
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import BackendError
+from ...common.errors import BackendError
 
 
 @dataclass
@@ -54,6 +59,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def take_rows(self, x: Any, rows: np.ndarray) -> Any:
         """Keep only ``rows`` (int indices) of the batch held by handle ``x``."""
+
+    def run_chain(self, x: np.ndarray, upto: int | None = None,
+                  on_section: Callable[[int, float, Any], None] | None = None) -> list[np.ndarray]:
+        """Run sections 1..``upto`` (all by default) on the host batch ``x``; return each exit's logits.
+
+        ``on_section(k, ms, features)`` is called after section ``k`` with its wall time in milliseconds
+        (``time.perf_counter`` around :meth:`run_section` alone: the upload and the callback are outside)
+        and its features handle (``None`` after the last section).
+        """
+        last = self.num_sections if upto is None else upto
+        if not 1 <= last <= self.num_sections:
+            raise BackendError(f"run_chain: upto must be between 1 and {self.num_sections}, got {upto!r}")
+        h = self.upload(x)
+        out = []
+        clock = time.perf_counter
+        for k in range(1, last + 1):
+            t = clock()
+            h, logits = self.run_section(k, h)
+            if on_section is not None:
+                on_section(k, (clock() - t) * 1e3, h)
+            out.append(logits)
+        return out
 
     def run_reference(self, x: np.ndarray) -> np.ndarray:
         """Run the bundle's single-graph reference (``full.onnx``) on a host batch; return host logits.

@@ -29,10 +29,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BackendError, BundleError
+from ...common.errors import BackendError, BundleError
 from ..manifest import SectionSpec, TensorSpec, features_name, input_name, logits_name
 from .base import Backend, BackendOptions
-from .hostinfo import available_cpus, cpu_model, gpu_name, slug
+from ...common.hostinfo import available_cpus, cpu_model, gpu_name, slug
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",

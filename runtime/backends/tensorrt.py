@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError
+from ...common.errors import BackendError
 from ..manifest import features_name, input_name, logits_name
 from .base import Backend, BackendOptions
 from ..engine_cache import import_tensorrt as _import_tensorrt
-from .hostinfo import gpu_name, slug
+from ...common.hostinfo import gpu_name, slug
 
 def import_tensorrt() -> Any:
     return _import_tensorrt("the tensorrt backend")

@@ -1,10 +1,16 @@
-"""``build_app``: the KServe v2 HTTP app (Starlette, ASGI) around one or more ``AnytimeSession``.
+"""``InferenceServer``: the KServe v2 HTTP app (Starlette, ASGI) around one or more ``AnytimeSession``.
 
 ::
 
-    from sdedge.runtime.server import ServerConfig, build_app
+    from sdedge.runtime.server import InferenceServer, ServerConfig, build_app
     app = build_app("bundle/", ServerConfig(budget_ms=5))      # any ASGI server runs it; or mount it
     # uvicorn.run(app, host="127.0.0.1", port=8000)  -- or sdedge.runtime.server.serve("bundle/", config)
+    server = InferenceServer("bundle/", ServerConfig(budget_ms=5))   # the same: server.app is the app, and
+    # each endpoint is a method by name: server.post_infer, server.get_model_config, server.get_ready, ...
+
+The server's state (sessions, worker pool, metrics, model name and I/O) is a :class:`ServerState`
+(:func:`build_state` makes one without any web package); :class:`InferenceServer` holds it and answers
+each endpoint with one of its methods; ``build_app`` is ``InferenceServer(target, config).app``.
 
 Endpoints (``{name}`` is the model name: ``--model-name``, else the manifest's ``model.name``; each
 ``/v2/models/{name}/...`` also answers as ``/v2/models/{name}/versions/{version}/...``):
@@ -40,20 +46,26 @@ server itself (logged with its traceback; the server keeps serving).
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import json
 import logging
 import time
 import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from ..errors import BackendError, InputError, PolicyError
+from ...common.errors import BackendError, InputError, PolicyError
 from .config import ServerConfig, ServerConfigError, check_model_name
 from .metrics import ServerMetrics
 from .protocol import (ModelIO, ProtocolError, encode_infer_response, error_body, model_metadata, parse_infer_request,
                        server_metadata)
 from .worker import InferencePool, Overloaded, ShuttingDown
+
+if TYPE_CHECKING:  # the web packages are the serve extra: imported only when an app is built
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 log = logging.getLogger("sdedge.server")
 _clock = time.perf_counter
@@ -63,7 +75,8 @@ _BODY_DONE = "sdedge_body_done"
 _INLINE_PARSE_BYTES = 1 << 20  # bodies above 1 MiB are parsed off the event loop
 _CONTENT_TYPES = ("application/json", "application/octet-stream")
 
-__all__ = ["ServerConfig", "ServerState", "build_app", "build_state", "require_web"]
+__all__ = ["InferenceServer", "ServerConfig", "ServerState", "build_app", "build_state", "package_version",
+           "require_web"]
 
 
 def require_web() -> None:
@@ -77,6 +90,14 @@ def require_web() -> None:
     if missing:
         raise BackendError(f"sdedge serve needs {', '.join(missing)} (the serve extra: starlette via fastapi, uvicorn, "
                            f"prometheus-client): pip install 'sdedge[serve]'")
+
+
+def package_version() -> str:
+    """The installed sdedge distribution's version (``0+unknown`` for a source tree that is not installed)."""
+    try:
+        return importlib.metadata.version("sdedge")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 @dataclass
@@ -113,12 +134,11 @@ def _open_sessions(target: Any, config: ServerConfig) -> tuple[list, bool]:
     if isinstance(target, (str, Path)) or hasattr(target, "__fspath__"):
         from ..session import AnytimeSession
 
+        options = config.session_options()
         sessions: list = []
         try:
             for _ in range(config.workers):
-                sessions.append(AnytimeSession(target, backend=config.backend, precision=config.precision,
-                                               intra_op_threads=config.threads_per_session(), warmup=config.warmup,
-                                               max_batch=config.max_batch, answer=config.answer))
+                sessions.append(AnytimeSession(target, options))
         except BaseException:
             for s in sessions:
                 s.close()
@@ -146,7 +166,7 @@ def build_state(target: Any, config: ServerConfig | None = None) -> ServerState:
         check_model_name(name)
         s0.policy(config.threshold, config.criterion)  # a bad default (e.g. "calibrated" w/o calibration) fails now
         io = ModelIO(input_name=s0.manifest.input.name, chw=tuple(s0.input_shape), classes=tuple(s0.classes),
-                     max_batch=min([config.max_batch] + [int(s.max_batch) for s in sessions]))
+                     max_batch=min([config.session.max_batch] + [int(s.max_batch) for s in sessions]))
         pool = InferencePool(sessions, config.max_queue)
         metrics = ServerMetrics(s0.num_exits, queue_depth=pool.qsize)
     except BaseException:
@@ -161,70 +181,143 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
     """A Starlette (ASGI) app serving ``target``: a bundle path (opens ``config.workers`` sessions), an
     ``AnytimeSession``, a list of sessions of the same bundle (one worker thread each), or a
     :class:`ServerState` from :func:`build_state` (its own config then applies)."""
-    require_web()
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.middleware import Middleware
-    from starlette.requests import ClientDisconnect, Request
+    return InferenceServer(target, config).app
+
+
+def _response(body: bytes | str, status: int = 200, media_type: str | None = "application/json",
+              headers: dict | None = None) -> "Response":
     from starlette.responses import Response
-    from starlette.routing import Route
 
-    state = target if isinstance(target, ServerState) else build_state(target, config)
-    cfg, metrics, io = state.config, state.metrics, state.io
+    return Response(body, status_code=status, media_type=media_type, headers=headers)
 
-    def err(status: int, message: str, headers: dict | None = None) -> Response:
-        return Response(error_body(message), status_code=status, media_type="application/json", headers=headers)
 
-    def ok(doc: Any, status: int = 200) -> Response:
-        import json
+def _error(status: int, message: str, headers: dict | None = None) -> "Response":
+    """The error answer: ``{"error": message}`` with ``status``."""
+    return _response(error_body(message), status, headers=headers)
 
-        return Response(json.dumps(doc).encode(), status_code=status, media_type="application/json")
 
-    def model_error(request: Request) -> Response | None:
+def _ok(doc: Any, status: int = 200) -> "Response":
+    return _response(json.dumps(doc).encode(), status)
+
+
+def _mark(request: "Request", endpoint: str) -> None:
+    """Name the endpoint for the request counter (``sdedge_requests_total{endpoint=...}``)."""
+    request.scope[_ENDPOINT] = endpoint
+
+
+class InferenceServer:
+    """The KServe v2 endpoints over one :class:`ServerState`, one method each; :attr:`app` routes to them.
+
+    ``target`` is what :func:`build_app` takes (a bundle path, session(s), or a ready ``ServerState``,
+    whose own config then applies). Building one needs the web packages (the ``serve`` extra).
+    """
+
+    def __init__(self, target: Any, config: ServerConfig | None = None) -> None:
+        require_web()  # before spending seconds on loading and warming up sessions
+        self.state: ServerState = target if isinstance(target, ServerState) else build_state(target, config)
+        self.version = package_version()
+        self.app: Any = self._build_app()
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.state.config
+
+    @property
+    def metrics(self) -> ServerMetrics:
+        return self.state.metrics
+
+    @property
+    def io(self) -> ModelIO:
+        return self.state.io
+
+    # -- the app ---------------------------------------------------------------------------------------------
+    def routes(self) -> list:
+        """Every endpoint's route, each model route also under ``/versions/{version}``."""
+        from starlette.routing import Route
+
+        routes = [
+            Route("/v2", self.get_server_metadata, methods=["GET"]),
+            Route("/v2/health/live", self.get_live, methods=["GET"]),
+            Route("/v2/health/ready", self.get_ready, methods=["GET"]),
+            Route("/metrics", self.get_metrics, methods=["GET"]),
+        ]
+        for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            routes += [
+                Route(base, self.get_model_metadata, methods=["GET"]),
+                Route(base + "/ready", self.get_model_ready, methods=["GET"]),
+                Route(base + "/config", self.get_model_config, methods=["GET"]),
+                Route(base + "/infer", self.post_infer, methods=["POST"]),
+            ]
+        return routes
+
+    def _build_app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
+        from starlette.middleware import Middleware
+
+        app = Starlette(routes=self.routes(), lifespan=self.lifespan,
+                        middleware=[Middleware(_ArrivalAndStatus, metrics=self.metrics)],
+                        exception_handlers={HTTPException: self.on_http_error, Exception: self.on_server_fault})
+        app.state.sdedge = self.state
+        app.state.server = self
+        return app
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        """Start the inference workers; on shutdown let queued inferences finish and close the sessions."""
+        self.state.pool.start()
+        yield
+        await asyncio.to_thread(self.state.close, self.config.graceful_timeout_s)
+
+    # -- metadata and health -------------------------------------------------------------------------------
+    def model_error(self, request: "Request") -> "Response | None":
+        """The 404 for a model name or version this server does not serve (None when it does)."""
+        state = self.state
         name = request.path_params["name"]
         if name != state.model_name:
-            return err(404, f"unknown model {name!r}; this server serves {state.model_name!r}")
+            return _error(404, f"unknown model {name!r}; this server serves {state.model_name!r}")
         v = request.path_params.get("version")
         if v is not None and v != state.model_version:
-            return err(404, f"unknown version {v!r} of model {name!r}; available: {state.model_version!r}")
+            return _error(404, f"unknown version {v!r} of model {name!r}; available: {state.model_version!r}")
         return None
 
-    def mark(request: Request, endpoint: str) -> None:
-        request.scope[_ENDPOINT] = endpoint
+    async def get_server_metadata(self, request: "Request") -> "Response":
+        _mark(request, "server_metadata")
+        return _ok(server_metadata(self.version))
 
-    async def get_server_metadata(request: Request) -> Response:
-        mark(request, "server_metadata")
-        from ... import __version__
+    async def get_live(self, request: "Request") -> "Response":
+        _mark(request, "health")
+        pool = self.state.pool
+        live = pool.healthy() or pool.closed  # a dead inference thread: let the orchestrator restart us
+        return _ok({"live": live}, 200 if live else 503)
 
-        return ok(server_metadata(__version__))
+    def is_ready(self) -> bool:
+        return self.state.ready and self.state.pool.healthy()
 
-    async def get_live(request: Request) -> Response:
-        mark(request, "health")
-        live = state.pool.healthy() or state.pool.closed  # a dead inference thread: let the orchestrator restart us
-        return ok({"live": live}, 200 if live else 503)
+    async def get_ready(self, request: "Request") -> "Response":
+        _mark(request, "health")
+        ready = self.is_ready()
+        return _ok({"ready": ready}, 200 if ready else 503)
 
-    async def get_ready(request: Request) -> Response:
-        mark(request, "health")
-        ready = state.ready and state.pool.healthy()
-        return ok({"ready": ready}, 200 if ready else 503)
+    async def get_model_metadata(self, request: "Request") -> "Response":
+        _mark(request, "model_metadata")
+        state = self.state
+        return self.model_error(request) or _ok(model_metadata(self.io, state.model_name, [state.model_version]))
 
-    async def get_model_metadata(request: Request) -> Response:
-        mark(request, "model_metadata")
-        return model_error(request) or ok(model_metadata(io, state.model_name, [state.model_version]))
+    async def get_model_ready(self, request: "Request") -> "Response":
+        _mark(request, "model_ready")
+        ready = self.is_ready()
+        return self.model_error(request) or _ok({"name": self.state.model_name, "ready": ready}, 200 if ready else 503)
 
-    async def get_model_ready(request: Request) -> Response:
-        mark(request, "model_ready")
-        ready = state.ready and state.pool.healthy()
-        return model_error(request) or ok({"name": state.model_name, "ready": ready}, 200 if ready else 503)
-
-    async def get_model_config(request: Request) -> Response:
-        mark(request, "model_config")
-        e = model_error(request)
+    async def get_model_config(self, request: "Request") -> "Response":
+        _mark(request, "model_config")
+        e = self.model_error(request)
         if e is not None:
             return e
+        state, cfg, io = self.state, self.config, self.io
         s = state.session
         m = s.manifest
-        return ok({
+        return _ok({
             "name": state.model_name, "version": state.model_version, "platform": "sdedge",
             "max_batch_size": io.max_batch, "input": io.accepted_inputs(), "output": io.outputs_metadata(),
             "classes": list(io.classes), "num_exits": s.num_exits, "exits": m.exits,
@@ -235,12 +328,73 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
             "max_body_bytes": cfg.max_body_bytes, "max_queue": cfg.max_queue,
         })
 
-    async def get_metrics(request: Request) -> Response:
-        mark(request, "metrics")
-        text, ctype = metrics.render()
-        return Response(text, headers={"Content-Type": ctype})
+    async def get_metrics(self, request: "Request") -> "Response":
+        _mark(request, "metrics")
+        text, ctype = self.metrics.render()
+        return _response(text, media_type=None, headers={"Content-Type": ctype})
 
-    async def read_body(request: Request) -> bytes:
+    # -- inference -----------------------------------------------------------------------------------------------
+    async def post_infer(self, request: "Request") -> "Response":
+        """``POST .../infer``: the answer, or the error's status and message (see the module docstring)."""
+        _mark(request, "infer")
+        t0 = request.scope.get(_ARRIVAL) or _clock()
+        e = self.model_error(request)
+        if e is not None:
+            return e
+        inflight = self.metrics.inflight
+        inflight.inc()
+        try:
+            return await self.infer(request, t0)
+        except ProtocolError as ex:
+            # refused before the whole body was read: close the connection rather than keep reading it
+            unread = not request.scope.get(_BODY_DONE)
+            return _error(ex.status, str(ex), {"Connection": "close"} if unread else None)
+        except (InputError, PolicyError) as ex:  # the session's own checks (e.g. NaN/Inf, "calibrated" w/o calibration)
+            return _error(400, str(ex))
+        except (Overloaded, ShuttingDown) as ex:
+            return _error(503, str(ex), {"Retry-After": "1"})
+        finally:
+            inflight.dec()
+
+    async def infer(self, request: "Request", t0: float) -> "Response":
+        """Read and parse the request, run it on the pool under its deadline (``t0`` + budget), encode the answer."""
+        cfg, io, state = self.config, self.io, self.state
+        body = await self.read_body(request)
+        hl = request.headers.get("inference-header-content-length")
+        if len(body) > _INLINE_PARSE_BYTES:
+            req = await asyncio.to_thread(parse_infer_request, body, hl, io)
+        else:
+            req = parse_infer_request(body, hl, io)
+        budget = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
+        deadline = None if budget is None else t0 + budget * 1e-3
+        threshold = req.threshold if req.threshold is not None else cfg.threshold
+        criterion = req.criterion if req.criterion is not None else cfg.criterion
+        out = await state.pool.run(req.array, deadline=deadline, threshold=threshold, criterion=criterion)
+        results = out.results
+        latency_s = out.t_done - t0
+        met = results[0].deadline_met if deadline is not None else None
+        exits = [r.exit_index for r in results]
+        params: dict[str, Any] = {"latency_ms": round(latency_s * 1e3, 4), "queue_ms": round(out.queue_s * 1e3, 4),
+                                  "inference_ms": round(out.inference_s * 1e3, 4), "exits_run": max(exits)}
+        if len(results) == 1:
+            params["exit_index"] = exits[0]
+            params["stopped_by"] = results[0].stopped_by
+        if deadline is not None:
+            params["budget_ms"] = budget
+            params["deadline_met"] = bool(met)
+        payload, head_len = encode_infer_response(state.model_name, state.model_version, req.id, results, req.outputs,
+                                                  io.classes, params)
+        self.metrics.observe_inference(exits, latency_s, out.queue_s, out.inference_s, met)
+        if head_len is None:
+            return _response(payload)
+        return _response(payload, media_type="application/octet-stream",
+                         headers={"Inference-Header-Content-Length": str(head_len)})
+
+    async def read_body(self, request: "Request") -> bytes:
+        """The request body, decompressed, within the size cap and the body timeout (else a ProtocolError)."""
+        from starlette.requests import ClientDisconnect
+
+        cfg = self.config
         ctype = request.headers.get("content-type")
         if ctype is not None and ctype.split(";")[0].strip().lower() not in _CONTENT_TYPES:
             raise ProtocolError(f"unsupported Content-Type {ctype!r}; send application/json (or "
@@ -286,91 +440,16 @@ def build_app(target: Any, config: ServerConfig | None = None) -> Any:
             raise ProtocolError("empty request body; expected a JSON inference request")
         return body
 
-    async def post_infer(request: Request) -> Response:
-        mark(request, "infer")
-        t0 = request.scope.get(_ARRIVAL) or _clock()
-        e = model_error(request)
-        if e is not None:
-            return e
-        metrics.inflight.inc()
-        try:
-            return await infer(request, t0)
-        except ProtocolError as ex:
-            # refused before the whole body was read: close the connection rather than keep reading it
-            unread = not request.scope.get(_BODY_DONE)
-            return err(ex.status, str(ex), {"Connection": "close"} if unread else None)
-        except (InputError, PolicyError) as ex:  # the session's own checks (e.g. NaN/Inf, "calibrated" w/o calibration)
-            return err(400, str(ex))
-        except (Overloaded, ShuttingDown) as ex:
-            return err(503, str(ex), {"Retry-After": "1"})
-        finally:
-            metrics.inflight.dec()
+    # -- errors ----------------------------------------------------------------------------------------------------
+    async def on_http_error(self, request: "Request", exc: Exception) -> "Response":
+        """Starlette's own HTTP errors (404 no such route, 405 wrong method) in the server's error format."""
+        status = getattr(exc, "status_code", 500)
+        msg = getattr(exc, "detail", "") if status != 404 else f"no such endpoint: {request.method} {request.url.path}"
+        return _error(status, str(msg), getattr(exc, "headers", None))
 
-    async def infer(request: Request, t0: float) -> Response:
-        body = await read_body(request)
-        hl = request.headers.get("inference-header-content-length")
-        if len(body) > _INLINE_PARSE_BYTES:
-            req = await asyncio.to_thread(parse_infer_request, body, hl, io)
-        else:
-            req = parse_infer_request(body, hl, io)
-        budget = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
-        deadline = None if budget is None else t0 + budget * 1e-3
-        threshold = req.threshold if req.threshold is not None else cfg.threshold
-        criterion = req.criterion if req.criterion is not None else cfg.criterion
-        out = await state.pool.run(req.array, deadline=deadline, threshold=threshold, criterion=criterion)
-        results = out.results
-        latency_s = out.t_done - t0
-        met = results[0].deadline_met if deadline is not None else None
-        exits = [r.exit_index for r in results]
-        params: dict[str, Any] = {"latency_ms": round(latency_s * 1e3, 4), "queue_ms": round(out.queue_s * 1e3, 4),
-                                  "inference_ms": round(out.inference_s * 1e3, 4), "exits_run": max(exits)}
-        if len(results) == 1:
-            params["exit_index"] = exits[0]
-            params["stopped_by"] = results[0].stopped_by
-        if deadline is not None:
-            params["budget_ms"] = budget
-            params["deadline_met"] = bool(met)
-        payload, head_len = encode_infer_response(state.model_name, state.model_version, req.id, results, req.outputs,
-                                                  io.classes, params)
-        metrics.observe_inference(exits, latency_s, out.queue_s, out.inference_s, met)
-        if head_len is None:
-            return Response(payload, media_type="application/json")
-        return Response(payload, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(head_len)})
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        msg = exc.detail if exc.status_code != 404 else f"no such endpoint: {request.method} {request.url.path}"
-        return err(exc.status_code, str(msg), getattr(exc, "headers", None))
-
-    async def on_server_fault(request: Request, exc: Exception) -> Response:
+    async def on_server_fault(self, request: "Request", exc: Exception) -> "Response":
         # Starlette re-raises the exception after this answer, so the ASGI server logs its traceback
-        return err(500, f"internal server error ({type(exc).__name__}); see the server log")
-
-    @asynccontextmanager
-    async def lifespan(app: Any):
-        state.pool.start()
-        yield
-        await asyncio.to_thread(state.close, cfg.graceful_timeout_s)
-
-    routes = [
-        Route("/v2", get_server_metadata, methods=["GET"]),
-        Route("/v2/health/live", get_live, methods=["GET"]),
-        Route("/v2/health/ready", get_ready, methods=["GET"]),
-        Route("/metrics", get_metrics, methods=["GET"]),
-    ]
-    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes += [
-            Route(base, get_model_metadata, methods=["GET"]),
-            Route(base + "/ready", get_model_ready, methods=["GET"]),
-            Route(base + "/config", get_model_config, methods=["GET"]),
-            Route(base + "/infer", post_infer, methods=["POST"]),
-        ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(_ArrivalAndStatus, metrics=metrics)],
-                    exception_handlers={HTTPException: on_http_error, Exception: on_server_fault})
-    app.state.sdedge = state
-    return app
+        return _error(500, f"internal server error ({type(exc).__name__}); see the server log")
 
 
 class _ArrivalAndStatus:

@@ -1,18 +1,26 @@
 """``ServerConfig``: every knob of ``sdedge serve`` in one dataclass (no web imports here).
 
 The CLI (``sdedge serve -h``) builds one from its flags; robot code and tests build one directly and
-pass it to :func:`sdedge.runtime.server.build_app` or :func:`sdedge.runtime.server.serve`.
+pass it to :func:`sdedge.runtime.server.build_app` or :func:`sdedge.runtime.server.serve`::
+
+    ServerConfig(budget_ms=5, workers=2, session=SessionOptions(backend="onnxruntime", max_batch=8))
+
+How each session is opened (backend, precision, threads, warm-up, ``max_batch``, answer mode) is the
+embedded :class:`~sdedge.runtime.options.SessionOptions`, checked there; the request-parameter
+defaults (budget, threshold, criterion) are checked by the policies' ``check_*`` functions, the same
+ones that check each request's parameters and each session call.
 """
 from __future__ import annotations
 
 import math
-import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SdedgeError
-from ..policies import check_criterion, check_threshold
+from ...common.errors import SdedgeError
+from ...common.hostinfo import available_cpus
+from ..options import SessionOptions
+from ..policies import check_budget_ms, check_criterion, check_threshold
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -29,10 +37,12 @@ class ServerConfig:
       ``budget_ms``: latency budget counted from the request's arrival (None: no deadline);
       ``threshold``: confidence threshold in [0, 1] or ``"calibrated"`` (None: no confidence stop);
       ``criterion``: ``max_prob``, ``entropy`` or ``margin`` (None: the session's).
-    Capacity: ``workers`` sessions, each on its own inference thread with ``threads`` ORT intra-op
-    threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
-    ``max_queue`` requests (more: 503). Safety caps: ``max_batch`` images per request, ``max_body_mb``
-    MiB per body (after decompression too), ``body_timeout_s`` to receive a body (408 after),
+    Sessions: ``session`` says how each is opened (:class:`~sdedge.runtime.options.SessionOptions`);
+    its ``max_batch`` is also the most images one request may carry (more: 400).
+    Capacity: ``workers`` sessions, each on its own inference thread with ``session.intra_op_threads``
+    ORT intra-op threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
+    ``max_queue`` requests (more: 503). Safety caps: ``max_body_mb`` MiB per body (after decompression
+    too), ``body_timeout_s`` to receive a body (408 after),
     ``max_header_kb`` per request head (h11), ``limit_concurrency`` connections+tasks (503 beyond),
     ``timeout_keep_alive`` seconds an idle keep-alive connection is kept.
     """
@@ -44,13 +54,8 @@ class ServerConfig:
     budget_ms: float | None = None
     threshold: Any = None
     criterion: str | None = None
-    backend: str = "auto"
-    precision: str = "fp32"
+    session: SessionOptions = field(default_factory=SessionOptions)
     workers: int = 1
-    threads: int | None = None
-    answer: str = "last"
-    warmup: int = 3
-    max_batch: int = 64
     max_body_mb: float = 16.0
     max_queue: int = 256
     body_timeout_s: float = 30.0
@@ -63,25 +68,20 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.budget_ms is not None:
-            b = self.budget_ms
-            if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
-                raise ServerConfigError(f"budget_ms must be a positive number of milliseconds or None, got {b!r}")
-            self.budget_ms = float(b)
-        if self.threshold is not None and self.threshold != "calibrated":
-            self.threshold = check_threshold(self.threshold, "threshold")
+            self.budget_ms = check_budget_ms(self.budget_ms)
+        if self.threshold is not None:
+            self.threshold = check_threshold(self.threshold, calibrated=True)
         if self.criterion is not None:
             check_criterion(self.criterion)
+        if not isinstance(self.session, SessionOptions):
+            raise ServerConfigError(f"session must be a SessionOptions, got {type(self.session).__name__}")
         _positive_int(self, "port", allow_zero=True)
         if self.port > 65535:
             raise ServerConfigError(f"port must be in 0..65535, got {self.port}")
-        for name in ("workers", "max_batch", "max_queue", "max_header_kb", "timeout_keep_alive"):
+        for name in ("workers", "max_queue", "max_header_kb", "timeout_keep_alive"):
             _positive_int(self, name)
-        if self.threads is not None:
-            _positive_int(self, "threads")
         if self.limit_concurrency is not None:
             _positive_int(self, "limit_concurrency")
-        if self.warmup < 0:
-            raise ServerConfigError(f"warmup must be >= 0, got {self.warmup}")
         for name in ("max_body_mb", "body_timeout_s", "graceful_timeout_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -95,13 +95,15 @@ class ServerConfig:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
-    def threads_per_session(self) -> int | None:
-        """ORT intra-op threads for each session: ``threads``, else the CPUs split between the sessions."""
-        if self.threads is not None:
-            return self.threads
-        if self.workers == 1:
-            return None  # ORT's own default (one thread per physical core)
-        return max(1, (os.cpu_count() or 1) // self.workers)
+    def session_options(self) -> SessionOptions:
+        """The options each of the ``workers`` sessions is opened with: ``session``, with its intra-op
+        threads, when unset, split evenly between the sessions (the CPUs this process may use)."""
+        if self.session.intra_op_threads is not None or self.workers == 1:
+            # one session and no setting: the backend's default. The ONNX Runtime backend then sets
+            # intra_op_num_threads to the logical CPUs this process may use (its affinity mask); it never
+            # leaves the count to ONNX Runtime's own default.
+            return self.session
+        return self.session.replace(intra_op_threads=max(1, available_cpus() // self.workers))
 
 
 def check_model_name(name: Any) -> str:

@@ -33,7 +33,7 @@ def _require_prometheus():
     try:
         import prometheus_client
     except ImportError:
-        from ..errors import BackendError
+        from ...common.errors import BackendError
 
         raise BackendError("the server's /metrics needs prometheus-client: pip install 'sdedge[serve]'") from None
     return prometheus_client

@@ -19,7 +19,8 @@ transport. What it implements of the protocol
   input order, each sized by its ``parameters.binary_data_size`` (little-endian, row-major). Sizes that
   do not add up to the body, or a header length that does not fit it, are refused (400).
 * **Request parameters**: ``budget_ms`` (positive number), ``threshold`` (number in [0, 1] or
-  ``"calibrated"``), ``criterion`` (``max_prob``/``entropy``/``margin``), ``binary_data_output``
+  ``"calibrated"``), ``criterion`` (``max_prob``/``entropy``/``margin``), each checked by the
+  policies' ``check_*`` functions (as the session checks its arguments), ``binary_data_output``
   (bool: every output in binary). Other parameters (e.g. ``tritonclient``'s ``priority``,
   ``timeout``, ``sequence_id``) are accepted and ignored.
 * **Outputs**: ``probabilities`` FP32 ``[B, C]``, ``label`` INT64 ``[B]``, ``exit_index`` INT32 ``[B]``
@@ -34,12 +35,12 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..calibration import CRITERIA
-from ..errors import InputError
+from ...common.errors import InputError, PolicyError
+from ..policies import check_budget_ms, check_criterion, check_threshold
 
 INPUT_DATATYPES = ("FP32", "UINT8")
 OUTPUTS: dict[str, str] = {  # name -> v2 datatype
@@ -191,8 +192,9 @@ def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> 
     if not isinstance(binary_default, bool):
         raise ProtocolError(f"parameters.binary_data_output must be true or false, got {binary_default!r}")
     return InferRequest(id=rid, array=array, datatype=datatype, outputs=_parse_outputs(req.get("outputs"), binary_default),
-                        budget_ms=_budget(params), threshold=_threshold(params), criterion=_criterion(params),
-                        parameters=params)
+                        budget_ms=_parameter(params, "budget_ms", check_budget_ms),
+                        threshold=_parameter(params, "threshold", lambda v, where: check_threshold(v, where, True)),
+                        criterion=_parameter(params, "criterion", check_criterion), parameters=params)
 
 
 def _parse_input(t: dict, binary: memoryview, offset: int, io: ModelIO) -> tuple[np.ndarray, str, int]:
@@ -266,29 +268,15 @@ def _json_tensor(data: Any, name: str, datatype: str, shape: list[int], count: i
         return arr.astype(np.float32).reshape(shape)
 
 
-def _budget(params: dict) -> float | None:
-    b = params.get("budget_ms")
-    if b is None:
+def _parameter(params: dict, name: str, check: Callable[[Any, str], Any]) -> Any:
+    """``parameters[name]`` checked by ``check(value, where)`` (None when absent); a bad one is a 400."""
+    v = params.get(name)
+    if v is None:
         return None
-    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
-        raise ProtocolError(f"parameters.budget_ms must be a positive number of milliseconds, got {b!r}")
-    return float(b)
-
-
-def _threshold(params: dict) -> Any:
-    t = params.get("threshold")
-    if t is None or t == "calibrated":
-        return t
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0.0 <= t <= 1.0):
-        raise ProtocolError(f"parameters.threshold must be a number in [0, 1] or \"calibrated\", got {t!r}")
-    return float(t)
-
-
-def _criterion(params: dict) -> str | None:
-    c = params.get("criterion")
-    if c is not None and c not in CRITERIA:
-        raise ProtocolError(f"parameters.criterion must be one of {', '.join(CRITERIA)}, got {c!r}")
-    return c
+    try:
+        return check(v, f"parameters.{name}")
+    except PolicyError as e:
+        raise ProtocolError(str(e)) from None
 
 
 def _parse_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutput]:

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from ..errors import BackendError
+from ...common.errors import BackendError
 from .app import ServerState, build_app
 from .config import ServerConfig
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..errors import SdedgeError
+from ...common.errors import SdedgeError
 
 _clock = time.perf_counter
 

@@ -1,6 +1,6 @@
 """``sdedge bench BUNDLE``: per-exit latency, split overhead, decision overhead, deadline compliance.
 
-Torch-free; reuses :mod:`sdedge.runtime.benchmarking` through :mod:`sdedge.calibrate.bench`.
+Torch-free; reuses :mod:`sdedge.calibrate.benchmarking` through :mod:`sdedge.calibrate.bench`.
 """
 from __future__ import annotations
 
@@ -8,15 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not vals or any(not v > 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected positive numbers of milliseconds, got {text!r}")
-    return vals
+from .argtypes import positive_list
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -34,7 +26,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=500, help="timed calls per contender (default 500)")
     p.add_argument("--warmup", type=int, default=50, help="untimed warm-up calls (default 50)")
     p.add_argument("--calls", type=int, default=2000, help="infer calls per budget for deadline compliance")
-    p.add_argument("--budgets", type=_floats, default=None, metavar="MS,MS,...",
+    p.add_argument("--budgets", type=positive_list(float, "numbers of milliseconds"), default=None, metavar="MS,MS,...",
                    help="budgets in ms (default: exit-1 p99 and 50/75/100/125 %% of the full infer p50)")
     p.add_argument("--burn", type=int, default=0, metavar="N",
                    help="also measure compliance beside N CPU-burning neighbour processes")
@@ -54,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from ..calibrate.datasets import optional_arrays
 
     images, labels = optional_arrays(args.images, args.labels)
-    cfg = BenchConfig(backend=args.backend, precision=args.precision, threads=args.threads, runs=args.runs,
-                      warmup=args.warmup, calls=args.calls, budgets_ms=args.budgets, burn=args.burn, plot=args.plot,
-                      data=args.data, curve_samples=args.curve_samples, json_path=args.json or None)
+    defaults = BenchConfig()
+    session = defaults.session.replace(backend=args.backend, precision=args.precision, intra_op_threads=args.threads)
+    cfg = BenchConfig(session=session, runs=args.runs, warmup=args.warmup, calls=args.calls, budgets_ms=args.budgets,
+                      burn=args.burn, plot=args.plot, data=args.data, curve_samples=args.curve_samples,
+                      json_path=args.json or None)
     progress = None if args.quiet else (lambda m: print(f"# {m}", file=sys.stderr, flush=True))
     res = run_bench(args.bundle, cfg, images=images, labels=labels, progress=progress)
     print(res.summary())

@@ -8,15 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return vals
+from .argtypes import positive_list
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -61,12 +53,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     r = p.add_argument_group("device and profile")
     r.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
     r.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
-    r.add_argument("--threads", type=_int_list, default=None,
+    r.add_argument("--threads", type=positive_list(int, "integers"), default=None,
                    help="intra-op threads; a comma list profiles each (e.g. 1,2), the first runs the calibration")
     r.add_argument("--profile-runs", type=int, default=200, help="timed runs per batch size (0: keep the bundle's profile)")
     r.add_argument("--profile-warmup", type=int, default=20, help="untimed warm-up runs")
     r.add_argument("--overhead-runs", type=int, default=200, help="calls per contender to measure the decision overhead")
-    r.add_argument("--batch-sizes", type=_int_list, default=(1,), help="batch sizes to profile (default 1), e.g. 1,8")
+    r.add_argument("--batch-sizes", type=positive_list(int, "integers"), default=(1,), help="batch sizes to profile (default 1), e.g. 1,8")
     r.add_argument("--latency-stat", choices=["mean", "p50", "p90", "p99"], default="mean",
                    help="per-section statistic behind expected latencies (default mean; p50 ignores a noisy machine's "
                         "outliers, p99 plans for them)")
@@ -82,27 +74,28 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..calibrate.api import CalibrationConfig, calibrate_bundle
     from ..calibrate.datasets import optional_arrays
+    from ..runtime.options import SessionOptions
 
     images, labels = optional_arrays(args.images, args.labels)
+    threads = tuple(args.threads) if args.threads else (None,)
+    session = SessionOptions(backend=args.backend, precision=args.precision, intra_op_threads=threads[0],
+                             criterion=args.criterion, answer=args.answer)
     cfg = CalibrationConfig(
-        criterion=args.criterion, target_accuracy=args.target_accuracy, max_accuracy_drop=args.max_accuracy_drop,
-        target_latency_ms=args.target_latency_ms, data=args.data, split=args.split, max_samples=args.max_samples,
-        heldout_fraction=args.heldout_fraction, seed=args.seed, backend=args.backend, precision=args.precision,
-        threads=tuple(args.threads) if args.threads else (None,), batch_sizes=tuple(args.batch_sizes),
-        profile_runs=args.profile_runs, profile_warmup=args.profile_warmup, overhead_runs=args.overhead_runs,
-        confidence_z=args.confidence_z, temperature=not args.no_temperature,
-        latency_stat=f"{args.latency_stat}_ms", answer=args.answer, profile_only=args.profile_only, plot=args.plot,
+        session=session, profile_threads=threads[1:], target_accuracy=args.target_accuracy,
+        max_accuracy_drop=args.max_accuracy_drop, target_latency_ms=args.target_latency_ms, data=args.data,
+        split=args.split, max_samples=args.max_samples, heldout_fraction=args.heldout_fraction, seed=args.seed,
+        batch_sizes=tuple(args.batch_sizes), profile_runs=args.profile_runs, profile_warmup=args.profile_warmup,
+        overhead_runs=args.overhead_runs, confidence_z=args.confidence_z, temperature=not args.no_temperature,
+        latency_stat=f"{args.latency_stat}_ms", profile_only=args.profile_only, plot=args.plot,
         write=not args.dry_run)
     progress = None if args.quiet else (lambda m: print(f"# {m}", file=sys.stderr, flush=True))
     res = calibrate_bundle(args.bundle, images=images, labels=labels, config=cfg, progress=progress)
     print(res.summary())
     if args.json:
-        import json
-
-        from ..runtime.atomic import write_text_atomic
+        from ..common.jsonio import write_json_atomic
 
         report = res.calibration if res.calibration is not None else {"profiles": res.profiles}
-        write_text_atomic(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        write_json_atomic(args.json, report)
     if args.dry_run:
         print("dry run: nothing written into the bundle")
     return 0

@@ -42,7 +42,7 @@ def _threshold(text: str | None) -> Any:
     try:
         return float(text)
     except ValueError:
-        from ..runtime.errors import PolicyError
+        from ..common.errors import PolicyError
 
         raise PolicyError(f"--threshold must be a number in [0, 1] or 'calibrated', got {text!r}") from None
 
@@ -51,7 +51,7 @@ def load_image(path: Path, shape: tuple[int, int, int], channel_order: str) -> t
     """An image file as an array ``infer`` accepts, and a note on what was done to it."""
     import numpy as np
 
-    from ..runtime.errors import InputError
+    from ..common.errors import InputError
 
     if not path.is_file():
         raise InputError(f"image file {path} does not exist")
@@ -87,11 +87,12 @@ def load_image(path: Path, shape: tuple[int, int, int], channel_order: str) -> t
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..runtime.options import SessionOptions
     from ..runtime.session import AnytimeSession
 
-    session = AnytimeSession(args.bundle, backend=args.backend, precision=args.precision,
-                             intra_op_threads=args.threads, answer=args.answer,
-                             criterion=args.criterion or "max_prob")
+    options = SessionOptions(backend=args.backend, precision=args.precision, intra_op_threads=args.threads,
+                             answer=args.answer, criterion=args.criterion or "max_prob")
+    session = AnytimeSession(args.bundle, options)
     threshold = _threshold(args.threshold)
     print(f"# {session.device_name}: {session.num_exits} exits, input {list(session.input_shape)}, "
           f"{'calibrated' if session.calibration else 'uncalibrated'}", file=sys.stderr)

@@ -70,15 +70,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
+    from ..runtime.options import SessionOptions
     from ..runtime.server.config import ServerConfig
     from .run import _threshold
 
+    session = SessionOptions(backend=args.backend, precision=args.precision, intra_op_threads=args.threads,
+                             warmup=args.warmup, max_batch=args.max_batch, answer=args.answer)
     return ServerConfig(
         host=args.host, port=args.port, model_name=args.model_name, model_version=args.model_version,
         budget_ms=args.budget_ms, threshold=_threshold(args.threshold), criterion=args.criterion,
-        backend=args.backend, precision=args.precision, workers=args.workers, threads=args.threads,
-        answer=args.answer, warmup=args.warmup, max_batch=args.max_batch, max_body_mb=args.max_body_mb,
-        max_queue=args.max_queue, body_timeout_s=args.body_timeout, limit_concurrency=args.limit_concurrency,
+        session=session, workers=args.workers, max_body_mb=args.max_body_mb, max_queue=args.max_queue,
+        body_timeout_s=args.body_timeout, limit_concurrency=args.limit_concurrency,
         timeout_keep_alive=args.timeout_keep_alive, graceful_timeout_s=args.graceful_timeout,
         log_level=args.log_level, access_log=args.access_log)
 

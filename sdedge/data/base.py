@@ -1,8 +1,9 @@
-"""In-memory image datasets as uint8 arrays, with the metadata a checkpoint and bundle need.
+"""The training side of a dataset: the three splits with the statistics and metadata training needs.
 
-Every reader returns :class:`ImageArrays` (``images`` uint8 ``[N, H, W, C]``, ``labels`` int64 ``[N]``)
-so channels and image size always come from the data. :class:`DataSplits` holds train/val/test plus
-the normalisation statistics computed on the training split.
+:class:`DataSplits` holds train/val/test as :class:`~sdedge.common.datasets.ImageArrays` (read and split by
+:mod:`sdedge.common.datasets`, the one reader every stage shares), plus the normalisation statistics
+computed on the training split, the class names, whether horizontal flips are valid, and the
+:class:`~sdedge.common.datasets.DataSpec` that rebuilds the same splits elsewhere.
 """
 from __future__ import annotations
 
@@ -10,26 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime.errors import DataError
-
-
-@dataclass
-class ImageArrays:
-    images: np.ndarray  # uint8 [N, H, W, C]
-    labels: np.ndarray  # int64 [N]
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise DataError(f"images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise DataError(f"{self.images.shape[0]} images but labels of shape {self.labels.shape}")
-        self.labels = self.labels.astype(np.int64, copy=False)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, idx: np.ndarray | slice) -> "ImageArrays":
-        return ImageArrays(self.images[idx], self.labels[idx])
+from ..common.datasets import DataSpec, ImageArrays
+from ..common.errors import DataError
 
 
 @dataclass
@@ -43,6 +26,7 @@ class DataSplits:
     std: list[float]
     hflip: bool  # whether horizontal flips are a valid augmentation for this data
     channel_order: str  # "L" or "RGB"
+    spec: DataSpec | None = None  # what the checkpoint records (hold-out size actually used, image geometry)
 
     @property
     def in_channels(self) -> int:
@@ -67,17 +51,6 @@ class DataSplits:
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (at least 1e-3) of uint8 ``[N, H, W, C]`` images, in [0, 1] units."""
     x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     return [round(float(v), 6) for v in x.mean(0)], [round(float(max(v, 1e-3)), 6) for v in x.std(0)]
-
-
-def holdout(train: ImageArrays, val_size: int, seed: int) -> tuple[ImageArrays, ImageArrays]:
-    """Seeded random hold-out of ``val_size`` training images for validation.
-
-    The indices come from :func:`sdedge.calibrate.datasets.holdout_indices`, the one implementation the
-    torch-free calibrator also uses to find the same validation split on the device.
-    """
-    from ..calibrate.datasets import holdout_indices
-
-    tr, va = holdout_indices(len(train), val_size, seed)
-    return train.subset(tr), train.subset(va)

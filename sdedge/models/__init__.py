@@ -1,10 +1,19 @@
-"""Backbones with sections and exit heads; :func:`build_model` assembles one from a config dict."""
+"""Backbones with sections and exit heads; :func:`build_model` assembles one from a config dict.
+
+The families register themselves by name in :mod:`.registry` when imported; this package imports them
+all (the timm pattern: the registry imports no family), so importing anything from ``sdedge.models``
+fills the registries. Add a backbone family as one module calling ``@register_backbone`` and one import
+line below.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 from .base import Backbone, DeepestExit, MultiExitNet, MultiExitOutput, SectionWithExit
 from .registry import get_backbone, get_head, list_backbones, list_heads, register_backbone, register_head
+
+# The families, each registering itself on import (heads first: models are built with them).
+from . import heads, mobilenetv2, resnet, resnext, tiny, vgg, wrn  # noqa: F401
 
 
 @dataclass
@@ -32,6 +41,7 @@ class ModelConfig:
 
 
 def build_model(cfg: ModelConfig) -> MultiExitNet:
+    """The multi-exit network ``cfg`` describes (randomly initialised; load a state dict into it)."""
     backbone: Backbone = get_backbone(cfg.backbone)(in_channels=cfg.in_channels, **cfg.backbone_kwargs)
     return MultiExitNet(backbone, cfg.num_classes, head=cfg.head, head_kwargs=cfg.head_kwargs)
 

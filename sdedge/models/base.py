@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .registry import get_head
+
 
 @dataclass
 class Backbone:
@@ -39,8 +41,6 @@ class MultiExitNet(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, head: str = "bottleneck",
                  head_kwargs: dict | None = None) -> None:
         super().__init__()
-        from .registry import get_head
-
         n = len(backbone.sections)
         if n < 1 or not (len(backbone.channels) == len(backbone.strides) == n):
             raise ValueError("backbone must declare channels and strides for every section")

@@ -1,4 +1,10 @@
-"""Registries of backbone families and exit-head kinds, looked up by name (the timm pattern)."""
+"""Registries of backbone families and exit-head kinds, looked up by name (the timm pattern).
+
+This module imports no family: each family module registers itself with :func:`register_backbone` /
+:func:`register_head` when it is imported, and the package ``sdedge.models`` imports every family, so
+any ``from sdedge.models import ...`` (or ``import sdedge.models.<anything>``) sees them all. A new
+family is one file here plus one line in ``sdedge/models/__init__.py``.
+"""
 from __future__ import annotations
 
 from typing import Callable, TypeVar
@@ -33,13 +39,8 @@ def register_head(name: str) -> Callable[[F], F]:
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the family modules fills the registries (one family per file).
-    from . import heads, mobilenetv2, resnet, resnext, tiny, vgg, wrn  # noqa: F401
-
-
 def get_backbone(name: str) -> Callable:
-    _ensure_loaded()
+    """The backbone function registered under ``name`` (``ValueError`` listing the names otherwise)."""
     try:
         return _BACKBONES[name]
     except KeyError:
@@ -47,7 +48,7 @@ def get_backbone(name: str) -> Callable:
 
 
 def get_head(name: str) -> Callable:
-    _ensure_loaded()
+    """The exit-head class registered under ``name`` (``ValueError`` listing the kinds otherwise)."""
     try:
         return _HEADS[name]
     except KeyError:
@@ -55,10 +56,10 @@ def get_head(name: str) -> Callable:
 
 
 def list_backbones() -> list[str]:
-    _ensure_loaded()
+    """Names of the registered backbones, sorted."""
     return sorted(_BACKBONES)
 
 
 def list_heads() -> list[str]:
-    _ensure_loaded()
+    """Names of the registered exit-head kinds, sorted."""
     return sorted(_HEADS)

@@ -33,8 +33,8 @@ import torch
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..losses import Component, build_method_loss, get_method
 from ..models import ModelConfig, build_model
-from ..runtime.atomic import write_text_atomic
-from ..runtime.errors import CheckpointError
+from ..common.jsonio import write_json_atomic
+from ..common.errors import CheckpointError
 from . import ddp
 from .config import TrainConfig, TrainConfigError, TrainResult
 from .evaluate import as_tensor, evaluate_arrays, format_table
@@ -157,14 +157,17 @@ class _Run:
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self, accuracy: dict, epochs_done: int) -> dict:
+        from ..data import checkpoint_data
+
         cfg, s = self.cfg, self.splits
         method = {"name": cfg.method, **self.params}
         if cfg.method == "plain":
             method["train_heads_after"] = cfg.train_heads_after
         return {
             "model": self.model_cfg.to_json(),
-            "data": {"dataset": s.name, "preprocess": s.preprocess_json(), "image_size": list(s.image_size),
-                     "in_channels": s.in_channels, "val_size": len(s.val), "seed": cfg.seed, "limit": cfg.limit},
+            # the run's DataSpec (dataset, hold-out size used, seed, limit, geometry) + preprocess; export
+            # copies the spec into the manifest and calibration rebuilds the same validation split from it
+            "data": checkpoint_data(s),
             "classes": list(s.classes),
             "method": method,
             "hparams": asdict(cfg),
@@ -378,7 +381,7 @@ class _Run:
         }
         path = self.out / "results.json"
         if self.dist.is_main:
-            write_text_atomic(path, json.dumps(results, indent=1, allow_nan=False) + "\n")
+            write_json_atomic(path, results, indent=1)
         ddp.barrier(self.dist)
         self.log(format_table(best_acc, f"\n{self.best_path} (epoch {self.best_epoch}, selected on validation "
                                         f"{self.select} accuracy): top-1"))

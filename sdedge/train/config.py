@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..runtime.errors import SdedgeError
+from ..common.errors import SdedgeError
 
 SCHEDULES = ("multistep", "cosine")
 SELECTIONS = ("auto", "mean", "deepest", "ensemble")

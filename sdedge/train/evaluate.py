@@ -3,8 +3,8 @@
 The *ensemble* is the mean of every exit's softmax (the BYOT paper's ensemble). Inputs are
 normalised with the checkpoint's stored mean/std (``meta["data"]["preprocess"]``), never recomputed,
 so ``sdedge eval`` sees exactly what training and the exported bundle see. ``evaluate_checkpoint``
-rebuilds the same validation hold-out as training from the stored dataset name, ``val_size``,
-``seed`` and ``limit``.
+rebuilds the same validation hold-out as training from the checkpoint's
+:class:`~sdedge.common.datasets.DataSpec` (dataset name, ``val_size``, ``seed``, ``limit``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.augment import normalize
-from ..runtime.errors import DataError
+from ..common.errors import DataError
 from .ddp import DistInfo, all_reduce_sum, shard_range
 
 SPLITS = ("val", "test")
@@ -113,21 +113,15 @@ def splits_for_checkpoint(meta: dict, data: str | os.PathLike | None = None, dow
     The folder: ``data``, else the one training used (``meta['hparams']['data']``) if it still exists,
     else ``SDEDGE_DATA`` / the dataset's default place.
     """
-    from ..data import load_splits
+    from ..data import checkpoint_data_spec, splits_for_spec
 
-    d = meta.get("data") or {}
-    if "dataset" not in d:
+    spec = checkpoint_data_spec(meta)
+    if spec is None:
         raise DataError("checkpoint metadata does not name its dataset (meta['data']['dataset'])")
     hp = meta.get("hparams") or {}
     if data is None and hp.get("data") and Path(hp["data"]).is_dir():
         data = hp["data"]  # where training read it, when that folder is still there
-    splits = load_splits(d["dataset"], data, d.get("val_size"), int(d.get("seed", 0)), download,
-                         d.get("limit", hp.get("limit")))
-    want_hw, want_c = tuple(d.get("image_size", splits.image_size)), int(d.get("in_channels", splits.in_channels))
-    if splits.image_size != want_hw or splits.in_channels != want_c:
-        raise DataError(f"the data at hand has images of {splits.in_channels}x{splits.image_size[0]}x"
-                        f"{splits.image_size[1]} but the checkpoint expects {want_c}x{want_hw[0]}x{want_hw[1]}")
-    return splits
+    return splits_for_spec(spec, data, download)
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", data: str | os.PathLike | None = None,

@@ -1,4 +1,5 @@
-"""Runtime measurements shared by ``benchmarks/runtime_bench.py`` and ``sdedge bench`` (torch-free).
+"""Runtime measurements shared by ``benchmarks/runtime_bench.py``, ``sdedge bench`` and calibration's
+profiles (torch-free).
 
 Contract of every timing here (stated again in :func:`contract`):
 
@@ -26,9 +27,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .backends.base import Backend, BackendOptions
-from .backends.hostinfo import available_cpus, cpu_model
-from .policies import ConfidencePolicy, replay, softmax
+from sdedge.common.hostinfo import available_cpus, cpu_model
+from sdedge.runtime.backends.base import BackendOptions
+from sdedge.runtime.policies import ConfidencePolicy, replay, softmax
 
 _clock = time.perf_counter
 
@@ -52,15 +53,6 @@ def contract(threads: int | None, warmup: int, runs: int, batch: int = 1, extra:
                  "session = infer() entry to return (end to end)",
         "note": extra,
     }
-
-
-def chain(backend: Backend, x: np.ndarray, upto: int) -> np.ndarray:
-    """Run sections 1..``upto`` on ``x``; return the logits of exit ``upto``."""
-    h = backend.upload(x)
-    logits = None
-    for k in range(1, upto + 1):
-        h, logits = backend.run_section(k, h)
-    return logits  # type: ignore[return-value]
 
 
 def _interleaved(contenders: dict[str, Any], inputs: np.ndarray, runs: int, warmup: int,
@@ -120,14 +112,14 @@ class LatencyTable:
 def latency_table(bundle: Any, inputs: np.ndarray, threads: int | None = 1, runs: int = 500, warmup: int = 50,
                   backend_options: dict | None = None) -> LatencyTable:
     """Per-exit latency / full latency beside each exit's MAC share, and the split overhead (batch 1, ORT)."""
-    from .backends.onnxruntime import OnnxRuntimeBackend
+    from sdedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     be = OnnxRuntimeBackend(bundle, BackendOptions(intra_op_threads=threads, extra=dict(backend_options or {})))
     k = be.num_sections
     xs = [np.ascontiguousarray(inputs[i:i + 1], dtype=np.float32) for i in range(len(inputs))]
     contenders: dict[str, Any] = {"full": be.run_reference}
     for j in range(1, k + 1):
-        contenders[f"exit{j}"] = (lambda x, j=j: chain(be, x, j))
+        contenders[f"exit{j}"] = (lambda x, j=j: be.run_chain(x, j))
     t = _interleaved(contenders, xs, runs, warmup)  # type: ignore[arg-type]
     full = stats_ms(t["full"])
     shares = mac_shares(bundle.manifest)
@@ -143,13 +135,12 @@ def latency_table(bundle: Any, inputs: np.ndarray, threads: int | None = 1, runs
 
 def spinning_comparison(bundle: Any, inputs: np.ndarray, threads: int, runs: int = 300, warmup: int = 30) -> dict:
     """Chained sections with ONNX Runtime thread spinning off (the default) and on, side by side."""
-    from .backends.onnxruntime import OnnxRuntimeBackend
+    from sdedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     off = OnnxRuntimeBackend(bundle, BackendOptions(intra_op_threads=threads))
     on = OnnxRuntimeBackend(bundle, BackendOptions(intra_op_threads=threads, extra={"allow_spinning": True}))
-    k = off.num_sections
     xs = [np.ascontiguousarray(inputs[i:i + 1], dtype=np.float32) for i in range(len(inputs))]
-    t = _interleaved({"spin_off": lambda x: chain(off, x, k), "spin_on": lambda x: chain(on, x, k),
+    t = _interleaved({"spin_off": off.run_chain, "spin_on": on.run_chain,
                       "full_spin_off": off.run_reference, "full_spin_on": on.run_reference}, xs, runs, warmup)
     out = {n: stats_ms(v) for n, v in t.items()}
     out["chain_on_over_off"] = out["spin_on"]["p50_ms"] / out["spin_off"]["p50_ms"]
@@ -160,7 +151,7 @@ def spinning_comparison(bundle: Any, inputs: np.ndarray, threads: int, runs: int
         c0 = time.process_time()
         for i in range(runs):
             w0 = _clock()
-            chain(be, xs[i % len(xs)], k)
+            be.run_chain(xs[i % len(xs)])
             walls.append(_clock() - w0)
             time.sleep(0.001)
         out[f"{name}_cpu_ms_per_call"] = (time.process_time() - c0) * 1e3 / runs
@@ -193,7 +184,7 @@ def decision_overhead(session: Any, inputs: np.ndarray, runs: int = 1000, warmup
             exits[k].append(session.infer(x, budget_ms=1e6, threshold=thr).exit_index)
 
         contenders[f"infer{k}"] = forced
-        contenders[f"chain{k}"] = (lambda x, k=k: chain(be, x[None], k))
+        contenders[f"chain{k}"] = (lambda x, k=k: be.run_chain(x[None], k))
     t = _interleaved(contenders, xs, runs, warmup)
     out: dict[str, Any] = {"plain": stats_ms(t["plain"]), "per_exit": []}
     ks, ovh = [], []
