@@ -48,6 +48,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..common.registry import Registry
 from .terms import LossBatch, TermContext, build_term
 
 PARAM_NAMES = ("alpha", "temperature", "hint_weight", "feature_weight", "correct_prob")
@@ -98,14 +99,11 @@ def _teacher_kd(p: dict) -> list[Component]:
             Component("kd", p["alpha"], "kl", {"exits": "all", "temperature": p["temperature"], "source": "teacher"})]
 
 
-METHODS: dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    if spec.name in METHODS:
-        raise ValueError(f"method {spec.name!r} is registered twice")
-    METHODS[spec.name] = spec
-    return spec
+    return METHODS.add(spec.name, spec)
 
 
 register_method(MethodSpec(
@@ -152,10 +150,7 @@ def list_methods() -> list[str]:
 
 
 def get_method(name: str) -> MethodSpec:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}") from None
+    return METHODS.get(name)
 
 
 class MethodLoss(nn.Module):

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common.registry import Registry
 from ..models import MultiExitOutput
 
 EXIT_CHOICES = ("all", "deepest", "shallow")
@@ -58,32 +59,25 @@ class TermContext:
     teacher_channels: list[int] | None = None
 
 
-_TERMS: dict[str, Callable[..., "Term"]] = {}
+TERMS: Registry[Callable[..., "Term"]] = Registry("loss term")
 
 
 def register_term(name: str) -> Callable:
     """Register a :class:`Term` subclass under ``name`` (its ``__init__(ctx, **params)``)."""
 
     def deco(cls):
-        if name in _TERMS:
-            raise ValueError(f"loss term {name!r} is registered twice")
-        _TERMS[name] = cls
         cls.term_name = name
-        return cls
+        return TERMS.add(name, cls)
 
     return deco
 
 
 def list_terms() -> list[str]:
-    return sorted(_TERMS)
+    return TERMS.names()
 
 
 def build_term(name: str, ctx: TermContext, **params) -> "Term":
-    try:
-        cls = _TERMS[name]
-    except KeyError:
-        raise ValueError(f"unknown loss term {name!r}; choose one of: {', '.join(list_terms())}") from None
-    return cls(ctx, **params)
+    return TERMS.get(name)(ctx, **params)
 
 
 def select_exits(which: str, num_exits: int) -> list[int]:

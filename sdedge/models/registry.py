@@ -7,59 +7,39 @@ family is one file here plus one line in ``sdedge/models/__init__.py``.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable
 
-F = TypeVar("F", bound=Callable)
+from ..common.registry import Registry
 
-_BACKBONES: dict[str, Callable] = {}
-_HEADS: dict[str, Callable] = {}
+BACKBONES: Registry[Callable] = Registry("backbone")
+HEADS: Registry[Callable] = Registry("exit head")
 
 
-def register_backbone(name: str) -> Callable[[F], F]:
+def register_backbone(name: str) -> Callable[[Callable], Callable]:
     """Register a function ``(in_channels: int, **kwargs) -> Backbone`` under ``name``."""
-
-    def deco(fn: F) -> F:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        _BACKBONES[name] = fn
-        return fn
-
-    return deco
+    return BACKBONES.register(name)
 
 
-def register_head(name: str) -> Callable[[F], F]:
+def register_head(name: str) -> Callable[[Callable], Callable]:
     """Register an exit-head class ``(in_channels, in_stride, out_channels, out_stride, num_classes)``."""
-
-    def deco(cls: F) -> F:
-        if name in _HEADS:
-            raise ValueError(f"head kind {name!r} is registered twice")
-        _HEADS[name] = cls
-        return cls
-
-    return deco
+    return HEADS.register(name)
 
 
 def get_backbone(name: str) -> Callable:
     """The backbone function registered under ``name`` (``ValueError`` listing the names otherwise)."""
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(_BACKBONES))}") from None
+    return BACKBONES.get(name)
 
 
 def get_head(name: str) -> Callable:
     """The exit-head class registered under ``name`` (``ValueError`` listing the kinds otherwise)."""
-    try:
-        return _HEADS[name]
-    except KeyError:
-        raise ValueError(f"unknown exit head {name!r}; choose one of: {', '.join(sorted(_HEADS))}") from None
+    return HEADS.get(name)
 
 
 def list_backbones() -> list[str]:
     """Names of the registered backbones, sorted."""
-    return sorted(_BACKBONES)
+    return BACKBONES.names()
 
 
 def list_heads() -> list[str]:
     """Names of the registered exit-head kinds, sorted."""
-    return sorted(_HEADS)
+    return HEADS.names()
