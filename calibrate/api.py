@@ -60,6 +60,7 @@ from .temperature import DEFAULT_BOUNDS, TemperatureFit, fit_temperatures
 from .thresholds import (ReplayTable, Target, ThresholdResult, exit_costs_from_macs, exit_costs_from_profile,
                          fit_heldout_split, select_thresholds)
 
+
 class CalibrationError(SdedgeError):
     """A calibration step failed a consistency check (the bundle is left as it was)."""
 
