@@ -23,12 +23,12 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from sdedge.common.hostinfo import available_cpus, cpu_model
-from sdedge.runtime.backends.base import BackendOptions
+from sdedge.runtime.backends.base import Backend, BackendOptions
 from sdedge.runtime.policies import ConfidencePolicy, replay, softmax
 
 _clock = time.perf_counter
@@ -228,13 +228,22 @@ def cpu_burner(processes: int = 1) -> Iterator[list[subprocess.Popen]]:
                 p.kill()
 
 
-def budget_range(session: Any, inputs: np.ndarray, runs: int = 2000) -> tuple[float, float]:
+def batches(inputs: np.ndarray, rows: int) -> list[np.ndarray]:
+    """``inputs`` (float, preprocessed, ``[N, C, H, W]``) as single images (``rows=0``) or as batches of
+    ``rows`` consecutive images, cycling through them; as many items as images (at least one)."""
+    if rows <= 0:
+        return [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
+    n = len(inputs)
+    return [np.ascontiguousarray(inputs[np.arange(i, i + rows) % n], dtype=np.float32) for i in range(n)]
+
+
+def budget_range(session: Any, inputs: np.ndarray, runs: int = 2000, rows: int = 0) -> tuple[float, float]:
     """Budgets between exit 1 and the full network: (exit-1 p99.9, full p50) of ``infer`` end to end, ms.
 
     The lower end is the budget exit 1 alone meets 99.9 % of the time: below it no policy can reach
-    99.9 % compliance, since exit 1 always runs.
+    99.9 % compliance, since exit 1 always runs. ``rows``: batches of that many images (0: one image).
     """
-    xs = [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
+    xs = batches(inputs, rows)
     t = _interleaved({"exit1": lambda x: session.infer(x, threshold=0.0), "full": session.infer}, xs, runs, runs // 10)
     lo = float(np.percentile(np.asarray(t["exit1"]) * 1e3, 99.9))
     hi = stats_ms(t["full"])["p50_ms"]
@@ -249,7 +258,7 @@ def deadline_compliance(session: Any, inputs: np.ndarray, calls: int = 10_000, b
     the range is measured (:func:`budget_range`) under the same load, burner included. Inputs rotate
     through ``inputs`` (float, preprocessed); a call's budget counts from its entry.
     """
-    xs = [np.ascontiguousarray(inputs[i], dtype=np.float32) for i in range(len(inputs))]
+    xs = batches(inputs, 0)
     met = np.zeros(calls, bool)
     exits = np.zeros(calls, np.int64)
     over = np.zeros(calls)
@@ -264,18 +273,89 @@ def deadline_compliance(session: Any, inputs: np.ndarray, calls: int = 10_000, b
             r = session.infer(xs[i % len(xs)], budget_ms=float(budgets[i]))
             met[i], exits[i] = r.deadline_met, r.exit_index
             over[i] = r.latency_ms - budgets[i]
-    k = session.num_exits
-    floor = ~met & (exits == 1)  # exit 1 alone overran: no policy could have helped (it always runs)
-    return {"calls": calls, "burner_processes": burner, "budget_ms": [lo, hi],
-            "latency_quantile": session.estimator.quantile, "met_share": float(met.mean()),
-            "misses": int((~met).sum()), "floor_misses": int(floor.sum()), "policy_misses": int((~met & ~floor).sum()),
-            "met_share_excluding_floor": float(1 - (~met & ~floor).sum() / max(1, calls - floor.sum())),
-            "exit_histogram": [int((exits == j).sum()) for j in range(1, k + 1)], "mean_exit": float(exits.mean()),
-            "worst_overrun_ms": float(over.max()),
-            "miss_overrun_p50_ms": float(np.median(over[~met])) if (~met).any() else None,
+    return {"burner_processes": burner, "budget_ms": [lo, hi], "latency_quantile": session.estimator.quantile,
+            **compliance_stats(met, exits, over, session.num_exits),
             "contract": contract(getattr(session.backend, "threads", None), min(200, calls), calls,
                                  extra="budgets uniform in [exit-1 p99.9, full p50] of infer end to end; floor miss = "
                                        "stopped at exit 1 and still late")}
+
+
+def compliance_stats(met: np.ndarray, exits: np.ndarray, overrun_ms: np.ndarray, num_exits: int,
+                     admitted: np.ndarray | None = None, oracle_exits: np.ndarray | None = None) -> dict:
+    """Deadline figures of a run of calls: per call whether it ``met`` its deadline, its exit and its
+    latency minus its budget (``overrun_ms``).
+
+    A *floor miss* stopped at exit 1 and was still late: no policy could have helped, exit 1 always runs.
+    ``admitted`` (optional): the calls whose budget admits exit 1 by another measure (a trace of the true
+    times); ``met_share_admitted`` is the share of those that ended by their deadline (the goal's figure).
+    ``oracle_exits`` (optional): per call the deepest exit whose true time fits; ``depth_vs_oracle`` is the
+    mean exit over the oracle's (over the admitted calls when given).
+    """
+    met, exits, over = np.asarray(met, bool), np.asarray(exits), np.asarray(overrun_ms, np.float64)
+    calls = int(met.size)
+    floor = ~met & (exits == 1)
+    out: dict[str, Any] = {
+        "calls": calls, "met_share": float(met.mean()), "misses": int((~met).sum()), "floor_misses": int(floor.sum()),
+        "policy_misses": int((~met & ~floor).sum()),
+        "met_share_excluding_floor": float(1 - (~met & ~floor).sum() / max(1, calls - floor.sum())),
+        "exit_histogram": [int((exits == j).sum()) for j in range(1, num_exits + 1)], "mean_exit": float(exits.mean()),
+        "worst_overrun_ms": float(over.max()),
+        "miss_overrun_p50_ms": float(np.median(over[~met])) if (~met).any() else None}
+    sel = np.ones(calls, bool) if admitted is None else np.asarray(admitted, bool)
+    if admitted is not None:
+        out["admitted_calls"] = int(sel.sum())
+        out["met_share_admitted"] = float(met[sel].mean()) if sel.any() else None
+        out["misses_admitted"] = int((~met & sel).sum())
+    if oracle_exits is not None and sel.any():
+        oracle = np.asarray(oracle_exits)[sel]
+        out["oracle_mean_exit"] = float(oracle.mean())
+        out["depth_vs_oracle"] = float(exits[sel].mean() / oracle.mean())
+    return out
+
+
+class TracingBackend(Backend):
+    """A backend wrapped to keep the wall time (ms) of every ``run_section`` on ``clock``: the true section
+    times of a call, for an oracle. Everything else is the wrapped backend's (same device name, so the
+    same latency profile)."""
+
+    def __init__(self, inner: Backend, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.inner, self.clock = inner, clock
+        self.name = inner.name
+        self.times: list[float] = []
+
+    def __getattr__(self, attr: str) -> Any:  # threads, max_batch, ...: the wrapped backend's
+        return getattr(self.inner, attr)
+
+    @property
+    def num_sections(self) -> int:
+        return self.inner.num_sections
+
+    @property
+    def device_name(self) -> str:
+        return self.inner.device_name
+
+    def upload(self, x: np.ndarray) -> Any:
+        return self.inner.upload(x)
+
+    def run_section(self, index: int, x: Any) -> tuple[Any | None, np.ndarray]:
+        t = self.clock()
+        out = self.inner.run_section(index, x)
+        self.times.append((self.clock() - t) * 1e3)
+        return out
+
+    def take_rows(self, x: Any, rows: np.ndarray) -> Any:
+        return self.inner.take_rows(x, rows)
+
+    def run_reference(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.run_reference(x)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def take(self) -> list[float]:
+        """The section times since the last call, in order."""
+        out, self.times = self.times, []
+        return out
 
 
 def answer_modes(all_logits: np.ndarray, labels: np.ndarray, temperatures: Sequence[float] | None = None,

@@ -12,26 +12,59 @@ Confidence criteria. Each maps a probability vector ``p`` over ``C`` classes to 
 With ``answer="ensemble"`` the answer at exit ``k`` is the mean of the (temperature-scaled) softmax of
 exits ``1..k`` and the confidence is that of the mean, so the threshold tests the answer returned.
 
-Deadline. Before section ``k+1`` the runtime predicts its cost: the bundle's latency profile for this
-device (``profiles/<device_name>.json``, a tail quantile, p99 by default) when present, and online
-measurements (a high quantile of a ring buffer of recent run times of that section at that batch-size
-bucket). With both, the larger wins: the profile is the prior, the online figure catches a device that
-is slower now than when it was profiled (thermal throttling, a busy neighbour); online figures older
-than a minute are forgotten so a section once measured slow gets measured again. The runtime's own time
-(validation, softmax, policy, building the results) is measured online and added. It stops when
-``now + cost + overhead > deadline``. Exit 1 is the floor: it always runs, so there is always an answer,
-and ``deadline_met`` tells whether the deadline held. With both policies, whichever stops first wins.
+Deadline. Before section ``k+1`` of a call whose rows still running number ``n``, the runtime predicts
+the section's cost and stops when ``now + (cost + overhead) > deadline``; ``now`` is the current time
+(not the call's start). Exit 1 is the floor: it always runs, so there is always an answer, and
+``deadline_met`` tells whether the deadline held. With both policies, whichever stops first wins. The
+figures, per *cell* = (section s, exact row count n), s = 0 being the runtime's own time per call
+(validation, softmax, policy, results: the ``overhead``), follow these rules, deterministic in the
+sequence of samples and decisions (no clock enters them; the C++ core repeats them exactly):
+
+1. *Samples.* Every run of section s on n rows appends its time to cell (s, n), which keeps its last
+   ``W`` samples (``latency_window``, 256). Nothing is ever dropped for age: an idle minute changes no
+   figure, and a figure never falls back to "unknown" (a stale figure is re-measured when a call's slack
+   covers it, as any other).
+2. *A cell's figure* is ``max(tail, recent)``: ``tail`` is the "higher" ``q``-quantile of its samples
+   (``latency_quantile``, 0.99: the sample at index ``ceil(q * (m - 1))`` of the m sorted samples) and
+   ``recent`` the larger of its last two samples, so one slow run is felt by the very next decision
+   (a p99 over 256 samples alone needs three).
+3. *Row counts.* A count never measured borrows from the measured counts of that section: the smallest
+   larger count's figure (more rows never cost less) or the largest smaller count's figure times
+   ``n / m`` (the cost per row never grows with the batch), the smaller of the two when both exist. A
+   section with no sample at all has no online figure (only before its first run: the warm-up runs it).
+4. *Coming down.* A stop before section s on n rows is charged to cell (s, n) when that cell has samples,
+   its figure made the cost not fit, and the profile's figure alone (if any) would have fitted
+   (``now + (profile + overhead) <= deadline``); a borrowed figure (rule 3) charges nothing. When a cell's
+   charged stops since its last sample or trim reach its ``interval`` (16 at first), its largest sample is
+   removed (the oldest of equal ones; never its last sample) and the count restarts: an outlier that
+   keeps a section from running is forgiven one sample at a time, and the section runs again once the
+   slack covers the lowered figure. The cell's next sample judges the trim: above the figure right after
+   the trim, ``interval`` doubles (up to 2048: a slowdown that persists costs ever fewer late calls);
+   otherwise it returns to 16.
+5. *Warm-up* (at 1 row and at ``max_batch`` rows: one untimed run of every section, then ``warmup``
+   calls; the counts in between borrow by rule 3 until live calls measure them) leaves in each cell only the lower median of its
+   warm-up samples (the sample at index ``(m - 1) // 2`` of the m sorted): one pre-empted warm-up run does
+   not count.
+6. *The cost* of section s on n rows is the larger of the profile's figure for this device
+   (``profiles/<device_name>.json``, its p99 at the nearest profiled batch size at or above n, or the
+   largest one scaled linearly) and the online figure (rules 2-3); either alone when only one exists,
+   0 when neither does. The profile is the prior; the online figure catches a device slower now than
+   when profiled (thermal throttling, a busy neighbour).
+7. *The overhead* is the online figure of cell (0, n) or, when larger, the profile's
+   ``decision_overhead_ms + fixed_per_call_ms``.
+
 :func:`replay` evaluates the confidence policy on precomputed logits of every exit (array code, for
 calibration and evaluation) and decides exactly what :class:`~sdedge.runtime.session.AnytimeSession`
 decides live.
 """
 from __future__ import annotations
 
+import bisect
 import math
-import time
+from collections import deque
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,7 +75,7 @@ from .profile import LatencyProfile
 ANSWERS = ("last", "ensemble")
 
 __all__ = ["ANSWERS", "CRITERIA", "ConfidencePolicy", "DeadlinePolicy", "LatencyEstimator", "ReplayResult",
-           "batch_bucket", "check_budget_ms", "check_criterion", "check_threshold", "confidence", "max_prob_of_row",
+           "check_budget_ms", "check_criterion", "check_threshold", "confidence", "max_prob_of_row",
            "replay", "softmax"]
 
 
@@ -214,104 +247,128 @@ class ConfidencePolicy:
         return (stop if 0 < n_stop < conf.shape[0] else None), conf, n_stop
 
 
-def batch_bucket(n: int) -> int:
-    """Batch sizes are grouped in power-of-two buckets (1, 2, 4, 8, ...) for latency statistics."""
-    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+# -- the deadline policy: online latency figures and the decision before each next section ------------------
+PROBE_FIRST = 16  # deadline stops of a cell between two trims of its largest sample, at first ...
+PROBE_MAX = 2048  # ... doubled after each trim that the next run proved wrong, up to this
 
 
-class _Ring:
-    """Fixed-size ring buffer of recent timings with a cached high quantile."""
+class _Cell:
+    """The measurements of one section at one exact row count (rules 1-4 of the module docstring)."""
 
-    __slots__ = ("buf", "n", "pos", "q", "dirty", "quantile", "refresh", "last")
+    __slots__ = ("order", "ranked", "window", "quantile", "fig", "skips", "interval", "trimmed_to")
 
-    def __init__(self, size: int, quantile: float, refresh: int) -> None:
-        self.buf = np.zeros(size, dtype=np.float64)
-        self.n = self.pos = self.dirty = 0
-        self.q = 0.0
-        self.quantile = quantile
-        self.refresh = refresh
-        self.last = 0.0  # clock time of the newest sample
+    def __init__(self, window: int, quantile: float) -> None:
+        self.order: deque[float] = deque()  # the samples, oldest first
+        self.ranked: list[float] = []  # the same samples, sorted
+        self.window, self.quantile = window, quantile
+        self.fig = 0.0  # the cell's figure (rule 2), kept current
+        self.skips = 0  # deadline stops charged to this cell since its last sample or trim (rule 4)
+        self.interval = PROBE_FIRST  # stops between trims (rule 4)
+        self.trimmed_to: float | None = None  # the figure right after a trim, until the next sample
 
-    def add(self, v: float, now: float) -> None:
-        self.last = now
-        self.buf[self.pos] = v
-        self.pos = (self.pos + 1) % self.buf.size
-        if self.n < self.buf.size:
-            self.n += 1
-        self.dirty += 1
-        # refresh the quantile periodically, and at once when a sample lands above it (react fast upward)
-        if v > self.q or self.dirty >= self.refresh:
-            n = self.n
-            idx = min(n - 1, math.ceil(self.quantile * (n - 1)))  # the "higher" quantile: an observed value
-            self.q = float(np.partition(self.buf[:n], idx)[idx])
-            self.dirty = 0
+    def _refigure(self) -> None:
+        r, o = self.ranked, self.order
+        tail = r[min(len(r) - 1, math.ceil(self.quantile * (len(r) - 1)))]  # "higher" quantile: a sample
+        self.fig = max(tail, o[-1], o[-2]) if len(o) >= 2 else max(tail, o[-1])
+
+    def add(self, ms: float) -> None:
+        if self.trimmed_to is not None:  # the first run after a trim judges it (rule 4)
+            self.interval = min(2 * self.interval, PROBE_MAX) if ms > self.trimmed_to else PROBE_FIRST
+            self.trimmed_to = None
+        self.skips = 0
+        if len(self.order) == self.window:
+            old = self.order.popleft()
+            del self.ranked[bisect.bisect_left(self.ranked, old)]
+        self.order.append(ms)
+        bisect.insort(self.ranked, ms)
+        self._refigure()
+
+    def skip(self) -> None:
+        self.skips += 1
+        if self.skips >= self.interval and len(self.ranked) >= 2:
+            top = self.ranked.pop()
+            self.order.remove(top)  # the oldest of equal largest samples
+            self.skips = 0
+            self._refigure()
+            self.trimmed_to = self.fig
+
+    def settle(self) -> None:
+        """Keep only the lower median of the samples (after the warm-up: rule 5)."""
+        med = self.ranked[(len(self.ranked) - 1) // 2]
+        self.order, self.ranked = deque([med]), [med]
+        self.skips, self.interval, self.trimmed_to = 0, PROBE_FIRST, None
+        self._refigure()
 
 
 class LatencyEstimator:
-    """Online per-section latency estimates: a high quantile of the last ``window`` runs per batch bucket.
+    """Online figures of the time of each section (1..K) and of the runtime's own time per call (0), per
+    exact number of rows: the rules of the module docstring, deterministic in the sequence of calls to
+    :meth:`record`, :meth:`skipped` and :meth:`settle`.
 
-    Slot 0 holds the runtime's own per-call time outside the sections (the decision overhead).
-    Measurements not refreshed for ``max_age_s`` seconds are forgotten: a section that a slow spell
-    made look too expensive would otherwise never run again, so never be measured again. After that
-    the estimate falls back to the profile, or to none, and the next call that may run the section
-    measures it afresh (at the risk of one late answer per ``max_age_s``).
+    ``window``: samples kept per (section, rows) cell; ``quantile``: the tail quantile taken over them.
     """
 
-    def __init__(self, num_sections: int, window: int = 256, quantile: float = 0.99, min_samples: int = 3,
-                 refresh: int = 16, max_age_s: float = 60.0, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, num_sections: int, window: int = 256, quantile: float = 0.99) -> None:
         if not 0.5 <= quantile <= 1.0:
             raise PolicyError(f"latency quantile must be in [0.5, 1], got {quantile!r}")
-        if window < 8:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 8:
             raise PolicyError(f"latency window must hold at least 8 samples, got {window!r}")
-        self.num_sections = num_sections
-        self.window, self.quantile, self.min_samples, self.refresh = window, quantile, min_samples, refresh
-        self.max_age_s, self.clock = max_age_s, clock
-        self._rings: list[dict[int, _Ring]] = [dict() for _ in range(num_sections + 1)]
+        self.num_sections, self.window, self.quantile = num_sections, window, float(quantile)
+        self._cells: list[dict[int, _Cell]] = [dict() for _ in range(num_sections + 1)]
 
     def record(self, section: int, batch: int, ms: float) -> None:
-        """Record one run of 1-based ``section`` (0 = overhead) on ``batch`` rows taking ``ms``."""
-        rings = self._rings[section]
-        b = 1 if batch <= 1 else batch_bucket(batch)
-        ring = rings.get(b)
-        if ring is None:
-            ring = rings[b] = _Ring(self.window, self.quantile, self.refresh)
-        ring.add(ms, self.clock())
+        """Record one run of 1-based ``section`` (0 = the runtime's own time) on ``batch`` rows taking ``ms``."""
+        cells = self._cells[section]
+        cell = cells.get(batch)
+        if cell is None:
+            cell = cells[batch] = _Cell(self.window, self.quantile)
+        cell.add(float(ms))
+
+    def skipped(self, section: int, batch: int) -> None:
+        """A call stopped before ``section`` on ``batch`` rows because this estimator's figure did not fit
+        (rule 4: every so many such stops the cell's largest sample is trimmed, so a figure can come down)."""
+        cell = self._cells[section].get(batch)
+        if cell is not None:
+            cell.skip()
+
+    def settle(self) -> None:
+        """Replace every cell's samples by their lower median (after the warm-up: rule 5)."""
+        for cells in self._cells:
+            for cell in cells.values():
+                cell.settle()
 
     def reset(self, section: int | None = None) -> None:
-        """Forget the measurements of one section (0 = overhead), or of all when ``section`` is None."""
+        """Forget the measurements of one section (0 = overhead), or of all when ``section`` is None (only
+        on request: the estimator itself never forgets)."""
         for i in range(self.num_sections + 1) if section is None else (section,):
-            self._rings[i].clear()
+            self._cells[i].clear()
 
     def count(self, section: int, batch: int) -> int:
-        ring = self._rings[section].get(batch_bucket(batch))
-        return 0 if ring is None else ring.n
+        """Samples held for ``section`` at exactly ``batch`` rows."""
+        cell = self._cells[section].get(batch)
+        return 0 if cell is None else len(cell.order)
 
     def estimate(self, section: int, batch: int) -> float | None:
-        """High-quantile time (ms) of ``section`` at ``batch``; None when nothing was measured.
-
-        An unmeasured bucket borrows the next larger measured one, or scales the largest smaller one
-        linearly by the bucket ratio (pessimistic).
-        """
-        rings = self._rings[section]
-        b = 1 if batch <= 1 else batch_bucket(batch)
-        ring = rings.get(b)
-        oldest = self.clock() - self.max_age_s
-        if ring is not None and ring.n >= self.min_samples and ring.last >= oldest:
-            return ring.q
-        for k in [k for k, r in rings.items() if r.last < oldest]:
-            del rings[k]  # stale: forget it (see the class docstring)
-        ok = [k for k, r in rings.items() if r.n >= self.min_samples]
-        if not ok:
-            return None
-        larger = [k for k in ok if k > b]
-        if larger:
-            return rings[min(larger)].q
-        k = max(ok)
-        return rings[k].q * (b / k)
+        """The figure (ms) of ``section`` on ``batch`` rows (rules 2-3); None only before its first sample."""
+        cells = self._cells[section]
+        cell = cells.get(batch)
+        if cell is not None:
+            return cell.fig
+        above = below = 0
+        for m in cells:
+            if m > batch and (not above or m < above):
+                above = m
+            elif m < batch and m > below:
+                below = m
+        if above and below:
+            return min(cells[above].fig, cells[below].fig * batch / below)
+        if above:
+            return cells[above].fig
+        return cells[below].fig * batch / below if below else None
 
 
 class DeadlinePolicy:
-    """Decides before each next section whether it still fits before the deadline."""
+    """Decides before each next section whether it still fits before the deadline (rules 6-7)."""
 
     def __init__(self, estimator: LatencyEstimator, profile: LatencyProfile | None = None,
                  profile_quantile: str = "p99_ms", margin_ms: float = 0.0) -> None:
@@ -320,24 +377,39 @@ class DeadlinePolicy:
         self.profile_quantile = profile_quantile
         self.margin_ms = float(margin_ms)
 
+    def _prior(self, section: int, batch: int) -> float | None:
+        return None if self.profile is None else self.profile.section_ms(section, batch, self.profile_quantile)
+
     def section_cost_ms(self, section: int, batch: int) -> float:
-        """Predicted time of 1-based ``section`` at ``batch`` rows (0.0 when nothing is known yet)."""
-        est = self.estimator.estimate(section, batch)
-        if self.profile is not None:
-            p = self.profile.section_ms(section, batch, self.profile_quantile)
-            est = p if est is None else max(p, est)
+        """Predicted time of 1-based ``section`` on ``batch`` rows: the larger of the profile's figure and
+        the online one (0.0 only while neither exists: no profile and nothing measured yet)."""
+        est, prior = self.estimator.estimate(section, batch), self._prior(section, batch)
+        if prior is not None:
+            est = prior if est is None else max(prior, est)
         return 0.0 if est is None else est
 
     def overhead_ms(self, batch: int) -> float:
+        """The runtime's own time allowed before a next section (online, or the profile's when larger)."""
         est = self.estimator.estimate(0, batch) or 0.0
         if self.profile is not None:
             est = max(est, self.profile.decision_overhead_ms + self.profile.fixed_per_call_ms)
         return est + self.margin_ms
 
     def should_stop(self, next_section: int, batch: int, now: float, deadline: float) -> bool:
-        """True when section ``next_section`` on ``batch`` rows would end after ``deadline`` (perf_counter s)."""
-        cost = self.section_cost_ms(next_section, batch) + self.overhead_ms(batch)
-        return now + cost * 1e-3 > deadline
+        """True when section ``next_section`` on ``batch`` rows would end after ``deadline``.
+
+        ``now`` is the current time and ``deadline`` the absolute deadline, in seconds on the session's
+        clock. A stop that the online figure alone causes (the profile's figure, if any, would fit) is
+        charged to that cell (rule 4).
+        """
+        online, prior = self.estimator.estimate(next_section, batch), self._prior(next_section, batch)
+        ovh = self.overhead_ms(batch)
+        cost = max(0.0 if online is None else online, 0.0 if prior is None else prior)
+        if now + (cost + ovh) * 1e-3 <= deadline:
+            return False
+        if online is not None and (prior is None or now + (prior + ovh) * 1e-3 <= deadline):
+            self.estimator.skipped(next_section, batch)
+        return True
 
 
 @dataclass

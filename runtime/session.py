@@ -18,8 +18,8 @@ Decisions (see :mod:`sdedge.runtime.policies` for the criteria and the deadline 
   so that what a call does never changes silently when a bundle gets calibrated. The calibrated
   *temperatures*, though, always apply when ``calibration.json`` exists: ``probabilities`` and
   ``confidence`` are calibrated probabilities, and a user's ``threshold=0.9`` means calibrated 0.9.
-* ``budget_ms`` counts from the call; ``deadline`` is an absolute ``time.perf_counter()`` time (a
-  server passes arrival + budget so queueing counts). With both, the earlier wins.
+* ``budget_ms`` counts from the call; ``deadline`` is an absolute ``time.perf_counter()`` time (the
+  session's ``clock``; a server passes arrival + budget so queueing counts). With both, the earlier wins.
 * ``latency_ms`` is the time from the call to the return (the same for every sample of a batch, as
   they are all returned together); ``deadline_met`` is whether the return happened by the deadline
   (``None`` without one).
@@ -31,8 +31,9 @@ Decisions (see :mod:`sdedge.runtime.policies` for the criteria and the deadline 
   softmax of the exits run so far. Measured on Fashion-MNIST (ResNet-18 width 16, BYOT, 10 000 test
   images, ``benchmarks/runtime_bench.py``), "last" was as good or better at every exit (exit 2:
   0.9135 vs 0.9040) and at every threshold at equal cost, so it is the default.
-* ``warmup`` calls (batch 1) seed the online latency estimates; with ``warmup=0`` and no profile the
-  first calls under a deadline have no estimate for the next section and run it.
+* ``warmup`` calls at 1, 2, 4, ... rows up to ``max_batch`` seed the online latency estimates with the
+  median of their times (:mod:`sdedge.runtime.policies`, rule 5); with ``warmup=0`` and no profile the
+  first calls under a deadline have no estimate for a section not yet run, and run it.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,8 +57,6 @@ from .options import SessionOptions
 from .policies import (ConfidencePolicy, DeadlinePolicy, LatencyEstimator, check_budget_ms, confidence, exit_answers)
 from .preprocess import Preprocessor
 from .profile import LatencyProfile, load_profile
-
-_clock = time.perf_counter
 
 
 @dataclass
@@ -91,14 +90,17 @@ class InferenceResult:
 class AnytimeSession:
     """A verified bundle loaded on a backend, ready to answer under a threshold and/or a deadline."""
 
-    def __init__(self, bundle: str | os.PathLike | Bundle, options: SessionOptions | None = None,
-                 **overrides: Any) -> None:
+    def __init__(self, bundle: str | os.PathLike | Bundle, options: SessionOptions | None = None, *,
+                 clock: Callable[[], float] = time.perf_counter, **overrides: Any) -> None:
         """Open (and verify) ``bundle`` and load it on a backend.
 
         ``options``: a :class:`~sdedge.runtime.options.SessionOptions` (default: its defaults); keyword
         arguments override its fields (``AnytimeSession("b/", backend="onnxruntime", intra_op_threads=1,
-        warmup=1)``); an unknown name is a ``TypeError``, a bad value a ``PolicyError``.
+        warmup=1)``); an unknown name is a ``TypeError``, a bad value a ``PolicyError``. ``clock``: the
+        monotonic clock in seconds that times sections and deadlines (``deadline=`` values are read on it;
+        tests pass a scripted one).
         """
+        self.clock = clock
         opts = SessionOptions.resolve(options, **overrides)
         self.options = opts
         self.criterion = opts.criterion
@@ -169,16 +171,20 @@ class AnytimeSession:
 
     # -- warm-up ---------------------------------------------------------------------------------------
     def _warmup(self, n: int) -> None:
-        """Run every section ``n`` times at batch 1 (first run untimed), seeding the latency estimates."""
+        """Seed the latency estimates at 1 row and at ``max_batch`` rows: one untimed run of every section,
+        then ``n`` calls running every section, timed as live calls are; each (section, rows) cell then
+        keeps the lower median of its ``n`` samples (policies rule 5: one pre-empted warm-up run does not
+        count). Row counts in between borrow pessimistically (rule 3) until live calls measure them, so
+        start-up costs ``(n + 1) * (1 + max_batch)`` rows of inference, not a sweep of every size."""
         if n <= 0:
             return
-        x = np.zeros((1,) + self.input_shape, np.float32)
-        record = self.estimator.record
-        self.backend.run_chain(x)
-        for _ in range(n):
-            self.backend.run_chain(x, on_section=lambda k, ms, _features: record(k, 1, ms))
-        for _ in range(n):  # the runtime's own time, measured on real calls
-            self.infer(x[0])
+        counts = sorted({1, self.max_batch})
+        for rows in counts:
+            x = np.zeros((rows,) + self.input_shape, np.float32)
+            self.backend.run_chain(x)
+            for _ in range(n):
+                self.infer(x)
+        self.estimator.settle()
 
     # -- policies -----------------------------------------------------------------------------------------
     def policy(self, threshold: Any = None, criterion: str | None = None) -> ConfidencePolicy:
@@ -209,11 +215,12 @@ class AnytimeSession:
     def infer(self, x: Any, budget_ms: float | None = None, threshold: Any = None, criterion: str | None = None,
               deadline: float | None = None) -> InferenceResult | list[InferenceResult]:
         """Answer one image (``InferenceResult``) or a batch (a list, one per image); see the module doc."""
-        t0 = _clock()
+        clock = self.clock
+        t0 = clock()
         stop_at = self._deadline(t0, budget_ms, deadline)
         pol = self.policy(threshold, criterion)
         prep = self._prep(x)
-        prep_ms = (_clock() - t0) * 1e3
+        prep_ms = (clock() - t0) * 1e3
         with self._lock:  # time spent waiting here counts against the deadline, not as overhead
             results = self._run(prep.batch, pol, stop_at, t0, prep_ms)
         return results[0] if prep.single else results
@@ -227,7 +234,8 @@ class AnytimeSession:
         all stop ("deadline"). Only the rows still going on run the next section. A batch of one takes the
         same path; its per-section cost is the policy's scalar fast path and one deadline check.
         """
-        t1 = _clock()
+        clock = self.clock
+        t1 = clock()
         backend, record, K = self.backend, self.estimator.record, self.num_exits
         should_stop = self.deadline_policy.should_stop
         n_all = xb.shape[0]
@@ -250,9 +258,9 @@ class AnytimeSession:
         h = backend.upload(xb)
         for k in range(1, K + 1):
             n = rows.size
-            ts = _clock()
+            ts = clock()
             h, logits = backend.run_section(k, h)
-            dt = (_clock() - ts) * 1e3
+            dt = (clock() - ts) * 1e3
             record(k, n, dt)
             section_ms += dt
             trace.append((rows, logits))
@@ -270,7 +278,7 @@ class AnytimeSession:
                 if n_stop == n:
                     settle(k, rows, logits, answer, None, "confidence", conf)
                     break
-            if stop_at is not None and should_stop(k + 1, n - n_stop, _clock(), stop_at):
+            if stop_at is not None and should_stop(k + 1, n - n_stop, clock(), stop_at):
                 if n_stop:
                     settle(k, rows, logits, answer, stop, "confidence", conf)
                     settle(k, rows, logits, answer, ~stop, "deadline")
@@ -301,7 +309,7 @@ class AnytimeSession:
                                    confidence=confs[i], exit_index=out_exit[i], exits_run=out_exit[i], latency_ms=0.0,
                                    deadline_met=None, stopped_by=out_why[i], _trace=(trace, i, pol, answer_mode))
                    for i in range(n_all)]
-        t_end = _clock()
+        t_end = clock()
         record(0, n_all, prep_ms + (t_end - t1) * 1e3 - section_ms)
         latency = (t_end - t0) * 1e3
         met = None if stop_at is None else t_end <= stop_at

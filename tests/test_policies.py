@@ -8,7 +8,7 @@ import pytest
 
 from sdedge.runtime.calibration import Calibration
 from sdedge.common.errors import BundleError, PolicyError
-from sdedge.runtime.policies import (ConfidencePolicy, DeadlinePolicy, LatencyEstimator, batch_bucket,
+from sdedge.runtime.policies import (PROBE_FIRST, PROBE_MAX, ConfidencePolicy, DeadlinePolicy, LatencyEstimator,
                                      check_budget_ms, check_criterion, check_threshold, confidence, replay, softmax)
 from sdedge.runtime.profile import LatencyProfile, make_profile
 
@@ -167,27 +167,50 @@ def test_replay_ensemble_averages_the_exits_run() -> None:
 def test_estimator_high_quantile_and_window() -> None:
     est = LatencyEstimator(2, window=100, quantile=0.95)
     assert est.estimate(1, 1) is None
-    for v in range(1, 101):
+    for v in range(100, 0, -1):  # slowest first: the last two runs (rule 2's "recent" term) are the fastest
         est.record(1, 1, float(v))
     assert est.estimate(1, 1) == pytest.approx(96.0)  # "higher" p95 of 1..100: an observed value
     for _ in range(100):  # the window forgets the old, slow runs
         est.record(1, 1, 2.0)
     assert est.estimate(1, 1) == pytest.approx(2.0)
-    est.record(1, 1, 50.0)  # one slow run above the quantile raises it at once... up to the quantile
-    assert est.estimate(1, 1) == pytest.approx(2.0)
+    # one slow run is felt at once (issue 12 item 4d; the old p95 here needed 5 slow runs to move) ...
+    est.record(1, 1, 50.0)
+    assert est.estimate(1, 1) == pytest.approx(50.0)
+    est.record(1, 1, 2.0)
+    assert est.estimate(1, 1) == pytest.approx(50.0)  # ... the last two runs count ...
+    est.record(1, 1, 2.0)
+    assert est.estimate(1, 1) == pytest.approx(2.0)  # ... then the quantile again, which one run does not move
     for _ in range(5):
         est.record(1, 1, 50.0)
     assert est.estimate(1, 1) == pytest.approx(50.0)
 
 
-def test_estimator_batch_buckets_borrow_and_scale() -> None:
-    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 9, 64)] == [1, 2, 4, 4, 8, 16, 64]
+def test_estimator_exact_row_counts_borrow_pessimistically() -> None:
+    """Rows are counted exactly (the old power-of-two buckets pooled 5..8 rows, so 8-row calls were judged by
+    5-row timings: issue 12 item 4c); a count never measured borrows, never optimistically for it."""
     est = LatencyEstimator(1, window=16, quantile=0.99)
     for _ in range(5):
         est.record(1, 4, 8.0)
-    assert est.estimate(1, 3) == pytest.approx(8.0)  # same bucket
-    assert est.estimate(1, 1) == pytest.approx(8.0)  # borrows the next larger measured bucket
-    assert est.estimate(1, 16) == pytest.approx(32.0)  # scales the largest smaller one: pessimistic
+    assert est.estimate(1, 3) == pytest.approx(8.0)  # the next larger measured count (more rows never cost less)
+    assert est.estimate(1, 1) == pytest.approx(8.0)
+    assert est.estimate(1, 16) == pytest.approx(32.0)  # the largest smaller one scaled: pessimistic
+    est.record(1, 8, 10.0)
+    assert est.estimate(1, 5) == pytest.approx(10.0)  # min(8 rows: 10, 4 rows scaled: 8 * 5/4)
+    assert est.estimate(1, 6) == pytest.approx(10.0)
+    est.record(1, 2, 2.0)
+    assert est.estimate(1, 3) == pytest.approx(3.0)  # min(4 rows: 8, 2 rows scaled: 2 * 3/2)
+    assert est.estimate(1, 8) == pytest.approx(10.0) and est.count(1, 8) == 1 and est.count(1, 5) == 0
+    assert est.estimate(0, 1) is None  # nothing measured at all: the only "unknown"
+
+
+def test_warmup_settles_on_the_median() -> None:
+    est = LatencyEstimator(2, window=16)
+    for ms in (2.0, 5.4, 2.1):  # one pre-empted warm-up run (issue 12 item 4b)
+        est.record(2, 1, ms)
+    est.record(0, 1, 0.03)
+    est.settle()
+    assert est.estimate(2, 1) == pytest.approx(2.1) and est.count(2, 1) == 1
+    assert est.estimate(0, 1) == pytest.approx(0.03)
 
 
 def _profile_dict(k: int = 3, ms=(1.0, 2.0, 3.0), device: str = "dev-x") -> dict:
@@ -238,19 +261,58 @@ def test_deadline_policy_uses_larger_of_profile_and_online() -> None:
     assert pol.should_stop(2, 1, now, now + 0.004)
 
 
-def test_stale_measurements_are_forgotten() -> None:
-    now = [0.0]
-    est = LatencyEstimator(2, window=16, max_age_s=10.0, clock=lambda: now[0])
-    for _ in range(5):
-        est.record(2, 1, 50.0)  # a slow spell
-    now[0] = 9.0
-    assert est.estimate(2, 1) == pytest.approx(50.0)
-    now[0] = 11.0  # the section has not run for 11 s: its old, slow figure no longer counts
-    assert est.estimate(2, 1) is None and est.count(2, 1) == 0
+def test_figures_are_never_forgotten_and_come_down_by_trimming() -> None:
+    """The old rule forgot figures after 60 s without a sample, so the next call ran the section unguarded
+    (issue 12 item 4a); figures now have no age at all, and come down only by rule 4: after PROBE_FIRST
+    deadline stops charged to a cell, its largest sample goes."""
+    est = LatencyEstimator(2, window=16)
+    pol = DeadlinePolicy(est, None)
+    for ms in (1.0, 1.1, 1.0, 9.0, 1.2, 1.0):  # one pre-empted run among quiet ones
+        est.record(2, 1, ms)
+    assert est.estimate(2, 1) == pytest.approx(9.0)  # the higher p99 of 6 samples: their largest
+    now, deadline = 100.0, 100.005  # 5 ms of slack: 9 ms does not fit, 1.2 ms would
+    for _ in range(PROBE_FIRST - 1):
+        assert pol.should_stop(2, 1, now, deadline)
+    assert est.estimate(2, 1) == pytest.approx(9.0)
+    assert pol.should_stop(2, 1, now, deadline)  # the 16th stop trims the 9 ms sample
+    assert est.estimate(2, 1) == pytest.approx(1.2) and est.count(2, 1) == 5
+    assert not pol.should_stop(2, 1, now, deadline)  # the section runs again ...
+    est.record(2, 1, 1.1)  # ... and its run confirms the trim: the next interval stays PROBE_FIRST
+
+
+def test_a_persistent_slowdown_backs_off_the_trims() -> None:
+    est = LatencyEstimator(2, window=16)
+    pol = DeadlinePolicy(est, None)
     est.record(2, 1, 1.0)
     est.record(2, 1, 1.0)
-    est.record(2, 1, 1.0)
-    assert est.estimate(2, 1) == pytest.approx(1.0)
+    now, deadline = 100.0, 100.005
+    runs = 0
+    for _ in range(20_000):
+        if pol.should_stop(2, 1, now, deadline):
+            continue
+        runs += 1
+        est.record(2, 1, 9.0)  # every run of it is slow: each trim is proved wrong, the interval doubles
+    # the first run, then one after each trim: after 16, 32, ..., 2048 stops (4080 in all; 8 runs), then
+    # every PROBE_MAX stops ((20000 - 1 - 4080 - 8) // (2048 + 1) = 7 runs): 16 late calls in 20 000
+    assert PROBE_MAX == 2048 and runs == 1 + 8 + 7
+
+
+def test_a_stop_the_profile_causes_is_not_charged_to_the_online_figure() -> None:
+    est = LatencyEstimator(3, window=16)
+    prof = LatencyProfile.from_json(_profile_dict(ms=(1.0, 8.0, 3.0)), 3)  # the profile says 8 ms
+    pol = DeadlinePolicy(est, prof)
+    for ms in (1.0, 9.0):
+        est.record(2, 1, ms)
+    for _ in range(10 * PROBE_FIRST):
+        assert pol.should_stop(2, 1, 100.0, 100.005)
+    assert est.count(2, 1) == 2 and est.estimate(2, 1) == pytest.approx(9.0)  # no trim: the profile decided
+
+
+@pytest.mark.parametrize("kw, message", [({"quantile": 0.2}, "quantile"), ({"window": 4}, "window"),
+                                         ({"window": 8.5}, "window")])
+def test_estimator_settings_are_checked(kw, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        LatencyEstimator(2, **kw)
 
 
 @pytest.mark.parametrize("c", [2, 10, 100])
