@@ -48,7 +48,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 ENV.pop("PYTHONPATH", None)
@@ -64,12 +64,6 @@ def rss_kb(pid: int) -> dict[str, int]:
                 k, v = line.split(":", 1)
                 out[k] = int(v.split()[0])
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def staging_dirs(bundle: Path) -> list[Path]:
@@ -193,25 +187,78 @@ def _send_raw_over_cap(port: int, r: Req, timeout: float) -> int:
 
 
 class ServerProcess:
-    """``sdedge serve`` in a subprocess on a free loopback port."""
+    """``sdedge serve BUNDLE --port 0 ARGS...`` in a subprocess; the port is the one it prints once it listens.
 
-    def __init__(self, bundle: Path, threads: int = 1, max_batch: int = 4, max_body_mb: float = 0.25,
-                 model: str = "m", log: Path | None = None) -> None:
-        self.port = free_port()
+    The server binds port 0 itself (nothing picks a free port, releases it and binds it again: another
+    process could take it in between). Its output (stderr and stdout, merged) is read by a thread: each
+    line goes to ``log`` (when given) and to ``lines``; ``wait_line`` waits for a line that says something.
+    """
+
+    def __init__(self, bundle: Path, args: Sequence[str] = (), log: Path | None = None, model: str = "m",
+                 cap: int = 0, env: dict[str, str] | None = None) -> None:
+        from sdedge.runtime.server.runner import listening_port
+
+        self._listening_port = listening_port
         self.model = model
-        self.cap = int(max_body_mb * 1024 * 1024)
-        self._log = open(log, "wb") if log else subprocess.DEVNULL
+        self.cap = cap
+        self.port: int | None = None
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._log = open(log, "w", encoding="utf-8") if log else None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sdedge.cli", "serve", str(bundle), "--port", str(self.port), "--threads",
-             str(threads), "--warmup", "1", "--max-batch", str(max_batch), "--max-body-mb", str(max_body_mb),
-             "--body-timeout", "10", "--model-name", model, "--log-level", "error"],
-            stdout=self._log, stderr=self._log, env=ENV)
+            [sys.executable, "-m", "sdedge.cli", "serve", str(bundle), "--port", "0", "--model-name", model, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV if env is None else env)
+        self._reader = threading.Thread(target=self._read, name="sdedge-serve-output", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def for_load(cls, bundle: Path, threads: int = 1, max_batch: int = 4, max_body_mb: float = 0.25,
+                 model: str = "m", log: Path | None = None) -> "ServerProcess":
+        """The load test's server: one session, ``threads`` ORT threads, max batch 4, body cap 0.25 MiB."""
+        return cls(bundle, ["--threads", str(threads), "--warmup", "1", "--max-batch", str(max_batch), "--max-body-mb",
+                            str(max_body_mb), "--body-timeout", "10", "--log-level", "error"],
+                   log=log, model=model, cap=int(max_body_mb * 1024 * 1024))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if self._log is not None:
+                self._log.write(line)
+                self._log.flush()
+            with self._cond:
+                self.lines.append(line)
+                if self.port is None:
+                    self.port = self._listening_port(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("")  # end of output: the process closed it (exited)
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def wait_line(self, needle: str, timeout: float = 60.0) -> bool:
+        """Wait until a line of the server's output contains ``needle``; False at the timeout or the output's end."""
+        def seen() -> bool:
+            return any(needle in line for line in self.lines) or (bool(self.lines) and self.lines[-1] == "")
+
+        with self._cond:
+            self._cond.wait_for(seen, timeout)
+            return any(needle in line for line in self.lines)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
+        """Wait for the listening line (the bound port), then for ``/v2/health/ready`` to answer 200."""
         end = time.monotonic() + timeout
-        while True:
+        with self._cond:
+            self._cond.wait_for(lambda: self.port is not None or (bool(self.lines) and self.lines[-1] == ""), timeout)
+        if self.port is None:
+            raise RuntimeError(f"sdedge serve printed no listening line (exit status {self.proc.poll()}):\n"
+                               f"{self.output[-3000:]}")
+        while True:  # the socket listens: connections wait in its backlog until the app has started
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sdedge serve exited with {self.proc.returncode}")
+                raise RuntimeError(f"sdedge serve exited with {self.proc.returncode}:\n{self.output[-3000:]}")
             try:
                 if self.get("/v2/health/ready")[0] == 200:
                     return
@@ -219,7 +266,7 @@ class ServerProcess:
                 pass
             if time.monotonic() > end:
                 raise RuntimeError("sdedge serve did not become ready")
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     def get(self, path: str) -> tuple[int, bytes]:
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -238,7 +285,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self._log is not subprocess.DEVNULL:
+        self._reader.join(30)
+        if self._log is not None:
             self._log.close()
         return self.proc.returncode
 
@@ -250,7 +298,7 @@ def run_load(bundle: Path, requests: int = 10_000, clients: int = 16, budget_ms:
     from sdedge.runtime import open_bundle
 
     chw = tuple(open_bundle(bundle).manifest.input.shape[1:])
-    srv = ServerProcess(bundle, threads=threads, log=log)
+    srv = ServerProcess.for_load(bundle, threads=threads, log=log)
     rep = LoadReport(requests, clients)
     try:
         srv.wait_ready()

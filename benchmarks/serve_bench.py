@@ -32,9 +32,6 @@ import json
 import os
 import platform
 import shlex
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -97,33 +94,6 @@ def summarize(name: str, rate: float, recs: list, num_exits: int) -> dict:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(bundle: str, port: int, threads: int, name: str, extra: list[str]) -> subprocess.Popen:
-    import http.client
-
-    proc = subprocess.Popen([sys.executable, "-m", "sdedge.cli", "serve", bundle, "--port", str(port), "--threads",
-                             str(threads), "--model-name", name, "--log-level", "warning"] + extra,
-                            stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/v2/health/ready")
-            if c.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not become ready in 120 s")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle")
@@ -170,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             inproc[phase] = rate
     session.close()
 
-    port, name = free_port(), "bench"
-    proc = start_server(args.bundle, port, args.threads, name, shlex.split(args.server_args))
+    from load_fault import ServerProcess  # beside this script: `sdedge serve --port 0`, the port read back
+
+    name = "bench"
+    srv = ServerProcess(Path(args.bundle), ["--threads", str(args.threads), "--log-level", "warning",
+                                            *shlex.split(args.server_args)], model=name, env=dict(os.environ))
     try:
+        srv.wait_ready(120)
+        port = srv.port
         for phase, budget in phase_list:
             for mode in args.modes.split(","):
                 binary = mode == "binary"
@@ -197,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 for c in clients:
                     c.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        srv.stop()
 
     last = None
     phases = [r["phase"] for r in results]

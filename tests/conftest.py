@@ -2,6 +2,16 @@
 
 Expensive fixtures are session-scoped and built once in a session-wide temporary folder. Torch-side
 fixtures import torch lazily so torch-free test modules can still use the data-free ones.
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE``; default ``ci``, whether or not ``CI`` is set, so the README's
+test command and ``.ci/run`` are the same run):
+
+* ``ci``: derandomized (the examples are a fixed function of each test, so a CI failure replays exactly
+  on any machine), no example database, 200 examples, the failing example's blob printed;
+* ``dev``: random (a new seed each run, printed with the blob on a failure; ``--hypothesis-seed=N``
+  replays it), 1000 examples, failures saved in ``.hypothesis/`` and replayed first on the next run.
+
+``HYPOTHESIS_MAX_EXAMPLES`` overrides the profile's example count. Tests scale their own counts from it.
 """
 from __future__ import annotations
 
@@ -11,6 +21,25 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _hypothesis_profiles() -> None:
+    try:
+        from hypothesis import settings
+    except ImportError:  # the torch-free environment may lack it; its tests do not use it
+        return
+    settings.register_profile("ci", max_examples=200, derandomize=True, database=None, print_blob=True,
+                              deadline=None)
+    settings.register_profile("dev", max_examples=1000, derandomize=False, print_blob=True, deadline=None)
+    name = os.environ.get("HYPOTHESIS_PROFILE") or "ci"
+    if os.environ.get("HYPOTHESIS_MAX_EXAMPLES"):
+        settings.register_profile(f"{name}-n", settings.get_profile(name),
+                                  max_examples=int(os.environ["HYPOTHESIS_MAX_EXAMPLES"]))
+        name = f"{name}-n"
+    settings.load_profile(name)
+
+
+_hypothesis_profiles()
 SHARED_FMNIST = REPO.parent / "shared" / "data" / "fashion-mnist"
 
 
@@ -69,3 +98,16 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
     result = export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(out)))
     return Path(result.bundle_path)
+
+
+@pytest.fixture(scope="session")
+def load_fault():
+    """``benchmarks/load_fault.py`` as a module (its ``ServerProcess`` runs ``sdedge serve --port 0``)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("load_fault", REPO / "benchmarks" / "load_fault.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["load_fault"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod

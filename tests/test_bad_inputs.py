@@ -289,7 +289,7 @@ def test_truncated_body_then_disconnect_is_a_client_error_not_a_fault(server, se
             if how == "half-close":
                 s.shutdown(socket.SHUT_WR)
                 assert s.recv(65536) == b""  # nobody to answer: the server just closes
-    end = time.monotonic() + 10
+    end = time.monotonic() + 30  # counted as soon as the server sees the disconnects; 30 s only bounds a failure
     while metric(server, 'sdedge_requests_total{endpoint="infer",status="400"}') < before_400 + 2:
         assert time.monotonic() < end, "the truncated requests were never counted"
         time.sleep(0.05)
@@ -305,10 +305,12 @@ def test_slow_header_trickle_and_a_client_that_never_reads_do_not_block_others(s
         trickle.sendall(b"POST /v2/models/x/infer HTTP/1.1\r\nHost: x\r\n")  # head never finished
         deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         deaf.sendall((_head(server, len(body)) + body) * 20)  # 20 pipelined requests, answers never read
-        t = time.perf_counter()
+        # No server timer frees either connection while the test runs (a head has no timeout, and the deaf
+        # one stalls on its full send buffer), so a server they blocked would hold the others for good: each
+        # request's socket timeout is the check, with no wall-clock bound on the healthy case (milliseconds
+        # each here, but seconds on a loaded CI machine).
         for _ in range(5):
-            assert post(server, infer_doc(session), timeout=10)[0] == 200
-        assert time.perf_counter() - t < 10
+            assert post(server, infer_doc(session), timeout=30)[0] == 200
     finally:
         trickle.close()
         deaf.close()

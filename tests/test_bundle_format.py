@@ -19,6 +19,8 @@ from sdedge.runtime.bundle import open_bundle, update_bundle
 from sdedge.common.errors import BundleError, ChecksumError, FormatVersionError
 from sdedge.runtime.manifest import validate_manifest
 
+from bundle_tamper import assert_tamper_refused, bundle_files
+
 
 def make_manifest(files: dict[str, bytes], k: int = 3, classes: int = 4) -> dict:
     shapes = [[None, 8, 16, 16], [None, 16, 8, 8]]
@@ -55,6 +57,31 @@ def bundle(tmp_path: Path) -> Path:
     return root
 
 
+# every kind of file a bundle can hold, by how the manifest lists it: sections (the exit heads are inside
+# them: there are no separate head graphs), the full graph, INT8 sections, calibration and a profile
+EVERY_KIND = ["sections/s1.onnx", "sections/s2.onnx", "sections/s3.onnx", "full.onnx", "int8/s1.onnx",
+              "int8/s2.onnx", "int8/s3.onnx", "calibration.json", "profiles/cpu.json"]
+
+
+@pytest.fixture
+def every_kind_bundle(bundle: Path) -> Path:
+    """``bundle`` plus INT8 sections, ``calibration.json`` and ``profiles/cpu.json``, all checksummed."""
+    extra = {f"int8/s{i}.onnx": f"int8 section {i}".encode() for i in (1, 2, 3)}
+    extra["calibration.json"] = b'{"criterion": "max_prob", "thresholds": [0.9, 0.8]}'
+    extra["profiles/cpu.json"] = b'{"device": "cpu", "sections_ms": [1.0, 2.0, 3.0]}'
+    for rel, data in extra.items():
+        (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / rel).write_bytes(data)
+
+    def add(m: dict) -> None:
+        for s in m["sections"]:
+            s["int8_file"] = f"int8/s{s['index']}.onnx"
+        m["files"].update({rel: {"sha256": sha256_bytes(data)} for rel, data in extra.items()})
+
+    rewrite(bundle, add)
+    return bundle
+
+
 def rewrite(root: Path, fn) -> None:
     m = json.loads((root / "manifest.json").read_text())
     fn(m)
@@ -76,6 +103,17 @@ def test_altered_byte_is_refused_naming_the_file(bundle: Path) -> None:
     with pytest.raises(ChecksumError, match="sections/s2.onnx"):
         open_bundle(bundle)
     assert open_bundle(bundle, verify=False).manifest.num_exits == 3
+
+
+def test_every_kind_of_file_is_checksummed(every_kind_bundle: Path) -> None:
+    assert sorted(bundle_files(every_kind_bundle)) == sorted(EVERY_KIND)
+    b = open_bundle(every_kind_bundle)
+    assert b.section_path(3, "int8") == every_kind_bundle / "int8/s3.onnx" and b.profile_names() == ["cpu"]
+
+
+@pytest.mark.parametrize("rel", EVERY_KIND)
+def test_altered_file_of_each_kind_is_refused_naming_it(every_kind_bundle: Path, tmp_path: Path, rel: str) -> None:
+    assert_tamper_refused(every_kind_bundle, rel, tmp_path)
 
 
 def test_missing_file_is_refused_naming_it(bundle: Path) -> None:
@@ -141,7 +179,7 @@ def test_update_bundle_adds_checksummed_files(bundle: Path) -> None:
 
 def test_update_bundle_failure_leaves_old_bundle(bundle: Path, monkeypatch) -> None:
     before = (bundle / "manifest.json").read_bytes()
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match="'../evil' escapes the bundle folder"):
         update_bundle(bundle, {"../evil": b"x"})
     assert (bundle / "manifest.json").read_bytes() == before
     open_bundle(bundle)
@@ -162,7 +200,7 @@ def test_staging_dir_replaces_atomically_or_not_at_all(tmp_path: Path) -> None:
     with staging_dir(dst) as tmp:
         (tmp / "a").write_text("one")
     assert (dst / "a").read_text() == "one"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed midway"):
         with staging_dir(dst) as tmp:
             (tmp / "a").write_text("two")
             raise RuntimeError("killed midway")

@@ -186,9 +186,9 @@ def test_an_exit_that_never_fires_is_disabled_explicitly() -> None:
 
 
 def test_target_arguments_are_checked() -> None:
-    with pytest.raises(PolicyError):
+    with pytest.raises(PolicyError, match=r"target accuracy must be a fraction in \(0, 1\] or a percentage"):
         Target.accuracy(target_accuracy=1.5e2)
-    with pytest.raises(PolicyError):
+    with pytest.raises(PolicyError, match="target latency must be a positive number of milliseconds, got -1"):
         Target.latency(-1)
     assert Target.accuracy(target_accuracy=92).value == pytest.approx(0.92)  # percent accepted
     with pytest.raises(PolicyError, match="one target"):

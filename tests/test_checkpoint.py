@@ -145,6 +145,6 @@ def test_missing_metadata_and_mismatched_weights(tmp_path: Path) -> None:
 def test_failed_save_leaves_the_old_file_intact(saved) -> None:
     path, model, meta = saved
     before = path.read_bytes()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not JSON compliant"):
         save_checkpoint(path, dict(meta, accuracy={"val": float("nan")}), model.state_dict())
     assert path.read_bytes() == before and list(path.parent.iterdir()) == [path]

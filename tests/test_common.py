@@ -48,12 +48,12 @@ def test_format_header_returns_the_version() -> None:
 
 def test_json_is_strict_and_written_whole(tmp_path: Path) -> None:
     assert dump_json({"b": 1, "a": [1.5]}) == b'{\n  "a": [\n    1.5\n  ],\n  "b": 1\n}\n'
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not JSON compliant: nan"):
         dump_json({"x": float("nan")})
     p = tmp_path / "r.json"
     write_json_atomic(p, {"x": 1}, indent=1)
     assert json.loads(p.read_text()) == {"x": 1} and p.read_text().endswith("\n")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not JSON compliant: inf"):
         write_json_atomic(p, {"x": float("inf")})
     assert json.loads(p.read_text()) == {"x": 1}  # the failed write left the old file
     assert [q.name for q in tmp_path.iterdir()] == ["r.json"]

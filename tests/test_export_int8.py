@@ -57,6 +57,15 @@ def test_int8_sections_are_listed_and_checksummed(int8_export) -> None:
     assert q["evaluation"]["split"] == "val" and q["quantization"]["format"] == "QDQ"
 
 
+def test_every_file_of_a_real_int8_export_is_checksummed(int8_export, tmp_path: Path) -> None:
+    from bundle_tamper import assert_tamper_refused, bundle_files
+
+    rels = bundle_files(Path(int8_export.bundle_path))
+    assert {r.split("/")[0] for r in rels} == {"sections", "int8", "full.onnx"}
+    for rel in rels:  # one altered bit in any graph (FP32 section, INT8 section, full) refuses the bundle
+        assert_tamper_refused(Path(int8_export.bundle_path), rel, tmp_path)
+
+
 def test_int8_agrees_with_fp32_on_real_images(int8_export) -> None:
     rows = int8_export.int8
     assert rows is not None and len(rows) == open_bundle(int8_export.bundle_path).manifest.num_exits

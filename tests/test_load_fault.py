@@ -9,9 +9,7 @@ each) is ``python benchmarks/load_fault.py`` (figures in docs/robustness.md).
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def lf():
-    spec = importlib.util.spec_from_file_location("load_fault", REPO / "benchmarks" / "load_fault.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["load_fault"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+def lf(load_fault):
+    return load_fault  # benchmarks/load_fault.py (conftest)
 
 
 def test_mixed_load_is_answered_without_errors_and_memory_stays_flat(lf, tiny_bundle: Path, tmp_path: Path) -> None:

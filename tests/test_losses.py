@@ -44,23 +44,48 @@ def test_registry_has_every_method() -> None:
         get_method("nope")
 
 
+def _np_byot(out: MultiExitOutput, y: torch.Tensor, alpha: float, t: float, lam: float) -> float:
+    """BYOT by hand: deepest exit CE; each shallow exit (1-α)·CE + α·T²·KL(deepest ‖ exit at T) + λ·hint."""
+    z = [v.numpy() for v in out.logits]
+    f = [v.numpy() for v in out.features]
+    yn = y.numpy()
+    deep = len(z) - 1
+    expected = _np_ce(z[deep], yn)  # the deepest exit: plain CE
+    for i in range(deep):  # shallow exits
+        expected += (1 - alpha) * _np_ce(z[i], yn)
+        expected += alpha * _np_kl_t(z[i], z[deep], t)
+        expected += lam * float(((f[i] - f[deep]) ** 2).mean())
+    return expected
+
+
 def test_byot_matches_a_hand_computation() -> None:
     out, y = _random_output()
-    alpha, t, lam = 0.3, 3.0, 0.03
     loss = build_method_loss("byot", get_method("byot").resolve(), 3, 4, [2, 4, 6])
     total, parts = loss(LossBatch(out, y))
 
     z = [v.numpy() for v in out.logits]
     f = [v.numpy() for v in out.features]
-    yn = y.numpy()
-    expected = _np_ce(z[2], yn)  # the deepest exit: plain CE
-    for i in (0, 1):  # shallow exits
-        expected += (1 - alpha) * _np_ce(z[i], yn)
-        expected += alpha * _np_kl_t(z[i], z[2], t)
-        expected += lam * float(((f[i] - f[2]) ** 2).mean())
-    assert total.item() == pytest.approx(expected, rel=1e-6)
-    assert parts["kd"].item() == pytest.approx(sum(_np_kl_t(z[i], z[2], t) for i in (0, 1)), rel=1e-6)
+    assert total.item() == pytest.approx(_np_byot(out, y, alpha=0.3, t=3.0, lam=0.03), rel=1e-6)  # the defaults
+    assert parts["kd"].item() == pytest.approx(sum(_np_kl_t(z[i], z[2], 3.0) for i in (0, 1)), rel=1e-6)
     assert parts["hint"].item() == pytest.approx(sum(float(((f[i] - f[2]) ** 2).mean()) for i in (0, 1)), rel=1e-6)
+
+
+@pytest.mark.parametrize("given", [
+    {"alpha": 0.7, "temperature": 1.5, "hint_weight": 0.4},
+    {"alpha": 0.0, "temperature": 3.0, "hint_weight": 0.03},  # α alone: no KD term at all
+    {"alpha": 0.3, "temperature": 8.0, "hint_weight": 0.03},  # T alone
+    {"alpha": 0.3, "temperature": 3.0, "hint_weight": 2.0},  # λ alone
+])
+def test_byot_uses_the_weights_it_is_given(given: dict) -> None:
+    """Non-default α, T and λ change the loss exactly as the hand computation with those numbers says."""
+    out, y = _random_output(seed=3)
+    default = build_method_loss("byot", get_method("byot").resolve(), 3, 4, [2, 4, 6])(LossBatch(out, y))[0].item()
+    want = _np_byot(out, y, alpha=given["alpha"], t=given["temperature"], lam=given["hint_weight"])
+    assert want != pytest.approx(default, rel=1e-3)  # the case really differs from the defaults
+    # through the method's parameters (what the trainer's flags go through) and as a parameter dict
+    for params in (get_method("byot").resolve(**given), dict(given)):
+        loss = build_method_loss("byot", params, 3, 4, [2, 4, 6])
+        assert loss(LossBatch(out, y))[0].item() == pytest.approx(want, rel=1e-6), params
 
 
 def test_byot_teacher_receives_no_gradient_from_students() -> None:

@@ -236,7 +236,7 @@ def test_bad_backbone_arguments_are_refused(name, kw, match):
 
 
 def test_unknown_backbone_kwarg_is_a_type_error():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'widen_factor'"):
         get_backbone("vgg19_bn")(in_channels=3, widen_factor=2)
 
 

@@ -93,7 +93,7 @@ def test_threshold_zero_stops_at_exit_one(session: AnytimeSession, criterion: st
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.9", [0.5, 2.0]])
 def test_threshold_outside_the_range_is_refused(session: AnytimeSession, bad) -> None:
-    with pytest.raises(PolicyError):
+    with pytest.raises(PolicyError, match=r"threshold(\[1\] \(exit 2\))? must be (in|a number in) \[0, 1\]"):
         session.infer(floats(session, 1)[0], threshold=bad)
 
 

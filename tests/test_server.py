@@ -242,7 +242,7 @@ def test_metrics_count_what_was_sent(client, server, session):
     infer(client, server, x, threshold=0.0)           # 3 images at exit 1
     infer(client, server, x[:2])                      # 2 images at exit K
     infer(client, server, x[:1], budget_ms=1e-3)      # 1 image, deadline missed
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(InferenceServerException, match="threshold"):
         infer(client, server, x, threshold=7.0)       # 400
     after = metric_values(server)
 
@@ -381,16 +381,16 @@ def test_request_parameters_are_checked_by_the_policies(name, value):
 
     check = {"budget_ms": check_budget_ms, "criterion": check_criterion,
              "threshold": lambda v, where: check_threshold(v, where, calibrated=True)}[name]
-    with pytest.raises(PolicyError) as want:
+    with pytest.raises(PolicyError, match=name) as want:
         check(value, f"parameters.{name}")
     doc = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 4, 5], "data": [0] * 60}],
            "parameters": {name: value}}
-    with pytest.raises(ProtocolError) as got:
+    with pytest.raises(ProtocolError, match=name) as got:
         parse_infer_request(json.dumps(doc).encode(), None, IO)
     assert str(got.value) == str(want.value) and got.value.status == 400
-    with pytest.raises(PolicyError) as cfg_err:
+    with pytest.raises(PolicyError, match=name) as cfg_err:
         ServerConfig(**{name: value})
-    with pytest.raises(PolicyError) as own:
+    with pytest.raises(PolicyError, match=name) as own:
         check(value, name)
     assert str(cfg_err.value) == str(own.value)
 

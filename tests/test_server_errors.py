@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -44,19 +45,60 @@ def session(tiny_bundle):
 
 
 class Proxy:
-    """A session that first sleeps ``delay`` s, and fails on an input whose first value is 123."""
+    """A session that fails on an input whose first value is 123, and while ``hold()`` is in force blocks
+    each call at its start (the worker is busy) until the test calls ``release()``."""
 
-    def __init__(self, session, delay: float = 0.0) -> None:
-        self._s, self.delay = session, delay
+    def __init__(self, session) -> None:
+        self._s = session
+        self._gate = threading.Event()
+        self._gate.set()
 
     def __getattr__(self, name):
         return getattr(self._s, name)
 
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
     def infer(self, x, **kw):
         if float(np.asarray(x).ravel()[0]) == 123.0:
             raise RuntimeError("simulated backend fault")
-        time.sleep(self.delay)
+        assert self._gate.wait(60), "the test never released the held session"
         return self._s.infer(x, **kw)
+
+
+class PoolEvents:
+    """The pool's test hook (``InferencePool.observer``): counts ``queued``/``started`` events; ``wait(event, n)``
+    blocks until there have been ``n`` of them, so a test knows a request is queued or in the worker's hands."""
+
+    def __init__(self, pool: InferencePool) -> None:
+        self._cond = threading.Condition()
+        self.counts: Counter = Counter()
+        pool.observer = self
+
+    def __call__(self, event: str, job) -> None:
+        with self._cond:
+            self.counts[event] += 1
+            self._cond.notify_all()
+
+    def wait(self, event: str, n: int, timeout: float = 60.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.counts[event] >= n, timeout), (event, n, dict(self.counts))
+
+
+class SteppedClock:
+    """Real time plus whatever the test adds with ``advance``: sections time as usual, a wait is a jump."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.perf_counter() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 def start(target, **kw) -> BackgroundServer:
@@ -210,6 +252,8 @@ def test_oversized_body_refused_on_content_length_before_reading(server):
     t = time.perf_counter()
     out = raw_exchange(server, head)  # no body sent at all: the answer cannot depend on reading it
     assert status_of(out) == 413 and b"larger than the server's limit" in out
+    # no body is ever sent: waiting for one would end in a 408 after body_timeout_s, not a 413; the 5 s
+    # bound only says the answer came at once (it takes milliseconds; 5 s leaves room for a loaded CI box)
     assert time.perf_counter() - t < 5
 
 
@@ -244,7 +288,10 @@ def test_huge_headers_refused_and_idle_connections_closed(server):
     junk = b"a" * 4096
     out = raw_exchange(server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Junk: ", [junk] * 16, pause=0.02)
     assert out == b"" or status_of(out) in (400, 431), out[:200]
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:  # keep-alive idle: closed after 1 s
+    # keep-alive idle: closed after timeout_keep_alive = 1 s. The timer starts once the answer is sent, after
+    # t is taken, so the close cannot come before ~1 s (0.5 s is a lower bound with margin); 8 s is the
+    # answer plus the timer on a loaded machine, far below the 10 s socket timeout that would mean "never"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         t = time.perf_counter()
         got = b""
@@ -267,40 +314,63 @@ def test_server_fault_is_500_and_the_server_keeps_serving(server, session):
 
 
 def test_full_queue_answers_503_with_retry_after(session):
-    srv = start(Proxy(session, delay=0.5), max_queue=1)
+    proxy = Proxy(session)
+    srv = start(proxy, max_queue=1)
+    events = PoolEvents(srv.state.pool)
     try:
         doc = {"inputs": [tensor(session)]}
-        with cf.ThreadPoolExecutor(4) as pool:
-            # the first request must be in the worker's hands before the others arrive, else two of the
-            # simultaneous arrivals race for the one queue slot and only one request is served
+        proxy.hold()
+        with cf.ThreadPoolExecutor(2) as pool:
             first = pool.submit(post_json, srv, doc)
-            time.sleep(0.2)
-            rest = [pool.submit(post_json, srv, doc) for _ in range(3)]
-            got = [first.result()] + [f.result() for f in rest]
-        statuses = sorted(g[0] for g in got)
-        assert statuses.count(200) >= 2 and 503 in statuses, statuses
-        busy = next(g for g in got if g[0] == 503)
-        assert busy[1].get("retry-after") == "1" and "queue is full" in error_of(busy[2])
+            events.wait("started", 1)  # the first request is in the worker's hands (held there)
+            second = pool.submit(post_json, srv, doc)
+            events.wait("queued", 2)  # the second fills the one queue slot
+            busy = [post_json(srv, doc) for _ in range(2)]  # answered at once, while the other two wait
+            proxy.release()
+            served = [first.result(), second.result()]
+        assert [g[0] for g in served] == [200, 200] and [g[0] for g in busy] == [503, 503]
+        assert all(g[1].get("retry-after") == "1" and "queue is full" in error_of(g[2]) for g in busy)
     finally:
+        proxy.release()
         srv.stop()
 
 
-def test_time_queued_is_taken_off_the_budget(session):
-    srv = start(Proxy(session, delay=0.2), max_queue=16)
+@pytest.fixture
+def stepped_session(tiny_bundle):
+    """A session of its own on a :class:`SteppedClock` (the server takes its sessions' clock)."""
+    from sdedge.runtime import AnytimeSession
+
+    clock = SteppedClock()
+    s = AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=1, warmup=1, max_batch=4, clock=clock)
+    yield s, clock
+    s.close()
+
+
+def test_time_queued_is_taken_off_the_budget(stepped_session):
+    session, clock = stepped_session
+    proxy = Proxy(session)
+    srv = start(proxy, max_queue=16)
+    assert srv.state.pool.clock is clock  # arrival, queueing and the session's deadline share one clock
+    events = PoolEvents(srv.state.pool)
     try:
         k = session.num_exits
         doc = {"inputs": [tensor(session)], "parameters": {"budget_ms": 600}}
         alone = json.loads(post_json(srv, doc)[2])
         assert alone["parameters"]["deadline_met"] is True and alone["parameters"]["exit_index"] == k
-        with cf.ThreadPoolExecutor(5) as pool:
-            ahead = [pool.submit(post_json, srv, {"inputs": [tensor(session)]}) for _ in range(4)]  # 0.8 s of work
-            time.sleep(0.05)
-            queued = json.loads(pool.submit(post_json, srv, doc).result()[2])
-            assert all(f.result()[0] == 200 for f in ahead)
-        p = queued["parameters"]
-        assert p["queue_ms"] > 400 and p["exit_index"] == 1 and p["stopped_by"] == "deadline"
-        assert p["deadline_met"] is False and p["latency_ms"] > 600
+        proxy.hold()
+        with cf.ThreadPoolExecutor(2) as pool:
+            ahead = pool.submit(post_json, srv, {"inputs": [tensor(session)]})
+            events.wait("started", 2)  # the worker is busy with the request ahead
+            queued = pool.submit(post_json, srv, doc)
+            events.wait("queued", 3)  # the budgeted request has arrived and waits in the queue...
+            clock.advance(0.8)  # ...for 800 ms: more than its whole 600 ms budget
+            proxy.release()
+            assert ahead.result()[0] == 200
+            p = json.loads(queued.result()[2])["parameters"]
+        assert p["queue_ms"] >= 800 and p["exit_index"] == 1 and p["stopped_by"] == "deadline"
+        assert p["deadline_met"] is False and p["latency_ms"] >= 800
     finally:
+        proxy.release()
         srv.stop()
 
 
@@ -324,10 +394,11 @@ def test_worker_pool_queue_bound_errors_and_drain():
     async def main():
         s = Blocking()
         pool = InferencePool([s], max_queue=2)
+        events = PoolEvents(pool)
         running = asyncio.ensure_future(pool.run("a", deadline=12.5))
-        await asyncio.sleep(0.1)  # "a" is taken by the worker and blocks
+        await asyncio.to_thread(events.wait, "started", 1)  # "a" is taken by the worker and blocks
         queued = [asyncio.ensure_future(pool.run(v)) for v in ("b", "fail")]
-        await asyncio.sleep(0.05)
+        await asyncio.to_thread(events.wait, "queued", 3)
         with pytest.raises(Overloaded, match="queue is full"):
             await pool.run("c")
         assert pool.qsize() == 2
@@ -341,10 +412,10 @@ def test_worker_pool_queue_bound_errors_and_drain():
             await pool.run("abort")
         assert (await pool.run("d")).results == ["d"] and pool.healthy()
         pending = [asyncio.ensure_future(pool.run(v)) for v in ("e", "f")]
-        await asyncio.sleep(0)
+        await asyncio.to_thread(events.wait, "queued", 7)  # a, b, fail, abort, d, then e and f ("c" was refused)
         await asyncio.to_thread(pool.close, 10)  # drains what was queued
         assert [(await p).results for p in pending] == [["e"], ["f"]]
-        with pytest.raises(ShuttingDown):
+        with pytest.raises(ShuttingDown, match="shutting down"):
             await pool.run("g")
         assert not pool.healthy()
         assert s.seen[0] == ("a", 12.5)
@@ -412,44 +483,52 @@ def test_missing_web_packages_are_named_with_the_extra():
     assert out.returncode == 2 and "uvicorn" in out.stderr and "pip install 'sdedge[serve]'" in out.stderr, out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_the_server_socket_is_tcp_so_answers_are_not_held_by_nagle():
+    # asyncio sets TCP_NODELAY only on connections of a socket made with proto IPPROTO_TCP; with proto 0 every
+    # small answer waited ~40 ms for the client's delayed ACK
+    from sdedge.runtime.server.runner import bind_socket
+
+    with bind_socket("127.0.0.1", 0) as s:
+        assert s.proto == socket.IPPROTO_TCP and s.getsockname()[1] > 0
+        with socket.create_connection(("127.0.0.1", s.getsockname()[1]), timeout=10):
+            conn, _ = s.accept()  # listening already: port 0 bound by the server, read back, no race
+            conn.close()
 
 
-def test_sigterm_lets_the_request_in_flight_finish(tiny_bundle):
-    port = _free_port()
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.Popen([sys.executable, "-m", "sdedge.cli", "serve", str(tiny_bundle), "--port", str(port),
-                             "--threads", "1", "--warmup", "0", "--budget-ms", "1000", "--model-name", "tiny",
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+def test_port_in_use_is_a_clear_error(server, tiny_bundle):
+    out = subprocess.run([sys.executable, "-m", "sdedge.cli", "serve", str(tiny_bundle), "--port", str(server.port),
+                          "--warmup", "0", "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{server.port}" in out.stderr, out.stderr[-2000:]
+
+
+def _inflight(port: int) -> float:
+    text = call(type("S", (), {"port": port}), "GET", "/metrics")[2].decode()
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("sdedge_inflight_requests "))
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tiny_bundle, load_fault):
+    # the server binds port 0 itself and prints the port; info-level logs say when shutdown waits on us
+    srv = load_fault.ServerProcess(tiny_bundle, ["--threads", "1", "--warmup", "0", "--budget-ms", "1000",
+                                                 "--log-level", "info"], model="tiny")
+    proc = srv.proc
     try:
-        end = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                c.request("GET", "/v2/health/ready")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < end, "server did not become ready"
-            time.sleep(0.2)
-        meta = json.loads(call(type("S", (), {"port": port}), "GET", "/v2/models/tiny/config")[2])
+        srv.wait_ready(120)
+        port = srv.port
+        meta = json.loads(call(srv, "GET", "/v2/models/tiny/config")[2])
         c_, h, w = meta["input"][0]["shape"][1:]
         body = json.dumps({"id": "last-one", "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, c_, h, w],
                                                          "data": [0.1] * (c_ * h * w)}]}).encode()
         head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            s.sendall(head + body[:100])  # the request is in flight: head received, body half sent
-            time.sleep(0.3)
+            s.sendall(head + body[:100])  # head sent, body half sent
+            end = time.monotonic() + 60
+            while _inflight(port) < 1:  # until the app has the request in hand (its own gauge says so)
+                assert time.monotonic() < end, "the request never reached the app"
+                time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            # uvicorn has stopped listening and asked every connection to close; ours is still open
+            assert srv.wait_line("Waiting for connections to close", 60), srv.output[-3000:]
             s.sendall(body[100:])
             raw = b""
             while True:
@@ -460,10 +539,10 @@ def test_sigterm_lets_the_request_in_flight_finish(tiny_bundle):
         assert status_of(raw) == 200, raw[:500]
         doc = json.loads(raw.split(b"\r\n\r\n", 1)[1])
         assert doc["id"] == "last-one" and doc["parameters"]["exits_run"] >= 1
-        assert proc.wait(60) == 0, proc.stderr.read()[-3000:]
-        with pytest.raises(OSError):
+        assert proc.wait(60) == 0, srv.output[-3000:]
+        with pytest.raises(ConnectionRefusedError, match="refused"):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        srv.stop()

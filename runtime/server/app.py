@@ -27,7 +27,8 @@ Endpoints (``{name}`` is the model name: ``--model-name``, else the manifest's `
 ==================================== ======================================================================
 
 Deadlines: the request's arrival time is taken by the outermost app middleware, before routing and
-before the body is read; ``deadline = arrival + budget`` goes to the session, so reading the body,
+before the body is read, on the sessions' clock (``InferencePool.clock``: the clock the session reads
+deadlines on); ``deadline = arrival + budget`` goes to the session, so reading the body,
 parsing and waiting for a worker all count against the budget. ``deadline_met`` says whether the
 *answer was ready* by the deadline (encoding and sending the response come after).
 
@@ -49,12 +50,11 @@ import asyncio
 import importlib.metadata
 import json
 import logging
-import time
 import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from ...common.errors import BackendError, InputError, PolicyError
 from .config import ServerConfig, ServerConfigError, check_model_name
@@ -68,7 +68,6 @@ if TYPE_CHECKING:  # the web packages are the serve extra: imported only when an
     from starlette.responses import Response
 
 log = logging.getLogger("sdedge.server")
-_clock = time.perf_counter
 _ARRIVAL = "sdedge_arrival"
 _ENDPOINT = "sdedge_endpoint"
 _BODY_DONE = "sdedge_body_done"
@@ -256,7 +255,7 @@ class InferenceServer:
         from starlette.middleware import Middleware
 
         app = Starlette(routes=self.routes(), lifespan=self.lifespan,
-                        middleware=[Middleware(_ArrivalAndStatus, metrics=self.metrics)],
+                        middleware=[Middleware(_ArrivalAndStatus, metrics=self.metrics, clock=self.state.pool.clock)],
                         exception_handlers={HTTPException: self.on_http_error, Exception: self.on_server_fault})
         app.state.sdedge = self.state
         app.state.server = self
@@ -337,7 +336,7 @@ class InferenceServer:
     async def post_infer(self, request: "Request") -> "Response":
         """``POST .../infer``: the answer, or the error's status and message (see the module docstring)."""
         _mark(request, "infer")
-        t0 = request.scope.get(_ARRIVAL) or _clock()
+        t0 = request.scope.get(_ARRIVAL) or self.state.pool.clock()
         e = self.model_error(request)
         if e is not None:
             return e
@@ -455,15 +454,16 @@ class InferenceServer:
 class _ArrivalAndStatus:
     """Pure ASGI middleware: stamps the arrival time first thing, counts every answer by endpoint and status."""
 
-    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
+    def __init__(self, app: Any, metrics: ServerMetrics, clock: Callable[[], float]) -> None:
         self.app = app
         self.metrics = metrics
+        self.clock = clock
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[_ARRIVAL] = _clock()
+        scope[_ARRIVAL] = self.clock()
         status = 500
 
         async def send_and_note(message: dict) -> None:

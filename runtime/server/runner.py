@@ -16,14 +16,19 @@ uvicorn settings and why (all from :class:`~sdedge.runtime.server.config.ServerC
   ends, which lets queued inferences finish, stops the worker threads and closes the sessions.
   ``serve`` then returns normally (exit status 0 from the CLI after SIGTERM).
 * ``server_header`` off, access log off by default (``access_log`` turns it on).
+* The listening socket is bound here (:func:`bind_socket`), not by uvicorn, so ``port=0`` works: the OS
+  picks a free port and ``serve`` hands the bound one to its ``on_listening`` callback (the CLI prints
+  :func:`listening_line`, which :func:`listening_port` reads back), ``BackgroundServer.port`` holds it.
+  Nothing picks a free port, releases it and binds it again (another process could take it between).
 """
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ...common.errors import BackendError
 from .app import ServerState, build_app
@@ -49,20 +54,63 @@ def uvicorn_config(app: Any, config: ServerConfig) -> Any:
         server_header=False, access_log=config.access_log, log_level=config.log_level, proxy_headers=False)
 
 
-def serve(target: Any, config: ServerConfig | None = None) -> None:
-    """Serve ``target`` (a bundle path, session(s) or a ``ServerState``) until SIGTERM/SIGINT; blocks."""
+_LISTENING = "sdedge serve: listening on http://"
+_LISTENING_RE = re.compile(re.escape(_LISTENING) + r"(\[[^\]]+\]|[^\s/:]+):(\d+)")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` and listening; ``port`` 0: a free port the OS picks.
+
+    Connections made before uvicorn serves wait in the backlog. Read the port back with ``getsockname()[1]``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections whose socket says TCP (with 0,
+    # Nagle's algorithm and the client's delayed ACK add ~40 ms to every answer)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except OSError as e:
+        sock.close()
+        raise BackendError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def listening_line(host: str, port: int) -> str:
+    """What ``sdedge serve`` prints once its socket listens: ``sdedge serve: listening on http://HOST:PORT``."""
+    return f"{_LISTENING}{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def listening_port(line: str) -> int | None:
+    """The port in a :func:`listening_line` (None when ``line`` is not one): how a parent process reads ``--port 0``."""
+    m = _LISTENING_RE.search(line)
+    return int(m.group(2)) if m else None
+
+
+def serve(target: Any, config: ServerConfig | None = None,
+          on_listening: Callable[[str, int], None] | None = None) -> None:
+    """Serve ``target`` (a bundle path, session(s) or a ``ServerState``) until SIGTERM/SIGINT; blocks.
+
+    ``on_listening(host, port)`` is called once the socket listens, with the bound port (``port=0``: the
+    one the OS picked).
+    """
     if config is None:
         config = target.config if isinstance(target, ServerState) else ServerConfig()
     uvicorn = _require_uvicorn()
     app = build_app(target, config)
     server = uvicorn.Server(uvicorn_config(app, config))
+    sock = bind_socket(config.host, config.port)
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with SIGTERM's
     # default action that would kill the process after all. Swallow that one re-raise instead.
     previous = signal.signal(signal.SIGTERM, lambda *_: None) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        server.run()
+        if on_listening is not None:
+            on_listening(config.host, sock.getsockname()[1])
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -95,10 +143,7 @@ class BackgroundServer:
 
     def start(self, timeout: float = 30.0) -> "BackgroundServer":
         uvicorn = _require_uvicorn()
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.config.host, self.config.port))
+        sock = bind_socket(self.config.host, self.config.port)
         self.port = sock.getsockname()[1]
         self._sock = sock
         self._server = uvicorn.Server(uvicorn_config(self.app, self.config))

@@ -21,6 +21,16 @@ How the server handles concurrency, and why:
   the GIL), so HTTP work overlaps inference.
 
 ``close()`` lets the queued requests finish (graceful shutdown), then stops the threads.
+
+Test hook: ``InferencePool.observer`` (None by default, so the server never calls anything) is called
+as ``observer(event, job)`` with ``"queued"`` on the event loop's thread once a request is in the queue,
+and ``"started"`` on the worker's thread just before its ``infer``: tests wait on these events instead
+of sleeping and hoping a request got there. It must be quick and must not raise.
+
+Time: queueing and inference are timed on ``InferencePool.clock``, by default the first session's
+``clock`` (the one it reads deadlines on; ``time.perf_counter`` where a session has none), and the app
+stamps arrivals on the same clock, so ``deadline = arrival + budget`` means the same instant to the
+session; a test that passes its sessions a clock it advances moves the whole server's time.
 """
 from __future__ import annotations
 
@@ -29,11 +39,11 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ...common.errors import SdedgeError
 
-_clock = time.perf_counter
+_clock = time.perf_counter  # real time, for close()'s timeouts
 
 
 class Overloaded(SdedgeError):
@@ -51,7 +61,7 @@ class Outcome:
     results: list  # list[InferenceResult], one per image
     queue_s: float  # enqueue to the start of infer
     inference_s: float  # inside infer
-    t_done: float  # perf_counter() when infer returned
+    t_done: float  # InferencePool.clock() when infer returned
 
 
 @dataclass
@@ -75,17 +85,24 @@ def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
 
 
 class InferencePool:
-    """Sessions, one thread each, taking jobs from one bounded queue."""
+    """Sessions, one thread each, taking jobs from one bounded queue.
 
-    def __init__(self, sessions: Sequence[Any], max_queue: int = 256) -> None:
+    ``clock``: what queueing and inference are timed on (default: the first session's ``clock``, else
+    ``time.perf_counter``); ``observer``: the test hook of the module docstring (None: off).
+    """
+
+    def __init__(self, sessions: Sequence[Any], max_queue: int = 256, clock: Callable[[], float] | None = None
+                 ) -> None:
         if not sessions:
             raise ValueError("InferencePool needs at least one session")
         self.sessions = list(sessions)
+        self.clock: Callable[[], float] = clock or getattr(self.sessions[0], "clock", None) or time.perf_counter
         self.max_queue = int(max_queue)
         self._q: queue.Queue = queue.Queue(maxsize=self.max_queue)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.observer: Callable[[str, _Job], None] | None = None  # test hook (module docstring); None: off
 
     @property
     def size(self) -> int:
@@ -121,11 +138,13 @@ class InferencePool:
             self.start()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        job = _Job(x, deadline, threshold, criterion, fut, loop, _clock())
+        job = _Job(x, deadline, threshold, criterion, fut, loop, self.clock())
         try:
             self._q.put_nowait(job)
         except queue.Full:
             raise Overloaded(f"the inference queue is full ({self.max_queue} requests waiting); retry later") from None
+        if self.observer is not None:
+            self.observer("queued", job)
         return await fut
 
     def _work(self, session: Any) -> None:
@@ -135,10 +154,12 @@ class InferencePool:
                 return
             if job.future.cancelled():
                 continue  # nobody is waiting for it any more
-            t0 = _clock()
+            if self.observer is not None:
+                self.observer("started", job)
+            t0 = self.clock()
             try:
                 res = session.infer(job.x, threshold=job.threshold, criterion=job.criterion, deadline=job.deadline)
-                t1 = _clock()
+                t1 = self.clock()
                 out: Any = Outcome(res if isinstance(res, list) else [res], t0 - job.t_enqueued, t1 - t0, t1)
                 ok = True
             except Exception as e:  # handed to the request; the worker goes on

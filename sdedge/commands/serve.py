@@ -34,7 +34,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1",
                    help="address to bind; 0.0.0.0 (or ::) exposes the server to the network, do it on purpose (default 127.0.0.1)")
-    n.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    n.add_argument("--port", type=int, default=8000,
+                   help="TCP port; 0 lets the OS pick a free one, printed on stderr once the server listens "
+                        "('sdedge serve: listening on http://HOST:PORT/...') (default 8000)")
     n.add_argument("--model-name", default=None,
                    help="model name in the URLs (default: the manifest's model name)")
     n.add_argument("--model-version", default="1", help="model version in the metadata and /versions/V URLs (default 1)")
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..runtime.server import serve
     from ..runtime.server.app import build_state, require_web
+    from ..runtime.server.runner import listening_line
 
     config = config_from_args(args)
     require_web()  # before spending seconds on loading and warming up the bundle
@@ -103,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
           f"{list(s.input_shape)}, {len(state.sessions)} session(s) on {s.device_name}, "
           f"{'calibrated' if s.calibration else 'uncalibrated'}, default budget "
           f"{'none' if config.budget_ms is None else f'{config.budget_ms:g} ms'}", file=sys.stderr)
-    print(f"sdedge serve: http://{config.host}:{config.port}/v2/models/{state.model_name}  (metrics: /metrics)",
-          file=sys.stderr)
-    serve(state)
+
+    def listening(host: str, port: int) -> None:
+        print(f"{listening_line(host, port)}/v2/models/{state.model_name}  (metrics: /metrics)", file=sys.stderr,
+              flush=True)
+
+    serve(state, on_listening=listening)
     return 0
