@@ -31,8 +31,8 @@ Decisions (see :mod:`sdedge.runtime.policies` for the criteria and the deadline 
   softmax of the exits run so far. Measured on Fashion-MNIST (ResNet-18 width 16, BYOT, 10 000 test
   images, ``benchmarks/runtime_bench.py``), "last" was as good or better at every exit (exit 2:
   0.9135 vs 0.9040) and at every threshold at equal cost, so it is the default.
-* ``warmup`` calls at 1, 2, 4, ... rows up to ``max_batch`` seed the online latency estimates with the
-  median of their times (:mod:`sdedge.runtime.policies`, rule 5); with ``warmup=0`` and no profile the
+* ``warmup`` calls at 1 row and at ``max_batch`` rows seed the online latency estimates with the
+  lower median of their times (:mod:`sdedge.runtime.policies`, rule 5); with ``warmup=0`` and no profile the
   first calls under a deadline have no estimate for a section not yet run, and run it.
 """
 from __future__ import annotations
