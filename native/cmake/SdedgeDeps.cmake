@@ -1,0 +1,150 @@
+# SdedgeDeps.cmake: the native core's build-time dependencies, as three INTERFACE targets:
+#
+#   sdedge_dep_ort    ONNX Runtime C API headers only (the library is dlopen'ed at run time, never linked)
+#   sdedge_dep_json   nlohmann/json (header-only)
+#   sdedge_dep_crypto OpenSSL's libcrypto (EVP sha256) with its headers
+#
+# Where they come from, first found wins:
+#   ONNX Runtime: SDEDGE_ORT_ROOT (CMake or environment variable; <root>/include[/onnxruntime]),
+#                 /usr/include/onnxruntime, then ${SDEDGE_DEPS_DIR} (native/fetch-deps.sh)
+#   nlohmann/json: find_package(nlohmann_json) / /usr/include, then ${SDEDGE_DEPS_DIR}
+#   OpenSSL: find_package(OpenSSL), then headers from ${SDEDGE_DEPS_DIR} + the system's libcrypto.so.3
+# When something is missing and SDEDGE_FETCH_DEPS is ON (the default), native/fetch-deps.sh runs once at
+# configure time (no root: apt with a private configuration, sha256-pinned Debian packages).
+
+set(SDEDGE_DEPS_DIR "${PROJECT_SOURCE_DIR}/.deps" CACHE PATH "Where native/fetch-deps.sh unpacks build dependencies")
+if(DEFINED ENV{SDEDGE_DEPS_DIR} AND NOT "$ENV{SDEDGE_DEPS_DIR}" STREQUAL "")
+  set(SDEDGE_DEPS_DIR "$ENV{SDEDGE_DEPS_DIR}" CACHE PATH "" FORCE)
+endif()
+option(SDEDGE_FETCH_DEPS "Run native/fetch-deps.sh when build dependencies are missing" ON)
+set(SDEDGE_ORT_ROOT "$ENV{SDEDGE_ORT_ROOT}" CACHE PATH "An ONNX Runtime root holding include/ (overrides system and fetched headers)")
+if(DEFINED ENV{SDEDGE_ORT_ROOT})   # the environment wins over a cached value (a reused build folder)
+  set(SDEDGE_ORT_ROOT "$ENV{SDEDGE_ORT_ROOT}" CACHE PATH "" FORCE)
+endif()
+
+if(CMAKE_LIBRARY_ARCHITECTURE)
+  set(_sdedge_multiarch "${CMAKE_LIBRARY_ARCHITECTURE}")
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64)$")
+  set(_sdedge_multiarch "x86_64-linux-gnu")
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64)$")
+  set(_sdedge_multiarch "aarch64-linux-gnu")
+else()
+  set(_sdedge_multiarch "")
+endif()
+
+function(_sdedge_find_ort out)
+  set(_dir "")
+  if(SDEDGE_ORT_ROOT)
+    foreach(_cand "${SDEDGE_ORT_ROOT}/include" "${SDEDGE_ORT_ROOT}/include/onnxruntime"
+                  "${SDEDGE_ORT_ROOT}/include/onnxruntime/core/session" "${SDEDGE_ORT_ROOT}")
+      if(EXISTS "${_cand}/onnxruntime_c_api.h")
+        set(_dir "${_cand}")
+        break()
+      endif()
+    endforeach()
+    if(NOT _dir)
+      message(FATAL_ERROR "SDEDGE_ORT_ROOT=${SDEDGE_ORT_ROOT} holds no onnxruntime_c_api.h "
+                          "(looked in include/, include/onnxruntime/, include/onnxruntime/core/session/)")
+    endif()
+  elseif(EXISTS "/usr/include/onnxruntime/onnxruntime_c_api.h")
+    set(_dir "/usr/include/onnxruntime")
+  elseif(EXISTS "${SDEDGE_DEPS_DIR}/usr/include/onnxruntime/onnxruntime_c_api.h")
+    set(_dir "${SDEDGE_DEPS_DIR}/usr/include/onnxruntime")
+  endif()
+  set(${out} "${_dir}" PARENT_SCOPE)
+endfunction()
+
+function(_sdedge_find_json out)
+  set(_dir "")
+  find_path(SDEDGE_JSON_INCLUDE_DIR nlohmann/json.hpp
+            PATHS "${SDEDGE_DEPS_DIR}/usr/include" NO_CMAKE_FIND_ROOT_PATH)
+  if(SDEDGE_JSON_INCLUDE_DIR)
+    set(_dir "${SDEDGE_JSON_INCLUDE_DIR}")
+  else()
+    unset(SDEDGE_JSON_INCLUDE_DIR CACHE)   # look again after a fetch
+  endif()
+  set(${out} "${_dir}" PARENT_SCOPE)
+endfunction()
+
+# OpenSSL: the system's development files, else the fetched headers with the runtime libcrypto.so.3
+function(_sdedge_find_crypto inc_out lib_out)
+  set(_inc "")
+  set(_lib "")
+  find_package(OpenSSL 3 QUIET COMPONENTS Crypto)
+  if(OpenSSL_FOUND AND TARGET OpenSSL::Crypto)
+    set(_inc "SYSTEM")
+    set(_lib "OpenSSL::Crypto")
+  elseif(EXISTS "${SDEDGE_DEPS_DIR}/usr/include/openssl/evp.h")
+    find_library(SDEDGE_CRYPTO_RUNTIME NAMES libcrypto.so.3 crypto
+                 PATHS "/usr/lib/${_sdedge_multiarch}" "/lib/${_sdedge_multiarch}" /usr/lib64 /usr/lib)
+    if(SDEDGE_CRYPTO_RUNTIME)
+      set(_inc "${SDEDGE_DEPS_DIR}/usr/include")
+      if(_sdedge_multiarch AND EXISTS "${SDEDGE_DEPS_DIR}/usr/include/${_sdedge_multiarch}")
+        list(APPEND _inc "${SDEDGE_DEPS_DIR}/usr/include/${_sdedge_multiarch}")
+      endif()
+      set(_lib "${SDEDGE_CRYPTO_RUNTIME}")
+    else()
+      unset(SDEDGE_CRYPTO_RUNTIME CACHE)
+    endif()
+  endif()
+  set(${inc_out} "${_inc}" PARENT_SCOPE)
+  set(${lib_out} "${_lib}" PARENT_SCOPE)
+endfunction()
+
+_sdedge_find_ort(_ort_inc)
+_sdedge_find_json(_json_inc)
+_sdedge_find_crypto(_crypto_inc _crypto_lib)
+
+if((NOT _ort_inc OR NOT _json_inc OR NOT _crypto_lib) AND SDEDGE_FETCH_DEPS)
+  set(_missing "")
+  if(NOT _ort_inc)
+    list(APPEND _missing "ONNX Runtime C headers")
+  endif()
+  if(NOT _json_inc)
+    list(APPEND _missing "nlohmann/json")
+  endif()
+  if(NOT _crypto_lib)
+    list(APPEND _missing "OpenSSL")
+  endif()
+  string(REPLACE ";" ", " _missing "${_missing}")
+  message(STATUS "sdedge: missing ${_missing}: running native/fetch-deps.sh ${SDEDGE_DEPS_DIR}")
+  # --all when OpenSSL is missing for CMake even though /usr/include/openssl exists (no libcrypto.so link)
+  set(_fetch_args "${SDEDGE_DEPS_DIR}")
+  if(NOT _crypto_lib)
+    list(PREPEND _fetch_args "--all")
+  endif()
+  execute_process(COMMAND bash "${PROJECT_SOURCE_DIR}/fetch-deps.sh" ${_fetch_args}
+                  RESULT_VARIABLE _rc)
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "sdedge: native/fetch-deps.sh failed (exit ${_rc}). Install the headers "
+                        "(ONNX Runtime C API, nlohmann/json, OpenSSL) or set SDEDGE_ORT_ROOT, then configure again.")
+  endif()
+  _sdedge_find_ort(_ort_inc)
+  _sdedge_find_json(_json_inc)
+  _sdedge_find_crypto(_crypto_inc _crypto_lib)
+endif()
+
+if(NOT _ort_inc)
+  message(FATAL_ERROR "sdedge: ONNX Runtime C headers not found: set SDEDGE_ORT_ROOT, install them in "
+                      "/usr/include/onnxruntime, or run native/fetch-deps.sh")
+endif()
+if(NOT _json_inc)
+  message(FATAL_ERROR "sdedge: nlohmann/json.hpp not found: install nlohmann-json3-dev or run native/fetch-deps.sh")
+endif()
+if(NOT _crypto_lib)
+  message(FATAL_ERROR "sdedge: OpenSSL (libcrypto, headers) not found: install libssl-dev or run native/fetch-deps.sh")
+endif()
+
+add_library(sdedge_dep_ort INTERFACE)
+target_include_directories(sdedge_dep_ort SYSTEM INTERFACE "${_ort_inc}")
+add_library(sdedge_dep_json INTERFACE)
+target_include_directories(sdedge_dep_json SYSTEM INTERFACE "${_json_inc}")
+add_library(sdedge_dep_crypto INTERFACE)
+target_link_libraries(sdedge_dep_crypto INTERFACE "${_crypto_lib}")
+if(NOT _crypto_inc STREQUAL "SYSTEM")
+  target_include_directories(sdedge_dep_crypto SYSTEM INTERFACE ${_crypto_inc})
+endif()
+
+message(STATUS "sdedge: ONNX Runtime headers: ${_ort_inc}")
+message(STATUS "sdedge: nlohmann/json: ${_json_inc}")
+message(STATUS "sdedge: OpenSSL crypto: ${_crypto_lib} (headers: ${_crypto_inc})")

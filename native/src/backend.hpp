@@ -1,0 +1,34 @@
+// backend.hpp: the small interface the session's loop runs sections through (DESIGN §5: load section,
+// run section on device-resident buffers). ort_backend.cpp implements it over ONNX Runtime; tests can
+// implement it with scripted logits.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sdedge {
+
+// A batch living where the backend keeps it (host memory for ORT on CPU). Opaque to the session.
+struct DeviceTensor {
+  virtual ~DeviceTensor() = default;
+};
+using TensorPtr = std::unique_ptr<DeviceTensor>;
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;         // "onnxruntime"
+  virtual std::string device_name() const = 0;  // names the latency profile: profiles/<device_name>.json
+  virtual int num_sections() const = 0;
+  // The input batch: `rows` float32 NCHW images at `x`, which stays valid until the call returns.
+  virtual TensorPtr upload(const float *x, std::int64_t rows) = 0;
+  // Run 1-based section `k` on `in`; write its logits (rows x classes) into `logits` (resized) and
+  // return its features (nullptr for the last section).
+  virtual TensorPtr run_section(int k, const DeviceTensor &in, std::vector<float> &logits) = 0;
+  // The rows `keep` (ascending indices) of `t`, as a new tensor.
+  virtual TensorPtr take_rows(const DeviceTensor &t, const std::vector<std::int64_t> &keep) = 0;
+};
+
+}  // namespace sdedge

@@ -1,0 +1,52 @@
+// ort_backend.hpp: the ONNX Runtime backend: one OrtSession per section with explicit options
+// (intra-op threads, inter-op 1, sequential, spinning off), CPU by default, CUDA / TensorRT execution
+// providers appended when asked for and present in the loaded library (runtime/backends/onnxruntime.py).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "bundle.hpp"
+#include "ort.hpp"
+
+namespace sdedge {
+
+struct OrtBackendOptions {
+  std::string library;      // "" = $SDEDGE_ORT_LIBRARY, else libonnxruntime.so.1
+  std::string providers;    // comma list ("cpu", "cuda", "tensorrt" or full ORT names); "" = CPU
+  int intra_op_threads = 0;  // 0 = the CPUs this process may use
+  int max_batch = 64;        // TensorRT optimisation-profile shapes: 1..max_batch
+};
+
+class OrtBackend : public Backend {
+ public:
+  OrtBackend(const Bundle &bundle, const OrtBackendOptions &options);
+  ~OrtBackend() override;
+
+  std::string name() const override { return "onnxruntime"; }
+  std::string device_name() const override { return device_name_; }
+  int num_sections() const override { return static_cast<int>(sessions_.size()); }
+  TensorPtr upload(const float *x, std::int64_t rows) override;
+  TensorPtr run_section(int k, const DeviceTensor &in, std::vector<float> &logits) override;
+  TensorPtr take_rows(const DeviceTensor &t, const std::vector<std::int64_t> &keep) override;
+
+ private:
+  OrtPtr<OrtSessionOptions> session_options(const std::vector<std::string> &providers, const SectionSpec &spec,
+                                            const Bundle &bundle) const;
+  void check_section_io(OrtSession *session, const SectionSpec &spec) const;
+
+  std::unique_ptr<OrtLibrary> lib_;  // first member: released last
+  OrtPtr<OrtEnv> env_;
+  OrtPtr<OrtMemoryInfo> cpu_;
+  std::vector<OrtPtr<OrtSession>> sessions_;
+  std::vector<std::string> in_names_, feat_names_, logit_names_;
+  int threads_ = 1;
+  int max_batch_ = 64;
+  std::int64_t num_classes_ = 0;
+  std::vector<std::int64_t> input_shape_;  // [-1, C, H, W]
+  std::string device_name_;
+};
+
+}  // namespace sdedge

@@ -1,0 +1,295 @@
+// session.cpp: the anytime session's decision loop, inputs, warm-up and every-exit logits
+// (runtime/session.py AnytimeSession: the same calls to the deadline rule, in the same order, on the
+// session's clock, so that scripted section times give the same exits in both engines).
+#include "session.hpp"
+
+#include <time.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+#include <set>
+
+#include "errors.hpp"
+#include "ort_backend.hpp"
+#include "profile.hpp"
+
+namespace sdedge {
+
+std::int64_t now_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
+namespace {
+
+void validate(const SessionConfig &c) {
+  if (c.backend != "auto" && c.backend != "onnxruntime")
+    fail(Code::Argument, "backend must be \"auto\" or \"onnxruntime\" (NULL = auto), got \"" + c.backend + "\"");
+  if (c.max_batch < 1) fail(Code::Argument, "max_batch must be a positive integer, got " + std::to_string(c.max_batch));
+  if (c.warmup < 0) fail(Code::Argument, "warmup must be a non-negative integer, got " + std::to_string(c.warmup));
+  if (c.intra_op_threads < 0)
+    fail(Code::Argument, "intra_op_threads must be >= 0 (0 = the backend's default), got " + std::to_string(c.intra_op_threads));
+}
+
+Bundle open_checked(const std::string &dir, const SessionConfig &c) {
+  validate(c);
+  return open_bundle(dir, c.verify);
+}
+
+}  // namespace
+
+Session::Session(const std::string &bundle_dir, const SessionConfig &config) : bundle_(open_checked(bundle_dir, config)) {
+  calibration_ = load_calibration(bundle_);
+  backend_ = std::make_unique<OrtBackend>(
+      bundle_, OrtBackendOptions{config.ort_library, config.providers, config.intra_op_threads, config.max_batch});
+  init(config);
+}
+
+Session::Session(Bundle bundle, std::unique_ptr<Backend> backend, const SessionConfig &config)
+    : bundle_(std::move(bundle)), backend_(std::move(backend)) {
+  validate(config);
+  calibration_ = load_calibration(bundle_);
+  init(config);
+}
+
+void Session::init(const SessionConfig &config) {
+  if (backend_->num_sections() != num_exits()) fail(Code::Internal, "backend and manifest disagree on the number of sections");
+  answer_ = config.answer;
+  max_batch_ = config.max_batch;
+  device_name_ = backend_->device_name();
+  std::optional<LatencyProfile> profile = load_profile(bundle_, device_name_);
+  has_profile_ = profile.has_value();
+  clock_ = config.clock;
+  deadline_ = std::make_unique<DeadlinePolicy>(num_exits(), std::move(profile), config.latency_window,
+                                               config.latency_quantile);
+  prep_ = std::make_unique<Preprocessor>(bundle_.manifest);
+  default_policy_ = ConfidencePolicy::build(num_exits(), NAN, false, nullptr, calibration_ ? &*calibration_ : nullptr);
+  warmup(config.warmup);
+}
+
+// Seeds the latency figures at 1 row and at max_batch rows (runtime/session.py _warmup): one untimed
+// run of every section, then `n` calls timed as live calls are (no budget, the default policy); every
+// (section, rows) cell then keeps the lower median of its samples (rule 5). Counts in between borrow
+// pessimistically (rule 3) until live calls measure them.
+void Session::warmup(int n) {
+  if (n <= 0) return;
+  for (const int rows : std::set<int>{1, max_batch_}) {
+    std::vector<float> x(static_cast<std::size_t>(rows * prep_->image_size()), 0.0f);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      TensorPtr h = backend_->upload(x.data(), rows);
+      for (int k = 1; k <= num_exits(); ++k) {
+        TensorPtr next = backend_->run_section(k, *h, logits_);
+        h = std::move(next);
+      }
+    }
+    std::vector<RowResult> r(static_cast<std::size_t>(rows));
+    for (int rep = 0; rep < n; ++rep) infer_f32(x.data(), rows, InferRequest{}, r.data(), nullptr);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  deadline_->settle();
+}
+
+const ConfidencePolicy &Session::policy_for(const InferRequest &req, ConfidencePolicy &scratch) const {
+  if (std::isnan(req.threshold) && !req.calibrated && !req.criterion) return default_policy_;
+  scratch = ConfidencePolicy::build(num_exits(), req.threshold, req.calibrated, req.criterion,
+                                    calibration_ ? &*calibration_ : nullptr);
+  return scratch;
+}
+
+std::optional<double> Session::stop_at(double t0_s, const InferRequest &req) const {
+  std::optional<double> d;
+  if (!std::isnan(req.budget_ms)) {
+    if (!(std::isfinite(req.budget_ms) && req.budget_ms > 0))
+      fail(Code::Policy, "budget_ms must be a positive finite number of milliseconds (NAN = none), got " +
+                             std::to_string(req.budget_ms));
+    d = t0_s + rounded(req.budget_ms * 1e-3);
+  }
+  if (req.deadline_ns != 0) {
+    if (req.deadline_ns < 0)
+      fail(Code::Policy, "deadline_ns must be 0 (none) or a time on sdedge_now_ns()'s clock, got " + std::to_string(req.deadline_ns));
+    const double dl = static_cast<double>(req.deadline_ns) * 1e-9;
+    d = d ? std::min(*d, dl) : dl;
+  }
+  return d;
+}
+
+void Session::check_batch(std::int64_t batch) const {
+  if (batch < 1) fail(Code::Argument, "empty batch: batch must be >= 1, got " + std::to_string(batch));
+  if (batch > max_batch_)
+    fail(Code::Argument, "batch of " + std::to_string(batch) + " images is larger than max_batch=" +
+                             std::to_string(max_batch_) + "; split it or raise max_batch");
+}
+
+void Session::infer_f32(const float *nchw, std::int64_t batch, const InferRequest &req, RowResult *results,
+                        float *probabilities) {
+  const double t0 = clock();
+  const std::optional<double> d = stop_at(t0, req);
+  ConfidencePolicy scratch;
+  const ConfidencePolicy &pol = policy_for(req, scratch);
+  check_batch(batch);
+  prep_->check_finite(nchw, batch);
+  infer_prepared(nchw, batch, pol, d, t0, (clock() - t0) * 1e3, results, probabilities);
+}
+
+void Session::infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const InferRequest &req, RowResult *results,
+                       float *probabilities) {
+  const double t0 = clock();
+  const std::optional<double> d = stop_at(t0, req);
+  ConfidencePolicy scratch;
+  const ConfidencePolicy &pol = policy_for(req, scratch);
+  check_batch(batch);
+  std::vector<float> x(static_cast<std::size_t>(batch * prep_->image_size()));
+  prep_->from_u8(nhwc, batch, x.data());
+  infer_prepared(x.data(), batch, pol, d, t0, (clock() - t0) * 1e3, results, probabilities);
+}
+
+void Session::infer_prepared(const float *nchw, std::int64_t batch, const ConfidencePolicy &pol,
+                             std::optional<double> d, double t0, double prep_ms, RowResult *results,
+                             float *probabilities) {
+  std::lock_guard<std::mutex> lock(mu_);  // time spent waiting here counts against the deadline
+  run(nchw, batch, pol, d, t0, prep_ms, results, probabilities);
+}
+
+void Session::run(const float *x, std::int64_t n_all, const ConfidencePolicy &pol, std::optional<double> d, double t0,
+                  double prep_ms, RowResult *results, float *probabilities) {
+  const double t1 = clock();
+  const int K = num_exits();
+  const std::int64_t C = num_classes();
+  const auto nc = static_cast<std::size_t>(C);
+  std::vector<float> out_probs(static_cast<std::size_t>(n_all) * nc), out_conf(static_cast<std::size_t>(n_all));
+  std::vector<std::int32_t> out_exit(static_cast<std::size_t>(n_all)), out_why(static_cast<std::size_t>(n_all));
+  const bool ensemble = answer_ == Answer::Ensemble;
+  if (ensemble) acc_.assign(static_cast<std::size_t>(n_all) * nc, 0.0f);
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(n_all));
+  std::iota(rows.begin(), rows.end(), 0);
+  std::vector<char> stop;
+  double section_ms = 0.0;
+
+  TensorPtr h = backend_->upload(x, n_all);
+  for (int k = 1; k <= K; ++k) {
+    const auto n = static_cast<std::int64_t>(rows.size());
+    const auto un = static_cast<std::size_t>(n);
+    const double ts = clock();
+    TensorPtr next = backend_->run_section(k, *h, logits_);
+    const double dt = (clock() - ts) * 1e3;
+    deadline_->record(k, n, dt);
+    section_ms += dt;
+    const double temp = pol.temperatures[static_cast<std::size_t>(k - 1)];
+
+    // the answer's probabilities at this exit for the rows still running: softmax(z / T_k), or the
+    // running mean of the exits' softmax under answer="ensemble"
+    answer_buf_.resize(un * nc);
+    softmax_rows(logits_.data(), n, C, temp, answer_buf_.data());
+    if (ensemble) {
+      for (std::size_t i = 0; i < un; ++i) {
+        float *acc = acc_.data() + static_cast<std::size_t>(rows[i]) * nc;
+        float *ans = answer_buf_.data() + i * nc;
+        for (std::size_t c = 0; c < nc; ++c) acc[c] += ans[c], ans[c] = acc[c] / static_cast<float>(k);
+      }
+    }
+    auto settle = [&](const char *only, char want, std::int32_t why, bool have_conf) {
+      for (std::size_t i = 0; i < un; ++i) {
+        if (only && only[i] != want) continue;
+        const auto r = static_cast<std::size_t>(rows[i]);
+        const float *p = answer_buf_.data() + i * nc;
+        std::copy(p, p + nc, out_probs.data() + r * nc);
+        out_conf[r] = have_conf ? conf_buf_[i] : confidence_of(p, C, pol.criterion);
+        out_exit[r] = k;
+        out_why[r] = why;
+      }
+    };
+    if (k == K) {
+      settle(nullptr, 0, kStopLast, false);
+      break;
+    }
+    const std::optional<float> &thr = pol.thresholds32[static_cast<std::size_t>(k - 1)];
+    std::int64_t n_stop = 0;
+    if (thr) {  // a float32 confidence against the threshold rounded to float32 (ConfidencePolicy.step)
+      conf_buf_.resize(un);
+      stop.assign(un, 0);
+      for (std::size_t i = 0; i < un; ++i) {
+        conf_buf_[i] = confidence_of(answer_buf_.data() + i * nc, C, pol.criterion);
+        stop[i] = conf_buf_[i] >= *thr;
+        n_stop += stop[i];
+      }
+      if (n_stop == n) {
+        settle(nullptr, 0, kStopConfidence, true);
+        break;
+      }
+    }
+    if (d && deadline_->should_stop(k + 1, n - n_stop, clock(), *d)) {
+      if (n_stop) {
+        settle(stop.data(), 1, kStopConfidence, true);
+        settle(stop.data(), 0, kStopDeadline, true);
+      } else {
+        settle(nullptr, 0, kStopDeadline, false);
+      }
+      break;
+    }
+    if (n_stop) {
+      settle(stop.data(), 1, kStopConfidence, true);
+      std::vector<std::int64_t> keep, kept_rows;
+      for (std::size_t i = 0; i < un; ++i)
+        if (!stop[i]) keep.push_back(static_cast<std::int64_t>(i)), kept_rows.push_back(rows[i]);
+      h = backend_->take_rows(*next, keep);
+      rows = std::move(kept_rows);
+    } else {
+      h = std::move(next);
+    }
+  }
+
+  const std::size_t image = static_cast<std::size_t>(prep_->image_size());
+  for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
+    for (std::size_t c = 0; c < nc; ++c) {
+      if (std::isfinite(out_probs[r * nc + c])) continue;
+      float peak = 0.0f;
+      for (std::size_t j = 0; j < image; ++j) peak = std::max(peak, std::fabs(x[r * image + j]));
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(peak));
+      fail(Code::Input, "exit " + std::to_string(out_exit[r]) + " produced non-finite probabilities (NaN/Inf) for " +
+                            (n_all == 1 ? std::string("the input") : "image " + std::to_string(r) + " of the batch") +
+                            ": its preprocessed values reach |x| = " + buf +
+                            ", which overflows the network; expected preprocessed values of order 1 (or send raw uint8 pixels)");
+    }
+  }
+  for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
+    const float *p = out_probs.data() + r * nc;
+    results[r].label = static_cast<std::int32_t>(std::max_element(p, p + nc) - p);
+    results[r].exit_index = out_exit[r];
+    results[r].confidence = out_conf[r];
+    results[r].stopped_by = out_why[r];
+  }
+  if (probabilities) std::copy(out_probs.begin(), out_probs.end(), probabilities);
+  const double t_end = clock();
+  deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - section_ms);
+  const double latency = (t_end - t0) * 1e3;
+  const std::int32_t met = d ? (t_end <= *d ? 1 : 0) : -1;
+  for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
+    results[r].latency_ms = latency;
+    results[r].deadline_met = met;
+  }
+}
+
+void Session::infer_all_exits(const float *nchw, std::int64_t batch, float *logits) {
+  if (batch < 1) fail(Code::Argument, "empty batch: batch must be >= 1, got " + std::to_string(batch));
+  const std::int64_t image = prep_->image_size(), C = num_classes(), K = num_exits();
+  if (batch > std::numeric_limits<std::int64_t>::max() / std::max(image, K * C))
+    fail(Code::Argument, "batch of " + std::to_string(batch) + " images is too large");
+  prep_->check_finite(nchw, batch);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (std::int64_t off = 0; off < batch; off += max_batch_) {
+    const std::int64_t m = std::min<std::int64_t>(max_batch_, batch - off);
+    TensorPtr h = backend_->upload(nchw + off * image, m);
+    for (int k = 1; k <= K; ++k) {
+      TensorPtr next = backend_->run_section(k, *h, logits_);
+      std::copy(logits_.begin(), logits_.begin() + m * C, logits + ((k - 1) * batch + off) * C);
+      h = std::move(next);
+    }
+  }
+}
+
+}  // namespace sdedge

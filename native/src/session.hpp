@@ -1,0 +1,113 @@
+// session.hpp: the anytime session (runtime/session.py AnytimeSession): a verified bundle on a backend,
+// the decision loop with per-row early exit (the batch shrinks, results in input order), confidence
+// policies with calibrated temperatures, the deadline rule, answer modes, and every exit's logits.
+// Calls on one session are serialized by its mutex.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "bundle.hpp"
+#include "calibration.hpp"
+#include "confidence.hpp"
+#include "deadline.hpp"
+#include "preprocess.hpp"
+
+namespace sdedge {
+
+enum class Answer { Last, Ensemble };
+enum StopReason { kStopConfidence = 1, kStopDeadline = 2, kStopLast = 3 };  // == SDEDGE_STOP_*
+
+struct SessionConfig {
+  std::string backend = "auto";  // "auto" | "onnxruntime"
+  std::string providers;         // comma list; "" = CPU
+  int intra_op_threads = 0;      // 0 = every CPU this process may use
+  int max_batch = 64;
+  int warmup = 3;
+  std::string ort_library;       // "" = $SDEDGE_ORT_LIBRARY, else libonnxruntime.so.1
+  Answer answer = Answer::Last;  // not in the C ABI's options yet (see NOTES-core.md)
+  bool verify = true;
+  std::size_t latency_window = 256;  // samples per (section, rows) cell (DeadlinePolicy); not in the ABI
+  double latency_quantile = 0.99;    // the tail quantile over them; not in the ABI
+  // The clock (seconds) that times sections and deadlines; empty = CLOCK_MONOTONIC (now_ns()). Tests
+  // pass a scripted one (Python: AnytimeSession(clock=...)); InferRequest::deadline_ns is read on it.
+  std::function<double()> clock;
+};
+
+struct InferRequest {
+  double threshold = NAN;        // NaN = no confidence stop
+  bool calibrated = false;       // calibration.json's thresholds and enabled flags
+  const char *criterion = nullptr;
+  double budget_ms = NAN;        // NaN = none
+  std::int64_t deadline_ns = 0;  // 0 = none; absolute on now_ns()'s clock
+};
+
+struct RowResult {
+  std::int32_t label = 0, exit_index = 0;
+  float confidence = 0.0f;
+  std::int32_t stopped_by = 0, deadline_met = -1;
+  double latency_ms = 0.0;
+};
+
+std::int64_t now_ns();  // CLOCK_MONOTONIC
+
+class Session {
+ public:
+  Session(const std::string &bundle_dir, const SessionConfig &config);
+  // On a ready backend (tests: scripted logits); `profile` is the latency profile to use, if any.
+  Session(Bundle bundle, std::unique_ptr<Backend> backend, const SessionConfig &config);
+
+  int num_exits() const { return bundle_.manifest.num_exits(); }
+  int num_classes() const { return bundle_.manifest.num_classes(); }
+  std::int64_t chw(int i) const { return bundle_.manifest.input.shape[static_cast<std::size_t>(i) + 1]; }
+  int max_batch() const { return max_batch_; }
+  const std::string &device_name() const { return device_name_; }
+  bool has_profile() const { return has_profile_; }
+  // The deadline rule and its online figures (tests, diagnostics; not synchronized with running calls).
+  const DeadlinePolicy &deadline_policy() const { return *deadline_; }
+  const LatencyEstimator &estimator() const { return deadline_->estimator(); }
+
+  // `batch` rows (1..max_batch) of float NCHW / uint8 NHWC; `results` gets `batch` entries in input
+  // order, `probabilities` (nullable) batch * num_classes floats.
+  void infer_f32(const float *nchw, std::int64_t batch, const InferRequest &req, RowResult *results, float *probabilities);
+  void infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const InferRequest &req, RowResult *results,
+                float *probabilities);
+  // Raw logits of every exit, [K][batch][C]; any batch >= 1 (run in chunks of max_batch).
+  void infer_all_exits(const float *nchw, std::int64_t batch, float *logits);
+
+ private:
+  void init(const SessionConfig &config);
+  double clock() const { return clock_ ? clock_() : static_cast<double>(now_ns()) * 1e-9; }
+  void warmup(int n);
+  const ConfidencePolicy &policy_for(const InferRequest &req, ConfidencePolicy &scratch) const;
+  std::optional<double> stop_at(double t0_s, const InferRequest &req) const;
+  void check_batch(std::int64_t batch) const;
+  void infer_prepared(const float *nchw, std::int64_t batch, const ConfidencePolicy &pol, std::optional<double> stop_at,
+                      double t0_s, double prep_ms, RowResult *results, float *probabilities);
+  void run(const float *nchw, std::int64_t n_all, const ConfidencePolicy &pol, std::optional<double> stop_at,
+           double t0_s, double prep_ms, RowResult *results, float *probabilities);
+
+  Bundle bundle_;
+  std::unique_ptr<Backend> backend_;
+  std::optional<Calibration> calibration_;
+  std::unique_ptr<DeadlinePolicy> deadline_;
+  std::function<double()> clock_;
+  std::unique_ptr<Preprocessor> prep_;
+  ConfidencePolicy default_policy_;
+  Answer answer_ = Answer::Last;
+  int max_batch_ = 64;
+  bool has_profile_ = false;
+  std::string device_name_;
+  std::mutex mu_;
+  // scratch reused across calls (guarded by mu_)
+  std::vector<float> logits_, probs_, acc_, answer_buf_, conf_buf_;
+};
+
+}  // namespace sdedge

@@ -1,0 +1,79 @@
+/* abi_misuse.c: the C ABI refuses misuse with a status and a message and never crashes, without any
+   bundle: NULL pointers, wrong struct_size, bad option values, a missing bundle, freeing NULL. Written in
+   C, linked against libsdedge.so as a C user links it. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "sdedge/sdedge.h"
+#include "check.h"
+
+int main(void) {
+  CHECK(sdedge_abi_version() == SDEDGE_ABI_VERSION);
+  CHECK(sdedge_last_error() != NULL);
+  CHECK(strcmp(sdedge_last_error(), "") == 0);
+
+  int64_t t1 = sdedge_now_ns(), t2 = sdedge_now_ns();
+  CHECK(t1 > 0 && t2 >= t1);
+
+  /* init functions: NULL is a no-op; defaults as documented */
+  sdedge_session_options_init(NULL);
+  sdedge_infer_options_init(NULL);
+  sdedge_session_options so;
+  memset(&so, 0xAB, sizeof so);
+  sdedge_session_options_init(&so);
+  CHECK(so.struct_size == sizeof so);
+  CHECK(so.backend == NULL && so.providers == NULL && so.onnxruntime_library == NULL);
+  CHECK(so.intra_op_threads == 0 && so.max_batch == 64 && so.warmup == 3);
+  sdedge_infer_options io;
+  memset(&io, 0xAB, sizeof io);
+  sdedge_infer_options_init(&io);
+  CHECK(io.struct_size == sizeof io);
+  CHECK(isnan(io.threshold) && isnan(io.budget_ms) && io.calibrated == 0 && io.criterion == NULL && io.deadline_ns == 0);
+
+  /* create: NULL out, NULL folder, wrong struct_size, bad values, missing bundle */
+  sdedge_session *s = (sdedge_session *)0x1;
+  CHECK_STATUS(sdedge_session_create("/nonexistent", NULL, NULL), SDEDGE_E_ARGUMENT, "out");
+  CHECK_STATUS(sdedge_session_create(NULL, NULL, &s), SDEDGE_E_ARGUMENT, "bundle_dir is NULL");
+  CHECK(s == NULL);
+  sdedge_session_options bad = so;
+  bad.struct_size = 3;
+  s = (sdedge_session *)0x1;
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "struct_size");
+  CHECK(s == NULL);
+  bad = so;
+  bad.max_batch = 0;
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "max_batch");
+  bad = so;
+  bad.warmup = -1;
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "warmup");
+  bad = so;
+  bad.intra_op_threads = -2;
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "intra_op_threads");
+  bad = so;
+  bad.backend = "tensorflow";
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "backend");
+  CHECK_STATUS(sdedge_session_create("/nonexistent/bundle", &so, &s), SDEDGE_E_BUNDLE, "does not exist");
+  CHECK(s == NULL);
+  CHECK_STATUS(sdedge_session_create("/etc/hostname", NULL, &s), SDEDGE_E_BUNDLE, "not a bundle folder");
+  CHECK_STATUS(sdedge_session_create("/", NULL, &s), SDEDGE_E_BUNDLE, "manifest.json is missing");
+
+  /* every call on a NULL session */
+  sdedge_session_free(NULL);
+  int32_t ne = -1, nc = -1;
+  int64_t chw[3] = {-1, -1, -1};
+  CHECK_STATUS(sdedge_session_info(NULL, &ne, &nc, chw), SDEDGE_E_ARGUMENT, "session is NULL");
+  CHECK(ne == -1 && nc == -1 && chw[0] == -1);
+  float x[16] = {0};
+  uint8_t px[16] = {0};
+  sdedge_result r[1];
+  float logits[64];
+  CHECK_STATUS(sdedge_session_infer_f32(NULL, x, 1, NULL, r, NULL), SDEDGE_E_ARGUMENT, "session is NULL");
+  CHECK_STATUS(sdedge_session_infer_u8(NULL, px, 1, &io, r, NULL), SDEDGE_E_ARGUMENT, "session is NULL");
+  CHECK_STATUS(sdedge_session_infer_all_exits(NULL, x, 1, logits), SDEDGE_E_ARGUMENT, "session is NULL");
+
+  /* the last error is per thread and stays until the next failing call */
+  CHECK(strlen(sdedge_last_error()) > 0);
+  printf("abi_misuse: %s\n", check_failures ? "FAILED" : "ok");
+  return TEST_RESULT();
+}
