@@ -32,7 +32,7 @@ struct SessionConfig {
   int max_batch = 64;
   int warmup = 3;
   std::string ort_library;       // "" = $SDEDGE_ORT_LIBRARY, else libonnxruntime.so.1
-  Answer answer = Answer::Last;  // not in the C ABI's options yet (see NOTES-core.md)
+  Answer answer = Answer::Last;  // not in the C ABI's options yet (see native/README.md)
   bool verify = true;
   std::size_t latency_window = 256;  // samples per (section, rows) cell (DeadlinePolicy); not in the ABI
   double latency_quantile = 0.99;    // the tail quantile over them; not in the ABI
