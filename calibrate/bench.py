@@ -83,9 +83,10 @@ class BenchResult:
     curves: CurveSet | None = None
     notes: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    engine: str = "python"  # the AnytimeSession engine measured ("native" or "python")
 
     def to_json(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "device": self.device, "latency": self.latency, "overhead": self.overhead,
+        return {"bundle": self.bundle, "device": self.device, "engine": self.engine, "latency": self.latency, "overhead": self.overhead,
                 "compliance": self.compliance, "curves": None if self.curves is None else self.curves.to_json(),
                 "notes": self.notes, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -173,7 +174,8 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig | None = None, imag
 
             files.update(save_curves(curves, cfg.plot, f"{b.manifest.model.get('name', Path(bundle).name)} on "
                                                        f"{session.device_name} (live, batch 1)"))
-        res = BenchResult(str(bundle), session.device_name, latency, overhead, compliance, curves, notes, files)
+        res = BenchResult(str(bundle), session.device_name, latency, overhead, compliance, curves, notes, files,
+                          engine=session.engine)
     if cfg.json_path:
         from sdedge.common.jsonio import write_json_atomic
 
@@ -228,7 +230,7 @@ def _clean(obj: Any) -> Any:
 
 def format_bench(res: BenchResult) -> str:
     """The printed report: ratios first, absolute figures beside them."""
-    lines = [f"bundle {res.bundle}  device {res.device}"]
+    lines = [f"bundle {res.bundle}  device {res.device}  engine {res.engine}"]
     lat = res.latency
     if lat:
         lines.append(f"machine: {lat['contract']['machine']}; threads {lat['contract']['threads']}; "

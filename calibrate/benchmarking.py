@@ -288,7 +288,7 @@ def deadline_compliance(session: Any, inputs: np.ndarray, calls: int = 10_000, b
             r = session.infer(xs[i % len(xs)], budget_ms=float(budgets[i]))
             met[i], exits[i] = r.deadline_met, r.exit_index
             over[i] = r.latency_ms - budgets[i]
-    return {"burner_processes": burner, "budget_ms": [lo, hi], "latency_quantile": session.estimator.quantile,
+    return {"burner_processes": burner, "budget_ms": [lo, hi], "latency_quantile": session.options.latency_quantile,
             **compliance_stats(met, exits, over, session.num_exits),
             "contract": contract(getattr(session.backend, "threads", None), min(200, calls), calls,
                                  extra="budgets uniform in [exit-1 p99.9, full p50] of infer end to end; floor miss = "

@@ -22,7 +22,9 @@ from ..common.errors import PolicyError
 from .backends.base import Backend, BackendOptions
 from .policies import ANSWERS, check_criterion
 
-__all__ = ["SessionOptions"]
+__all__ = ["SessionOptions", "ENGINES"]
+
+ENGINES = ("auto", "native", "python")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class SessionOptions:
     ``entropy`` or ``margin``); ``verify``: check every file's sha256 when the bundle is opened;
     ``latency_quantile``/``latency_window``: the online latency estimate (checked by
     :class:`~sdedge.runtime.policies.LatencyEstimator`); ``backend_options``: backend-specific extras
-    (e.g. ``{"allow_spinning": True}``).
+    (e.g. ``{"allow_spinning": True}``); ``engine``: ``"native"`` (the C++ core, ``libsdedge.so``, through
+    its C ABI), ``"python"`` (the pure-Python session), or ``"auto"`` (native when the core is installed
+    and the request can run there: ONNX Runtime in fp32 without backend options, else python).
     """
 
     backend: str | Backend = "auto"
@@ -55,6 +59,7 @@ class SessionOptions:
     latency_quantile: float = 0.99
     latency_window: int = 256
     backend_options: Mapping[str, Any] | None = None
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, (str, Backend)):
@@ -75,6 +80,8 @@ class SessionOptions:
         if self.answer not in ANSWERS:
             raise PolicyError(f"answer must be one of {', '.join(ANSWERS)}, got {self.answer!r}")
         check_criterion(self.criterion)
+        if self.engine not in ENGINES:
+            raise PolicyError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.backend_options is not None:
             if not isinstance(self.backend_options, Mapping):
                 raise PolicyError(f"backend_options must be a mapping, got {type(self.backend_options).__name__}")

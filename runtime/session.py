@@ -34,6 +34,15 @@ Decisions (see :mod:`sdedge.runtime.policies` for the criteria and the deadline 
 * ``warmup`` calls at 1 row and at ``max_batch`` rows seed the online latency estimates with the
   lower median of their times (:mod:`sdedge.runtime.policies`, rule 5); with ``warmup=0`` and no profile the
   first calls under a deadline have no estimate for a section not yet run, and run it.
+* ``engine``: ``"native"`` runs the decisions in the C++ core (``libsdedge.so``, the C ABI that C and C++
+  users call, through :mod:`sdedge.runtime.native_engine`; the GIL is released while it runs),
+  ``"python"`` in this module; ``"auto"`` (default) picks native when the core is installed and the
+  session can run there (ONNX Runtime, fp32, the default clock), else python. ``session.engine`` says
+  which runs. Both take the same arguments, validate inputs and policies here, and build the same
+  ``InferenceResult``; they decide alike (shared test vectors). The native engine keeps its latency
+  figures inside the core: ``estimator`` and ``deadline_policy`` exist on the Python engine only, and
+  ``backend`` there is a Python ONNX Runtime backend over the same bundle made on first access, for
+  reference measurements (``sdedge bench``, profiles); the native engine does not run on it.
 """
 from __future__ import annotations
 
@@ -73,13 +82,18 @@ class InferenceResult:
     deadline_met: bool | None  # None when the call had no budget or deadline
     stopped_by: str = "last"  # "confidence", "deadline" or "last" (reached the deepest exit)
     _exit_conf: list[float] | None = field(default=None, repr=False, compare=False)
-    _trace: tuple | None = field(default=None, repr=False, compare=False)  # (call trace, row, policy, answer)
+    # (call trace, row, policy, answer) on the Python engine; (None, the row's exit confidences, None,
+    # None) on the native engine
+    _trace: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def exit_confidences(self) -> list[float]:
         """Confidence of the answer at every exit run, shallow first (computed on first access)."""
         if self._exit_conf is None:
             trace, row, pol, answer = self._trace  # type: ignore[misc]
+            if trace is None:  # the native core computed them
+                self._exit_conf = [float(c) for c in row[:self.exit_index]]
+                return self._exit_conf
             # each section's (rows still running, their logits); rows stay sorted as the batch shrinks
             logits = [lg[np.searchsorted(rows, row)] for rows, lg in trace[:self.exit_index]]
             _, conf = exit_answers(np.stack(logits)[:, None, :], pol, answer)
@@ -101,7 +115,9 @@ class AnytimeSession:
         tests pass a scripted one).
         """
         self.clock = clock
+        self._native: Any = None
         opts = SessionOptions.resolve(options, **overrides)
+        self.engine = _choose_engine(opts, clock)
         self.options = opts
         self.criterion = opts.criterion
         self.answer = opts.answer
@@ -109,6 +125,9 @@ class AnytimeSession:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=opts.verify)
         self.manifest: Manifest = self.bundle.manifest
         self.calibration: Calibration | None = load_calibration(self.bundle)
+        if self.engine == "native":
+            self._open_native(opts)
+            return
         backend, max_batch = opts.backend, opts.max_batch
         if isinstance(backend, Backend):
             self.backend = backend
@@ -133,6 +152,32 @@ class AnytimeSession:
                 self.backend.close()  # do not leak device memory on a failed start
             raise
 
+    def _open_native(self, opts: SessionOptions) -> None:
+        """The native engine's start: the core opens the bundle, verifies it again itself (it loads the files:
+        a file swapped after the Python reader's check is caught by the one that reads it), loads ONNX
+        Runtime and runs the warm-up."""
+        from .native_engine import NativeSession
+
+        self._native = NativeSession(str(self.bundle.path), opts)
+        self.max_batch = self._native.max_batch
+        self.profile = load_profile(self.bundle, self.device_name)
+        self._prep = Preprocessor(self.manifest, self.max_batch)
+        self._prep_any = Preprocessor(self.manifest, 1 << 62)
+        self._policies = {}
+        self._default_policy = None
+        self._default_policy = self.policy(None, None)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for attributes the instance lacks: the Python engine's internals on a native session
+        if name == "backend" and self.__dict__.get("_native") is not None:
+            # a Python ONNX Runtime backend over the same bundle, for reference measurements only
+            self.backend = create_backend(self.bundle, self.options.backend, self.options.for_backend())
+            return self.backend
+        if name in ("estimator", "deadline_policy") and self.__dict__.get("_native") is not None:
+            raise AttributeError(f"AnytimeSession.{name} is not available on the native engine (the core keeps its "
+                                 f"latency figures inside); open the session with engine='python' to read it")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- description ---------------------------------------------------------------------------------
     @property
     def classes(self) -> tuple[str, ...]:
@@ -149,13 +194,22 @@ class AnytimeSession:
 
     @property
     def device_name(self) -> str:
+        if self._native is not None:
+            return self._native.description["device_name"]
         return self.backend.device_name
 
     @property
     def backend_name(self) -> str:
+        if self._native is not None:
+            return self._native.description["backend"]
         return self.backend.name
 
     def close(self) -> None:
+        if self._native is not None:
+            self._native.close()
+            if "backend" in self.__dict__:
+                self.__dict__["backend"].close()
+            return
         self.backend.close()
 
     def __enter__(self) -> "AnytimeSession":
@@ -165,7 +219,8 @@ class AnytimeSession:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"AnytimeSession({str(self.bundle.path)!r}, backend={self.backend_name!r}, device={self.device_name!r}, "
+        return (f"AnytimeSession({str(self.bundle.path)!r}, engine={self.engine!r}, backend={self.backend_name!r}, "
+                f"device={self.device_name!r}, "
                 f"exits={self.num_exits}, profile={'yes' if self.profile else 'no'}, "
                 f"calibration={'yes' if self.calibration else 'no'})")
 
@@ -220,10 +275,44 @@ class AnytimeSession:
         stop_at = self._deadline(t0, budget_ms, deadline)
         pol = self.policy(threshold, criterion)
         prep = self._prep(x)
+        if self._native is not None:
+            results = self._run_native(prep.batch, pol, stop_at, t0)
+            return results[0] if prep.single else results
         prep_ms = (clock() - t0) * 1e3
         with self._lock:  # time spent waiting here counts against the deadline, not as overhead
             results = self._run(prep.batch, pol, stop_at, t0, prep_ms)
         return results[0] if prep.single else results
+
+    def _run_native(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None,
+                    t0: float) -> list[InferenceResult]:
+        """The decision loop in the core: the resolved policy and the deadline (on the core's clock) go in,
+        each row's exit, stop reason, probabilities and exit confidences come back."""
+        nat = self._native
+        dl = 0
+        if stop_at is not None:  # the deadline on sdedge_now_ns()'s clock (>= 1: 0 means none)
+            dl = max(1, nat.now_ns() + int(round((stop_at - self.clock()) * 1e9)))
+        res, probs, conf = nat.infer(xb, nat.request(pol.criterion, pol.thresholds), dl)
+        results = self._results(probs, res["confidence"], res["exit_index"].tolist(),
+                                [nat.STOPS[s] for s in res["stopped_by"].tolist()],
+                                [(None, conf[i], None, None) for i in range(xb.shape[0])])
+        self._finish(results, t0, stop_at, self.clock())
+        return results
+
+    def _results(self, out_probs: np.ndarray, out_conf: np.ndarray, out_exit: list[int], out_why: list[str],
+                 traces: list[tuple]) -> list[InferenceResult]:
+        """The results of a call (both engines): one per row, latency and deadline filled by :meth:`_finish`."""
+        labels, confs, classes = out_probs.argmax(axis=1).tolist(), out_conf.tolist(), self.classes
+        return [InferenceResult(label=labels[i], class_name=classes[labels[i]], probabilities=out_probs[i],
+                                confidence=confs[i], exit_index=out_exit[i], exits_run=out_exit[i], latency_ms=0.0,
+                                deadline_met=None, stopped_by=out_why[i], _trace=traces[i])
+                for i in range(len(labels))]
+
+    @staticmethod
+    def _finish(results: list[InferenceResult], t0: float, stop_at: float | None, t_end: float) -> None:
+        latency = (t_end - t0) * 1e3
+        met = None if stop_at is None else t_end <= stop_at
+        for r in results:
+            r.latency_ms, r.deadline_met = latency, met
 
     def _run(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
              prep_ms: float) -> list[InferenceResult]:
@@ -304,17 +393,12 @@ class AnytimeSession:
         if not np.isfinite(out_probs).all():
             i = int(np.flatnonzero(~np.isfinite(out_probs).all(axis=1))[0])
             raise _non_finite(out_exit[i], xb[i:i + 1], "the input" if n_all == 1 else f"image {i} of the batch")
-        labels, confs, classes, answer_mode = out_probs.argmax(axis=1).tolist(), out_conf.tolist(), self.classes, self.answer
-        results = [InferenceResult(label=labels[i], class_name=classes[labels[i]], probabilities=out_probs[i],
-                                   confidence=confs[i], exit_index=out_exit[i], exits_run=out_exit[i], latency_ms=0.0,
-                                   deadline_met=None, stopped_by=out_why[i], _trace=(trace, i, pol, answer_mode))
-                   for i in range(n_all)]
+        answer_mode = self.answer
+        results = self._results(out_probs, np.asarray(out_conf), out_exit, out_why,
+                                [(trace, i, pol, answer_mode) for i in range(n_all)])
         t_end = clock()
         record(0, n_all, prep_ms + (t_end - t1) * 1e3 - section_ms)
-        latency = (t_end - t0) * 1e3
-        met = None if stop_at is None else t_end <= stop_at
-        for r in results:
-            r.latency_ms, r.deadline_met = latency, met
+        self._finish(results, t0, stop_at, t_end)
         return results
 
     def infer_all_exits(self, x: Any) -> np.ndarray:
@@ -324,10 +408,27 @@ class AnytimeSession:
         those of :meth:`infer`.
         """
         xb = self._prep_any(x).batch
+        if self._native is not None:
+            return self._native.infer_all_exits(xb)
         with self._lock:
             outs = [np.stack(self.backend.run_chain(xb[i:i + self.max_batch]))
                     for i in range(0, xb.shape[0], self.max_batch)]
         return np.concatenate(outs, axis=1)
+
+
+def _choose_engine(opts: SessionOptions, clock: Callable[[], float]) -> str:
+    """``"native"`` or ``"python"`` for ``opts.engine`` (see the module doc); ``engine="native"`` where the core
+    cannot run the session is a ``BackendError`` saying why."""
+    if opts.engine == "python":
+        return "python"
+    from .native_engine import NativeUnavailable, refusal
+
+    why = refusal(opts, clock is time.perf_counter)
+    if why is None:
+        return "native"
+    if opts.engine == "native":
+        raise NativeUnavailable(f"engine='native' cannot run this session: {why}")
+    return "python"
 
 
 def _non_finite(exit_index: int, x: np.ndarray, what: str = "the input") -> InputError:

@@ -111,3 +111,23 @@ def load_fault():
     sys.modules["load_fault"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
+
+
+ENGINES = ("native", "python")
+
+
+def require_engine(name: str) -> str:
+    """Skip a native-parametrized test where the native core is not built (the fallback runs alone then)."""
+    if name == "native":
+        from sdedge.runtime.native_engine import unavailable_reason
+
+        why = unavailable_reason()
+        if why:
+            pytest.skip(f"native core not available: {why}")
+    return name
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each ``AnytimeSession`` engine: the native core (skipped where not built) and the Python fallback."""
+    return require_engine(request.param)

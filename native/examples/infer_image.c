@@ -63,8 +63,8 @@ int main(int argc, char **argv) {
   }
   if (bundle == NULL || n_images < 1) return usage();
 
-  if (sdedge_abi_version() != SDEDGE_ABI_VERSION) {
-    fprintf(stderr, "infer_image: libsdedge ABI %u, this program was built for %d\n",
+  if (sdedge_abi_version() < SDEDGE_ABI_VERSION) { /* a newer library keeps older ABIs: only an older one fails */
+    fprintf(stderr, "infer_image: libsdedge ABI %u, this program was built for %d or later\n",
             (unsigned)sdedge_abi_version(), SDEDGE_ABI_VERSION);
     return 1;
   }

@@ -20,7 +20,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;         // "onnxruntime"
-  virtual std::string device_name() const = 0;  // names the latency profile: profiles/<device_name>.json
+  virtual std::string device_name() const = 0;
+  virtual std::string runtime_version() const { return ""; }  // e.g. ONNX Runtime's version  // names the latency profile: profiles/<device_name>.json
   virtual int num_sections() const = 0;
   // The input batch: `rows` float32 NCHW images at `x`, which stays valid until the call returns.
   virtual TensorPtr upload(const float *x, std::int64_t rows) = 0;

@@ -3,12 +3,43 @@
 #include "sdedge/sdedge.h"
 
 #include <cmath>
+#include <cstddef>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <string>
 
 #include "errors.hpp"
+#include "json_util.hpp"
 #include "session.hpp"
+
+// The structs as ABI version 1 (DESIGN §5b as first written) laid them out: their sizes are the
+// struct_size values a caller compiled against that header passes, accepted for ever.
+namespace {
+struct session_options_v1 {
+  uint32_t struct_size;
+  const char *backend;
+  const char *providers;
+  int32_t intra_op_threads;
+  int32_t max_batch;
+  int32_t warmup;
+  const char *onnxruntime_library;
+};
+struct infer_options_v1 {
+  uint32_t struct_size;
+  double threshold;
+  int32_t calibrated;
+  const char *criterion;
+  double budget_ms;
+  int64_t deadline_ns;
+};
+}  // namespace
+static_assert(offsetof(sdedge_session_options, onnxruntime_library) == offsetof(session_options_v1, onnxruntime_library),
+              "ABI v1 prefix of sdedge_session_options");
+static_assert(offsetof(sdedge_infer_options, deadline_ns) == offsetof(infer_options_v1, deadline_ns),
+              "ABI v1 prefix of sdedge_infer_options");
+static_assert(sizeof(session_options_v1) < sizeof(sdedge_session_options), "appended fields");
+static_assert(sizeof(infer_options_v1) < sizeof(sdedge_infer_options), "appended fields");
 
 static_assert(SDEDGE_E_ARGUMENT == static_cast<int>(sdedge::Code::Argument), "status codes");
 static_assert(SDEDGE_E_BUNDLE == static_cast<int>(sdedge::Code::Bundle), "status codes");
@@ -56,17 +87,21 @@ sdedge_status guarded(F &&f) {
 
 [[noreturn]] void arg_error(const std::string &msg) { sdedge::fail(sdedge::Code::Argument, msg); }
 
-template <class T>
-void check_struct(const T *o, const char *what, const char *init) {
-  if (o->struct_size != sizeof(T))
-    arg_error(std::string(what) + ".struct_size is " + std::to_string(o->struct_size) + ", expected " +
-              std::to_string(sizeof(T)) + ": initialise it with " + init + "() before setting fields");
+// The struct's size is the current one (true) or ABI version 1's (false: the appended fields are
+// absent and take their defaults); anything else is refused.
+template <class T, class V1>
+bool check_struct(const T *o, const char *what, const char *init) {
+  if (o->struct_size == sizeof(T)) return true;
+  if (o->struct_size == sizeof(V1)) return false;
+  arg_error(std::string(what) + ".struct_size is " + std::to_string(o->struct_size) + ", expected " +
+            std::to_string(sizeof(T)) + " (or " + std::to_string(sizeof(V1)) + ", ABI version 1): initialise it with " +
+            init + "() before setting fields");
 }
 
 sdedge::InferRequest request(const sdedge_infer_options *o) {
   sdedge::InferRequest r;
   if (!o) return r;
-  check_struct(o, "sdedge_infer_options", "sdedge_infer_options_init");
+  const bool v2 = check_struct<sdedge_infer_options, infer_options_v1>(o, "sdedge_infer_options", "sdedge_infer_options_init");
   if (o->calibrated != 0 && o->calibrated != 1) arg_error("calibrated must be 0 or 1, got " + std::to_string(o->calibrated));
   if (!std::isnan(o->threshold) && !o->calibrated && !(o->threshold >= 0.0 && o->threshold <= 1.0))
     sdedge::fail(sdedge::Code::Policy, "threshold must be in [0, 1] or NAN (no confidence stop), got " + std::to_string(o->threshold));
@@ -75,12 +110,37 @@ sdedge::InferRequest request(const sdedge_infer_options *o) {
   r.criterion = o->criterion;
   r.budget_ms = o->budget_ms;
   r.deadline_ns = o->deadline_ns;
+  if (v2 && (o->thresholds || o->num_thresholds)) {
+    if (!o->thresholds) arg_error("num_thresholds is " + std::to_string(o->num_thresholds) + " but thresholds is NULL");
+    if (o->num_thresholds <= 0) arg_error("thresholds is set but num_thresholds is " + std::to_string(o->num_thresholds));
+    r.thresholds = o->thresholds;
+    r.num_thresholds = o->num_thresholds;
+  }
   return r;
 }
 
 sdedge::Session &session_of(sdedge_session *s) {
   if (!s) arg_error("session is NULL");
   return *s->core;
+}
+
+template <class T>
+sdedge_status infer_rows(sdedge_session *s, const T *input, int64_t batch, const sdedge_infer_options *o,
+                         sdedge_result *results, float *probabilities, float *exit_confidences) {
+  return guarded([&] {
+    sdedge::Session &core = session_of(s);
+    if (!input) arg_error(sizeof(T) == 1 ? "input (nhwc) is NULL" : "input (nchw) is NULL");
+    if (!results) arg_error("results is NULL (it receives one sdedge_result per row)");
+    const sdedge::InferRequest req = request(o);
+    std::vector<sdedge::RowResult> rows(static_cast<std::size_t>(batch > 0 && batch <= core.max_batch() ? batch : 0));
+    if constexpr (sizeof(T) == 1)
+      core.infer_u8(input, batch, req, rows.data(), probabilities, exit_confidences);
+    else
+      core.infer_f32(input, batch, req, rows.data(), probabilities, exit_confidences);
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      results[i] = sdedge_result{rows[i].label, rows[i].exit_index, rows[i].confidence, rows[i].stopped_by,
+                                 rows[i].deadline_met, rows[i].latency_ms};
+  });
 }
 
 }  // namespace
@@ -103,6 +163,11 @@ SDEDGE_API void sdedge_session_options_init(sdedge_session_options *o) {
   o->max_batch = 64;
   o->warmup = 3;
   o->onnxruntime_library = nullptr;
+  o->answer = nullptr;
+  o->criterion = nullptr;
+  o->verify = 1;
+  o->latency_window = 0;
+  o->latency_quantile = 0.0;
 }
 
 SDEDGE_API void sdedge_infer_options_init(sdedge_infer_options *o) {
@@ -114,6 +179,8 @@ SDEDGE_API void sdedge_infer_options_init(sdedge_infer_options *o) {
   o->criterion = nullptr;
   o->budget_ms = NAN;
   o->deadline_ns = 0;
+  o->thresholds = nullptr;
+  o->num_thresholds = 0;
 }
 
 SDEDGE_API sdedge_status sdedge_session_create(const char *bundle_dir, const sdedge_session_options *o,
@@ -124,13 +191,26 @@ SDEDGE_API sdedge_status sdedge_session_create(const char *bundle_dir, const sde
     if (!bundle_dir) arg_error("bundle_dir is NULL");
     sdedge::SessionConfig c;
     if (o) {
-      check_struct(o, "sdedge_session_options", "sdedge_session_options_init");
+      const bool v2 = check_struct<sdedge_session_options, session_options_v1>(o, "sdedge_session_options",
+                                                                              "sdedge_session_options_init");
       c.backend = o->backend ? o->backend : "auto";
       c.providers = o->providers ? o->providers : "";
       c.intra_op_threads = o->intra_op_threads;
       c.max_batch = o->max_batch;
       c.warmup = o->warmup;
       c.ort_library = o->onnxruntime_library ? o->onnxruntime_library : "";
+      if (v2) {
+        const std::string answer = o->answer ? o->answer : "last";
+        if (answer != "last" && answer != "ensemble")
+          arg_error("answer must be \"last\" or \"ensemble\" (NULL = last), got \"" + answer + "\"");
+        c.answer = answer == "ensemble" ? sdedge::Answer::Ensemble : sdedge::Answer::Last;
+        c.criterion = o->criterion ? o->criterion : "max_prob";
+        if (o->verify != 0 && o->verify != 1) arg_error("verify must be 0 or 1, got " + std::to_string(o->verify));
+        c.verify = o->verify == 1;
+        if (o->latency_window < 0) arg_error("latency_window must be >= 0 (0 = 256), got " + std::to_string(o->latency_window));
+        if (o->latency_window > 0) c.latency_window = static_cast<std::size_t>(o->latency_window);
+        if (o->latency_quantile != 0.0) c.latency_quantile = o->latency_quantile;
+      }
     }
     auto core = std::make_unique<sdedge::Session>(bundle_dir, c);
     *out = new sdedge_session(std::move(core));
@@ -159,32 +239,57 @@ SDEDGE_API sdedge_status sdedge_session_info(const sdedge_session *s, int32_t *n
 SDEDGE_API sdedge_status sdedge_session_infer_f32(sdedge_session *s, const float *nchw, int64_t batch,
                                                   const sdedge_infer_options *o, sdedge_result *results,
                                                   float *probabilities) {
-  return guarded([&] {
-    sdedge::Session &core = session_of(s);
-    if (!nchw) arg_error("input (nchw) is NULL");
-    if (!results) arg_error("results is NULL (it receives one sdedge_result per row)");
-    const sdedge::InferRequest req = request(o);
-    std::vector<sdedge::RowResult> rows(static_cast<std::size_t>(batch > 0 && batch <= core.max_batch() ? batch : 0));
-    core.infer_f32(nchw, batch, req, rows.data(), probabilities);
-    for (std::size_t i = 0; i < rows.size(); ++i)
-      results[i] = sdedge_result{rows[i].label, rows[i].exit_index, rows[i].confidence, rows[i].stopped_by,
-                                 rows[i].deadline_met, rows[i].latency_ms};
-  });
+  return infer_rows(s, nchw, batch, o, results, probabilities, nullptr);
 }
 
 SDEDGE_API sdedge_status sdedge_session_infer_u8(sdedge_session *s, const uint8_t *nhwc, int64_t batch,
                                                  const sdedge_infer_options *o, sdedge_result *results,
                                                  float *probabilities) {
+  return infer_rows(s, nhwc, batch, o, results, probabilities, nullptr);
+}
+
+SDEDGE_API sdedge_status sdedge_session_infer_f32_ex(sdedge_session *s, const float *nchw, int64_t batch,
+                                                     const sdedge_infer_options *o, sdedge_result *results,
+                                                     float *probabilities, float *exit_confidences) {
+  return infer_rows(s, nchw, batch, o, results, probabilities, exit_confidences);
+}
+
+SDEDGE_API sdedge_status sdedge_session_infer_u8_ex(sdedge_session *s, const uint8_t *nhwc, int64_t batch,
+                                                    const sdedge_infer_options *o, sdedge_result *results,
+                                                    float *probabilities, float *exit_confidences) {
+  return infer_rows(s, nhwc, batch, o, results, probabilities, exit_confidences);
+}
+
+SDEDGE_API sdedge_status sdedge_session_describe(const sdedge_session *s, char *buf, uint64_t capacity,
+                                                 uint64_t *needed) {
+  if (needed) *needed = 0;
   return guarded([&] {
-    sdedge::Session &core = session_of(s);
-    if (!nhwc) arg_error("input (nhwc) is NULL");
-    if (!results) arg_error("results is NULL (it receives one sdedge_result per row)");
-    const sdedge::InferRequest req = request(o);
-    std::vector<sdedge::RowResult> rows(static_cast<std::size_t>(batch > 0 && batch <= core.max_batch() ? batch : 0));
-    core.infer_u8(nhwc, batch, req, rows.data(), probabilities);
-    for (std::size_t i = 0; i < rows.size(); ++i)
-      results[i] = sdedge_result{rows[i].label, rows[i].exit_index, rows[i].confidence, rows[i].stopped_by,
-                                 rows[i].deadline_met, rows[i].latency_ms};
+    if (!s) arg_error("session is NULL");
+    if (!buf && capacity) arg_error("buf is NULL but capacity is " + std::to_string(capacity));
+    const sdedge::Session &c = *s->core;
+    sdedge::Json d;
+    d["abi_version"] = SDEDGE_ABI_VERSION;
+    d["backend"] = c.backend_name();
+    d["device_name"] = c.device_name();
+    d["onnxruntime_version"] = c.runtime_version();
+    d["num_exits"] = c.num_exits();
+    d["num_classes"] = c.num_classes();
+    d["input_chw"] = {c.chw(0), c.chw(1), c.chw(2)};
+    d["classes"] = c.bundle().manifest.classes;
+    d["max_batch"] = c.max_batch();
+    d["answer"] = c.answer() == sdedge::Answer::Ensemble ? "ensemble" : "last";
+    d["criterion"] = c.default_criterion();
+    d["has_profile"] = c.has_profile();
+    d["has_calibration"] = c.has_calibration();
+    d["bundle_dir"] = c.bundle().path;
+    const std::string text = d.dump(-1, ' ', false, sdedge::Json::error_handler_t::replace);
+    const uint64_t size = static_cast<uint64_t>(text.size()) + 1;
+    if (needed) *needed = size;
+    if (!buf && !capacity) return;  // a size query
+    if (capacity < size)
+      arg_error("buffer of " + std::to_string(capacity) + " bytes is too small: the description needs " +
+                std::to_string(size));
+    std::memcpy(buf, text.c_str(), size);
   });
 }
 

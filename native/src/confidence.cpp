@@ -55,9 +55,36 @@ float confidence_of(const float *p, std::int64_t classes, Criterion c) {
 }
 
 ConfidencePolicy ConfidencePolicy::build(int num_exits, double threshold, bool calibrated, const char *criterion,
-                                         const Calibration *cal) {
+                                         const Calibration *cal, const char *default_criterion, const double *per_exit,
+                                         int n_per_exit) {
   const auto k = static_cast<std::size_t>(num_exits);
   ConfidencePolicy p;
+  if (n_per_exit != 0) {
+    if (!per_exit || n_per_exit < 0) fail(Code::Argument, "thresholds is NULL or num_thresholds is negative");
+    if (calibrated || !std::isnan(threshold))
+      fail(Code::Policy, "per-exit thresholds go without a single threshold or the calibrated ones");
+    if (n_per_exit != num_exits - 1 && n_per_exit != num_exits)
+      fail(Code::Policy, "a per-exit threshold list needs " + std::to_string(num_exits - 1) + " or " +
+                             std::to_string(num_exits) + " values (one per exit), got " + std::to_string(n_per_exit));
+    p.temperatures = cal ? cal->temperatures : std::vector<double>(k, 1.0);
+    p.criterion = parse_criterion(criterion ? criterion : (default_criterion ? default_criterion : "max_prob"));
+    for (int i = 0; i < num_exits; ++i) {
+      const double v = i < n_per_exit ? per_exit[i] : NAN;
+      if (std::isnan(v)) {
+        p.thresholds.emplace_back(std::nullopt);
+        continue;
+      }
+      if (!(v >= 0.0 && v <= 1.0))
+        fail(Code::Policy, "threshold[" + std::to_string(i) + "] (exit " + std::to_string(i + 1) +
+                               ") must be in [0, 1] (confidence is 1 - H/log C, max prob or top-1 minus top-2 prob), got " +
+                               std::to_string(v));
+      p.thresholds.emplace_back(v);
+    }
+    p.thresholds.back() = std::nullopt;
+    for (const auto &t : p.thresholds)
+      p.thresholds32.push_back(t ? std::optional<float>(static_cast<float>(*t)) : std::nullopt);
+    return p;
+  }
   p.temperatures = cal ? cal->temperatures : std::vector<double>(k, 1.0);
   if (calibrated) {
     if (!cal) fail(Code::Policy, "calibrated thresholds need calibration.json in the bundle; run `sdedge calibrate`");
@@ -67,7 +94,7 @@ ConfidencePolicy ConfidencePolicy::build(int num_exits, double threshold, bool c
     p.criterion = parse_criterion(cal->criterion);
     for (std::size_t i = 0; i < k; ++i) p.thresholds.push_back(cal->enabled[i] ? cal->thresholds[i] : std::nullopt);
   } else {
-    p.criterion = parse_criterion(criterion ? criterion : "max_prob");
+    p.criterion = parse_criterion(criterion ? criterion : (default_criterion ? default_criterion : "max_prob"));
     std::optional<double> t;
     if (!std::isnan(threshold)) {
       if (!(threshold >= 0.0 && threshold <= 1.0))

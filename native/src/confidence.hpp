@@ -31,8 +31,12 @@ struct ConfidencePolicy {
   // No threshold (threshold NaN) or one threshold at every exit but the last; `calibrated` takes
   // calibration.json's thresholds where enabled, under its criterion (`criterion` must then be null or
   // match). Temperatures from the calibration whenever there is one. PolicyError on bad values.
+  // `default_criterion` names the criterion when `criterion` is null and the thresholds are not the
+  // calibrated ones. `per_exit` (when `n_per_exit` > 0): K-1 or K thresholds, NaN = none at that exit
+  // (ConfidencePolicy.build's per-exit list); `threshold` must then be NaN and `calibrated` false.
   static ConfidencePolicy build(int num_exits, double threshold, bool calibrated, const char *criterion,
-                                const Calibration *calibration);
+                                const Calibration *calibration, const char *default_criterion = "max_prob",
+                                const double *per_exit = nullptr, int n_per_exit = 0);
 };
 
 }  // namespace sdedge

@@ -212,8 +212,21 @@ void OrtBackend::check_section_io(OrtSession *s, const SectionSpec &spec) const 
                                " in the graph but " + dims_str(w->shape) + " in the manifest (null = dynamic)");
       ONNXTensorElementDataType et{};
       lib_->check(api.GetTensorElementType(tsi, &et), "onnxruntime GetTensorElementType");
-      if (w->dtype == "float32" && et != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-        fail(Code::Bundle, where + ": " + what + " '" + w->name + "' is not float32 in the graph but dtype 'float32' in the manifest");
+      // the manifest's dtype against the graph's element type (runtime/backends/onnxruntime.py _ORT_TYPES)
+      struct Known { const char *dtype; ONNXTensorElementDataType et; const char *ort; };
+      static const Known kKnown[] = {{"float32", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "tensor(float)"},
+                                     {"float16", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, "tensor(float16)"},
+                                     {"int8", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, "tensor(int8)"},
+                                     {"uint8", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, "tensor(uint8)"}};
+      const Known *want_t = nullptr, *got_t = nullptr;
+      for (const Known &k : kKnown) {
+        if (w->dtype == k.dtype) want_t = &k;
+        if (et == k.et) got_t = &k;
+      }
+      if (want_t && want_t->et != et)
+        fail(Code::Bundle, where + ": " + what + " '" + w->name + "' has type " +
+                               (got_t ? got_t->ort : "tensor(element type " + std::to_string(static_cast<int>(et)) + ")") +
+                               " in the graph but dtype '" + w->dtype + "' in the manifest");
     }
   }
 }
@@ -299,5 +312,7 @@ TensorPtr OrtBackend::take_rows(const DeviceTensor &t_base, const std::vector<st
   out->data = out->storage.data();
   return out;
 }
+
+std::string OrtBackend::runtime_version() const { return lib_->version(); }
 
 }  // namespace sdedge

@@ -27,6 +27,7 @@ class OrtBackend : public Backend {
 
   std::string name() const override { return "onnxruntime"; }
   std::string device_name() const override { return device_name_; }
+  std::string runtime_version() const override;
   int num_sections() const override { return static_cast<int>(sessions_.size()); }
   TensorPtr upload(const float *x, std::int64_t rows) override;
   TensorPtr run_section(int k, const DeviceTensor &in, std::vector<float> &logits) override;

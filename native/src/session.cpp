@@ -30,6 +30,10 @@ void validate(const SessionConfig &c) {
     fail(Code::Argument, "backend must be \"auto\" or \"onnxruntime\" (NULL = auto), got \"" + c.backend + "\"");
   if (c.max_batch < 1) fail(Code::Argument, "max_batch must be a positive integer, got " + std::to_string(c.max_batch));
   if (c.warmup < 0) fail(Code::Argument, "warmup must be a non-negative integer, got " + std::to_string(c.warmup));
+  if (!(c.latency_window >= 1)) fail(Code::Argument, "latency_window must be a positive integer");
+  if (!(c.latency_quantile > 0.0 && c.latency_quantile <= 1.0))
+    fail(Code::Argument, "latency_quantile must be in (0, 1], got " + std::to_string(c.latency_quantile));
+  parse_criterion(c.criterion);
   if (c.intra_op_threads < 0)
     fail(Code::Argument, "intra_op_threads must be >= 0 (0 = the backend's default), got " + std::to_string(c.intra_op_threads));
 }
@@ -58,6 +62,7 @@ Session::Session(Bundle bundle, std::unique_ptr<Backend> backend, const SessionC
 void Session::init(const SessionConfig &config) {
   if (backend_->num_sections() != num_exits()) fail(Code::Internal, "backend and manifest disagree on the number of sections");
   answer_ = config.answer;
+  criterion_ = config.criterion;
   max_batch_ = config.max_batch;
   device_name_ = backend_->device_name();
   std::optional<LatencyProfile> profile = load_profile(bundle_, device_name_);
@@ -66,7 +71,8 @@ void Session::init(const SessionConfig &config) {
   deadline_ = std::make_unique<DeadlinePolicy>(num_exits(), std::move(profile), config.latency_window,
                                                config.latency_quantile);
   prep_ = std::make_unique<Preprocessor>(bundle_.manifest);
-  default_policy_ = ConfidencePolicy::build(num_exits(), NAN, false, nullptr, calibration_ ? &*calibration_ : nullptr);
+  default_policy_ = ConfidencePolicy::build(num_exits(), NAN, false, nullptr, calibration_ ? &*calibration_ : nullptr,
+                                            criterion_.c_str());
   warmup(config.warmup);
 }
 
@@ -94,9 +100,10 @@ void Session::warmup(int n) {
 }
 
 const ConfidencePolicy &Session::policy_for(const InferRequest &req, ConfidencePolicy &scratch) const {
-  if (std::isnan(req.threshold) && !req.calibrated && !req.criterion) return default_policy_;
+  if (std::isnan(req.threshold) && !req.calibrated && !req.criterion && req.num_thresholds == 0) return default_policy_;
   scratch = ConfidencePolicy::build(num_exits(), req.threshold, req.calibrated, req.criterion,
-                                    calibration_ ? &*calibration_ : nullptr);
+                                    calibration_ ? &*calibration_ : nullptr, criterion_.c_str(), req.thresholds,
+                                    req.num_thresholds);
   return scratch;
 }
 
@@ -125,18 +132,18 @@ void Session::check_batch(std::int64_t batch) const {
 }
 
 void Session::infer_f32(const float *nchw, std::int64_t batch, const InferRequest &req, RowResult *results,
-                        float *probabilities) {
+                        float *probabilities, float *exit_conf) {
   const double t0 = clock();
   const std::optional<double> d = stop_at(t0, req);
   ConfidencePolicy scratch;
   const ConfidencePolicy &pol = policy_for(req, scratch);
   check_batch(batch);
   prep_->check_finite(nchw, batch);
-  infer_prepared(nchw, batch, pol, d, t0, (clock() - t0) * 1e3, results, probabilities);
+  infer_prepared(nchw, batch, pol, d, t0, (clock() - t0) * 1e3, results, probabilities, exit_conf);
 }
 
 void Session::infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const InferRequest &req, RowResult *results,
-                       float *probabilities) {
+                       float *probabilities, float *exit_conf) {
   const double t0 = clock();
   const std::optional<double> d = stop_at(t0, req);
   ConfidencePolicy scratch;
@@ -144,18 +151,18 @@ void Session::infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const Infer
   check_batch(batch);
   std::vector<float> x(static_cast<std::size_t>(batch * prep_->image_size()));
   prep_->from_u8(nhwc, batch, x.data());
-  infer_prepared(x.data(), batch, pol, d, t0, (clock() - t0) * 1e3, results, probabilities);
+  infer_prepared(x.data(), batch, pol, d, t0, (clock() - t0) * 1e3, results, probabilities, exit_conf);
 }
 
 void Session::infer_prepared(const float *nchw, std::int64_t batch, const ConfidencePolicy &pol,
                              std::optional<double> d, double t0, double prep_ms, RowResult *results,
-                             float *probabilities) {
+                             float *probabilities, float *exit_conf) {
   std::lock_guard<std::mutex> lock(mu_);  // time spent waiting here counts against the deadline
-  run(nchw, batch, pol, d, t0, prep_ms, results, probabilities);
+  run(nchw, batch, pol, d, t0, prep_ms, results, probabilities, exit_conf);
 }
 
 void Session::run(const float *x, std::int64_t n_all, const ConfidencePolicy &pol, std::optional<double> d, double t0,
-                  double prep_ms, RowResult *results, float *probabilities) {
+                  double prep_ms, RowResult *results, float *probabilities, float *exit_conf) {
   const double t1 = clock();
   const int K = num_exits();
   const std::int64_t C = num_classes();
@@ -168,6 +175,7 @@ void Session::run(const float *x, std::int64_t n_all, const ConfidencePolicy &po
   std::iota(rows.begin(), rows.end(), 0);
   std::vector<char> stop;
   double section_ms = 0.0;
+  if (exit_conf) std::fill(exit_conf, exit_conf + n_all * K, std::numeric_limits<float>::quiet_NaN());
 
   TensorPtr h = backend_->upload(x, n_all);
   for (int k = 1; k <= K; ++k) {
@@ -191,6 +199,10 @@ void Session::run(const float *x, std::int64_t n_all, const ConfidencePolicy &po
         for (std::size_t c = 0; c < nc; ++c) acc[c] += ans[c], ans[c] = acc[c] / static_cast<float>(k);
       }
     }
+    if (exit_conf)  // every running row's answer confidence at this exit (InferenceResult.exit_confidences)
+      for (std::size_t i = 0; i < un; ++i)
+        exit_conf[static_cast<std::size_t>(rows[i]) * static_cast<std::size_t>(K) + static_cast<std::size_t>(k - 1)] =
+            confidence_of(answer_buf_.data() + i * nc, C, pol.criterion);
     auto settle = [&](const char *only, char want, std::int32_t why, bool have_conf) {
       for (std::size_t i = 0; i < un; ++i) {
         if (only && only[i] != want) continue;

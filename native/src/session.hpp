@@ -32,10 +32,11 @@ struct SessionConfig {
   int max_batch = 64;
   int warmup = 3;
   std::string ort_library;       // "" = $SDEDGE_ORT_LIBRARY, else libonnxruntime.so.1
-  Answer answer = Answer::Last;  // not in the C ABI's options yet (see native/README.md)
+  Answer answer = Answer::Last;
+  std::string criterion = "max_prob";  // the default criterion of calls that name none
   bool verify = true;
-  std::size_t latency_window = 256;  // samples per (section, rows) cell (DeadlinePolicy); not in the ABI
-  double latency_quantile = 0.99;    // the tail quantile over them; not in the ABI
+  std::size_t latency_window = 256;  // samples per (section, rows) cell (DeadlinePolicy)
+  double latency_quantile = 0.99;    // the tail quantile over them
   // The clock (seconds) that times sections and deadlines; empty = CLOCK_MONOTONIC (now_ns()). Tests
   // pass a scripted one (Python: AnytimeSession(clock=...)); InferRequest::deadline_ns is read on it.
   std::function<double()> clock;
@@ -47,6 +48,8 @@ struct InferRequest {
   const char *criterion = nullptr;
   double budget_ms = NAN;        // NaN = none
   std::int64_t deadline_ns = 0;  // 0 = none; absolute on now_ns()'s clock
+  const double *thresholds = nullptr;  // per-exit thresholds (NaN = none), num_thresholds of them
+  int num_thresholds = 0;
 };
 
 struct RowResult {
@@ -70,15 +73,23 @@ class Session {
   int max_batch() const { return max_batch_; }
   const std::string &device_name() const { return device_name_; }
   bool has_profile() const { return has_profile_; }
+  bool has_calibration() const { return calibration_.has_value(); }
+  const Bundle &bundle() const { return bundle_; }
+  std::string backend_name() const { return backend_->name(); }
+  std::string runtime_version() const { return backend_->runtime_version(); }
+  Answer answer() const { return answer_; }
+  const std::string &default_criterion() const { return criterion_; }
   // The deadline rule and its online figures (tests, diagnostics; not synchronized with running calls).
   const DeadlinePolicy &deadline_policy() const { return *deadline_; }
   const LatencyEstimator &estimator() const { return deadline_->estimator(); }
 
   // `batch` rows (1..max_batch) of float NCHW / uint8 NHWC; `results` gets `batch` entries in input
-  // order, `probabilities` (nullable) batch * num_classes floats.
-  void infer_f32(const float *nchw, std::int64_t batch, const InferRequest &req, RowResult *results, float *probabilities);
+  // order, `probabilities` (nullable) batch * num_classes floats, `exit_conf` (nullable) batch * num_exits
+  // floats: each row's answer confidence at every exit it ran, NaN past its exit.
+  void infer_f32(const float *nchw, std::int64_t batch, const InferRequest &req, RowResult *results, float *probabilities,
+                 float *exit_conf = nullptr);
   void infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const InferRequest &req, RowResult *results,
-                float *probabilities);
+                float *probabilities, float *exit_conf = nullptr);
   // Raw logits of every exit, [K][batch][C]; any batch >= 1 (run in chunks of max_batch).
   void infer_all_exits(const float *nchw, std::int64_t batch, float *logits);
 
@@ -90,9 +101,9 @@ class Session {
   std::optional<double> stop_at(double t0_s, const InferRequest &req) const;
   void check_batch(std::int64_t batch) const;
   void infer_prepared(const float *nchw, std::int64_t batch, const ConfidencePolicy &pol, std::optional<double> stop_at,
-                      double t0_s, double prep_ms, RowResult *results, float *probabilities);
+                      double t0_s, double prep_ms, RowResult *results, float *probabilities, float *exit_conf);
   void run(const float *nchw, std::int64_t n_all, const ConfidencePolicy &pol, std::optional<double> stop_at,
-           double t0_s, double prep_ms, RowResult *results, float *probabilities);
+           double t0_s, double prep_ms, RowResult *results, float *probabilities, float *exit_conf);
 
   Bundle bundle_;
   std::unique_ptr<Backend> backend_;
@@ -102,6 +113,7 @@ class Session {
   std::unique_ptr<Preprocessor> prep_;
   ConfidencePolicy default_policy_;
   Answer answer_ = Answer::Last;
+  std::string criterion_ = "max_prob";
   int max_batch_ = 64;
   bool has_profile_ = false;
   std::string device_name_;

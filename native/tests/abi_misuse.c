@@ -2,6 +2,7 @@
    bundle: NULL pointers, wrong struct_size, bad option values, a missing bundle, freeing NULL. Written in
    C, linked against libsdedge.so as a C user links it. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -30,6 +31,9 @@ int main(void) {
   sdedge_infer_options_init(&io);
   CHECK(io.struct_size == sizeof io);
   CHECK(isnan(io.threshold) && isnan(io.budget_ms) && io.calibrated == 0 && io.criterion == NULL && io.deadline_ns == 0);
+  /* ABI 2 fields' defaults */
+  CHECK(so.answer == NULL && so.criterion == NULL && so.verify == 1 && so.latency_window == 0 && so.latency_quantile == 0.0);
+  CHECK(io.thresholds == NULL && io.num_thresholds == 0);
 
   /* create: NULL out, NULL folder, wrong struct_size, bad values, missing bundle */
   sdedge_session *s = (sdedge_session *)0x1;
@@ -41,6 +45,35 @@ int main(void) {
   s = (sdedge_session *)0x1;
   CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "struct_size");
   CHECK(s == NULL);
+  /* every struct size the library knows is accepted: the current one and ABI version 1's (the struct up to
+     onnxruntime_library / deadline_ns, padded to its alignment); sizes in between or beyond are refused */
+  {
+    size_t v1_so = offsetof(sdedge_session_options, onnxruntime_library) + sizeof(const char *);
+    size_t v1_io = offsetof(sdedge_infer_options, deadline_ns) + sizeof(int64_t);
+    bad = so;
+    bad.struct_size = (uint32_t)v1_so;
+    bad.answer = "not read by a v1 caller"; /* v1 callers do not have the field: the library must not read it */
+    CHECK_STATUS(sdedge_session_create("/nonexistent/bundle", &bad, &s), SDEDGE_E_BUNDLE, "does not exist");
+    bad.struct_size = (uint32_t)sizeof so;
+    CHECK_STATUS(sdedge_session_create("/nonexistent/bundle", &bad, &s), SDEDGE_E_ARGUMENT, "answer");
+    bad.struct_size = (uint32_t)sizeof so + 8;
+    CHECK_STATUS(sdedge_session_create("/nonexistent/bundle", &bad, &s), SDEDGE_E_ARGUMENT, "struct_size");
+    bad.struct_size = (uint32_t)v1_so + 8;
+    CHECK_STATUS(sdedge_session_create("/nonexistent/bundle", &bad, &s), SDEDGE_E_ARGUMENT, "struct_size");
+    CHECK(v1_io < sizeof io); /* the infer options' sizes are checked on a real session: unit_real_bundle */
+  }
+  bad = so;
+  bad.verify = 2;
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "verify");
+  bad = so;
+  bad.latency_window = -1;
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "latency_window");
+  bad = so;
+  bad.latency_quantile = 1.5;
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "latency_quantile");
+  bad = so;
+  bad.criterion = "loudness";
+  CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_POLICY, "criterion");
   bad = so;
   bad.max_batch = 0;
   CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "max_batch");
@@ -71,6 +104,13 @@ int main(void) {
   CHECK_STATUS(sdedge_session_infer_f32(NULL, x, 1, NULL, r, NULL), SDEDGE_E_ARGUMENT, "session is NULL");
   CHECK_STATUS(sdedge_session_infer_u8(NULL, px, 1, &io, r, NULL), SDEDGE_E_ARGUMENT, "session is NULL");
   CHECK_STATUS(sdedge_session_infer_all_exits(NULL, x, 1, logits), SDEDGE_E_ARGUMENT, "session is NULL");
+  float ec[4];
+  CHECK_STATUS(sdedge_session_infer_f32_ex(NULL, x, 1, NULL, r, NULL, ec), SDEDGE_E_ARGUMENT, "session is NULL");
+  CHECK_STATUS(sdedge_session_infer_u8_ex(NULL, px, 1, &io, r, NULL, ec), SDEDGE_E_ARGUMENT, "session is NULL");
+  char desc[8];
+  uint64_t need = 99;
+  CHECK_STATUS(sdedge_session_describe(NULL, desc, sizeof desc, &need), SDEDGE_E_ARGUMENT, "session is NULL");
+  CHECK(need == 0);
 
   /* the last error is per thread and stays until the next failing call */
   CHECK(strlen(sdedge_last_error()) > 0);

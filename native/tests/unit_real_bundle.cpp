@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -167,6 +168,59 @@ int main() {
   io.deadline_ns = sdedge_now_ns() - 1000;  // already past
   CHECK_STATUS(sdedge_session_infer_u8(s.s, pixels.data(), 2, &io, res.data(), nullptr), SDEDGE_OK, nullptr);
   CHECK(res[1].exit_index == 1 && res[1].stopped_by == SDEDGE_STOP_DEADLINE && res[1].deadline_met == 0);
+
+  // ABI version 2: per-exit thresholds, exit confidences, describe, and ABI version 1's struct size
+  {
+    sdedge_infer_options_init(&io);
+    std::vector<double> thr(static_cast<size_t>(K - 1), NAN);
+    thr[0] = 0.0;  // exit 1 stops every row
+    io.thresholds = thr.data();
+    io.num_thresholds = K - 1;
+    std::vector<float> ec(static_cast<size_t>(4 * K), -1.0f);
+    CHECK_STATUS(sdedge_session_infer_f32_ex(s.s, input.data(), 4, &io, res.data(), nullptr, ec.data()), SDEDGE_OK, nullptr);
+    for (int64_t i = 0; i < 4; ++i) {
+      CHECK(res[static_cast<size_t>(i)].exit_index == 1 && res[static_cast<size_t>(i)].stopped_by == SDEDGE_STOP_CONFIDENCE);
+      CHECK(ec[static_cast<size_t>(i * K)] == res[static_cast<size_t>(i)].confidence);
+      for (int k = 1; k < K; ++k) CHECK(std::isnan(ec[static_cast<size_t>(i * K + k)]));
+    }
+    // no policy: every exit's confidence, the last one the answer's
+    CHECK_STATUS(sdedge_session_infer_u8_ex(s.s, pixels.data(), 2, nullptr, res.data(), nullptr, ec.data()), SDEDGE_OK, nullptr);
+    for (int64_t i = 0; i < 2; ++i)
+      for (int k = 0; k < K; ++k) {
+        const float c = ec[static_cast<size_t>(i * K + k)];
+        CHECK(c >= 0.0f && c <= 1.0f);
+        if (k == K - 1) CHECK(c == res[static_cast<size_t>(i)].confidence);
+      }
+    io.num_thresholds = K + 1;
+    CHECK_STATUS(sdedge_session_infer_f32(s.s, input.data(), 1, &io, res.data(), nullptr), SDEDGE_E_POLICY, "per-exit");
+    io.num_thresholds = K - 1;
+    io.threshold = 0.5;
+    CHECK_STATUS(sdedge_session_infer_f32(s.s, input.data(), 1, &io, res.data(), nullptr), SDEDGE_E_POLICY, "per-exit");
+    io.threshold = NAN;
+    thr[0] = 2.0;
+    CHECK_STATUS(sdedge_session_infer_f32(s.s, input.data(), 1, &io, res.data(), nullptr), SDEDGE_E_POLICY, "threshold[0]");
+    io.thresholds = nullptr;
+    CHECK_STATUS(sdedge_session_infer_f32(s.s, input.data(), 1, &io, res.data(), nullptr), SDEDGE_E_ARGUMENT, "NULL");
+    // a caller compiled against ABI version 1: its struct ends at deadline_ns; what follows is not read
+    sdedge_infer_options_init(&io);
+    io.struct_size = static_cast<uint32_t>(offsetof(sdedge_infer_options, deadline_ns) + sizeof(int64_t));
+    io.thresholds = reinterpret_cast<const double *>(0x1);
+    io.num_thresholds = 12345;
+    io.threshold = 0.0;
+    CHECK_STATUS(sdedge_session_infer_f32(s.s, input.data(), 1, &io, res.data(), nullptr), SDEDGE_OK, nullptr);
+    CHECK(res[0].exit_index == 1);
+    io.struct_size += 4;
+    CHECK_STATUS(sdedge_session_infer_f32(s.s, input.data(), 1, &io, res.data(), nullptr), SDEDGE_E_ARGUMENT, "struct_size");
+    uint64_t need = 0;
+    CHECK_STATUS(sdedge_session_describe(s.s, nullptr, 0, &need), SDEDGE_OK, nullptr);
+    CHECK(need > 10);
+    std::vector<char> text(static_cast<size_t>(need));
+    CHECK_STATUS(sdedge_session_describe(s.s, text.data(), need - 1, nullptr), SDEDGE_E_ARGUMENT, "too small");
+    CHECK_STATUS(sdedge_session_describe(s.s, text.data(), need, &need), SDEDGE_OK, nullptr);
+    const auto d = nlohmann::json::parse(text.data());
+    CHECK(d["num_exits"] == K && d["num_classes"] == C && d["backend"] == "onnxruntime" && d["classes"].size() == static_cast<size_t>(C));
+    CHECK(d["answer"] == "last" && d["criterion"] == "max_prob" && !d["onnxruntime_version"].get<std::string>().empty());
+  }
 
   // misuse on a live session: an error status and a message, the session still works afterwards
   std::vector<float> bad(input.begin(), input.begin() + image * 2);

@@ -300,8 +300,13 @@ class InferenceServer:
 
     async def get_model_metadata(self, request: "Request") -> "Response":
         _mark(request, "model_metadata")
+        err = self.model_error(request)
+        if err:
+            return err
         state = self.state
-        return self.model_error(request) or _ok(model_metadata(self.io, state.model_name, [state.model_version]))
+        s = state.session
+        params = {"engine": s.engine, "backend": s.backend_name, "device": s.device_name}
+        return _ok(model_metadata(self.io, state.model_name, [state.model_version], params))
 
     async def get_model_ready(self, request: "Request") -> "Response":
         _mark(request, "model_ready")
@@ -322,7 +327,7 @@ class InferenceServer:
             "classes": list(io.classes), "num_exits": s.num_exits, "exits": m.exits,
             "preprocess": m.preprocess.to_json(), "model": {k: m.model.get(k) for k in ("name", "backbone", "method")},
             "defaults": {"budget_ms": cfg.budget_ms, "threshold": cfg.threshold, "criterion": cfg.criterion},
-            "workers": len(state.sessions), "backend": s.backend_name, "device": s.device_name,
+            "workers": len(state.sessions), "backend": s.backend_name, "device": s.device_name, "engine": s.engine,
             "calibrated": s.calibration is not None, "latency_profile": s.profile is not None,
             "max_body_bytes": cfg.max_body_bytes, "max_queue": cfg.max_queue,
         })

@@ -371,6 +371,10 @@ def server_metadata(version: str) -> dict:
     return {"name": "sdedge", "version": version, "extensions": ["binary_tensor_data", "parameters"]}
 
 
-def model_metadata(io: ModelIO, name: str, versions: Sequence[str]) -> dict:
-    return {"name": name, "versions": list(versions), "platform": "sdedge",
-            "inputs": io.inputs_metadata(), "outputs": io.outputs_metadata()}
+def model_metadata(io: ModelIO, name: str, versions: Sequence[str], parameters: dict | None = None) -> dict:
+    """The v2 model metadata; ``parameters`` (Triton's extension field): what runs the model (engine, backend, device)."""
+    out = {"name": name, "versions": list(versions), "platform": "sdedge",
+           "inputs": io.inputs_metadata(), "outputs": io.outputs_metadata()}
+    if parameters:
+        out["parameters"] = dict(parameters)
+    return out

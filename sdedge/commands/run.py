@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                              answer=args.answer, criterion=args.criterion or "max_prob")
     session = AnytimeSession(args.bundle, options)
     threshold = _threshold(args.threshold)
-    print(f"# {session.device_name}: {session.num_exits} exits, input {list(session.input_shape)}, "
+    print(f"# {session.device_name} ({session.engine} engine): {session.num_exits} exits, input {list(session.input_shape)}, "
           f"{'calibrated' if session.calibration else 'uncalibrated'}", file=sys.stderr)
     for name in args.images:
         arr, note = load_image(Path(name), session.input_shape, session.manifest.preprocess.channel_order)

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     state = build_state(args.bundle, config)  # load and warm up before binding the port
     s = state.session
     print(f"sdedge serve: model {state.model_name!r} version {state.model_version!r}: {s.num_exits} exits, input "
-          f"{list(s.input_shape)}, {len(state.sessions)} session(s) on {s.device_name}, "
+          f"{list(s.input_shape)}, {len(state.sessions)} session(s) on {s.device_name} ({s.engine} engine), "
           f"{'calibrated' if s.calibration else 'uncalibrated'}, default budget "
           f"{'none' if config.budget_ms is None else f'{config.budget_ms:g} ms'}", file=sys.stderr)
 

@@ -5,7 +5,13 @@
  * functions. The names, types and fields below are the contract. Every options struct carries its
  * size first (`struct_size`), set by its *_init function, so fields can be appended in later ABI
  * versions without breaking compiled callers: always call the *_init function before setting fields.
- * A library refuses (SDEDGE_E_ARGUMENT) a struct_size it does not know.
+ * A library accepts every struct_size it knows (the current one and each earlier ABI version's: a caller
+ * compiled against an older header gets the defaults for the fields appended since) and refuses
+ * (SDEDGE_E_ARGUMENT) any other.
+ *
+ * ABI versions: 1 = DESIGN §5b as first written; 2 appended the session options' answer, criterion,
+ * verify, latency_window and latency_quantile, the infer options' per-exit thresholds, and added
+ * sdedge_session_describe and sdedge_session_infer_f32_ex / sdedge_session_infer_u8_ex.
  *
  * Rules that hold for every function:
  *   - No C++ exception crosses the ABI. Misuse (NULL pointers, a wrong struct_size, a batch above
@@ -38,7 +44,7 @@
 #endif
 
 /* The ABI version this header describes; compare with sdedge_abi_version() at run time. */
-#define SDEDGE_ABI_VERSION 1
+#define SDEDGE_ABI_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -75,6 +81,12 @@ typedef struct {
   int32_t max_batch;               /**< default 64 */
   int32_t warmup;                  /**< warm-up calls at load, default 3 */
   const char *onnxruntime_library; /**< NULL: $SDEDGE_ORT_LIBRARY, else the loader's libonnxruntime.so.1 */
+  /* appended in ABI version 2 */
+  const char *answer;              /**< "last" | "ensemble" (mean of the exits' softmax so far); NULL = "last" */
+  const char *criterion;           /**< the default confidence criterion of calls that name none; NULL = max_prob */
+  int32_t verify;                  /**< 1 (default): check every file's sha256 at open; 0: skip */
+  int32_t latency_window;          /**< online latency samples per (section, rows) cell; 0 = 256 */
+  double latency_quantile;         /**< the tail quantile of the online estimate, in (0, 1]; 0 = 0.99 */
 } sdedge_session_options;
 
 /** Options of one inference call. Initialise with sdedge_infer_options_init (no policy: deepest exit). */
@@ -85,6 +97,10 @@ typedef struct {
   const char *criterion;           /**< "max_prob" | "entropy" | "margin"; NULL = max_prob */
   double budget_ms;                /**< NAN = none; counted from the call */
   int64_t deadline_ns;             /**< 0 = none; absolute, on sdedge_now_ns()'s monotonic clock */
+  /* appended in ABI version 2 */
+  const double *thresholds;        /**< NULL, or per-exit thresholds (NAN = none at that exit; the deepest exit
+                                        always answers); needs threshold NAN and calibrated 0 */
+  int32_t num_thresholds;          /**< 0, or num_exits - 1 or num_exits values in `thresholds` */
 } sdedge_infer_options;
 
 /** One row's answer. */
@@ -152,6 +168,33 @@ SDEDGE_API sdedge_status sdedge_session_infer_u8(sdedge_session *s, const uint8_
  */
 SDEDGE_API sdedge_status sdedge_session_infer_all_exits(sdedge_session *s, const float *nchw, int64_t batch,
                                                         float *logits);
+
+/* ---- ABI version 2 ---- */
+
+/**
+ * Describe a session as one JSON object, written NUL-terminated into `buf` (`capacity` bytes):
+ * {"abi_version", "backend", "device_name", "onnxruntime_version", "num_exits", "num_classes",
+ *  "input_chw": [C, H, W], "classes": [...], "max_batch", "answer", "criterion", "has_profile",
+ *  "has_calibration", "bundle_dir"}. `*needed` (may be NULL) receives the bytes the text needs, NUL
+ * included; `buf` may be NULL with `capacity` 0 to ask for the size. A `capacity` too small writes nothing
+ * and returns SDEDGE_E_ARGUMENT (with *needed set): call again with a larger buffer.
+ */
+SDEDGE_API sdedge_status sdedge_session_describe(const sdedge_session *s, char *buf, uint64_t capacity,
+                                                 uint64_t *needed);
+
+/**
+ * As sdedge_session_infer_f32, plus `exit_confidences`: NULL or batch * num_exits floats, row-major,
+ * receiving each row's answer confidence (under the call's criterion and the session's answer mode) at
+ * every exit it ran, shallow first, and NAN at the exits past the one that answered.
+ */
+SDEDGE_API sdedge_status sdedge_session_infer_f32_ex(sdedge_session *s, const float *nchw, int64_t batch,
+                                                     const sdedge_infer_options *o, sdedge_result *results,
+                                                     float *probabilities, float *exit_confidences);
+
+/** As sdedge_session_infer_u8, plus `exit_confidences` as in sdedge_session_infer_f32_ex. */
+SDEDGE_API sdedge_status sdedge_session_infer_u8_ex(sdedge_session *s, const uint8_t *nhwc, int64_t batch,
+                                                    const sdedge_infer_options *o, sdedge_result *results,
+                                                    float *probabilities, float *exit_confidences);
 
 #ifdef __cplusplus
 } /* extern "C" */
