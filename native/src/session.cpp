@@ -131,27 +131,29 @@ void Session::check_batch(std::int64_t batch) const {
                              std::to_string(max_batch_) + "; split it or raise max_batch");
 }
 
+void Session::start_call(std::int64_t batch, const InferRequest &req, CallStart &call) const {
+  call.t0 = clock();
+  call.deadline = stop_at(call.t0, req);
+  call.policy = &policy_for(req, call.scratch);
+  check_batch(batch);
+}
+
 void Session::infer_f32(const float *nchw, std::int64_t batch, const InferRequest &req, RowResult *results,
                         float *probabilities, float *exit_conf) {
-  const double t0 = clock();
-  const std::optional<double> d = stop_at(t0, req);
-  ConfidencePolicy scratch;
-  const ConfidencePolicy &pol = policy_for(req, scratch);
-  check_batch(batch);
+  CallStart c;
+  start_call(batch, req, c);
   prep_->check_finite(nchw, batch);
-  infer_prepared(nchw, batch, pol, d, t0, (clock() - t0) * 1e3, results, probabilities, exit_conf);
+  infer_prepared(nchw, batch, *c.policy, c.deadline, c.t0, (clock() - c.t0) * 1e3, results, probabilities, exit_conf);
 }
 
 void Session::infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const InferRequest &req, RowResult *results,
                        float *probabilities, float *exit_conf) {
-  const double t0 = clock();
-  const std::optional<double> d = stop_at(t0, req);
-  ConfidencePolicy scratch;
-  const ConfidencePolicy &pol = policy_for(req, scratch);
-  check_batch(batch);
+  CallStart c;
+  start_call(batch, req, c);
   std::vector<float> x(static_cast<std::size_t>(batch * prep_->image_size()));
   prep_->from_u8(nhwc, batch, x.data());
-  infer_prepared(x.data(), batch, pol, d, t0, (clock() - t0) * 1e3, results, probabilities, exit_conf);
+  infer_prepared(x.data(), batch, *c.policy, c.deadline, c.t0, (clock() - c.t0) * 1e3, results, probabilities,
+                 exit_conf);
 }
 
 void Session::infer_prepared(const float *nchw, std::int64_t batch, const ConfidencePolicy &pol,

@@ -98,6 +98,14 @@ class Session {
   double clock() const { return clock_ ? clock_() : static_cast<double>(now_ns()) * 1e-9; }
   void warmup(int n);
   const ConfidencePolicy &policy_for(const InferRequest &req, ConfidencePolicy &scratch) const;
+  // What every infer call starts with: its entry time, its deadline, its policy, the batch checked.
+  struct CallStart {
+    double t0 = 0.0;
+    std::optional<double> deadline;
+    ConfidencePolicy scratch;  // holds the policy when the request builds its own
+    const ConfidencePolicy *policy = nullptr;
+  };
+  void start_call(std::int64_t batch, const InferRequest &req, CallStart &call) const;
   std::optional<double> stop_at(double t0_s, const InferRequest &req) const;
   void check_batch(std::int64_t batch) const;
   void infer_prepared(const float *nchw, std::int64_t batch, const ConfidencePolicy &pol, std::optional<double> stop_at,
