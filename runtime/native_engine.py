@@ -30,7 +30,7 @@ from ..common.errors import BackendError, BundleError, ChecksumError, InputError
 __all__ = ["NativeSession", "NativeUnavailable", "available", "library", "unavailable_reason", "onnxruntime_library",
            "ABI_VERSION", "STOP_REASONS"]
 
-ABI_VERSION = 2  # the ABI this binding is written for (sdedge.h SDEDGE_ABI_VERSION); older libraries are refused
+ABI_VERSION = 3  # the ABI this binding is written for (sdedge.h SDEDGE_ABI_VERSION); older libraries are refused
 STOP_REASONS = {1: "confidence", 2: "deadline", 3: "last"}  # SDEDGE_STOP_*
 
 _c_double_p = ctypes.POINTER(ctypes.c_double)
@@ -47,11 +47,12 @@ class SessionOptionsC(ctypes.Structure):
 
 
 class InferOptionsC(ctypes.Structure):
-    """``sdedge_infer_options`` (ABI version 2)."""
+    """``sdedge_infer_options`` (ABI version 3)."""
 
     _fields_ = [("struct_size", ctypes.c_uint32), ("threshold", ctypes.c_double), ("calibrated", ctypes.c_int32),
                 ("criterion", ctypes.c_char_p), ("budget_ms", ctypes.c_double), ("deadline_ns", ctypes.c_int64),
-                ("thresholds", _c_double_p), ("num_thresholds", ctypes.c_int32)]
+                ("thresholds", _c_double_p), ("num_thresholds", ctypes.c_int32),
+                ("row_thresholds", ctypes.c_void_p), ("row_deadlines_ns", ctypes.c_void_p)]
 
 
 class ResultC(ctypes.Structure):
@@ -236,19 +237,28 @@ class NativeSession:
                 self._requests[key] = got
         return got
 
-    def infer(self, xb: np.ndarray, request: tuple[InferOptionsC, Any], deadline_ns: int
+    def infer(self, xb: np.ndarray, request: tuple[InferOptionsC, Any], deadline_ns: int,
+              row_thresholds: np.ndarray | None = None, row_deadlines_ns: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run a validated float32 C-contiguous NCHW batch under ``request`` (from :meth:`request`) and an
         absolute deadline on ``sdedge_now_ns()``'s clock (0: none): (results as ``RESULT_DTYPE`` rows,
-        probabilities [B, C], exit confidences [B, K], NaN past each row's exit)."""
+        probabilities [B, C], exit confidences [B, K], NaN past each row's exit). ``row_thresholds``
+        (float32 [B, K], NaN: none) and ``row_deadlines_ns`` (int64 [B], 0: none) give each row its own
+        (ABI 3); the request then carries only the criterion."""
         n = xb.shape[0]
         res = np.empty(n, RESULT_DTYPE)
         probs = np.empty((n, self.num_classes), np.float32)
         conf = np.empty((n, self.num_exits), np.float32)
         io = request[0]
-        if deadline_ns:  # a private copy: the cached options are shared by concurrent calls
-            io = InferOptionsC.from_buffer_copy(io)
+        if deadline_ns or row_thresholds is not None or row_deadlines_ns is not None:
+            io = InferOptionsC.from_buffer_copy(io)  # a private copy: the cached options are shared by concurrent calls
             io.deadline_ns = deadline_ns
+            if row_thresholds is not None:
+                row_thresholds = np.ascontiguousarray(row_thresholds, np.float32)
+                io.row_thresholds = row_thresholds.ctypes.data
+            if row_deadlines_ns is not None:
+                row_deadlines_ns = np.ascontiguousarray(row_deadlines_ns, np.int64)
+                io.row_deadlines_ns = row_deadlines_ns.ctypes.data
         st = self._infer(self._handle(), xb.ctypes.data, n, ctypes.byref(io), res.ctypes.data, probs.ctypes.data,
                          conf.ctypes.data)
         if st:

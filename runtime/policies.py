@@ -171,6 +171,11 @@ class ConfidencePolicy:
         return len(self.temperatures)
 
     @property
+    def thresholds32(self) -> tuple[float | None, ...]:
+        """The thresholds rounded to float32, as confidences are compared against them."""
+        return self._thresholds32
+
+    @property
     def active(self) -> bool:
         return any(t is not None for t in self.thresholds[:-1])
 
@@ -243,6 +248,20 @@ class ConfidencePolicy:
             answer_probs = self.probs(exit_index, logits)
         conf = confidence(answer_probs, self.criterion)
         stop = self.stop_mask(exit_index, conf)
+        n_stop = int(np.count_nonzero(stop))
+        return (stop if 0 < n_stop < conf.shape[0] else None), conf, n_stop
+
+
+    def step_rows(self, exit_index: int, logits: np.ndarray, thresholds32: np.ndarray,
+                  answer_probs: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray, int] | None:
+        """As :meth:`step`, each row against its own float32 threshold (``thresholds32[i]``, NaN: none for
+        that row): the decision of a batch whose rows came from different requests."""
+        if np.isnan(thresholds32).all():
+            return None
+        if answer_probs is None:
+            answer_probs = self.probs(exit_index, logits)
+        conf = confidence(answer_probs, self.criterion)
+        stop = conf >= thresholds32  # NaN compares False: no stop
         n_stop = int(np.count_nonzero(stop))
         return (stop if 0 < n_stop < conf.shape[0] else None), conf, n_stop
 
@@ -410,6 +429,20 @@ class DeadlinePolicy:
         if online is not None and (prior is None or now + (prior + ovh) * 1e-3 <= deadline):
             self.estimator.skipped(next_section, batch)
         return True
+
+    def rows_out_of_time(self, next_section: int, deadlines: np.ndarray, going: np.ndarray, now: float) -> np.ndarray:
+        """Which of the ``going`` rows stop before section ``next_section`` for their own ``deadlines``
+        (absolute seconds, ``inf``: none): earliest deadline first, each checked by :meth:`should_stop`
+        with the rows still going then (a row that stops makes the section cheaper for the rest)."""
+        late = np.zeros(deadlines.shape[0], bool)
+        idx = np.flatnonzero(going & np.isfinite(deadlines))
+        n = int(np.count_nonzero(going))
+        for i in idx[np.argsort(deadlines[idx], kind="stable")].tolist():
+            if not self.should_stop(next_section, n, now, float(deadlines[i])):
+                break  # it fits, and so does every later deadline on as many rows
+            late[i] = True
+            n -= 1
+        return late
 
 
 @dataclass

@@ -283,19 +283,65 @@ class AnytimeSession:
             results = self._run(prep.batch, pol, stop_at, t0, prep_ms)
         return results[0] if prep.single else results
 
-    def _run_native(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None,
-                    t0: float) -> list[InferenceResult]:
+    def infer_rows(self, x: Any, thresholds: Any = None, deadlines: Any = None,
+                   criterion: str | None = None) -> list[InferenceResult]:
+        """Answer a batch whose rows each carry their own threshold and deadline (a server's dynamic batch).
+
+        ``thresholds``: None, or one entry per row, each anything ``infer``'s ``threshold`` takes (None,
+        a number, a per-exit list, ``"calibrated"``); ``deadlines``: None, or one absolute ``clock`` time
+        (or None) per row. Every row stops at its own exit: confident enough under its threshold, or out
+        of time for its deadline; before each next section the rows whose deadline it would overrun stop,
+        earliest deadline first, each check counting only the rows still going on (fewer rows cost less).
+        One criterion for the call (the rows' thresholds must all resolve to it: ``"calibrated"`` rows take
+        the calibration's). ``deadline_met`` is per row. Returns a list, one result per row, in input order.
+        """
+        clock = self.clock
+        t0 = clock()
+        prep = self._prep(x)
+        xb = prep.batch
+        n = xb.shape[0]
+        thr = [None] * n if thresholds is None else list(thresholds)
+        dls = [None] * n if deadlines is None else list(deadlines)
+        if len(thr) != n or len(dls) != n:
+            raise PolicyError(f"infer_rows needs one threshold and one deadline per row: {n} rows, "
+                              f"{len(thr)} thresholds, {len(dls)} deadlines")
+        pols = [self.policy(t, criterion) for t in thr]
+        pol = pols[0]
+        for p in pols[1:]:
+            if p.criterion != pol.criterion:
+                raise PolicyError(f"the rows of one infer_rows call must share a criterion; got {pol.criterion!r} "
+                                  f"and {p.criterion!r} (\"calibrated\" rows use the calibration's)")
+        row_dl = np.array([math.inf if d is None else self._deadline(t0, None, d) for d in dls], np.float64)
+        row_thr = np.array([[math.nan if t is None else t for t in p.thresholds32] for p in pols], np.float32)
+        if self._native is not None:
+            results = self._run_native(xb, pol, None, t0, row_thr, row_dl)
+        else:
+            prep_ms = (clock() - t0) * 1e3
+            with self._lock:
+                results = self._run(xb, pol, None, t0, prep_ms, row_thr, row_dl)
+        return results
+
+    def _run_native(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
+                    row_thr: np.ndarray | None = None, row_dl: np.ndarray | None = None) -> list[InferenceResult]:
         """The decision loop in the core: the resolved policy and the deadline (on the core's clock) go in,
-        each row's exit, stop reason, probabilities and exit confidences come back."""
+        each row's exit, stop reason, probabilities and exit confidences come back. With ``row_thr`` /
+        ``row_dl`` (:meth:`infer_rows`) each row's own threshold and deadline go in instead."""
         nat = self._native
         dl = 0
-        if stop_at is not None:  # the deadline on sdedge_now_ns()'s clock (>= 1: 0 means none)
-            dl = max(1, nat.now_ns() + int(round((stop_at - self.clock()) * 1e9)))
-        res, probs, conf = nat.infer(xb, nat.request(pol.criterion, pol.thresholds), dl)
+        row_ns = None
+        if stop_at is not None or row_dl is not None:  # deadlines on sdedge_now_ns()'s clock (>= 1: 0 means none)
+            offset_ns = nat.now_ns() - self.clock() * 1e9
+        if stop_at is not None:
+            dl = max(1, int(round(stop_at * 1e9 + offset_ns)))
+        if row_dl is not None:
+            row_ns = np.where(np.isinf(row_dl), 0, np.maximum(1, np.round(np.where(np.isinf(row_dl), 0, row_dl) * 1e9
+                                                                             + offset_ns))).astype(np.int64)
+        thresholds = pol.thresholds if row_thr is None else (None,) * pol.num_exits
+        res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns)
         results = self._results(probs, res["confidence"], res["exit_index"].tolist(),
                                 [nat.STOPS[s] for s in res["stopped_by"].tolist()],
                                 [(None, conf[i], None, None) for i in range(xb.shape[0])])
-        self._finish(results, t0, stop_at, self.clock())
+        self._finish(results, t0, stop_at, self.clock(), row_dl)
         return results
 
     def _results(self, out_probs: np.ndarray, out_conf: np.ndarray, out_exit: list[int], out_why: list[str],
@@ -308,20 +354,27 @@ class AnytimeSession:
                 for i in range(len(labels))]
 
     @staticmethod
-    def _finish(results: list[InferenceResult], t0: float, stop_at: float | None, t_end: float) -> None:
+    def _finish(results: list[InferenceResult], t0: float, stop_at: float | None, t_end: float,
+                row_dl: np.ndarray | None = None) -> None:
         latency = (t_end - t0) * 1e3
         met = None if stop_at is None else t_end <= stop_at
-        for r in results:
+        for i, r in enumerate(results):
+            if row_dl is not None:
+                d = float(row_dl[i])
+                met = None if math.isinf(d) else t_end <= d
             r.latency_ms, r.deadline_met = latency, met
 
     def _run(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
-             prep_ms: float) -> list[InferenceResult]:
+             prep_ms: float, row_thr: np.ndarray | None = None, row_dl: np.ndarray | None = None
+             ) -> list[InferenceResult]:
         """The decision loop: run section after section, stop each row at its exit, shrink the batch.
 
         After section k (k < K) the rows that are confident enough stop (:meth:`ConfidencePolicy.step`);
         then, if rows remain and the next section on that many rows would end after the deadline, they
         all stop ("deadline"). Only the rows still going on run the next section. A batch of one takes the
         same path; its per-section cost is the policy's scalar fast path and one deadline check.
+        With ``row_thr`` ([rows, K] float32, NaN: none) and ``row_dl`` ([rows] absolute seconds, inf: none)
+        each row has its own threshold and deadline (:meth:`infer_rows`) instead of the call's.
         """
         clock = self.clock
         t1 = clock()
@@ -360,13 +413,29 @@ class AnytimeSession:
             if k == K:
                 settle(k, rows, logits, answer, None, "last")
                 break
-            decided = pol.step(k, logits, answer)
+            decided = pol.step(k, logits, answer) if row_thr is None else \
+                pol.step_rows(k, logits, row_thr[rows, k - 1], answer)
             n_stop = 0
             if decided is not None:
                 stop, conf, n_stop = decided  # stop: the mask where it splits the rows, else None
                 if n_stop == n:
                     settle(k, rows, logits, answer, None, "confidence", conf)
                     break
+            if row_dl is not None:  # each row its own deadline: stop those the next section would overrun
+                going = ~stop if n_stop else np.ones(n, bool)
+                late = self.deadline_policy.rows_out_of_time(k + 1, row_dl[rows], going, clock())
+                if n_stop:
+                    settle(k, rows, logits, answer, stop, "confidence", conf)
+                if late.any():
+                    settle(k, rows, logits, answer, late, "deadline")
+                    going &= ~late
+                if not going.any():
+                    break
+                if not going.all():
+                    keep = np.flatnonzero(going)
+                    h = backend.take_rows(h, keep)
+                    rows = rows[keep]
+                continue
             if stop_at is not None and should_stop(k + 1, n - n_stop, clock(), stop_at):
                 if n_stop:
                     settle(k, rows, logits, answer, stop, "confidence", conf)
@@ -398,7 +467,7 @@ class AnytimeSession:
                                 [(trace, i, pol, answer_mode) for i in range(n_all)])
         t_end = clock()
         record(0, n_all, prep_ms + (t_end - t1) * 1e3 - section_ms)
-        self._finish(results, t0, stop_at, t_end)
+        self._finish(results, t0, stop_at, t_end, row_dl)
         return results
 
     def infer_all_exits(self, x: Any) -> np.ndarray:

@@ -29,6 +29,7 @@ pytest.importorskip("prometheus_client")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from sdedge.runtime.server import BackgroundServer, ServerConfig, SessionOptions, build_app  # noqa: E402
 from sdedge.runtime.server.protocol import (ModelIO, ProtocolError, RequestedOutput, encode_infer_response,  # noqa: E402
@@ -104,15 +105,25 @@ def test_health_and_metadata_through_tritonclient(client, server, session):
     m = client.get_model_metadata(name)
     c, h, w = session.input_shape
     assert m["name"] == name and m["versions"] == ["1"] and m["platform"] == "sdedge"
-    assert m["inputs"] == [{"name": session.manifest.input.name, "datatype": "FP32", "shape": [-1, c, h, w]}]
+    assert m["inputs"] == [{"name": session.manifest.input.name, "datatype": "FP32", "shape": [-1, c, h, w]},
+                           {"name": session.manifest.input.name, "datatype": "UINT8", "shape": [-1, h, w, c]}]
     outs = {o["name"]: (o["datatype"], o["shape"]) for o in m["outputs"]}
     assert outs == {"probabilities": ("FP32", [-1, len(session.classes)]), "label": ("INT64", [-1]),
                     "exit_index": ("INT32", [-1]), "confidence": ("FP32", [-1]), "class_name": ("BYTES", [-1])}
     assert client.get_model_metadata(name, model_version="1") == m
     cfg = client.get_model_config(name)
-    assert cfg["num_exits"] == session.num_exits and cfg["classes"] == list(session.classes)
-    assert {"datatype": "UINT8", "shape": [-1, h, w, c]}.items() <= cfg["input"][1].items()
-    assert cfg["max_batch_size"] == 8 and cfg["defaults"]["budget_ms"] == GENEROUS_MS
+    # Triton's model-config shape (it parses as model_config.proto's ModelConfig), sdedge's details inside
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    json_format.ParseDict(cfg, model_config_pb2.ModelConfig())
+    assert cfg["max_batch_size"] == 8 and cfg["input"] == [
+        {"name": session.manifest.input.name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [c, h, w]}]
+    details = json.loads(cfg["parameters"]["sdedge"]["string_value"])
+    assert details["num_exits"] == session.num_exits and details["classes"] == list(session.classes)
+    assert {"datatype": "UINT8", "shape": [-1, h, w, c]}.items() <= details["accepted_inputs"][1].items()
+    assert details["defaults"]["budget_ms"] == GENEROUS_MS
+    assert cfg["parameters"]["engine"]["string_value"] == session.engine
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("no-such-model")
     assert not client.is_model_ready("no-such-model")
@@ -176,7 +187,13 @@ def test_per_request_threshold_and_budget_change_the_exit(client, server, sessio
     assert list(infer(client, server, x).as_numpy("exit_index")) == [k] * 4  # server default: generous budget
     assert list(infer(client, server, x, threshold=0.0).as_numpy("exit_index")) == [1] * 4
     assert list(infer(client, server, x, threshold=1.0).as_numpy("exit_index")) == [k] * 4
-    r = infer(client, server, x, budget_ms=1e-3)  # over before it starts: exit 1 is the floor, and says so
+    # over before it starts: refused with 504 and not run (counted), unless the floor answer is asked for
+    expired_before = metric_values(server)[("sdedge_deadline_expired_total", ())]
+    with pytest.raises(InferenceServerException, match="deadline exceeded") as e:
+        infer(client, server, x, budget_ms=1e-3)
+    assert e.value.status() == "504"
+    assert metric_values(server)[("sdedge_deadline_expired_total", ())] == expired_before + 1
+    r = infer(client, server, x, budget_ms=1e-3, late="answer")  # exit 1 is the floor, and says so
     assert list(r.as_numpy("exit_index")) == [1] * 4
     p = r.get_response()["parameters"]
     assert p["deadline_met"] is False and p["budget_ms"] == 1e-3
@@ -241,9 +258,11 @@ def test_metrics_count_what_was_sent(client, server, session):
     x = images(session, 3, seed=7)
     infer(client, server, x, threshold=0.0)           # 3 images at exit 1
     infer(client, server, x[:2])                      # 2 images at exit K
-    infer(client, server, x[:1], budget_ms=1e-3)      # 1 image, deadline missed
+    infer(client, server, x[:1], budget_ms=1e-3, late="answer")  # 1 image, deadline missed (the floor answer)
     with pytest.raises(InferenceServerException, match="threshold"):
         infer(client, server, x, threshold=7.0)       # 400
+    with pytest.raises(InferenceServerException, match="deadline exceeded"):
+        infer(client, server, x[:1], budget_ms=1e-3)  # 504: expired in the queue, not run
     after = metric_values(server)
 
     def delta(name, **labels):
@@ -252,6 +271,8 @@ def test_metrics_count_what_was_sent(client, server, session):
 
     assert delta("sdedge_requests_total", endpoint="infer", status="200") == 3
     assert delta("sdedge_requests_total", endpoint="infer", status="400") == 1
+    assert delta("sdedge_requests_total", endpoint="infer", status="504") == 1
+    assert delta("sdedge_deadline_expired_total") == 1
     assert delta("sdedge_inference_requests_total") == 3
     assert delta("sdedge_images_total") == 6
     assert delta("sdedge_exits_total", exit="1") == 4 and delta("sdedge_exits_total", exit=str(k)) == 2

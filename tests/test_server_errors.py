@@ -354,21 +354,27 @@ def test_time_queued_is_taken_off_the_budget(stepped_session):
     events = PoolEvents(srv.state.pool)
     try:
         k = session.num_exits
-        doc = {"inputs": [tensor(session)], "parameters": {"budget_ms": 600}}
+        doc = {"inputs": [tensor(session)], "parameters": {"budget_ms": 600, "late": "answer"}}
         alone = json.loads(post_json(srv, doc)[2])
         assert alone["parameters"]["deadline_met"] is True and alone["parameters"]["exit_index"] == k
         proxy.hold()
-        with cf.ThreadPoolExecutor(2) as pool:
+        with cf.ThreadPoolExecutor(3) as pool:
             ahead = pool.submit(post_json, srv, {"inputs": [tensor(session)]})
             events.wait("started", 2)  # the worker is busy with the request ahead
             queued = pool.submit(post_json, srv, doc)
-            events.wait("queued", 3)  # the budgeted request has arrived and waits in the queue...
-            clock.advance(0.8)  # ...for 800 ms: more than its whole 600 ms budget
+            refused = pool.submit(post_json, srv, {"inputs": [tensor(session)], "parameters": {"budget_ms": 600}})
+            events.wait("queued", 4)  # both budgeted requests have arrived and wait in the queue...
+            clock.advance(0.8)  # ...for 800 ms: more than their whole 600 ms budget
             proxy.release()
             assert ahead.result()[0] == 200
             p = json.loads(queued.result()[2])["parameters"]
+            status, _, body = refused.result()
+        # asked for the floor answer: it ran, and the queueing was taken off its budget
         assert p["queue_ms"] >= 800 and p["exit_index"] == 1 and p["stopped_by"] == "deadline"
         assert p["deadline_met"] is False and p["latency_ms"] >= 800
+        # did not: answered 504 at once and never run
+        assert status == 504 and "deadline exceeded" in error_of(body)
+        assert events.counts["expired"] == 1 and events.counts["started"] == 3
     finally:
         proxy.release()
         srv.stop()
@@ -395,7 +401,8 @@ def test_worker_pool_queue_bound_errors_and_drain():
         s = Blocking()
         pool = InferencePool([s], max_queue=2)
         events = PoolEvents(pool)
-        running = asyncio.ensure_future(pool.run("a", deadline=12.5))
+        far = pool.clock() + 3600.0  # a deadline that holds: the pool answers expired ones without running them
+        running = asyncio.ensure_future(pool.run("a", deadline=far))
         await asyncio.to_thread(events.wait, "started", 1)  # "a" is taken by the worker and blocks
         queued = [asyncio.ensure_future(pool.run(v)) for v in ("b", "fail")]
         await asyncio.to_thread(events.wait, "queued", 3)
@@ -418,7 +425,7 @@ def test_worker_pool_queue_bound_errors_and_drain():
         with pytest.raises(ShuttingDown, match="shutting down"):
             await pool.run("g")
         assert not pool.healthy()
-        assert s.seen[0] == ("a", 12.5)
+        assert s.seen[0] == ("a", far)
 
     asyncio.run(main())
 
@@ -514,8 +521,8 @@ def test_sigterm_lets_the_request_in_flight_finish(tiny_bundle, load_fault):
     try:
         srv.wait_ready(120)
         port = srv.port
-        meta = json.loads(call(srv, "GET", "/v2/models/tiny/config")[2])
-        c_, h, w = meta["input"][0]["shape"][1:]
+        meta = json.loads(call(srv, "GET", "/v2/models/tiny")[2])
+        c_, h, w = meta["inputs"][0]["shape"][1:]
         body = json.dumps({"id": "last-one", "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, c_, h, w],
                                                          "data": [0.1] * (c_ * h * w)}]}).encode()
         head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -33,7 +33,20 @@ struct infer_options_v1 {
   double budget_ms;
   int64_t deadline_ns;
 };
+struct infer_options_v2 {
+  uint32_t struct_size;
+  double threshold;
+  int32_t calibrated;
+  const char *criterion;
+  double budget_ms;
+  int64_t deadline_ns;
+  const double *thresholds;
+  int32_t num_thresholds;
+};
 }  // namespace
+static_assert(offsetof(sdedge_infer_options, num_thresholds) == offsetof(infer_options_v2, num_thresholds),
+              "ABI v2 prefix of sdedge_infer_options");
+static_assert(sizeof(infer_options_v2) < sizeof(sdedge_infer_options), "appended fields (v3)");
 static_assert(offsetof(sdedge_session_options, onnxruntime_library) == offsetof(session_options_v1, onnxruntime_library),
               "ABI v1 prefix of sdedge_session_options");
 static_assert(offsetof(sdedge_infer_options, deadline_ns) == offsetof(infer_options_v1, deadline_ns),
@@ -101,7 +114,10 @@ bool check_struct(const T *o, const char *what, const char *init) {
 sdedge::InferRequest request(const sdedge_infer_options *o) {
   sdedge::InferRequest r;
   if (!o) return r;
-  const bool v2 = check_struct<sdedge_infer_options, infer_options_v1>(o, "sdedge_infer_options", "sdedge_infer_options_init");
+  // the sizes of ABI versions 3 (this header), 2 and 1: the fields a smaller struct lacks take their defaults
+  const bool v3 = o->struct_size == sizeof(sdedge_infer_options);
+  const bool v2 = v3 || o->struct_size == sizeof(infer_options_v2) ||
+                  check_struct<sdedge_infer_options, infer_options_v1>(o, "sdedge_infer_options", "sdedge_infer_options_init");
   if (o->calibrated != 0 && o->calibrated != 1) arg_error("calibrated must be 0 or 1, got " + std::to_string(o->calibrated));
   if (!std::isnan(o->threshold) && !o->calibrated && !(o->threshold >= 0.0 && o->threshold <= 1.0))
     sdedge::fail(sdedge::Code::Policy, "threshold must be in [0, 1] or NAN (no confidence stop), got " + std::to_string(o->threshold));
@@ -115,6 +131,14 @@ sdedge::InferRequest request(const sdedge_infer_options *o) {
     if (o->num_thresholds <= 0) arg_error("thresholds is set but num_thresholds is " + std::to_string(o->num_thresholds));
     r.thresholds = o->thresholds;
     r.num_thresholds = o->num_thresholds;
+  }
+  if (v3) {
+    if (o->row_thresholds && (!std::isnan(o->threshold) || o->calibrated || o->thresholds))
+      arg_error("row_thresholds replaces threshold, calibrated and thresholds: leave those unset (NAN, 0, NULL)");
+    if (o->row_deadlines_ns && (!std::isnan(o->budget_ms) || o->deadline_ns != 0))
+      arg_error("row_deadlines_ns replaces budget_ms and deadline_ns: leave those unset (NAN, 0)");
+    r.row_thresholds = o->row_thresholds;
+    r.row_deadlines_ns = o->row_deadlines_ns;
   }
   return r;
 }
@@ -181,6 +205,8 @@ SDEDGE_API void sdedge_infer_options_init(sdedge_infer_options *o) {
   o->deadline_ns = 0;
   o->thresholds = nullptr;
   o->num_thresholds = 0;
+  o->row_thresholds = nullptr;
+  o->row_deadlines_ns = nullptr;
 }
 
 SDEDGE_API sdedge_status sdedge_session_create(const char *bundle_dir, const sdedge_session_options *o,

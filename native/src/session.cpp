@@ -136,6 +136,27 @@ void Session::start_call(std::int64_t batch, const InferRequest &req, CallStart 
   call.deadline = stop_at(call.t0, req);
   call.policy = &policy_for(req, call.scratch);
   check_batch(batch);
+  call.row_thr = req.row_thresholds;
+  if (req.row_deadlines_ns) {
+    call.row_dl.resize(static_cast<std::size_t>(batch));
+    for (std::int64_t i = 0; i < batch; ++i) {
+      const std::int64_t ns = req.row_deadlines_ns[i];
+      if (ns < 0)
+        fail(Code::Policy, "row_deadlines_ns[" + std::to_string(i) + "] must be 0 (none) or a time on sdedge_now_ns()'s "
+                           "clock, got " + std::to_string(ns));
+      call.row_dl[static_cast<std::size_t>(i)] =
+          ns == 0 ? std::numeric_limits<double>::infinity() : static_cast<double>(ns) * 1e-9;
+    }
+  }
+  if (req.row_thresholds) {
+    const std::size_t n = static_cast<std::size_t>(batch) * static_cast<std::size_t>(num_exits());
+    for (std::size_t i = 0; i < n; ++i) {
+      const float t = req.row_thresholds[i];
+      if (!std::isnan(t) && !(t >= 0.0f && t <= 1.0f))
+        fail(Code::Policy, "row_thresholds[" + std::to_string(i) + "] must be in [0, 1] or NAN (none), got " +
+                               std::to_string(t));
+    }
+  }
 }
 
 void Session::infer_f32(const float *nchw, std::int64_t batch, const InferRequest &req, RowResult *results,
@@ -143,7 +164,7 @@ void Session::infer_f32(const float *nchw, std::int64_t batch, const InferReques
   CallStart c;
   start_call(batch, req, c);
   prep_->check_finite(nchw, batch);
-  infer_prepared(nchw, batch, *c.policy, c.deadline, c.t0, (clock() - c.t0) * 1e3, results, probabilities, exit_conf);
+  infer_prepared(nchw, batch, c, (clock() - c.t0) * 1e3, results, probabilities, exit_conf);
 }
 
 void Session::infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const InferRequest &req, RowResult *results,
@@ -152,19 +173,43 @@ void Session::infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const Infer
   start_call(batch, req, c);
   std::vector<float> x(static_cast<std::size_t>(batch * prep_->image_size()));
   prep_->from_u8(nhwc, batch, x.data());
-  infer_prepared(x.data(), batch, *c.policy, c.deadline, c.t0, (clock() - c.t0) * 1e3, results, probabilities,
-                 exit_conf);
+  infer_prepared(x.data(), batch, c, (clock() - c.t0) * 1e3, results, probabilities, exit_conf);
 }
 
-void Session::infer_prepared(const float *nchw, std::int64_t batch, const ConfidencePolicy &pol,
-                             std::optional<double> d, double t0, double prep_ms, RowResult *results,
-                             float *probabilities, float *exit_conf) {
+void Session::infer_prepared(const float *nchw, std::int64_t batch, const CallStart &c, double prep_ms,
+                             RowResult *results, float *probabilities, float *exit_conf) {
   std::lock_guard<std::mutex> lock(mu_);  // time spent waiting here counts against the deadline
-  run(nchw, batch, pol, d, t0, prep_ms, results, probabilities, exit_conf);
+  run(nchw, batch, c, prep_ms, results, probabilities, exit_conf);
 }
 
-void Session::run(const float *x, std::int64_t n_all, const ConfidencePolicy &pol, std::optional<double> d, double t0,
-                  double prep_ms, RowResult *results, float *probabilities, float *exit_conf) {
+void Session::rows_out_of_time(int next, const std::vector<std::int64_t> &rows, const std::vector<double> &row_dl,
+                               const std::vector<char> &going, double now, std::vector<char> &late) {
+  const std::size_t un = rows.size();
+  late.assign(un, 0);
+  std::vector<std::size_t> idx;
+  std::int64_t n = 0;
+  for (std::size_t i = 0; i < un; ++i) {
+    if (!going[i]) continue;
+    ++n;
+    if (std::isfinite(row_dl[static_cast<std::size_t>(rows[i])])) idx.push_back(i);
+  }
+  std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) {
+    return row_dl[static_cast<std::size_t>(rows[a])] < row_dl[static_cast<std::size_t>(rows[b])];
+  });
+  for (const std::size_t i : idx) {  // earliest deadline first; once one fits, every later one fits too
+    if (!deadline_->should_stop(next, n, now, row_dl[static_cast<std::size_t>(rows[i])])) break;
+    late[i] = 1;
+    --n;
+  }
+}
+
+void Session::run(const float *x, std::int64_t n_all, const CallStart &call, double prep_ms, RowResult *results,
+                  float *probabilities, float *exit_conf) {
+  const ConfidencePolicy &pol = *call.policy;
+  const std::optional<double> d = call.deadline;
+  const double t0 = call.t0;
+  const float *row_thr = call.row_thr;
+  const std::vector<double> &row_dl = call.row_dl;
   const double t1 = clock();
   const int K = num_exits();
   const std::int64_t C = num_classes();
@@ -175,7 +220,7 @@ void Session::run(const float *x, std::int64_t n_all, const ConfidencePolicy &po
   if (ensemble) acc_.assign(static_cast<std::size_t>(n_all) * nc, 0.0f);
   std::vector<std::int64_t> rows(static_cast<std::size_t>(n_all));
   std::iota(rows.begin(), rows.end(), 0);
-  std::vector<char> stop;
+  std::vector<char> stop, going, late;
   double section_ms = 0.0;
   if (exit_conf) std::fill(exit_conf, exit_conf + n_all * K, std::numeric_limits<float>::quiet_NaN());
 
@@ -222,18 +267,47 @@ void Session::run(const float *x, std::int64_t n_all, const ConfidencePolicy &po
     }
     const std::optional<float> &thr = pol.thresholds32[static_cast<std::size_t>(k - 1)];
     std::int64_t n_stop = 0;
-    if (thr) {  // a float32 confidence against the threshold rounded to float32 (ConfidencePolicy.step)
+    bool any_thr = thr.has_value();
+    if (row_thr) {  // per-row thresholds (ConfidencePolicy.step_rows): is there one among the rows running?
+      any_thr = false;
+      for (std::size_t i = 0; i < un && !any_thr; ++i)
+        any_thr = !std::isnan(row_thr[static_cast<std::size_t>(rows[i]) * static_cast<std::size_t>(K) +
+                                      static_cast<std::size_t>(k - 1)]);
+    }
+    if (any_thr) {  // a float32 confidence against the threshold rounded to float32 (ConfidencePolicy.step)
       conf_buf_.resize(un);
       stop.assign(un, 0);
       for (std::size_t i = 0; i < un; ++i) {
         conf_buf_[i] = confidence_of(answer_buf_.data() + i * nc, C, pol.criterion);
-        stop[i] = conf_buf_[i] >= *thr;
+        const float t = row_thr ? row_thr[static_cast<std::size_t>(rows[i]) * static_cast<std::size_t>(K) +
+                                          static_cast<std::size_t>(k - 1)]
+                                : *thr;
+        stop[i] = conf_buf_[i] >= t;  // NaN compares false: no stop
         n_stop += stop[i];
       }
       if (n_stop == n) {
         settle(nullptr, 0, kStopConfidence, true);
         break;
       }
+    }
+    if (!row_dl.empty()) {  // each row its own deadline: stop the rows the next section would overrun
+      going.assign(un, 1);
+      if (n_stop)
+        for (std::size_t i = 0; i < un; ++i) going[i] = !stop[i];
+      rows_out_of_time(k + 1, rows, row_dl, going, clock(), late);
+      if (n_stop) settle(stop.data(), 1, kStopConfidence, true);
+      settle(late.data(), 1, kStopDeadline, false);
+      std::vector<std::int64_t> keep, kept_rows;
+      for (std::size_t i = 0; i < un; ++i)
+        if (going[i] && !late[i]) keep.push_back(static_cast<std::int64_t>(i)), kept_rows.push_back(rows[i]);
+      if (keep.empty()) break;
+      if (keep.size() < un) {
+        h = backend_->take_rows(*next, keep);
+        rows = std::move(kept_rows);
+      } else {
+        h = std::move(next);
+      }
+      continue;
     }
     if (d && deadline_->should_stop(k + 1, n - n_stop, clock(), *d)) {
       if (n_stop) {
@@ -284,7 +358,7 @@ void Session::run(const float *x, std::int64_t n_all, const ConfidencePolicy &po
   const std::int32_t met = d ? (t_end <= *d ? 1 : 0) : -1;
   for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
     results[r].latency_ms = latency;
-    results[r].deadline_met = met;
+    results[r].deadline_met = row_dl.empty() ? met : std::isinf(row_dl[r]) ? -1 : (t_end <= row_dl[r] ? 1 : 0);
   }
 }
 

@@ -50,6 +50,8 @@ struct InferRequest {
   std::int64_t deadline_ns = 0;  // 0 = none; absolute on now_ns()'s clock
   const double *thresholds = nullptr;  // per-exit thresholds (NaN = none), num_thresholds of them
   int num_thresholds = 0;
+  const float *row_thresholds = nullptr;      // batch * num_exits per-row float32 thresholds (NaN = none), or NULL
+  const std::int64_t *row_deadlines_ns = nullptr;  // batch per-row deadlines on now_ns()'s clock (0 = none), or NULL
 };
 
 struct RowResult {
@@ -104,14 +106,19 @@ class Session {
     std::optional<double> deadline;
     ConfidencePolicy scratch;  // holds the policy when the request builds its own
     const ConfidencePolicy *policy = nullptr;
+    const float *row_thr = nullptr;  // per-row thresholds [batch][K] (NaN = none), or NULL: the policy's
+    std::vector<double> row_dl;      // per-row deadlines in seconds on clock() (inf = none), or empty: `deadline`
   };
   void start_call(std::int64_t batch, const InferRequest &req, CallStart &call) const;
   std::optional<double> stop_at(double t0_s, const InferRequest &req) const;
   void check_batch(std::int64_t batch) const;
-  void infer_prepared(const float *nchw, std::int64_t batch, const ConfidencePolicy &pol, std::optional<double> stop_at,
-                      double t0_s, double prep_ms, RowResult *results, float *probabilities, float *exit_conf);
-  void run(const float *nchw, std::int64_t n_all, const ConfidencePolicy &pol, std::optional<double> stop_at,
-           double t0_s, double prep_ms, RowResult *results, float *probabilities, float *exit_conf);
+  void infer_prepared(const float *nchw, std::int64_t batch, const CallStart &c, double prep_ms, RowResult *results,
+                      float *probabilities, float *exit_conf);
+  void run(const float *nchw, std::int64_t n_all, const CallStart &c, double prep_ms, RowResult *results,
+           float *probabilities, float *exit_conf);
+  // Which going rows stop for their own deadline before section `next` (runtime/policies.py rows_out_of_time).
+  void rows_out_of_time(int next, const std::vector<std::int64_t> &rows, const std::vector<double> &row_dl,
+                        const std::vector<char> &going, double now, std::vector<char> &late);
 
   Bundle bundle_;
   std::unique_ptr<Backend> backend_;

@@ -59,9 +59,10 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from ...common.errors import BackendError, InputError, PolicyError
 from .config import ServerConfig, ServerConfigError, check_model_name
 from .metrics import ServerMetrics
-from .protocol import (ModelIO, ProtocolError, encode_infer_response, error_body, model_metadata, parse_infer_request,
-                       server_metadata)
-from .worker import InferencePool, Overloaded, ShuttingDown
+from .protocol import (InferRequest, ModelIO, ProtocolError, encode_infer_response, error_body, model_config,
+                       model_metadata, parse_infer_request, repository_index, server_metadata)
+from .stats import ModelStats
+from .worker import DeadlineExceeded, InferencePool, Outcome, Overloaded, ShuttingDown
 
 if TYPE_CHECKING:  # the web packages are the serve extra: imported only when an app is built
     from starlette.requests import Request
@@ -111,6 +112,7 @@ class ServerState:
     model_name: str
     model_version: str
     owns_sessions: bool
+    stats: ModelStats | None = None
     ready: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -166,14 +168,23 @@ def build_state(target: Any, config: ServerConfig | None = None) -> ServerState:
         s0.policy(config.threshold, config.criterion)  # a bad default (e.g. "calibrated" w/o calibration) fails now
         io = ModelIO(input_name=s0.manifest.input.name, chw=tuple(s0.input_shape), classes=tuple(s0.classes),
                      max_batch=min([config.session.max_batch] + [int(s.max_batch) for s in sessions]))
-        pool = InferencePool(sessions, config.max_queue)
+        pool = InferencePool(sessions, config.max_queue, batching=config.batching, max_batch=io.max_batch,
+                             max_delay_s=config.max_queue_delay_us * 1e-6,
+                             no_deadline_wait_s=config.no_deadline_wait_ms * 1e-3)
         metrics = ServerMetrics(s0.num_exits, queue_depth=pool.qsize)
+        stats = ModelStats(name, config.model_version)
+
+        def on_run(rows: int, seconds: float) -> None:
+            stats.execution(rows, seconds)
+            metrics.batch_rows.observe(rows)
+
+        pool.on_run = on_run
     except BaseException:
         if owns:
             for s in sessions:
                 s.close()
         raise
-    return ServerState(config, sessions, pool, metrics, io, name, config.model_version, owns)
+    return ServerState(config, sessions, pool, metrics, io, name, config.model_version, owns, stats)
 
 
 def build_app(target: Any, config: ServerConfig | None = None) -> Any:
@@ -239,12 +250,15 @@ class InferenceServer:
             Route("/v2/health/live", self.get_live, methods=["GET"]),
             Route("/v2/health/ready", self.get_ready, methods=["GET"]),
             Route("/metrics", self.get_metrics, methods=["GET"]),
+            Route("/v2/repository/index", self.post_repository_index, methods=["POST"]),
+            Route("/v2/models/stats", self.get_model_stats, methods=["GET"]),
         ]
         for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             routes += [
                 Route(base, self.get_model_metadata, methods=["GET"]),
                 Route(base + "/ready", self.get_model_ready, methods=["GET"]),
                 Route(base + "/config", self.get_model_config, methods=["GET"]),
+                Route(base + "/stats", self.get_model_stats, methods=["GET"]),
                 Route(base + "/infer", self.post_infer, methods=["POST"]),
             ]
         return routes
@@ -304,33 +318,52 @@ class InferenceServer:
         if err:
             return err
         state = self.state
-        s = state.session
-        params = {"engine": s.engine, "backend": s.backend_name, "device": s.device_name}
-        return _ok(model_metadata(self.io, state.model_name, [state.model_version], params))
+        return _ok(model_metadata(self.io, state.model_name, [state.model_version], self.model_parameters()))
 
     async def get_model_ready(self, request: "Request") -> "Response":
         _mark(request, "model_ready")
         ready = self.is_ready()
         return self.model_error(request) or _ok({"name": self.state.model_name, "ready": ready}, 200 if ready else 503)
 
-    async def get_model_config(self, request: "Request") -> "Response":
-        _mark(request, "model_config")
-        e = self.model_error(request)
-        if e is not None:
-            return e
-        state, cfg, io = self.state, self.config, self.io
+    def model_parameters(self) -> dict[str, str]:
+        """What runs the model and how it answers (model metadata ``parameters``, the config's ``parameters``)."""
+        s, cfg = self.state.session, self.config
+        return {"engine": s.engine, "backend": s.backend_name, "device": s.device_name}
+
+    def config_document(self) -> dict:
+        """The model configuration in Triton's model-config shape (``GET .../config``, gRPC ``ModelConfig``)."""
+        state, cfg = self.state, self.config
         s = state.session
         m = s.manifest
-        return _ok({
-            "name": state.model_name, "version": state.model_version, "platform": "sdedge",
-            "max_batch_size": io.max_batch, "input": io.accepted_inputs(), "output": io.outputs_metadata(),
-            "classes": list(io.classes), "num_exits": s.num_exits, "exits": m.exits,
+        details = {
+            "classes": list(self.io.classes), "num_exits": s.num_exits, "exits": m.exits,
             "preprocess": m.preprocess.to_json(), "model": {k: m.model.get(k) for k in ("name", "backbone", "method")},
             "defaults": {"budget_ms": cfg.budget_ms, "threshold": cfg.threshold, "criterion": cfg.criterion},
-            "workers": len(state.sessions), "backend": s.backend_name, "device": s.device_name, "engine": s.engine,
-            "calibrated": s.calibration is not None, "latency_profile": s.profile is not None,
-            "max_body_bytes": cfg.max_body_bytes, "max_queue": cfg.max_queue,
-        })
+            "workers": len(state.sessions), "calibrated": s.calibration is not None,
+            "latency_profile": s.profile is not None, "max_body_bytes": cfg.max_body_bytes, "max_queue": cfg.max_queue,
+            "accepted_inputs": self.io.accepted_inputs(),
+        }
+        params = dict(self.model_parameters(), sdedge=json.dumps(details, separators=(",", ":")))
+        return model_config(self.io, state.model_name, state.model_version, params, cfg.batching,
+                            cfg.max_queue_delay_us)
+
+    async def get_model_config(self, request: "Request") -> "Response":
+        _mark(request, "model_config")
+        return self.model_error(request) or _ok(self.config_document())
+
+    async def get_model_stats(self, request: "Request") -> "Response":
+        """Triton's statistics extension (``tritonclient``'s ``get_inference_statistics``)."""
+        _mark(request, "model_stats")
+        if "name" in request.path_params:
+            err = self.model_error(request)
+            if err:
+                return err
+        return _ok(self.state.stats.triton_json())
+
+    async def post_repository_index(self, request: "Request") -> "Response":
+        """The model repository extension's index: the one model served, READY or UNAVAILABLE."""
+        _mark(request, "repository")
+        return _ok(repository_index(self.state.model_name, self.state.model_version, self.is_ready()))
 
     async def get_metrics(self, request: "Request") -> "Response":
         _mark(request, "metrics")
@@ -357,42 +390,65 @@ class InferenceServer:
             return _error(400, str(ex))
         except (Overloaded, ShuttingDown) as ex:
             return _error(503, str(ex), {"Retry-After": "1"})
+        except DeadlineExceeded as ex:
+            return _error(504, str(ex))
         finally:
             inflight.dec()
 
     async def infer(self, request: "Request", t0: float) -> "Response":
         """Read and parse the request, run it on the pool under its deadline (``t0`` + budget), encode the answer."""
-        cfg, io, state = self.config, self.io, self.state
+        io, state = self.io, self.state
         body = await self.read_body(request)
         hl = request.headers.get("inference-header-content-length")
         if len(body) > _INLINE_PARSE_BYTES:
             req = await asyncio.to_thread(parse_infer_request, body, hl, io)
         else:
             req = parse_infer_request(body, hl, io)
-        budget = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
-        deadline = None if budget is None else t0 + budget * 1e-3
-        threshold = req.threshold if req.threshold is not None else cfg.threshold
-        criterion = req.criterion if req.criterion is not None else cfg.criterion
-        out = await state.pool.run(req.array, deadline=deadline, threshold=threshold, criterion=criterion)
-        results = out.results
-        latency_s = out.t_done - t0
-        met = results[0].deadline_met if deadline is not None else None
-        exits = [r.exit_index for r in results]
-        params: dict[str, Any] = {"latency_ms": round(latency_s * 1e3, 4), "queue_ms": round(out.queue_s * 1e3, 4),
-                                  "inference_ms": round(out.inference_s * 1e3, 4), "exits_run": max(exits)}
-        if len(results) == 1:
-            params["exit_index"] = exits[0]
-            params["stopped_by"] = results[0].stopped_by
-        if deadline is not None:
-            params["budget_ms"] = budget
-            params["deadline_met"] = bool(met)
+        results, params = await self.run_request(req, t0)
         payload, head_len = encode_infer_response(state.model_name, state.model_version, req.id, results, req.outputs,
                                                   io.classes, params)
-        self.metrics.observe_inference(exits, latency_s, out.queue_s, out.inference_s, met)
         if head_len is None:
             return _response(payload)
         return _response(payload, media_type="application/octet-stream",
                          headers={"Inference-Header-Content-Length": str(head_len)})
+
+    async def run_request(self, req: InferRequest, t0: float) -> tuple[list, dict[str, Any]]:
+        """Run a parsed request (either transport) under its deadline, ``t0`` (its arrival) + budget: its
+        results and response parameters; counts it in the metrics and statistics. Raises
+        :class:`DeadlineExceeded` when its deadline passed in the queue (not run), :class:`Overloaded` /
+        :class:`ShuttingDown` when it cannot be queued, the session's errors for a bad input."""
+        cfg, state = self.config, self.state
+        budget = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
+        deadline = None if budget is None else t0 + budget * 1e-3
+        threshold = req.threshold if req.threshold is not None else cfg.threshold
+        criterion = req.criterion if req.criterion is not None else cfg.criterion
+        try:
+            out: Outcome = await state.pool.run(req.array, deadline=deadline, threshold=threshold, criterion=criterion,
+                                                t_arrival=t0, late=req.late)
+        except Exception as e:  # counted as a failure, answered by the transport
+            if isinstance(e, DeadlineExceeded):
+                self.metrics.deadline_expired.inc()
+            if state.stats is not None:
+                state.stats.failure(state.pool.clock() - t0)
+            raise
+        results = out.results
+        latency_s = out.t_done - t0
+        exits = [r.exit_index for r in results]
+        params: dict[str, Any] = {"latency_ms": round(latency_s * 1e3, 4), "queue_ms": round(out.queue_s * 1e3, 4),
+                                  "inference_ms": round(out.inference_s * 1e3, 4), "exits_run": max(exits),
+                                  "batch_rows": out.batch_rows}
+        if len(results) == 1:
+            params["exit_index"] = exits[0]
+            params["stopped_by"] = results[0].stopped_by
+        met = None
+        if deadline is not None:
+            met = all(r.deadline_met for r in results)
+            params["budget_ms"] = budget
+            params["deadline_met"] = bool(met)
+        self.metrics.observe_inference(exits, latency_s, out.queue_s, out.inference_s, met)
+        if state.stats is not None:
+            state.stats.success(len(results), latency_s, out.queue_s, out.inference_s)
+        return results, params
 
     async def read_body(self, request: "Request") -> bytes:
         """The request body, decompressed, within the size cap and the body timeout (else a ProtocolError)."""

@@ -39,6 +39,11 @@ class ServerConfig:
       ``criterion``: ``max_prob``, ``entropy`` or ``margin`` (None: the session's).
     Sessions: ``session`` says how each is opened (:class:`~sdedge.runtime.options.SessionOptions`);
     its ``max_batch`` is also the most images one request may carry (more: 400).
+    Transports: HTTP on ``host:port``; gRPC (KServe v2, Triton's service) on ``host:grpc_port`` when set.
+    Scheduling (:mod:`.scheduler`): earliest deadline first; a request without a deadline yields to those
+    with one for at most ``no_deadline_wait_ms``; ``batching`` runs the compatible requests waiting
+    together as one batch of up to ``session.max_batch`` rows, each row with its own threshold and
+    deadline, waiting up to ``max_queue_delay_us`` for more (0: only what already waits).
     Capacity: ``workers`` sessions, each on its own inference thread with ``session.intra_op_threads``
     ORT intra-op threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
     ``max_queue`` requests (more: 503). Safety caps: ``max_body_mb`` MiB per body (after decompression
@@ -49,6 +54,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None  # None: no gRPC endpoint; 0: a free port the OS picks (the CLI's default: 8001)
     model_name: str | None = None  # None: the manifest's model name
     model_version: str = "1"
     budget_ms: float | None = None
@@ -58,6 +64,9 @@ class ServerConfig:
     workers: int = 1
     max_body_mb: float = 16.0
     max_queue: int = 256
+    batching: bool = True
+    max_queue_delay_us: int = 0
+    no_deadline_wait_ms: float = 1000.0
     body_timeout_s: float = 30.0
     max_header_kb: int = 16
     limit_concurrency: int | None = 512
@@ -78,11 +87,18 @@ class ServerConfig:
         _positive_int(self, "port", allow_zero=True)
         if self.port > 65535:
             raise ServerConfigError(f"port must be in 0..65535, got {self.port}")
+        if self.grpc_port is not None:
+            _positive_int(self, "grpc_port", allow_zero=True)
+            if self.grpc_port > 65535:
+                raise ServerConfigError(f"grpc_port must be in 0..65535 (or None: no gRPC), got {self.grpc_port}")
+        _positive_int(self, "max_queue_delay_us", allow_zero=True)
+        if not isinstance(self.batching, bool):
+            raise ServerConfigError(f"batching must be true or false, got {self.batching!r}")
         for name in ("workers", "max_queue", "max_header_kb", "timeout_keep_alive"):
             _positive_int(self, name)
         if self.limit_concurrency is not None:
             _positive_int(self, "limit_concurrency")
-        for name in ("max_body_mb", "body_timeout_s", "graceful_timeout_s"):
+        for name in ("max_body_mb", "body_timeout_s", "graceful_timeout_s", "no_deadline_wait_ms"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ServerConfigError(f"{name} must be a positive number, got {v!r}")

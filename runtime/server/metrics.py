@@ -4,9 +4,11 @@ Exported at ``GET /metrics`` (text exposition format). Names and what they count
 
 ==================================== ==================================================================
 ``sdedge_requests_total``            HTTP requests answered, by ``endpoint`` (infer, model_metadata,
-                                     model_ready, model_config, health, server_metadata, metrics, other)
+                                     model_ready, model_config, model_stats, repository, health,
+                                     server_metadata, metrics, other)
                                      and ``status`` code
-``sdedge_inference_requests_total``  infer requests answered with 200
+``sdedge_inference_requests_total``  infer requests answered with 200 (HTTP) or OK (gRPC); the
+                                     inference figures below count both protocols
 ``sdedge_images_total``              images answered (a batch of B counts B)
 ``sdedge_exits_total``               images answered per ``exit`` taken (1 = shallowest)
 ``sdedge_request_latency_seconds``   histogram: arrival of the request to its answer being ready
@@ -15,6 +17,11 @@ Exported at ``GET /metrics`` (text exposition format). Names and what they count
 ``sdedge_inference_seconds``         histogram: time inside ``AnytimeSession.infer``
 ``sdedge_deadline_requests_total``   infer requests that ran under a deadline (a budget)
 ``sdedge_deadline_misses_total``     of those, the ones whose deadline did not hold
+``sdedge_deadline_expired_total``    infer requests answered "deadline exceeded" (504 / DEADLINE_EXCEEDED):
+                                     their deadline passed in the queue and they were not run
+``sdedge_batch_rows``                histogram: rows per inference run (dynamic batching puts several
+                                     requests in one run)
+``sdedge_grpc_requests_total``       gRPC calls answered, by ``method`` and status ``code``
 ``sdedge_inflight_requests``         infer requests being handled now (reading, queued or running)
 ``sdedge_queue_depth``               infer requests waiting for a worker now
 ==================================== ==================================================================
@@ -23,7 +30,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-ENDPOINTS = ("infer", "model_metadata", "model_ready", "model_config", "health", "server_metadata", "metrics", "other")
+ENDPOINTS = ("infer", "model_metadata", "model_ready", "model_config", "model_stats", "repository", "health",
+             "server_metadata", "metrics", "other")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # latency buckets (seconds): sub-millisecond to seconds, dense around edge budgets of 1-50 ms
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5,
                    1.0, 2.5, 5.0)
@@ -67,6 +76,12 @@ class ServerMetrics:
                                             registry=r)
         self.deadline_misses = pc.Counter("sdedge_deadline_misses", "Infer requests whose deadline did not hold",
                                           registry=r)
+        self.deadline_expired = pc.Counter("sdedge_deadline_expired",
+                                           "Infer requests answered 'deadline exceeded' without running", registry=r)
+        self.batch_rows = pc.Histogram("sdedge_batch_rows", "Rows per inference run", buckets=BATCH_BUCKETS,
+                                       registry=r)
+        self.grpc_requests = pc.Counter("sdedge_grpc_requests", "gRPC calls answered, by method and status code",
+                                        ["method", "code"], registry=r)
         self.inflight = pc.Gauge("sdedge_inflight_requests", "Infer requests being handled now", registry=r)
         self.queue_depth = pc.Gauge("sdedge_queue_depth", "Infer requests waiting for an inference worker now",
                                     registry=r)

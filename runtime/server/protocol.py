@@ -20,7 +20,9 @@ transport. What it implements of the protocol
   do not add up to the body, or a header length that does not fit it, are refused (400).
 * **Request parameters**: ``budget_ms`` (positive number), ``threshold`` (number in [0, 1] or
   ``"calibrated"``), ``criterion`` (``max_prob``/``entropy``/``margin``), each checked by the
-  policies' ``check_*`` functions (as the session checks its arguments), ``binary_data_output``
+  policies' ``check_*`` functions (as the session checks its arguments), ``late`` (``"refuse"``, the
+  default: a request whose deadline passed while it queued is answered 504 "deadline exceeded" without
+  running; ``"answer"``: it runs and gets the first exit's answer), ``binary_data_output``
   (bool: every output in binary). Other parameters (e.g. ``tritonclient``'s ``priority``,
   ``timeout``, ``sequence_id``) are accepted and ignored.
 * **Outputs**: ``probabilities`` FP32 ``[B, C]``, ``label`` INT64 ``[B]``, ``exit_index`` INT32 ``[B]``
@@ -51,7 +53,8 @@ OUTPUTS: dict[str, str] = {  # name -> v2 datatype
     "class_name": "BYTES",
 }
 _NP = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
-KNOWN_PARAMETERS = ("budget_ms", "threshold", "criterion", "binary_data_output")
+KNOWN_PARAMETERS = ("budget_ms", "threshold", "criterion", "late", "binary_data_output")
+LATE_MODES = ("refuse", "answer")
 
 
 class ProtocolError(InputError):
@@ -76,8 +79,13 @@ class ModelIO:
         return len(self.classes)
 
     def inputs_metadata(self) -> list[dict]:
+        """Every accepted form of the one input, as v2 tensor metadata: FP32 ``[-1, C, H, W]`` (preprocessed
+        NCHW) first, then UINT8 ``[-1, H, W, C]`` (raw NHWC pixels). Both entries carry the input's one name:
+        a request sends one tensor of that name in either form (v2 metadata has no field for alternatives;
+        a client that builds its request from the first entry gets the FP32 form)."""
         c, h, w = self.chw
-        return [{"name": self.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}]
+        return [{"name": self.input_name, "datatype": "FP32", "shape": [-1, c, h, w]},
+                {"name": self.input_name, "datatype": "UINT8", "shape": [-1, h, w, c]}]
 
     def outputs_metadata(self) -> list[dict]:
         shapes = {"probabilities": [-1, self.num_classes]}
@@ -118,6 +126,7 @@ class InferRequest:
     budget_ms: float | None = None
     threshold: Any = None
     criterion: str | None = None
+    late: bool = False  # parameters.late == "answer": run even when the deadline passed in the queue
     parameters: dict = field(default_factory=dict)
 
     @property
@@ -161,6 +170,13 @@ def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> 
     head, binary = split_body(body, header_length)
     req = parse_json(head, "" if header_length is not None else
                      " (binary tensor data after the JSON needs the Inference-Header-Content-Length header)")
+    return request_from_doc(req, binary, io)
+
+
+def request_from_doc(req: Any, binary: memoryview | bytes, io: ModelIO) -> InferRequest:
+    """Validate a decoded request document and the binary tensor data after it: the one validator of
+    every transport (HTTP JSON and binary, and gRPC, whose messages are mapped onto this form)."""
+    binary = memoryview(binary)
     if not isinstance(req, dict):
         raise ProtocolError(f"the request must be a JSON object with an \"inputs\" list, got {type(req).__name__}")
     rid = req.get("id")
@@ -194,7 +210,17 @@ def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> 
     return InferRequest(id=rid, array=array, datatype=datatype, outputs=_parse_outputs(req.get("outputs"), binary_default),
                         budget_ms=_parameter(params, "budget_ms", check_budget_ms),
                         threshold=_parameter(params, "threshold", lambda v, where: check_threshold(v, where, True)),
-                        criterion=_parameter(params, "criterion", check_criterion), parameters=params)
+                        criterion=_parameter(params, "criterion", check_criterion),
+                        late=_parameter(params, "late", check_late) == "answer", parameters=params)
+
+
+def check_late(value: Any, where: str = "late") -> str:
+    """``parameters.late``: what to do with a request whose deadline passed before it could start:
+    ``"refuse"`` (default: answered "deadline exceeded" without running) or ``"answer"`` (run it: the
+    first exit's answer, the floor)."""
+    if value not in LATE_MODES:
+        raise PolicyError(f"{where} must be one of {', '.join(map(repr, LATE_MODES))}, got {value!r}")
+    return value
 
 
 def _parse_input(t: dict, binary: memoryview, offset: int, io: ModelIO) -> tuple[np.ndarray, str, int]:
@@ -367,8 +393,43 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
+EXTENSIONS = ("binary_tensor_data", "parameters", "statistics", "model_repository", "model_configuration")
+_TRITON_TYPES = {"FP32": "TYPE_FP32", "UINT8": "TYPE_UINT8", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32",
+                 "BYTES": "TYPE_STRING"}
+
+
 def server_metadata(version: str) -> dict:
-    return {"name": "sdedge", "version": version, "extensions": ["binary_tensor_data", "parameters"]}
+    return {"name": "sdedge", "version": version, "extensions": list(EXTENSIONS)}
+
+
+def model_config(io: ModelIO, name: str, version: str, parameters: dict[str, str], batching: bool,
+                 max_queue_delay_us: int) -> dict:
+    """The model configuration in Triton's model-config (``model_config.proto``) JSON shape.
+
+    Shapes there leave the batch dimension out (``max_batch_size`` > 0). Triton's config has one datatype per
+    input, so the input is listed in its FP32 NCHW form; the UINT8 NHWC form it also accepts is in the
+    model metadata and in ``parameters.sdedge`` (``accepted_inputs``). ``parameters`` values are strings.
+    """
+    c, h, w = io.chw
+    cfg: dict[str, Any] = {
+        "name": name, "platform": "sdedge", "backend": "sdedge", "version_policy": {"specific": {"versions": [version]}},
+        "max_batch_size": io.max_batch,
+        "input": [{"name": io.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [c, h, w]}],
+        "output": [{"name": o["name"], "data_type": _TRITON_TYPES[o["datatype"]], "dims": o["shape"][1:] or [1]}
+                   for o in io.outputs_metadata()],
+        "parameters": {k: {"string_value": str(v)} for k, v in parameters.items()},
+    }
+    if batching:
+        cfg["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_us)}
+    return cfg
+
+
+def repository_index(name: str, version: str, ready: bool) -> list[dict]:
+    """The model repository extension's index (``POST /v2/repository/index``): the one model served."""
+    entry = {"name": name, "version": version, "state": "READY" if ready else "UNAVAILABLE"}
+    if not ready:
+        entry["reason"] = "the server is starting or stopping"
+    return [entry]
 
 
 def model_metadata(io: ModelIO, name: str, versions: Sequence[str], parameters: dict | None = None) -> dict:

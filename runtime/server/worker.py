@@ -1,31 +1,37 @@
-"""Inference workers: one thread per ``AnytimeSession``, all fed by one bounded FIFO queue.
+"""Inference workers: one thread per ``AnytimeSession``, all fed by one bounded earliest-deadline-first queue.
 
 How the server handles concurrency, and why:
 
-* The event loop (uvicorn + Starlette) only does I/O and protocol work: it reads and parses requests
-  and encodes answers. Inference never runs on it.
+* The event loop (uvicorn + Starlette, and the gRPC server's) only does I/O and protocol work: it reads
+  and parses requests and encodes answers. Inference never runs on it.
 * Each session gets **one dedicated inference thread**. A session is not re-entrant (it serializes
   calls with a lock) and ONNX Runtime already spreads one inference over the cores with its intra-op
   threads, so two concurrent calls on one device only slow each other down and spoil the latency
   estimates the deadline policy relies on. ``--workers N`` runs N sessions (N threads), each with
   ``cores / N`` intra-op threads: worth it on many-core hosts where one small model cannot use every
   core, rarely on an edge board.
-* Requests wait in **one FIFO queue** of at most ``max_queue`` entries; when it is full the server
-  answers 503 at once instead of queueing work that would only miss its deadline. Waiting in the queue
-  is *visible*: each answer and ``/metrics`` report ``queue_ms``, and since the deadline counts from the
-  request's arrival (``deadline = arrival + budget``), time spent queued is taken off the budget: a
-  request that waited long runs fewer sections, and says whether its deadline held.
-* Each request is run as its own ``infer`` call (no merging of requests into one batch), so every
-  request gets exactly its own deadline, threshold and criterion.
-* While one request runs, the event loop is already reading and parsing the next ones (ORT releases
-  the GIL), so HTTP work overlaps inference.
+* Requests wait in **one queue** of at most ``max_queue`` entries, served earliest deadline first
+  (:mod:`.scheduler`); when it is full the server answers 503 at once instead of queueing work that
+  would only miss its deadline. A request whose deadline passed while it waited is answered "deadline
+  exceeded" (504) without running, unless it asked for the floor answer (``late``). Waiting is
+  *visible*: each answer and ``/metrics`` report ``queue_ms``, and since the deadline counts from the
+  request's arrival (``deadline = arrival + budget``), time spent queued is taken off the budget.
+* **Dynamic batching** (``ServerConfig.batching``, on by default): a worker runs the requests waiting
+  together (compatible: same input dtype and shape, same criterion, at most ``max_batch`` rows) as one
+  batch with ``session.infer_rows``, **each row with its own threshold and deadline**, leaving at its own
+  exit while the others go on; a request alone runs as its own ``infer`` call. Sessions without
+  ``infer_rows`` run every request alone.
+* While one batch runs, the event loop is already reading and parsing the next requests (ONNX Runtime
+  and the native core release the GIL), so protocol work overlaps inference.
 
 ``close()`` lets the queued requests finish (graceful shutdown), then stops the threads.
 
 Test hook: ``InferencePool.observer`` (None by default, so the server never calls anything) is called
-as ``observer(event, job)`` with ``"queued"`` on the event loop's thread once a request is in the queue,
-and ``"started"`` on the worker's thread just before its ``infer``: tests wait on these events instead
-of sleeping and hoping a request got there. It must be quick and must not raise.
+as ``observer(event, job)`` with ``"queued"`` on the submitting thread once a request is in the queue,
+``"expired"`` on the worker's thread for a request answered "deadline exceeded" without running, and
+``"started"`` on the worker's thread just before the request runs (once per request of a batch): tests
+wait on these events instead of sleeping and hoping a request got there. It must be quick and must not
+raise.
 
 Time: queueing and inference are timed on ``InferencePool.clock``, by default the first session's
 ``clock`` (the one it reads deadlines on; ``time.perf_counter`` where a session has none), and the app
@@ -35,23 +41,18 @@ session; a test that passes its sessions a clock it advances moves the whole ser
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ...common.errors import SdedgeError
+import numpy as np
+
+from .scheduler import DeadlineExceeded, EdfQueue, Overloaded, ShuttingDown, split_rows
+
+__all__ = ["DeadlineExceeded", "InferencePool", "Outcome", "Overloaded", "ShuttingDown"]
 
 _clock = time.perf_counter  # real time, for close()'s timeouts
-
-
-class Overloaded(SdedgeError):
-    """The inference queue is full (answered 503)."""
-
-
-class ShuttingDown(SdedgeError):
-    """The server is stopping and takes no new inference work (answered 503)."""
 
 
 @dataclass
@@ -59,9 +60,11 @@ class Outcome:
     """What a worker did for one request."""
 
     results: list  # list[InferenceResult], one per image
-    queue_s: float  # enqueue to the start of infer
-    inference_s: float  # inside infer
-    t_done: float  # InferencePool.clock() when infer returned
+    queue_s: float  # arrival in the queue to the start of its run
+    inference_s: float  # the run (the whole batch's, when it ran in one)
+    t_done: float  # InferencePool.clock() when the run returned
+    batch_rows: int = 1  # rows in the run that answered it (its own and those of requests batched with it)
+    batch_requests: int = 1  # requests in that run
 
 
 @dataclass
@@ -70,12 +73,27 @@ class _Job:
     deadline: float | None
     threshold: Any
     criterion: str | None
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future | Any
+    loop: asyncio.AbstractEventLoop | None
     t_enqueued: float
+    late: bool = False
+    rows: int = 1
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def kind(self) -> tuple:
+        """What must match for two requests to share one run."""
+        x = self.x
+        shape = (x.dtype.str, x.shape[1:]) if isinstance(x, np.ndarray) else (type(x).__name__,)
+        return shape + (self.criterion, self.threshold == "calibrated")
 
 
-def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
+def _compatible(a: _Job, b: _Job) -> bool:
+    return a.kind() == b.kind()
+
+
+def _settle(fut: Any, ok: bool, value: Any) -> None:
     if fut.done():  # the request was cancelled (client gone) while it ran
         return
     if ok:
@@ -85,31 +103,40 @@ def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
 
 
 class InferencePool:
-    """Sessions, one thread each, taking jobs from one bounded queue.
+    """Sessions, one thread each, taking jobs from one bounded earliest-deadline-first queue.
 
     ``clock``: what queueing and inference are timed on (default: the first session's ``clock``, else
-    ``time.perf_counter``); ``observer``: the test hook of the module docstring (None: off).
+    ``time.perf_counter``); ``batching``: run waiting requests together (module docstring), at most
+    ``max_batch`` rows (default: the smallest session ``max_batch``), waiting up to ``max_delay_s`` for
+    more; ``no_deadline_wait_s``: when a request without a deadline stops yielding to those with one
+    (:mod:`.scheduler`); ``observer``: the test hook of the module docstring (None: off).
     """
 
-    def __init__(self, sessions: Sequence[Any], max_queue: int = 256, clock: Callable[[], float] | None = None
-                 ) -> None:
+    def __init__(self, sessions: Sequence[Any], max_queue: int = 256, clock: Callable[[], float] | None = None,
+                 batching: bool = True, max_batch: int | None = None, max_delay_s: float = 0.0,
+                 no_deadline_wait_s: float = 1.0) -> None:
         if not sessions:
             raise ValueError("InferencePool needs at least one session")
         self.sessions = list(sessions)
         self.clock: Callable[[], float] = clock or getattr(self.sessions[0], "clock", None) or time.perf_counter
         self.max_queue = int(max_queue)
-        self._q: queue.Queue = queue.Queue(maxsize=self.max_queue)
+        self.batching = bool(batching)
+        caps = [int(getattr(s, "max_batch", 1)) for s in self.sessions]
+        self.max_batch = int(max_batch) if max_batch is not None else min(caps)
+        self.max_delay_s = float(max_delay_s)
+        self._q = EdfQueue(self.max_queue, self.clock, no_deadline_wait_s)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
         self.observer: Callable[[str, _Job], None] | None = None  # test hook (module docstring); None: off
+        self.on_run: Callable[[int, float], None] | None = None  # (rows, seconds) of each run: the statistics
 
     @property
     def size(self) -> int:
         return len(self.sessions)
 
     def qsize(self) -> int:
-        return self._q.qsize()
+        return len(self._q)
 
     @property
     def closed(self) -> bool:
@@ -129,47 +156,95 @@ class InferencePool:
                 t.start()
                 self._threads.append(t)
 
-    async def run(self, x: Any, deadline: float | None = None, threshold: Any = None,
-                  criterion: str | None = None) -> Outcome:
-        """Queue one request and wait for its answer; raises :class:`Overloaded` when the queue is full."""
+    def submit(self, x: Any, deadline: float | None, threshold: Any, criterion: str | None, future: Any,
+               loop: asyncio.AbstractEventLoop | None, t_arrival: float | None = None, late: bool = False) -> _Job:
+        """Queue one request whose answer (an :class:`Outcome`) or error goes to ``future`` (an asyncio
+        future of ``loop``, or a ``concurrent.futures.Future`` with ``loop`` None); raises
+        :class:`Overloaded` when the queue is full, :class:`ShuttingDown` once closing."""
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new requests")
         if not self._threads:
             self.start()
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        job = _Job(x, deadline, threshold, criterion, fut, loop, self.clock())
-        try:
-            self._q.put_nowait(job)
-        except queue.Full:
-            raise Overloaded(f"the inference queue is full ({self.max_queue} requests waiting); retry later") from None
+        rows = int(x.shape[0]) if isinstance(x, np.ndarray) and x.ndim >= 3 else 1  # protocol arrays: batch first
+        job = _Job(x, deadline, threshold, criterion, future, loop,
+                   self.clock() if t_arrival is None else t_arrival, bool(late), rows)
+        self._q.put(job)
         if self.observer is not None:
             self.observer("queued", job)
+        return job
+
+    async def run(self, x: Any, deadline: float | None = None, threshold: Any = None,
+                  criterion: str | None = None, t_arrival: float | None = None, late: bool = False) -> Outcome:
+        """Queue one request and wait for its answer; raises :class:`Overloaded` when the queue is full,
+        :class:`DeadlineExceeded` when its deadline passed before it could start (unless ``late``)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.submit(x, deadline, threshold, criterion, fut, loop, t_arrival, late)
         return await fut
 
+    def _answer(self, job: _Job, ok: bool, value: Any) -> None:
+        if job.loop is None:  # a concurrent.futures.Future (the gRPC servicer's threads)
+            if not job.future.done():
+                (job.future.set_result if ok else job.future.set_exception)(value)
+            return
+        try:
+            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+        except RuntimeError:  # the event loop is gone (hard stop); nothing to answer
+            pass
+
     def _work(self, session: Any) -> None:
+        can_batch = self.batching and self.max_batch > 1 and hasattr(session, "infer_rows")
         while True:
-            job = self._q.get()
-            if job is None:
+            got = self._q.take(self.max_batch if can_batch else 1, _compatible if can_batch else None,
+                               self.max_delay_s)
+            if got is None:
                 return
-            if job.future.cancelled():
-                continue  # nobody is waiting for it any more
-            if self.observer is not None:
+            expired, batch = got
+            for job in expired:
+                if self.observer is not None:
+                    self.observer("expired", job)
+                waited_ms = (self.clock() - job.t_enqueued) * 1e3
+                self._answer(job, False, DeadlineExceeded(
+                    f"deadline exceeded: the request's deadline passed after {waited_ms:.3f} ms in the queue, before "
+                    f"an inference worker could start it; it was not run (send parameters.late=\"answer\" to get "
+                    f"the first exit's answer anyway, or a larger budget_ms)"))
+            if batch:
+                self._run(session, batch)
+
+    def _run(self, session: Any, batch: list[_Job]) -> None:
+        if self.observer is not None:
+            for job in batch:
                 self.observer("started", job)
-            t0 = self.clock()
-            try:
-                res = session.infer(job.x, threshold=job.threshold, criterion=job.criterion, deadline=job.deadline)
-                t1 = self.clock()
-                out: Any = Outcome(res if isinstance(res, list) else [res], t0 - job.t_enqueued, t1 - t0, t1)
-                ok = True
-            except Exception as e:  # handed to the request; the worker goes on
-                out, ok = e, False
-            except BaseException as e:  # noqa: BLE001 - never let one request kill the inference thread
-                out, ok = RuntimeError(f"inference aborted by {type(e).__name__}: {e}"), False
-            try:
-                job.loop.call_soon_threadsafe(_settle, job.future, ok, out)
-            except RuntimeError:  # the event loop is gone (hard stop); nothing to answer
-                pass
+        t0 = self.clock()
+        try:
+            if len(batch) == 1:
+                j = batch[0]
+                res = session.infer(j.x, threshold=j.threshold, criterion=j.criterion, deadline=j.deadline)
+                per_job = [res if isinstance(res, list) else [res]]
+            else:
+                per_job = self._run_rows(session, batch)
+            t1 = self.clock()
+            rows = sum(len(r) for r in per_job)
+            if self.on_run is not None:
+                self.on_run(rows, t1 - t0)
+            outs: list[tuple[bool, Any]] = [
+                (True, Outcome(r, t0 - j.t_enqueued, t1 - t0, t1, rows, len(batch))) for j, r in zip(batch, per_job)]
+        except Exception as e:  # handed to the request(s); the worker goes on
+            outs = [(False, e)] * len(batch)
+        except BaseException as e:  # noqa: BLE001 - never let one request kill the inference thread
+            outs = [(False, RuntimeError(f"inference aborted by {type(e).__name__}: {e}"))] * len(batch)
+        for job, (ok, value) in zip(batch, outs):
+            self._answer(job, ok, value)
+
+    @staticmethod
+    def _run_rows(session: Any, batch: list[_Job]) -> list[list]:
+        """Several requests as one ``infer_rows`` call, each row with its request's threshold and deadline."""
+        counts = [j.rows for j in batch]
+        x = np.concatenate([j.x for j in batch], axis=0)
+        thresholds = [j.threshold for j in batch for _ in range(j.rows)]
+        deadlines = [j.deadline for j in batch for _ in range(j.rows)]
+        res = session.infer_rows(x, thresholds=thresholds, deadlines=deadlines, criterion=batch[0].criterion)
+        return split_rows(res, counts)
 
     def close(self, timeout: float | None = 30.0) -> bool:
         """Take no new jobs, let the queued ones finish, stop the threads (waits up to ``timeout`` s).
@@ -181,12 +256,8 @@ class InferencePool:
                 return not any(t.is_alive() for t in self._threads)
             self._closed = True
             threads = list(self._threads)
+        self._q.close()
         end = None if timeout is None else _clock() + timeout
-        for _ in threads:  # one stop marker per thread, behind every queued job
-            try:
-                self._q.put(None, timeout=None if end is None else max(0.0, end - _clock()))
-            except queue.Full:
-                break
         for t in threads:
             t.join(None if end is None else max(0.0, end - _clock()))
         return not any(t.is_alive() for t in threads)

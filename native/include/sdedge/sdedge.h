@@ -44,7 +44,7 @@
 #endif
 
 /* The ABI version this header describes; compare with sdedge_abi_version() at run time. */
-#define SDEDGE_ABI_VERSION 2
+#define SDEDGE_ABI_VERSION 3
 
 #ifdef __cplusplus
 extern "C" {
@@ -101,6 +101,15 @@ typedef struct {
   const double *thresholds;        /**< NULL, or per-exit thresholds (NAN = none at that exit; the deepest exit
                                         always answers); needs threshold NAN and calibrated 0 */
   int32_t num_thresholds;          /**< 0, or num_exits - 1 or num_exits values in `thresholds` */
+  /* appended in ABI version 3: rows of one call that came from different requests (a server's dynamic batch) */
+  const float *row_thresholds;     /**< NULL, or batch * num_exits float32 thresholds, row-major: row i stops at exit
+                                        k when its confidence >= row_thresholds[i * num_exits + k - 1] (NAN = none;
+                                        the deepest exit always answers); needs threshold NAN, calibrated 0 and no
+                                        `thresholds`. The call's `criterion` applies to every row */
+  const int64_t *row_deadlines_ns; /**< NULL, or batch deadlines on sdedge_now_ns()'s clock, one per row (0 = none):
+                                        before each next section the rows it would overrun stop, earliest deadline
+                                        first, each check counting the rows still going then; deadline_met is per
+                                        row. Needs budget_ms NAN and deadline_ns 0 */
 } sdedge_infer_options;
 
 /** One row's answer. */

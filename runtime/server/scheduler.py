@@ -1,0 +1,165 @@
+"""The server's request queue: earliest deadline first, expired requests answered at once, batches formed.
+
+Pure Python (threading only), so its order is unit-tested with a scripted clock and no server.
+
+Order (:meth:`EdfQueue.take`):
+
+* Requests with a deadline are served **earliest deadline first**; among equal deadlines, in arrival
+  order (a sequence number breaks ties, so the order is total and FIFO among equals).
+* Requests **without a deadline** come after those with one, in arrival order, but never starve: one
+  that has waited ``promote_after_s`` (``ServerConfig.no_deadline_wait_ms``, 1 s by default) is served
+  as if its deadline were ``arrival + promote_after_s``. One sort key does both:
+  ``(deadline or arrival + promote_after_s, 0 with a deadline / 1 without, sequence)``.
+* A request whose deadline has **already passed** when a worker would start it is not run: it comes back
+  in the ``expired`` list of :meth:`take` (answered "deadline exceeded" at once: HTTP 504, gRPC
+  ``DEADLINE_EXCEEDED``), unless it asked for the floor answer (``late=True``: it runs, and the session
+  answers at its first exit).
+* **Batches**: the head request is taken, then, while rows remain (``max_rows``), every further request
+  in queue order that ``compatible(head, other)`` says can share its run (same input dtype and image
+  shape, same criterion); the others keep their places. With ``max_delay_s`` > 0 and room left, the
+  worker waits up to that long for more compatible requests (Triton's ``max_queue_delay``); with 0
+  (default) it batches only what is already waiting, so an idle server adds no latency.
+
+The queue is bounded (``max_queue`` requests; :class:`Overloaded` beyond). ``close()`` lets queued
+requests drain; :meth:`take` returns None once the queue is closed and empty.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from ...common.errors import SdedgeError
+
+
+class Overloaded(SdedgeError):
+    """The inference queue is full (answered 503)."""
+
+
+class ShuttingDown(SdedgeError):
+    """The server is stopping and takes no new inference work (answered 503)."""
+
+
+class DeadlineExceeded(SdedgeError):
+    """The request's deadline passed before a worker could start it (answered 504 / DEADLINE_EXCEEDED)."""
+
+
+class EdfQueue:
+    """A bounded earliest-deadline-first queue of jobs (see the module docstring).
+
+    A job is any object with ``deadline`` (absolute seconds on ``clock``, or None), ``t_enqueued``,
+    ``late`` (bool: run even when expired), ``rows`` (int) and ``cancelled()``.
+    """
+
+    def __init__(self, max_queue: int, clock: Callable[[], float], promote_after_s: float = 1.0) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.max_queue = int(max_queue)
+        self.clock = clock
+        self.promote_after_s = float(promote_after_s)
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def key(self, job: Any) -> tuple[float, int]:
+        """The job's place: its deadline, or (no deadline) its arrival + ``promote_after_s``, after deadlines."""
+        if job.deadline is not None:
+            return float(job.deadline), 0
+        return float(job.t_enqueued) + self.promote_after_s, 1
+
+    def put(self, job: Any) -> None:
+        """Queue ``job``; :class:`Overloaded` when full, :class:`ShuttingDown` after :meth:`close`."""
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("the server is shutting down and takes no new requests")
+            if len(self._heap) >= self.max_queue:
+                raise Overloaded(f"the inference queue is full ({self.max_queue} requests waiting); retry later")
+            d, cls = self.key(job)
+            heapq.heappush(self._heap, (d, cls, next(self._seq), job))
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Take no new jobs; :meth:`take` returns the queued ones, then None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def take(self, max_rows: int = 1, compatible: Callable[[Any, Any], bool] | None = None,
+             max_delay_s: float = 0.0, timeout: float | None = None) -> tuple[list, list] | None:
+        """Block for work: ``(expired, batch)`` (either may be empty, not both), or None once closed and
+        drained (or ``timeout`` s passed with nothing queued).
+
+        ``batch`` is the head job plus the compatible jobs that fit in ``max_rows`` rows, in queue order;
+        ``expired`` the jobs met on the way whose deadline passed (they are removed and not run).
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._heap or self._closed, timeout):
+                return None
+            expired: list = []
+            batch: list = []
+            now = self.clock()
+            while self._heap and not batch:
+                job = heapq.heappop(self._heap)[3]
+                if job.cancelled():
+                    continue
+                if self._expired(job, now):
+                    expired.append(job)
+                else:
+                    batch.append(job)
+            if not batch:
+                return (expired, batch) if expired or not self._closed else None
+            rows = batch[0].rows
+            if compatible is not None and rows < max_rows:
+                rows = self._gather(batch, rows, max_rows, compatible, expired, now)
+                if max_delay_s > 0 and rows < max_rows:
+                    end = time.monotonic() + max_delay_s
+                    while rows < max_rows and not self._closed:
+                        left = end - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                        rows = self._gather(batch, rows, max_rows, compatible, expired, self.clock())
+            return expired, batch
+
+    def _expired(self, job: Any, now: float) -> bool:
+        return job.deadline is not None and now >= job.deadline and not job.late
+
+    def _gather(self, batch: list, rows: int, max_rows: int, compatible: Callable[[Any, Any], bool],
+                expired: list, now: float) -> int:
+        """Move compatible jobs that fit into ``batch`` (queue order); returns the rows now in it."""
+        kept: list = []
+        head = batch[0]
+        while self._heap and rows < max_rows:
+            entry = heapq.heappop(self._heap)
+            job = entry[3]
+            if job.cancelled():
+                continue
+            if self._expired(job, now):
+                expired.append(job)
+            elif rows + job.rows <= max_rows and compatible(head, job):
+                batch.append(job)
+                rows += job.rows
+            else:
+                kept.append(entry)
+        for entry in kept:
+            heapq.heappush(self._heap, entry)
+        return rows
+
+
+def split_rows(items: Sequence[Any], counts: Sequence[int]) -> list[list[Any]]:
+    """``items`` cut into consecutive pieces of ``counts`` (the answers of a batch, per request)."""
+    out, i = [], 0
+    for n in counts:
+        out.append(list(items[i:i + n]))
+        i += n
+    return out
