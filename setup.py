@@ -59,7 +59,8 @@ class BinaryDistribution(Distribution):
 
 
 RUNTIME = ["numpy>=1.24", "onnxruntime>=1.17"]
-SERVE = ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20"]
+# grpcio serves gRPC; tritonclient[grpc] carries the generated KServe v2 / Triton service messages it answers with
+SERVE = ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20", "grpcio>=1.60", "tritonclient[grpc]>=2.40"]
 TRAIN = [
     "torch>=2.2,<=2.14.1",
     "torchvision>=0.17,<=0.29.1",
@@ -70,7 +71,7 @@ TRAIN = [
 ]
 PLOT = ["matplotlib>=3.7"]
 IMAGES = ["pillow>=10"]
-TEST = ["pytest>=8", "hypothesis>=6", "tritonclient[http]>=2.40", "httpx>=0.27", "atheris>=2.3; python_version<'3.13'"]
+TEST = ["pytest>=8", "hypothesis>=6", "tritonclient[http,grpc]>=2.40", "httpx>=0.27", "atheris>=2.3; python_version<'3.13'"]
 
 setup(
     name="sdedge",

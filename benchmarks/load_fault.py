@@ -196,12 +196,16 @@ class ServerProcess:
 
     def __init__(self, bundle: Path, args: Sequence[str] = (), log: Path | None = None, model: str = "m",
                  cap: int = 0, env: dict[str, str] | None = None) -> None:
-        from sdedge.runtime.server.runner import listening_port
+        from sdedge.runtime.server.runner import grpc_listening_port, listening_port
 
         self._listening_port = listening_port
+        self._grpc_listening_port = grpc_listening_port
         self.model = model
         self.cap = cap
         self.port: int | None = None
+        self.grpc_port: int | None = None  # the gRPC endpoint's port (a free one the OS picks, unless args say)
+        if "--grpc-port" not in args:
+            args = [*args, "--grpc-port", "any"]
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._log = open(log, "w", encoding="utf-8") if log else None
@@ -229,6 +233,8 @@ class ServerProcess:
                 self.lines.append(line)
                 if self.port is None:
                     self.port = self._listening_port(line)
+                if self.grpc_port is None:
+                    self.grpc_port = self._grpc_listening_port(line)
                 self._cond.notify_all()
         with self._cond:
             self.lines.append("")  # end of output: the process closed it (exited)

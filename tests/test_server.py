@@ -29,7 +29,6 @@ pytest.importorskip("prometheus_client")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from sdedge.runtime.server import BackgroundServer, ServerConfig, SessionOptions, build_app  # noqa: E402
 from sdedge.runtime.server.protocol import (ModelIO, ProtocolError, RequestedOutput, encode_infer_response,  # noqa: E402

@@ -504,7 +504,7 @@ def test_the_server_socket_is_tcp_so_answers_are_not_held_by_nagle():
 
 def test_port_in_use_is_a_clear_error(server, tiny_bundle):
     out = subprocess.run([sys.executable, "-m", "sdedge.cli", "serve", str(tiny_bundle), "--port", str(server.port),
-                          "--warmup", "0", "--threads", "1"], capture_output=True, text=True, timeout=120)
+                          "--grpc-port", "0", "--warmup", "0", "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{server.port}" in out.stderr, out.stderr[-2000:]
 
 

@@ -170,7 +170,7 @@ def build_state(target: Any, config: ServerConfig | None = None) -> ServerState:
                      max_batch=min([config.session.max_batch] + [int(s.max_batch) for s in sessions]))
         pool = InferencePool(sessions, config.max_queue, batching=config.batching, max_batch=io.max_batch,
                              max_delay_s=config.max_queue_delay_us * 1e-6,
-                             no_deadline_wait_s=config.no_deadline_wait_ms * 1e-3)
+                             no_deadline_wait_s=config.no_deadline_wait_ms * 1e-3, queue_order=config.queue_order)
         metrics = ServerMetrics(s0.num_exits, queue_depth=pool.qsize)
         stats = ModelStats(name, config.model_version)
 
@@ -224,8 +224,16 @@ class InferenceServer:
 
     def __init__(self, target: Any, config: ServerConfig | None = None) -> None:
         require_web()  # before spending seconds on loading and warming up sessions
+        wanted = target.config if isinstance(target, ServerState) else config
+        if wanted is not None and wanted.grpc_port is not None:
+            from .grpc_service import require_grpc
+
+            require_grpc()
         self.state: ServerState = target if isinstance(target, ServerState) else build_state(target, config)
         self.version = package_version()
+        self.grpc: Any = None  # the GrpcService while it runs (config.grpc_port set)
+        self.grpc_port: int | None = None  # its bound port
+        self.on_grpc_listening: Callable[[str, int], None] | None = None  # called with (host, port) once it listens
         self.app: Any = self._build_app()
 
     @property
@@ -277,22 +285,39 @@ class InferenceServer:
 
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        """Start the inference workers; on shutdown let queued inferences finish and close the sessions."""
+        """Start the inference workers and the gRPC endpoint (``config.grpc_port``); on shutdown stop gRPC
+        (calls in flight get the graceful timeout), let queued inferences finish and close the sessions."""
         self.state.pool.start()
-        yield
-        await asyncio.to_thread(self.state.close, self.config.graceful_timeout_s)
+        cfg = self.config
+        if cfg.grpc_port is not None:
+            from .grpc_service import GrpcService
+
+            self.grpc = GrpcService(self)
+            self.grpc_port = await self.grpc.start(cfg.host, cfg.grpc_port)
+            log.info("gRPC (KServe v2) listening on %s:%d", cfg.host, self.grpc_port)
+            if self.on_grpc_listening is not None:
+                self.on_grpc_listening(cfg.host, self.grpc_port)
+        try:
+            yield
+        finally:
+            if self.grpc is not None:
+                await self.grpc.stop(cfg.graceful_timeout_s)
+            await asyncio.to_thread(self.state.close, cfg.graceful_timeout_s)
 
     # -- metadata and health -------------------------------------------------------------------------------
+    def unknown_model(self, name: str, version: str | None) -> str | None:
+        """Why this server does not serve model ``name`` (version ``version``; None or "": any), or None."""
+        state = self.state
+        if name != state.model_name:
+            return f"unknown model {name!r}; this server serves {state.model_name!r}"
+        if version and version != state.model_version:
+            return f"unknown version {version!r} of model {name!r}; available: {state.model_version!r}"
+        return None
+
     def model_error(self, request: "Request") -> "Response | None":
         """The 404 for a model name or version this server does not serve (None when it does)."""
-        state = self.state
-        name = request.path_params["name"]
-        if name != state.model_name:
-            return _error(404, f"unknown model {name!r}; this server serves {state.model_name!r}")
-        v = request.path_params.get("version")
-        if v is not None and v != state.model_version:
-            return _error(404, f"unknown version {v!r} of model {name!r}; available: {state.model_version!r}")
-        return None
+        why = self.unknown_model(request.path_params["name"], request.path_params.get("version"))
+        return None if why is None else _error(404, why)
 
     async def get_server_metadata(self, request: "Request") -> "Response":
         _mark(request, "server_metadata")

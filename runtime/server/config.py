@@ -40,7 +40,7 @@ class ServerConfig:
     Sessions: ``session`` says how each is opened (:class:`~sdedge.runtime.options.SessionOptions`);
     its ``max_batch`` is also the most images one request may carry (more: 400).
     Transports: HTTP on ``host:port``; gRPC (KServe v2, Triton's service) on ``host:grpc_port`` when set.
-    Scheduling (:mod:`.scheduler`): earliest deadline first; a request without a deadline yields to those
+    Scheduling (:mod:`.scheduler`): earliest deadline first (``queue_order="fifo"``: arrival order); a request without a deadline yields to those
     with one for at most ``no_deadline_wait_ms``; ``batching`` runs the compatible requests waiting
     together as one batch of up to ``session.max_batch`` rows, each row with its own threshold and
     deadline, waiting up to ``max_queue_delay_us`` for more (0: only what already waits).
@@ -67,6 +67,7 @@ class ServerConfig:
     batching: bool = True
     max_queue_delay_us: int = 0
     no_deadline_wait_ms: float = 1000.0
+    queue_order: str = "edf"
     body_timeout_s: float = 30.0
     max_header_kb: int = 16
     limit_concurrency: int | None = 512
@@ -92,6 +93,8 @@ class ServerConfig:
             if self.grpc_port > 65535:
                 raise ServerConfigError(f"grpc_port must be in 0..65535 (or None: no gRPC), got {self.grpc_port}")
         _positive_int(self, "max_queue_delay_us", allow_zero=True)
+        if self.queue_order not in ("edf", "fifo"):
+            raise ServerConfigError(f"queue_order must be 'edf' or 'fifo', got {self.queue_order!r}")
         if not isinstance(self.batching, bool):
             raise ServerConfigError(f"batching must be true or false, got {self.batching!r}")
         for name in ("workers", "max_queue", "max_header_kb", "timeout_keep_alive"):

@@ -350,7 +350,8 @@ def output_arrays(results: Sequence[Any], names: Sequence[str], classes: Sequenc
     return out
 
 
-def _bytes_tensor(strings: Sequence[str]) -> bytes:
+def bytes_tensor(strings: Sequence[str]) -> bytes:
+    """A BYTES tensor's raw form: each element as a 4-byte little-endian length and its UTF-8 bytes."""
     parts = []
     for s in strings:
         b = s.encode("utf-8")
@@ -371,7 +372,7 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
         shape = list(arr.shape) if isinstance(arr, np.ndarray) else [len(arr)]
         e: dict[str, Any] = {"name": o.name, "datatype": dt, "shape": shape}
         if o.binary:
-            raw = _bytes_tensor(arr) if dt == "BYTES" else arr.tobytes()
+            raw = bytes_tensor(arr) if dt == "BYTES" else arr.tobytes()
             e["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:

@@ -82,6 +82,21 @@ def listening_line(host: str, port: int) -> str:
     return f"{_LISTENING}{f'[{host}]' if ':' in host else host}:{port}"
 
 
+_GRPC_LISTENING = "sdedge serve: gRPC listening on "
+_GRPC_LISTENING_RE = re.compile(re.escape(_GRPC_LISTENING) + r"(\[[^\]]+\]|[^\s/:]+):(\d+)")
+
+
+def grpc_listening_line(host: str, port: int) -> str:
+    """What ``sdedge serve`` prints once its gRPC endpoint listens: ``sdedge serve: gRPC listening on HOST:PORT``."""
+    return f"{_GRPC_LISTENING}{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def grpc_listening_port(line: str) -> int | None:
+    """The port in a :func:`grpc_listening_line` (None when ``line`` is not one)."""
+    m = _GRPC_LISTENING_RE.search(line)
+    return int(m.group(2)) if m else None
+
+
 def listening_port(line: str) -> int | None:
     """The port in a :func:`listening_line` (None when ``line`` is not one): how a parent process reads ``--port 0``."""
     m = _LISTENING_RE.search(line)
@@ -89,16 +104,19 @@ def listening_port(line: str) -> int | None:
 
 
 def serve(target: Any, config: ServerConfig | None = None,
-          on_listening: Callable[[str, int], None] | None = None) -> None:
+          on_listening: Callable[[str, int], None] | None = None,
+          on_grpc_listening: Callable[[str, int], None] | None = None) -> None:
     """Serve ``target`` (a bundle path, session(s) or a ``ServerState``) until SIGTERM/SIGINT; blocks.
 
-    ``on_listening(host, port)`` is called once the socket listens, with the bound port (``port=0``: the
-    one the OS picked).
+    ``on_listening(host, port)`` is called once the HTTP socket listens, with the bound port (``port=0``:
+    the one the OS picked); ``on_grpc_listening(host, port)`` once the gRPC endpoint does
+    (``config.grpc_port`` set).
     """
     if config is None:
         config = target.config if isinstance(target, ServerState) else ServerConfig()
     uvicorn = _require_uvicorn()
     app = build_app(target, config)
+    app.state.server.on_grpc_listening = on_grpc_listening
     server = uvicorn.Server(uvicorn_config(app, config))
     sock = bind_socket(config.host, config.port)
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with SIGTERM's
@@ -140,6 +158,17 @@ class BackgroundServer:
     @property
     def url(self) -> str:
         return f"http://{self.address}"
+
+    @property
+    def grpc_port(self) -> int | None:
+        """The gRPC endpoint's bound port (None: no gRPC, ``ServerConfig.grpc_port`` unset)."""
+        server = getattr(getattr(self.app, "state", None), "server", None)
+        return getattr(server, "grpc_port", None)
+
+    @property
+    def grpc_address(self) -> str | None:
+        """``host:port`` of the gRPC endpoint (what ``tritonclient.grpc`` takes as its url), or None."""
+        return None if self.grpc_port is None else f"{self.config.host}:{self.grpc_port}"
 
     def start(self, timeout: float = 30.0) -> "BackgroundServer":
         uvicorn = _require_uvicorn()

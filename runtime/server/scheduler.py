@@ -20,6 +20,9 @@ Order (:meth:`EdfQueue.take`):
   worker waits up to that long for more compatible requests (Triton's ``max_queue_delay``); with 0
   (default) it batches only what is already waiting, so an idle server adds no latency.
 
+``order="fifo"`` serves in arrival order instead (``sdedge serve --queue-order fifo``: the baseline of
+``benchmarks/serve_bench.py``); expired requests are still answered at once.
+
 The queue is bounded (``max_queue`` requests; :class:`Overloaded` beyond). ``close()`` lets queued
 requests drain; :meth:`take` returns None once the queue is closed and empty.
 """
@@ -32,6 +35,9 @@ import time
 from typing import Any, Callable, Sequence
 
 from ...common.errors import SdedgeError
+
+
+QUEUE_ORDERS = ("edf", "fifo")
 
 
 class Overloaded(SdedgeError):
@@ -53,9 +59,13 @@ class EdfQueue:
     ``late`` (bool: run even when expired), ``rows`` (int) and ``cancelled()``.
     """
 
-    def __init__(self, max_queue: int, clock: Callable[[], float], promote_after_s: float = 1.0) -> None:
+    def __init__(self, max_queue: int, clock: Callable[[], float], promote_after_s: float = 1.0,
+                 order: str = "edf") -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if order not in QUEUE_ORDERS:
+            raise ValueError(f"order must be one of {', '.join(QUEUE_ORDERS)}, got {order!r}")
+        self.order = order
         self.max_queue = int(max_queue)
         self.clock = clock
         self.promote_after_s = float(promote_after_s)
@@ -72,7 +82,10 @@ class EdfQueue:
         return self._closed
 
     def key(self, job: Any) -> tuple[float, int]:
-        """The job's place: its deadline, or (no deadline) its arrival + ``promote_after_s``, after deadlines."""
+        """The job's place: its deadline, or (no deadline) its arrival + ``promote_after_s``, after deadlines
+        (``order="fifo"``: its arrival, for comparisons)."""
+        if self.order == "fifo":
+            return float(job.t_enqueued), 0
         if job.deadline is not None:
             return float(job.deadline), 0
         return float(job.t_enqueued) + self.promote_after_s, 1

@@ -20,7 +20,8 @@ How the server handles concurrency, and why:
   together (compatible: same input dtype and shape, same criterion, at most ``max_batch`` rows) as one
   batch with ``session.infer_rows``, **each row with its own threshold and deadline**, leaving at its own
   exit while the others go on; a request alone runs as its own ``infer`` call. Sessions without
-  ``infer_rows`` run every request alone.
+  ``infer_rows`` run every request alone. When a batch fails (one request's input overflows the network,
+  say), each of its requests is run again alone, so only the faulty one gets the error.
 * While one batch runs, the event loop is already reading and parsing the next requests (ONNX Runtime
   and the native core release the GIL), so protocol work overlaps inference.
 
@@ -109,12 +110,12 @@ class InferencePool:
     ``time.perf_counter``); ``batching``: run waiting requests together (module docstring), at most
     ``max_batch`` rows (default: the smallest session ``max_batch``), waiting up to ``max_delay_s`` for
     more; ``no_deadline_wait_s``: when a request without a deadline stops yielding to those with one
-    (:mod:`.scheduler`); ``observer``: the test hook of the module docstring (None: off).
+    (:mod:`.scheduler`); ``queue_order``: ``"edf"`` or ``"fifo"``; ``observer``: the test hook of the module docstring (None: off).
     """
 
     def __init__(self, sessions: Sequence[Any], max_queue: int = 256, clock: Callable[[], float] | None = None,
                  batching: bool = True, max_batch: int | None = None, max_delay_s: float = 0.0,
-                 no_deadline_wait_s: float = 1.0) -> None:
+                 no_deadline_wait_s: float = 1.0, queue_order: str = "edf") -> None:
         if not sessions:
             raise ValueError("InferencePool needs at least one session")
         self.sessions = list(sessions)
@@ -124,7 +125,7 @@ class InferencePool:
         caps = [int(getattr(s, "max_batch", 1)) for s in self.sessions]
         self.max_batch = int(max_batch) if max_batch is not None else min(caps)
         self.max_delay_s = float(max_delay_s)
-        self._q = EdfQueue(self.max_queue, self.clock, no_deadline_wait_s)
+        self._q = EdfQueue(self.max_queue, self.clock, no_deadline_wait_s, queue_order)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -230,7 +231,11 @@ class InferencePool:
             outs: list[tuple[bool, Any]] = [
                 (True, Outcome(r, t0 - j.t_enqueued, t1 - t0, t1, rows, len(batch))) for j, r in zip(batch, per_job)]
         except Exception as e:  # handed to the request(s); the worker goes on
-            outs = [(False, e)] * len(batch)
+            if len(batch) > 1:  # one request's bad input must not fail the others: run each alone
+                for job in batch:
+                    self._run(session, [job])
+                return
+            outs = [(False, e)]
         except BaseException as e:  # noqa: BLE001 - never let one request kill the inference thread
             outs = [(False, RuntimeError(f"inference aborted by {type(e).__name__}: {e}"))] * len(batch)
         for job, (ok, value) in zip(batch, outs):

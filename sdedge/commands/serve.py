@@ -11,10 +11,14 @@ from typing import Any
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "serve", help="serve a bundle over HTTP (KServe v2 / Open Inference Protocol, per-request deadlines)",
-        description="Serve a bundle over HTTP with the KServe v2 / Open Inference Protocol (the one tritonclient, "
-                    "KServe and Triton speak): /v2/health/{live,ready}, /v2/models/NAME[/versions/V]{,/ready,/config,"
-                    "/infer}, JSON and binary tensors, and Prometheus /metrics. Input: FP32 [B,C,H,W] preprocessed or "
+        "serve", help="serve a bundle over HTTP and gRPC (KServe v2 / Open Inference Protocol, per-request deadlines)",
+        description="Serve a bundle over HTTP and gRPC with the KServe v2 / Open Inference Protocol (the one "
+                    "tritonclient, KServe and Triton speak): /v2/health/{live,ready}, /v2/models/NAME[/versions/V]"
+                    "{,/ready,/config,/stats,/infer}, JSON and binary tensors, Prometheus /metrics, and the same over "
+                    "gRPC (--grpc-port). Requests are served earliest deadline first; one whose deadline passed while "
+                    "it waited is answered 504 / DEADLINE_EXCEEDED without running (parameters.late=answer: the first "
+                    "exit's answer instead); requests waiting together run as one batch, each row leaving at its own "
+                    "exit. Input: FP32 [B,C,H,W] preprocessed or "
                     "UINT8 [B,H,W,C] raw pixels. Request parameters budget_ms, threshold and criterion override the "
                     "defaults below; the deadline counts from the request's arrival, queueing included, and every "
                     "answer says which exit it took and whether its deadline held. Stops gracefully on SIGTERM.",
@@ -37,6 +41,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     n.add_argument("--port", type=int, default=8000,
                    help="TCP port; 0 lets the OS pick a free one, printed on stderr once the server listens "
                         "('sdedge serve: listening on http://HOST:PORT/...') (default 8000)")
+    n.add_argument("--grpc-port", type=_grpc_port, default=8001,
+                   help="TCP port of the KServe v2 gRPC endpoint (tritonclient.grpc), on the same host; 0 disables it, "
+                        "'any' lets the OS pick a free one, printed on stderr ('sdedge serve: gRPC listening on "
+                        "HOST:PORT') (default 8001, as Triton)")
     n.add_argument("--model-name", default=None,
                    help="model name in the URLs (default: the manifest's model name)")
     n.add_argument("--model-version", default="1", help="model version in the metadata and /versions/V URLs (default 1)")
@@ -50,6 +58,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="inference backend (default auto: TensorRT engines if built, else onnxruntime)")
     c.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32", help="section precision (default fp32)")
     c.add_argument("--max-batch", type=int, default=64, help="most images in one request (more: 400; default 64)")
+    c.add_argument("--no-batching", dest="batching", action="store_false",
+                   help="run every request alone (default: requests waiting together run as one batch of up to "
+                        "--max-batch rows, each row with its own threshold and deadline, leaving at its own exit)")
+    c.add_argument("--max-queue-delay-us", type=int, default=0,
+                   help="microseconds a worker waits for more requests to fill a batch (default 0: batch only what "
+                        "already waits, so an idle server adds no latency)")
+    c.add_argument("--no-deadline-wait-ms", type=float, default=1000.0,
+                   help="the queue serves earliest deadline first; a request without a deadline waits behind those "
+                        "with one for at most this long (default 1000)")
+    c.add_argument("--queue-order", choices=["edf", "fifo"], default="edf",
+                   help="edf: earliest deadline first (default); fifo: arrival order (a baseline for comparisons)")
     c.add_argument("--max-body-mb", type=float, default=16.0,
                    help="largest request body in MiB, also after decompression (more: 413, refused on Content-Length "
                         "before reading; default 16)")
@@ -71,6 +90,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _grpc_port(text: str) -> int | None:
+    """``--grpc-port``: 0 disables gRPC (None), ``any`` is a free port the OS picks (0), else 1..65535."""
+    if text.strip().lower() == "any":
+        return 0
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, 0 (no gRPC) or 'any', got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (0: no gRPC) or 'any', got {port}")
+    return None if port == 0 else port
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     from ..runtime.options import SessionOptions
     from ..runtime.server.config import ServerConfig
@@ -79,7 +111,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
     session = SessionOptions(backend=args.backend, precision=args.precision, intra_op_threads=args.threads,
                              warmup=args.warmup, max_batch=args.max_batch, answer=args.answer)
     return ServerConfig(
-        host=args.host, port=args.port, model_name=args.model_name, model_version=args.model_version,
+        host=args.host, port=args.port, grpc_port=args.grpc_port, batching=args.batching,
+        max_queue_delay_us=args.max_queue_delay_us, no_deadline_wait_ms=args.no_deadline_wait_ms,
+        queue_order=args.queue_order,
+        model_name=args.model_name, model_version=args.model_version,
         budget_ms=args.budget_ms, threshold=_threshold(args.threshold), criterion=args.criterion,
         session=session, workers=args.workers, max_body_mb=args.max_body_mb, max_queue=args.max_queue,
         body_timeout_s=args.body_timeout, limit_concurrency=args.limit_concurrency,
@@ -93,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..runtime.server import serve
     from ..runtime.server.app import build_state, require_web
-    from ..runtime.server.runner import listening_line
+    from ..runtime.server.runner import grpc_listening_line, listening_line
 
     config = config_from_args(args)
     require_web()  # before spending seconds on loading and warming up the bundle
@@ -111,5 +146,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{listening_line(host, port)}/v2/models/{state.model_name}  (metrics: /metrics)", file=sys.stderr,
               flush=True)
 
-    serve(state, on_listening=listening)
+    def grpc_listening(host: str, port: int) -> None:
+        print(f"{grpc_listening_line(host, port)}  (KServe v2 gRPC: tritonclient.grpc)", file=sys.stderr, flush=True)
+
+    serve(state, on_listening=listening, on_grpc_listening=grpc_listening)
     return 0
