@@ -34,6 +34,8 @@ int main(void) {
   /* ABI 2 fields' defaults */
   CHECK(so.answer == NULL && so.criterion == NULL && so.verify == 1 && so.latency_window == 0 && so.latency_quantile == 0.0);
   CHECK(io.thresholds == NULL && io.num_thresholds == 0);
+  /* ABI 3 fields' defaults */
+  CHECK(io.row_thresholds == NULL && io.row_deadlines_ns == NULL);
 
   /* create: NULL out, NULL folder, wrong struct_size, bad values, missing bundle */
   sdedge_session *s = (sdedge_session *)0x1;

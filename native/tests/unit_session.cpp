@@ -177,6 +177,50 @@ int main() {
     CHECK(threw);
   }
 
+  // ---- per-row thresholds and deadlines (ABI 3: a server's dynamic batch), each row as it would go alone
+  {
+    auto fb = std::make_unique<FakeBackend>();
+    FakeBackend *be = fb.get();
+    be->table = {{peaked(1, 0.95), peaked(2, 0.5), peaked(0, 0.4), peaked(3, 0.97)},
+                 {peaked(1, 0.95), peaked(2, 0.93), peaked(0, 0.5), peaked(3, 0.97)},
+                 {peaked(1, 0.95), peaked(2, 0.93), peaked(0, 0.6), peaked(3, 0.97)}};
+    SessionConfig cfg;
+    cfg.warmup = 0;
+    Session s(fake_bundle(), std::move(fb), cfg);
+    const float x[4] = {0, 1, 2, 3};
+    const float nan = NAN;
+    // row 0: no threshold; row 1: 0.9 everywhere; row 2: 0.45 at exit 2 only; row 3: 0.99 (never sure)
+    const float thr[4 * kK] = {nan, nan, nan, 0.9f, 0.9f, nan, nan, 0.45f, nan, 0.99f, 0.99f, nan};
+    InferRequest req;
+    req.row_thresholds = thr;
+    std::vector<RowResult> r(4);
+    s.infer_f32(x, 4, req, r.data(), nullptr);
+    CHECK(r[0].exit_index == 3 && r[1].exit_index == 2 && r[2].exit_index == 2 && r[3].exit_index == 3);
+    CHECK(r[1].stopped_by == kStopConfidence && r[2].stopped_by == kStopConfidence && r[0].stopped_by == kStopLast);
+    CHECK(be->seen.size() == 3 && be->seen[2] == (std::vector<int>{0, 3}));
+    // deadlines: row 1's has passed (exit 1, missed), row 2 has none, rows 0 and 3 an hour away
+    const std::int64_t now = now_ns(), hour = 3600LL * 1000000000LL;
+    const std::int64_t dl[4] = {now + hour, now - 1000000, 0, now + hour};
+    InferRequest req2;
+    req2.row_deadlines_ns = dl;
+    be->seen.clear();
+    s.infer_f32(x, 4, req2, r.data(), nullptr);
+    CHECK(r[1].exit_index == 1 && r[1].stopped_by == kStopDeadline && r[1].deadline_met == 0);
+    CHECK(r[0].exit_index == 3 && r[0].deadline_met == 1 && r[2].exit_index == 3 && r[2].deadline_met == -1);
+    CHECK(be->seen.size() == 3 && be->seen[1] == (std::vector<int>{0, 2, 3}));
+    // a bad per-row threshold is a policy error naming it
+    const float bad[4 * kK] = {nan, 1.5f, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan};
+    InferRequest req3;
+    req3.row_thresholds = bad;
+    bool threw = false;
+    try {
+      s.infer_f32(x, 4, req3, r.data(), nullptr);
+    } catch (const Error &e) {
+      threw = e.code() == Code::Policy && std::string(e.what()).find("row_thresholds[1]") != std::string::npos;
+    }
+    CHECK(threw);
+  }
+
   // ---- answer mode "ensemble": the mean of the exits' softmax so far
   {
     auto fb = std::make_unique<FakeBackend>();

@@ -1,0 +1,249 @@
+"""The server's scheduling: earliest deadline first, expired requests answered without running, and dynamic
+batches whose rows each keep their own threshold and deadline (``AnytimeSession.infer_rows``, both engines).
+
+No real timing: the queue is driven by a scripted clock, the per-row deadline rule by the scripted backend and
+clock of ``test_deadline_policy``; the real-bundle tests use only deadlines that every run meets or misses
+by hours (already passed, or none).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from sdedge.common.errors import PolicyError
+from sdedge.runtime.server.scheduler import EdfQueue, Overloaded, ShuttingDown
+from test_deadline_policy import K, linear_ms, scripted_session
+
+
+@dataclass
+class Job:
+    name: str
+    deadline: float | None
+    t_enqueued: float
+    late: bool = False
+    rows: int = 1
+    kind: str = "a"
+    gone: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def cancelled(self) -> bool:
+        return self.gone
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def drain(q: EdfQueue, **kw) -> list[list[str]]:
+    """Take until empty; each take's batch as names, expired ones as ``!name``."""
+    out = []
+    while len(q):
+        got = q.take(timeout=0, **kw)
+        if got is None:
+            break
+        expired, batch = got
+        out.append([f"!{j.name}" for j in expired] + [j.name for j in batch])
+    return out
+
+
+def test_earliest_deadline_first_fifo_among_equals_no_deadline_last():
+    clock = Clock()
+    q = EdfQueue(16, clock, promote_after_s=10.0)
+    for name, d in (("late", 105.0), ("none1", None), ("soon", 101.0), ("tie1", 103.0), ("none2", None),
+                    ("tie2", 103.0)):
+        q.put(Job(name, d, clock()))
+    assert drain(q) == [["soon"], ["tie1"], ["tie2"], ["late"], ["none1"], ["none2"]]
+
+
+def test_a_request_without_deadline_does_not_starve():
+    clock = Clock()
+    q = EdfQueue(16, clock, promote_after_s=1.0)
+    q.put(Job("patient", None, clock()))  # arrives at 100.0: served as if due at 101.0 ...
+    for i in range(3):
+        q.put(Job(f"d{i}", 100.5 + i, clock()))  # ... so after d0 (100.5), before d1 (101.5) and d2
+    assert drain(q) == [["d0"], ["patient"], ["d1"], ["d2"]]
+
+
+def test_fifo_order_is_arrival_order():
+    clock = Clock()
+    q = EdfQueue(16, clock, order="fifo")
+    for i, d in enumerate((105.0, None, 101.0)):
+        clock.t += 0.001
+        q.put(Job(f"j{i}", d, clock()))
+    assert drain(q) == [["j0"], ["j1"], ["j2"]]
+
+
+def test_expired_requests_come_back_unrun_unless_they_asked_for_the_floor():
+    clock = Clock()
+    q = EdfQueue(16, clock)
+    q.put(Job("gone", 100.5, clock()))
+    q.put(Job("floor", 100.6, clock(), late=True))
+    q.put(Job("fine", 200.0, clock()))
+    q.put(Job("cancelled", 100.1, clock(), gone=True))
+    clock.t = 101.0  # the first two deadlines have passed while they waited
+    assert drain(q) == [["!gone", "floor"], ["fine"]]
+
+
+def test_batches_take_compatible_requests_in_queue_order_up_to_max_rows():
+    clock = Clock()
+    q = EdfQueue(16, clock)
+    for name, d, rows, kind in (("a1", 101.0, 2, "a"), ("b1", 101.5, 1, "b"), ("a2", 102.0, 3, "a"),
+                                ("a3", 103.0, 2, "a"), ("a4", 104.0, 1, "a"), ("b2", 105.0, 1, "b")):
+        q.put(Job(name, d, clock(), rows=rows, kind=kind))
+    same = lambda x, y: x.kind == y.kind  # noqa: E731
+    # a1 heads; a2 fits (5 rows), a3 would make 7 > 6 and waits, a4 fits (6); b1 keeps its place
+    assert drain(q, max_rows=6, compatible=same) == [["a1", "a2", "a4"], ["b1", "b2"], ["a3"]]
+
+
+def test_bounded_and_closing():
+    clock = Clock()
+    q = EdfQueue(2, clock)
+    q.put(Job("x", None, clock()))
+    q.put(Job("y", None, clock()))
+    with pytest.raises(Overloaded, match="queue is full"):
+        q.put(Job("z", None, clock()))
+    q.close()
+    with pytest.raises(ShuttingDown, match="shutting down"):
+        q.put(Job("z", None, clock()))
+    assert drain(q) == [["x"], ["y"]] and q.take(timeout=0) is None
+
+
+def test_max_delay_waits_for_more_rows():
+    clock = Clock()
+    q = EdfQueue(16, clock)
+    q.put(Job("first", None, clock()))
+    later = threading.Timer(0.05, lambda: q.put(Job("second", None, clock())))
+    later.start()
+    # the worker waits (up to 60 s) for a second compatible request to fill its 2 rows, and returns once it has
+    expired, batch = q.take(max_rows=2, compatible=lambda a, b: True, max_delay_s=60.0)
+    later.join()
+    assert [j.name for j in batch] == ["first", "second"] and not expired
+
+
+# -- per-row thresholds and deadlines in one call ------------------------------------------------------------
+def test_rows_with_different_deadlines_leave_at_their_own_exit(tmp_path):
+    """Two rows, scripted section times: the tight row stops when section 2 on both rows would overrun it;
+    the other then runs on alone (one row is cheaper) to the deepest exit."""
+    s, _, clock = scripted_session(tmp_path, warmup=3, max_batch=2)
+    t0 = clock()
+    tight = t0 + (linear_ms(1, 2) + 0.5 * linear_ms(2, 2)) * 1e-3  # section 2 on 2 rows does not fit
+    loose = t0 + 1.0
+    r = s.infer_rows(np.zeros((2, 1, 4, 4), np.float32), deadlines=[tight, loose])
+    assert [x.exit_index for x in r] == [1, K] and [x.stopped_by for x in r] == ["deadline", "last"]
+    assert r[0].deadline_met is False and r[1].deadline_met is True  # both returned when the call did
+    expected_ms = linear_ms(1, 2) + sum(linear_ms(k, 1) for k in range(2, K + 1))  # the loose row ran alone
+    assert clock() - t0 == pytest.approx(expected_ms * 1e-3)
+
+
+def test_a_row_that_fits_only_once_another_stops(tmp_path):
+    """Rows stop earliest deadline first, each check on the rows still going: the middle row fits section 2
+    on two rows but not on three, so only the earliest stops and the two others go on together."""
+    s, _, clock = scripted_session(tmp_path, warmup=3, max_batch=3)
+    t0 = clock()
+    after1 = linear_ms(1, 3)
+    two, three = (s.deadline_policy.section_cost_ms(2, n) for n in (2, 3))  # 2 rows: borrowed (rule 3)
+    assert two < three
+    d_early = t0 + (after1 + 0.5 * two) * 1e-3        # fits section 2 on no count
+    d_mid = t0 + (after1 + (two + three) / 2) * 1e-3  # fits it on 2 rows, not on 3
+    r = s.infer_rows(np.zeros((3, 1, 4, 4), np.float32), deadlines=[d_mid, d_early, None])
+    assert [x.exit_index for x in r] == [2, 1, K]
+    assert [x.stopped_by for x in r] == ["deadline", "deadline", "last"] and r[2].deadline_met is None
+
+
+def test_infer_rows_checks_its_arguments(tmp_path):
+    s, _, _ = scripted_session(tmp_path, warmup=0, max_batch=2)
+    x = np.zeros((2, 1, 4, 4), np.float32)
+    with pytest.raises(PolicyError, match="one threshold and one deadline per row"):
+        s.infer_rows(x, thresholds=[0.5])
+    with pytest.raises(PolicyError, match="threshold"):
+        s.infer_rows(x, thresholds=[0.5, 7.0])
+    with pytest.raises(PolicyError, match="deadline"):
+        s.infer_rows(x, deadlines=[float("nan"), None])
+
+
+@pytest.fixture()
+def real_session(tiny_bundle, engine):
+    from sdedge.runtime import AnytimeSession
+
+    s = AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=1, warmup=1, max_batch=8, engine=engine)
+    assert s.engine == engine
+    yield s
+    s.close()
+
+
+def test_each_row_gets_the_answer_it_would_get_alone(real_session):
+    s = real_session
+    c, h, w = s.input_shape
+    x = np.random.default_rng(3).standard_normal((7, c, h, w)).astype(np.float32)
+    past, k = s.clock() - 1.0, s.num_exits
+    thresholds = [None, 0.0, 1.0, 0.55, [0.2] + [None] * (k - 2), None, 0.0]
+    deadlines = [None, None, None, None, None, past, past]
+    rows = s.infer_rows(x, thresholds=thresholds, deadlines=deadlines)
+    for i, r in enumerate(rows):
+        alone = s.infer(x[i], threshold=thresholds[i], deadline=deadlines[i])
+        assert (r.exit_index, r.label, r.stopped_by) == (alone.exit_index, alone.label, alone.stopped_by), i
+        np.testing.assert_allclose(r.probabilities, alone.probabilities, rtol=1e-5, atol=1e-6)
+        assert r.deadline_met == alone.deadline_met
+    assert rows[5].exit_index == 1 and rows[5].deadline_met is False and rows[0].exit_index == k
+
+
+def test_rows_must_share_a_criterion(real_session):
+    s = real_session
+    if s.calibration is None or s.calibration.criterion == "max_prob":
+        pytest.skip("needs a calibration under another criterion than the default")
+    x = np.zeros((2,) + s.input_shape, np.float32)
+    with pytest.raises(PolicyError, match="share a criterion"):
+        s.infer_rows(x, thresholds=["calibrated", 0.5])
+
+
+# -- the pool runs waiting requests as one batch ---------------------------------------------------------------
+def test_waiting_requests_run_as_one_batch_with_their_own_policies(real_session):
+    from sdedge.runtime.server.worker import InferencePool
+
+    s = real_session
+    gate = threading.Event()
+
+    class Held:  # the real session behind a gate, so requests pile up while the first one runs
+        max_batch, clock = s.max_batch, s.clock
+
+        def infer(self, x, **kw):
+            gate.wait(60)
+            return s.infer(x, **kw)
+
+        def infer_rows(self, x, **kw):
+            calls.append(x.shape[0])
+            return s.infer_rows(x, **kw)
+
+    calls: list[int] = []
+    c, h, w = s.input_shape
+    x = np.random.default_rng(5).standard_normal((5, c, h, w)).astype(np.float32)
+    thresholds = [None, 0.0, 1.0, 0.5, None]
+
+    async def main():
+        pool = InferencePool([Held()], max_queue=16)
+        started = threading.Event()
+        pool.observer = lambda ev, job: started.set() if ev == "started" else None
+        first = asyncio.ensure_future(pool.run(x[:1], threshold=None))
+        await asyncio.to_thread(started.wait, 60)
+        rest = [asyncio.ensure_future(pool.run(x[i:i + 1], threshold=thresholds[i])) for i in range(1, 5)]
+        while pool.qsize() < 4:
+            await asyncio.sleep(0)
+        gate.set()
+        outs = [await first] + [await r for r in rest]
+        pool.close(30)
+        return outs
+
+    outs = asyncio.run(main())
+    assert calls == [4]  # the four that waited together ran as one batch
+    assert [o.batch_rows for o in outs] == [1, 4, 4, 4, 4]
+    for i, o in enumerate(outs):
+        alone = s.infer(x[i], threshold=thresholds[i])
+        assert (o.results[0].exit_index, o.results[0].label) == (alone.exit_index, alone.label), i
