@@ -17,15 +17,18 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import json
+import logging
 import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..common.errors import BackendError, BundleError, ChecksumError, InputError, PolicyError, SdedgeError
+
+log = logging.getLogger("sdedge.native")
 
 __all__ = ["NativeSession", "NativeUnavailable", "available", "library", "unavailable_reason", "onnxruntime_library",
            "ABI_VERSION", "STOP_REASONS"]
@@ -52,7 +55,11 @@ class InferOptionsC(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("threshold", ctypes.c_double), ("calibrated", ctypes.c_int32),
                 ("criterion", ctypes.c_char_p), ("budget_ms", ctypes.c_double), ("deadline_ns", ctypes.c_int64),
                 ("thresholds", _c_double_p), ("num_thresholds", ctypes.c_int32),
-                ("row_thresholds", ctypes.c_void_p), ("row_deadlines_ns", ctypes.c_void_p)]
+                ("row_thresholds", ctypes.c_void_p), ("row_deadlines_ns", ctypes.c_void_p),
+                ("on_rows", ctypes.c_void_p), ("on_rows_user", ctypes.c_void_p)]
+
+
+ON_ROWS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64))
 
 
 class ResultC(ctypes.Structure):
@@ -238,13 +245,16 @@ class NativeSession:
         return got
 
     def infer(self, xb: np.ndarray, request: tuple[InferOptionsC, Any], deadline_ns: int,
-              row_thresholds: np.ndarray | None = None, row_deadlines_ns: np.ndarray | None = None
+              row_thresholds: np.ndarray | None = None, row_deadlines_ns: np.ndarray | None = None,
+              on_rows: Callable[[list[int], np.ndarray, np.ndarray, np.ndarray], None] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run a validated float32 C-contiguous NCHW batch under ``request`` (from :meth:`request`) and an
         absolute deadline on ``sdedge_now_ns()``'s clock (0: none): (results as ``RESULT_DTYPE`` rows,
         probabilities [B, C], exit confidences [B, K], NaN past each row's exit). ``row_thresholds``
         (float32 [B, K], NaN: none) and ``row_deadlines_ns`` (int64 [B], 0: none) give each row its own
-        (ABI 3); the request then carries only the criterion."""
+        (ABI 3); the request then carries only the criterion. ``on_rows(indices, results, probabilities,
+        exit_confidences)`` is called as rows settle (row mode), with the arrays whose rows at ``indices`` are
+        final; an exception in it is logged, never raised through the core."""
         n = xb.shape[0]
         res = np.empty(n, RESULT_DTYPE)
         probs = np.empty((n, self.num_classes), np.float32)
@@ -259,6 +269,16 @@ class NativeSession:
             if row_deadlines_ns is not None:
                 row_deadlines_ns = np.ascontiguousarray(row_deadlines_ns, np.int64)
                 io.row_deadlines_ns = row_deadlines_ns.ctypes.data
+        relay = None
+        if on_rows is not None:
+            def relay_rows(_user: Any, count: int, idx: Any) -> None:
+                try:
+                    on_rows([int(idx[i]) for i in range(count)], res, probs, conf)
+                except Exception:  # noqa: BLE001 - never unwind through C++; the call's result still comes back
+                    log.exception("the on_rows callback failed")
+
+            relay = ON_ROWS(relay_rows)  # held in this frame for the whole call
+            io.on_rows = ctypes.cast(relay, ctypes.c_void_p).value
         st = self._infer(self._handle(), xb.ctypes.data, n, ctypes.byref(io), res.ctypes.data, probs.ctypes.data,
                          conf.ctypes.data)
         if st:

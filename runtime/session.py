@@ -283,8 +283,9 @@ class AnytimeSession:
             results = self._run(prep.batch, pol, stop_at, t0, prep_ms)
         return results[0] if prep.single else results
 
-    def infer_rows(self, x: Any, thresholds: Any = None, deadlines: Any = None,
-                   criterion: str | None = None) -> list[InferenceResult]:
+    def infer_rows(self, x: Any, thresholds: Any = None, deadlines: Any = None, criterion: str | None = None,
+                   on_settled: Callable[[list[int], list[InferenceResult]], None] | None = None
+                   ) -> list[InferenceResult]:
         """Answer a batch whose rows each carry their own threshold and deadline (a server's dynamic batch).
 
         ``thresholds``: None, or one entry per row, each anything ``infer``'s ``threshold`` takes (None,
@@ -293,7 +294,11 @@ class AnytimeSession:
         of time for its deadline; before each next section the rows whose deadline it would overrun stop,
         earliest deadline first, each check counting only the rows still going on (fewer rows cost less).
         One criterion for the call (the rows' thresholds must all resolve to it: ``"calibrated"`` rows take
-        the calibration's). ``deadline_met`` is per row. Returns a list, one result per row, in input order.
+        the calibration's). Each row is answered when it settles: its ``latency_ms`` runs from the call to
+        that moment and ``deadline_met`` says whether that moment was by its deadline; ``on_settled(indices,
+        results)`` (optional, called on the calling thread, must not raise) hears of the rows as they settle,
+        so a server can answer a request before the rest of its batch finishes. Returns a list, one result
+        per row, in input order.
         """
         clock = self.clock
         t0 = clock()
@@ -314,15 +319,17 @@ class AnytimeSession:
         row_dl = np.array([math.inf if d is None else self._deadline(t0, None, d) for d in dls], np.float64)
         row_thr = np.array([[math.nan if t is None else t for t in p.thresholds32] for p in pols], np.float32)
         if self._native is not None:
-            results = self._run_native(xb, pol, None, t0, row_thr, row_dl)
+            results = self._run_native(xb, pol, None, t0, row_thr, row_dl, on_settled)
         else:
             prep_ms = (clock() - t0) * 1e3
             with self._lock:
-                results = self._run(xb, pol, None, t0, prep_ms, row_thr, row_dl)
+                results = self._run(xb, pol, None, t0, prep_ms, row_thr, row_dl, on_settled)
         return results
 
     def _run_native(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
-                    row_thr: np.ndarray | None = None, row_dl: np.ndarray | None = None) -> list[InferenceResult]:
+                    row_thr: np.ndarray | None = None, row_dl: np.ndarray | None = None,
+                    on_settled: Callable[[list[int], list[InferenceResult]], None] | None = None
+                    ) -> list[InferenceResult]:
         """The decision loop in the core: the resolved policy and the deadline (on the core's clock) go in,
         each row's exit, stop reason, probabilities and exit confidences come back. With ``row_thr`` /
         ``row_dl`` (:meth:`infer_rows`) each row's own threshold and deadline go in instead."""
@@ -337,11 +344,24 @@ class AnytimeSession:
             row_ns = np.where(np.isinf(row_dl), 0, np.maximum(1, np.round(np.where(np.isinf(row_dl), 0, row_dl) * 1e9
                                                                              + offset_ns))).astype(np.int64)
         thresholds = pol.thresholds if row_thr is None else (None,) * pol.num_exits
-        res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns)
-        results = self._results(probs, res["confidence"], res["exit_index"].tolist(),
-                                [nat.STOPS[s] for s in res["stopped_by"].tolist()],
-                                [(None, conf[i], None, None) for i in range(xb.shape[0])])
-        self._finish(results, t0, stop_at, self.clock(), row_dl)
+        row_mode = row_thr is not None or row_dl is not None
+
+        def rows_of(idx: list[int], res: np.ndarray, probs: np.ndarray, conf: np.ndarray) -> list[InferenceResult]:
+            out = self._results(probs[idx], res["confidence"][idx], res["exit_index"][idx].tolist(),
+                                [nat.STOPS[s] for s in res["stopped_by"][idx].tolist()],
+                                [(None, conf[i], None, None) for i in idx])
+            if row_mode:  # each row answered as it settled: the core's own latency and deadline per row
+                for r, i in zip(out, idx):
+                    met = int(res["deadline_met"][i])
+                    r.latency_ms, r.deadline_met = float(res["latency_ms"][i]), (None if met < 0 else bool(met))
+            return out
+
+        relay = None if on_settled is None else lambda idx, res, probs, conf: on_settled(idx, rows_of(idx, res, probs,
+                                                                                                      conf))
+        res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns, relay)
+        results = rows_of(list(range(xb.shape[0])), res, probs, conf)
+        if not row_mode:
+            self._finish(results, t0, stop_at, self.clock())
         return results
 
     def _results(self, out_probs: np.ndarray, out_conf: np.ndarray, out_exit: list[int], out_why: list[str],
@@ -354,18 +374,15 @@ class AnytimeSession:
                 for i in range(len(labels))]
 
     @staticmethod
-    def _finish(results: list[InferenceResult], t0: float, stop_at: float | None, t_end: float,
-                row_dl: np.ndarray | None = None) -> None:
+    def _finish(results: list[InferenceResult], t0: float, stop_at: float | None, t_end: float) -> None:
         latency = (t_end - t0) * 1e3
         met = None if stop_at is None else t_end <= stop_at
-        for i, r in enumerate(results):
-            if row_dl is not None:
-                d = float(row_dl[i])
-                met = None if math.isinf(d) else t_end <= d
+        for r in results:
             r.latency_ms, r.deadline_met = latency, met
 
     def _run(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
-             prep_ms: float, row_thr: np.ndarray | None = None, row_dl: np.ndarray | None = None
+             prep_ms: float, row_thr: np.ndarray | None = None, row_dl: np.ndarray | None = None,
+             on_settled: Callable[[list[int], list[InferenceResult]], None] | None = None
              ) -> list[InferenceResult]:
         """The decision loop: run section after section, stop each row at its exit, shrink the batch.
 
@@ -374,7 +391,8 @@ class AnytimeSession:
         all stop ("deadline"). Only the rows still going on run the next section. A batch of one takes the
         same path; its per-section cost is the policy's scalar fast path and one deadline check.
         With ``row_thr`` ([rows, K] float32, NaN: none) and ``row_dl`` ([rows] absolute seconds, inf: none)
-        each row has its own threshold and deadline (:meth:`infer_rows`) instead of the call's.
+        each row has its own threshold and deadline (:meth:`infer_rows`) instead of the call's, and is
+        answered the moment it settles (``on_settled(indices, results)``; its own latency and deadline_met).
         """
         clock = self.clock
         t1 = clock()
@@ -394,6 +412,30 @@ class AnytimeSession:
                 conf = None if conf is None else conf[sel]
             p = pol.probs(k, logits) if answer is None else answer
             groups.append((rows, k, p, confidence(p, pol.criterion) if conf is None else conf, why))
+            if built is not None:
+                deliver(groups[-1])
+
+        answer_mode = self.answer
+        built: list | None = None if row_thr is None and row_dl is None else [None] * n_all
+
+        def deliver(group: tuple) -> None:
+            """Row mode: the group's rows are answered now (their latency and deadline at this moment), and
+            ``on_settled`` hears of them before the rest of the batch goes on."""
+            done, k, p, c, why = group
+            bad = ~np.isfinite(p).all(axis=1)
+            if bad.any():
+                i = int(done[np.flatnonzero(bad)[0]])
+                raise _non_finite(k, xb[i:i + 1], "the input" if n_all == 1 else f"image {i} of the batch")
+            t = clock()
+            idx = done.tolist()
+            res = self._results(p, np.asarray(c), [k] * len(idx), [why] * len(idx),
+                                [(trace, i, pol, answer_mode) for i in idx])
+            for r, i in zip(res, idx):
+                d = math.inf if row_dl is None else float(row_dl[i])
+                r.latency_ms, r.deadline_met = (t - t0) * 1e3, (None if math.isinf(d) else t <= d)
+                built[i] = r  # type: ignore[index]
+            if on_settled is not None:
+                on_settled(idx, res)
 
         rows = np.arange(n_all)
         section_ms = 0.0
@@ -448,6 +490,9 @@ class AnytimeSession:
                 keep = np.flatnonzero(~stop)
                 h = backend.take_rows(h, keep)
                 rows = rows[keep]
+        if built is not None:  # row mode: every row was answered as it settled
+            record(0, n_all, prep_ms + (clock() - t1) * 1e3 - section_ms)
+            return built
         if len(groups) == 1:  # every row answered at one exit: the group is the batch, in order
             _, k, out_probs, out_conf, why = groups[0]
             out_exit, out_why = [k] * n_all, [why] * n_all
@@ -462,12 +507,11 @@ class AnytimeSession:
         if not np.isfinite(out_probs).all():
             i = int(np.flatnonzero(~np.isfinite(out_probs).all(axis=1))[0])
             raise _non_finite(out_exit[i], xb[i:i + 1], "the input" if n_all == 1 else f"image {i} of the batch")
-        answer_mode = self.answer
         results = self._results(out_probs, np.asarray(out_conf), out_exit, out_why,
                                 [(trace, i, pol, answer_mode) for i in range(n_all)])
         t_end = clock()
         record(0, n_all, prep_ms + (t_end - t1) * 1e3 - section_ms)
-        self._finish(results, t0, stop_at, t_end, row_dl)
+        self._finish(results, t0, stop_at, t_end)
         return results
 
     def infer_all_exits(self, x: Any) -> np.ndarray:

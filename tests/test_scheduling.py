@@ -136,10 +136,15 @@ def test_rows_with_different_deadlines_leave_at_their_own_exit(tmp_path):
     t0 = clock()
     tight = t0 + (linear_ms(1, 2) + 0.5 * linear_ms(2, 2)) * 1e-3  # section 2 on 2 rows does not fit
     loose = t0 + 1.0
-    r = s.infer_rows(np.zeros((2, 1, 4, 4), np.float32), deadlines=[tight, loose])
+    heard: list[tuple[list[int], float]] = []
+    r = s.infer_rows(np.zeros((2, 1, 4, 4), np.float32), deadlines=[tight, loose],
+                     on_settled=lambda idx, res: heard.append((idx, clock())))
     assert [x.exit_index for x in r] == [1, K] and [x.stopped_by for x in r] == ["deadline", "last"]
-    assert r[0].deadline_met is False and r[1].deadline_met is True  # both returned when the call did
+    # the tight row was answered when it stopped, before the loose one went on: its deadline held
+    assert [h[0] for h in heard] == [[0], [1]] and heard[0][1] - t0 == pytest.approx(linear_ms(1, 2) * 1e-3)
+    assert r[0].deadline_met is True and r[0].latency_ms == pytest.approx(linear_ms(1, 2))
     expected_ms = linear_ms(1, 2) + sum(linear_ms(k, 1) for k in range(2, K + 1))  # the loose row ran alone
+    assert r[1].deadline_met is True and r[1].latency_ms == pytest.approx(expected_ms)
     assert clock() - t0 == pytest.approx(expected_ms * 1e-3)
 
 

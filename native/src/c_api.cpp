@@ -139,8 +139,16 @@ sdedge::InferRequest request(const sdedge_infer_options *o) {
       arg_error("row_deadlines_ns replaces budget_ms and deadline_ns: leave those unset (NAN, 0)");
     r.row_thresholds = o->row_thresholds;
     r.row_deadlines_ns = o->row_deadlines_ns;
+    if (o->on_rows && !o->row_thresholds && !o->row_deadlines_ns)
+      arg_error("on_rows reports rows settling under row_thresholds / row_deadlines_ns: set one of them");
+    r.on_rows = o->on_rows;
+    r.on_rows_user = o->on_rows_user;
   }
   return r;
+}
+
+sdedge_result to_c(const sdedge::RowResult &r) {
+  return sdedge_result{r.label, r.exit_index, r.confidence, r.stopped_by, r.deadline_met, r.latency_ms};
 }
 
 sdedge::Session &session_of(sdedge_session *s) {
@@ -155,15 +163,28 @@ sdedge_status infer_rows(sdedge_session *s, const T *input, int64_t batch, const
     sdedge::Session &core = session_of(s);
     if (!input) arg_error(sizeof(T) == 1 ? "input (nhwc) is NULL" : "input (nchw) is NULL");
     if (!results) arg_error("results is NULL (it receives one sdedge_result per row)");
-    const sdedge::InferRequest req = request(o);
+    sdedge::InferRequest req = request(o);
     std::vector<sdedge::RowResult> rows(static_cast<std::size_t>(batch > 0 && batch <= core.max_batch() ? batch : 0));
+    // row mode's callback: the settled rows' results are copied into the caller's array before it hears of them
+    struct Relay {
+      void (*user_fn)(void *, int64_t, const int64_t *);
+      void *user;
+      const std::vector<sdedge::RowResult> *rows;
+      sdedge_result *results;
+    } relay{req.on_rows, req.on_rows_user, &rows, results};
+    if (req.on_rows) {
+      req.on_rows = [](void *ctx, int64_t count, const int64_t *idx) {
+        auto *r = static_cast<Relay *>(ctx);
+        for (int64_t i = 0; i < count; ++i) r->results[idx[i]] = to_c((*r->rows)[static_cast<std::size_t>(idx[i])]);
+        r->user_fn(r->user, count, idx);
+      };
+      req.on_rows_user = &relay;
+    }
     if constexpr (sizeof(T) == 1)
       core.infer_u8(input, batch, req, rows.data(), probabilities, exit_confidences);
     else
       core.infer_f32(input, batch, req, rows.data(), probabilities, exit_confidences);
-    for (std::size_t i = 0; i < rows.size(); ++i)
-      results[i] = sdedge_result{rows[i].label, rows[i].exit_index, rows[i].confidence, rows[i].stopped_by,
-                                 rows[i].deadline_met, rows[i].latency_ms};
+    for (std::size_t i = 0; i < rows.size(); ++i) results[i] = to_c(rows[i]);
   });
 }
 
@@ -207,6 +228,8 @@ SDEDGE_API void sdedge_infer_options_init(sdedge_infer_options *o) {
   o->num_thresholds = 0;
   o->row_thresholds = nullptr;
   o->row_deadlines_ns = nullptr;
+  o->on_rows = nullptr;
+  o->on_rows_user = nullptr;
 }
 
 SDEDGE_API sdedge_status sdedge_session_create(const char *bundle_dir, const sdedge_session_options *o,

@@ -137,6 +137,8 @@ void Session::start_call(std::int64_t batch, const InferRequest &req, CallStart 
   call.policy = &policy_for(req, call.scratch);
   check_batch(batch);
   call.row_thr = req.row_thresholds;
+  call.on_rows = req.on_rows;
+  call.on_rows_user = req.on_rows_user;
   if (req.row_deadlines_ns) {
     call.row_dl.resize(static_cast<std::size_t>(batch));
     for (std::int64_t i = 0; i < batch; ++i) {
@@ -221,7 +223,37 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
   std::vector<std::int64_t> rows(static_cast<std::size_t>(n_all));
   std::iota(rows.begin(), rows.end(), 0);
   std::vector<char> stop, going, late;
+  std::vector<std::int64_t> settled;
   double section_ms = 0.0;
+  const bool row_mode = row_thr != nullptr || !row_dl.empty();
+  const std::size_t image = static_cast<std::size_t>(prep_->image_size());
+  auto check_finite_row = [&](std::size_t r) {
+    for (std::size_t c = 0; c < nc; ++c) {
+      if (std::isfinite(out_probs[r * nc + c])) continue;
+      float peak = 0.0f;
+      for (std::size_t j = 0; j < image; ++j) peak = std::max(peak, std::fabs(x[r * image + j]));
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(peak));
+      fail(Code::Input, "exit " + std::to_string(out_exit[r]) + " produced non-finite probabilities (NaN/Inf) for " +
+                            (n_all == 1 ? std::string("the input") : "image " + std::to_string(r) + " of the batch") +
+                            ": its preprocessed values reach |x| = " + buf +
+                            ", which overflows the network; expected preprocessed values of order 1 (or send raw uint8 pixels)");
+    }
+  };
+  auto write_row = [&](std::size_t r) {
+    const float *p = out_probs.data() + r * nc;
+    results[r].label = static_cast<std::int32_t>(std::max_element(p, p + nc) - p);
+    results[r].exit_index = out_exit[r];
+    results[r].confidence = out_conf[r];
+    results[r].stopped_by = out_why[r];
+    if (probabilities) std::copy(p, p + nc, probabilities + r * nc);
+  };
+  auto finalize = [&](std::size_t r, double t) {  // row mode: row r is answered at time t
+    check_finite_row(r);
+    write_row(r);
+    results[r].latency_ms = (t - t0) * 1e3;
+    results[r].deadline_met = std::isinf(row_dl.empty() ? INFINITY : row_dl[r]) ? -1 : (t <= row_dl[r] ? 1 : 0);
+  };
   if (exit_conf) std::fill(exit_conf, exit_conf + n_all * K, std::numeric_limits<float>::quiet_NaN());
 
   TensorPtr h = backend_->upload(x, n_all);
@@ -251,6 +283,7 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
         exit_conf[static_cast<std::size_t>(rows[i]) * static_cast<std::size_t>(K) + static_cast<std::size_t>(k - 1)] =
             confidence_of(answer_buf_.data() + i * nc, C, pol.criterion);
     auto settle = [&](const char *only, char want, std::int32_t why, bool have_conf) {
+      settled.clear();
       for (std::size_t i = 0; i < un; ++i) {
         if (only && only[i] != want) continue;
         const auto r = static_cast<std::size_t>(rows[i]);
@@ -259,6 +292,12 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
         out_conf[r] = have_conf ? conf_buf_[i] : confidence_of(p, C, pol.criterion);
         out_exit[r] = k;
         out_why[r] = why;
+        settled.push_back(rows[i]);
+      }
+      if (row_mode && !settled.empty()) {  // answered now: their latency and deadline as of this moment
+        const double t = clock();
+        for (const std::int64_t r : settled) finalize(static_cast<std::size_t>(r), t);
+        if (call.on_rows) call.on_rows(call.on_rows_user, static_cast<std::int64_t>(settled.size()), settled.data());
       }
     };
     if (k == K) {
@@ -330,35 +369,21 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
     }
   }
 
-  const std::size_t image = static_cast<std::size_t>(prep_->image_size());
-  for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
-    for (std::size_t c = 0; c < nc; ++c) {
-      if (std::isfinite(out_probs[r * nc + c])) continue;
-      float peak = 0.0f;
-      for (std::size_t j = 0; j < image; ++j) peak = std::max(peak, std::fabs(x[r * image + j]));
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(peak));
-      fail(Code::Input, "exit " + std::to_string(out_exit[r]) + " produced non-finite probabilities (NaN/Inf) for " +
-                            (n_all == 1 ? std::string("the input") : "image " + std::to_string(r) + " of the batch") +
-                            ": its preprocessed values reach |x| = " + buf +
-                            ", which overflows the network; expected preprocessed values of order 1 (or send raw uint8 pixels)");
-    }
+  if (!row_mode) {
+    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) check_finite_row(r);
+    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) write_row(r);
   }
-  for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
-    const float *p = out_probs.data() + r * nc;
-    results[r].label = static_cast<std::int32_t>(std::max_element(p, p + nc) - p);
-    results[r].exit_index = out_exit[r];
-    results[r].confidence = out_conf[r];
-    results[r].stopped_by = out_why[r];
-  }
-  if (probabilities) std::copy(out_probs.begin(), out_probs.end(), probabilities);
   const double t_end = clock();
+  if (row_mode) {  // every row was answered as it settled
+    deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - section_ms);
+    return;
+  }
   deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - section_ms);
   const double latency = (t_end - t0) * 1e3;
   const std::int32_t met = d ? (t_end <= *d ? 1 : 0) : -1;
   for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
     results[r].latency_ms = latency;
-    results[r].deadline_met = row_dl.empty() ? met : std::isinf(row_dl[r]) ? -1 : (t_end <= row_dl[r] ? 1 : 0);
+    results[r].deadline_met = met;
   }
 }
 

@@ -52,6 +52,10 @@ struct InferRequest {
   int num_thresholds = 0;
   const float *row_thresholds = nullptr;      // batch * num_exits per-row float32 thresholds (NaN = none), or NULL
   const std::int64_t *row_deadlines_ns = nullptr;  // batch per-row deadlines on now_ns()'s clock (0 = none), or NULL
+  // row mode (row_thresholds / row_deadlines_ns): told of the row indices each time rows settle, after their
+  // RowResult, probabilities and exit confidences are final
+  void (*on_rows)(void *user, std::int64_t count, const std::int64_t *rows) = nullptr;
+  void *on_rows_user = nullptr;
 };
 
 struct RowResult {
@@ -108,6 +112,8 @@ class Session {
     const ConfidencePolicy *policy = nullptr;
     const float *row_thr = nullptr;  // per-row thresholds [batch][K] (NaN = none), or NULL: the policy's
     std::vector<double> row_dl;      // per-row deadlines in seconds on clock() (inf = none), or empty: `deadline`
+    void (*on_rows)(void *, std::int64_t, const std::int64_t *) = nullptr;
+    void *on_rows_user = nullptr;
   };
   void start_call(std::int64_t batch, const InferRequest &req, CallStart &call) const;
   std::optional<double> stop_at(double t0_s, const InferRequest &req) const;

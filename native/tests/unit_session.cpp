@@ -194,7 +194,22 @@ int main() {
     InferRequest req;
     req.row_thresholds = thr;
     std::vector<RowResult> r(4);
+    // on_rows hears of rows as they settle, their results already final: rows 1 and 2 after exit 2, then 0 and 3
+    struct Heard {
+      std::vector<std::vector<std::int64_t>> calls;
+      const RowResult *results;
+      bool final_when_heard = true;
+    } heard{{}, r.data()};
+    req.on_rows = [](void *user, std::int64_t count, const std::int64_t *rows) {
+      auto *h = static_cast<Heard *>(user);
+      h->calls.emplace_back(rows, rows + count);
+      for (std::int64_t i = 0; i < count; ++i) h->final_when_heard &= h->results[rows[i]].exit_index > 0;
+    };
+    req.on_rows_user = &heard;
     s.infer_f32(x, 4, req, r.data(), nullptr);
+    CHECK(heard.calls.size() == 2 && heard.calls[0] == (std::vector<std::int64_t>{1, 2}) &&
+          heard.calls[1] == (std::vector<std::int64_t>{0, 3}) && heard.final_when_heard);
+    CHECK(r[1].latency_ms <= r[0].latency_ms);
     CHECK(r[0].exit_index == 3 && r[1].exit_index == 2 && r[2].exit_index == 2 && r[3].exit_index == 3);
     CHECK(r[1].stopped_by == kStopConfidence && r[2].stopped_by == kStopConfidence && r[0].stopped_by == kStopLast);
     CHECK(be->seen.size() == 3 && be->seen[2] == (std::vector<int>{0, 3}));

@@ -168,11 +168,3 @@ class EdfQueue:
             heapq.heappush(self._heap, entry)
         return rows
 
-
-def split_rows(items: Sequence[Any], counts: Sequence[int]) -> list[list[Any]]:
-    """``items`` cut into consecutive pieces of ``counts`` (the answers of a batch, per request)."""
-    out, i = [], 0
-    for n in counts:
-        out.append(list(items[i:i + n]))
-        i += n
-    return out

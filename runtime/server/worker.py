@@ -19,7 +19,8 @@ How the server handles concurrency, and why:
 * **Dynamic batching** (``ServerConfig.batching``, on by default): a worker runs the requests waiting
   together (compatible: same input dtype and shape, same criterion, at most ``max_batch`` rows) as one
   batch with ``session.infer_rows``, **each row with its own threshold and deadline**, leaving at its own
-  exit while the others go on; a request alone runs as its own ``infer`` call. Sessions without
+  exit while the others go on, and **each request is answered the moment its rows settle** (not when the
+  whole batch ends); a request alone runs as its own ``infer`` call. Sessions without
   ``infer_rows`` run every request alone. When a batch fails (one request's input overflows the network,
   say), each of its requests is run again alone, so only the faulty one gets the error.
 * While one batch runs, the event loop is already reading and parsing the next requests (ONNX Runtime
@@ -49,7 +50,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .scheduler import DeadlineExceeded, EdfQueue, Overloaded, ShuttingDown, split_rows
+from .scheduler import DeadlineExceeded, EdfQueue, Overloaded, ShuttingDown
 
 __all__ = ["DeadlineExceeded", "InferencePool", "Outcome", "Overloaded", "ShuttingDown"]
 
@@ -62,8 +63,8 @@ class Outcome:
 
     results: list  # list[InferenceResult], one per image
     queue_s: float  # arrival in the queue to the start of its run
-    inference_s: float  # the run (the whole batch's, when it ran in one)
-    t_done: float  # InferencePool.clock() when the run returned
+    inference_s: float  # its run: from the start of the run (its batch's) to its answer
+    t_done: float  # InferencePool.clock() when its answer was ready
     batch_rows: int = 1  # rows in the run that answered it (its own and those of requests batched with it)
     batch_requests: int = 1  # requests in that run
 
@@ -216,40 +217,64 @@ class InferencePool:
         if self.observer is not None:
             for job in batch:
                 self.observer("started", job)
+        if len(batch) > 1:
+            self._run_batch(session, batch)
+            return
+        job = batch[0]
         t0 = self.clock()
         try:
-            if len(batch) == 1:
-                j = batch[0]
-                res = session.infer(j.x, threshold=j.threshold, criterion=j.criterion, deadline=j.deadline)
-                per_job = [res if isinstance(res, list) else [res]]
-            else:
-                per_job = self._run_rows(session, batch)
+            res = session.infer(job.x, threshold=job.threshold, criterion=job.criterion, deadline=job.deadline)
             t1 = self.clock()
-            rows = sum(len(r) for r in per_job)
+            results = res if isinstance(res, list) else [res]
             if self.on_run is not None:
-                self.on_run(rows, t1 - t0)
-            outs: list[tuple[bool, Any]] = [
-                (True, Outcome(r, t0 - j.t_enqueued, t1 - t0, t1, rows, len(batch))) for j, r in zip(batch, per_job)]
-        except Exception as e:  # handed to the request(s); the worker goes on
-            if len(batch) > 1:  # one request's bad input must not fail the others: run each alone
-                for job in batch:
-                    self._run(session, [job])
-                return
-            outs = [(False, e)]
+                self.on_run(len(results), t1 - t0)
+            ok, value = True, Outcome(results, t0 - job.t_enqueued, t1 - t0, t1, len(results), 1)
+        except Exception as e:  # handed to the request; the worker goes on
+            ok, value = False, e
         except BaseException as e:  # noqa: BLE001 - never let one request kill the inference thread
-            outs = [(False, RuntimeError(f"inference aborted by {type(e).__name__}: {e}"))] * len(batch)
-        for job, (ok, value) in zip(batch, outs):
-            self._answer(job, ok, value)
+            ok, value = False, RuntimeError(f"inference aborted by {type(e).__name__}: {e}")
+        self._answer(job, ok, value)
 
-    @staticmethod
-    def _run_rows(session: Any, batch: list[_Job]) -> list[list]:
-        """Several requests as one ``infer_rows`` call, each row with its request's threshold and deadline."""
-        counts = [j.rows for j in batch]
-        x = np.concatenate([j.x for j in batch], axis=0)
-        thresholds = [j.threshold for j in batch for _ in range(j.rows)]
-        deadlines = [j.deadline for j in batch for _ in range(j.rows)]
-        res = session.infer_rows(x, thresholds=thresholds, deadlines=deadlines, criterion=batch[0].criterion)
-        return split_rows(res, counts)
+    def _run_batch(self, session: Any, batch: list[_Job]) -> None:
+        """Several requests as one ``infer_rows`` call, each row with its request's threshold and deadline;
+        each request is answered the moment its last row settles, while the others go on. If the call fails,
+        the requests not yet answered run again alone (only a faulty one then gets an error)."""
+        owner = [b for b, j in enumerate(batch) for _ in range(j.rows)]  # row -> its request
+        start = [0]
+        for j in batch[:-1]:
+            start.append(start[-1] + j.rows)
+        left = [j.rows for j in batch]
+        got: list[list] = [[None] * j.rows for j in batch]
+        answered: set[int] = set()
+        rows_total = len(owner)
+        t0 = self.clock()
+
+        def on_settled(idx: list[int], results: list) -> None:
+            now = self.clock()
+            for i, r in zip(idx, results):
+                b = owner[i]
+                got[b][i - start[b]] = r
+                left[b] -= 1
+                if left[b] == 0:
+                    answered.add(b)
+                    self._answer(batch[b], True, Outcome(got[b], t0 - batch[b].t_enqueued, now - t0, now, rows_total,
+                                                         len(batch)))
+
+        try:
+            x = np.concatenate([j.x for j in batch], axis=0)
+            session.infer_rows(x, thresholds=[j.threshold for j in batch for _ in range(j.rows)],
+                               deadlines=[j.deadline for j in batch for _ in range(j.rows)],
+                               criterion=batch[0].criterion, on_settled=on_settled)
+            if self.on_run is not None:
+                self.on_run(rows_total, self.clock() - t0)
+        except Exception:  # one request's bad input must not fail the others
+            for b, job in enumerate(batch):
+                if b not in answered:
+                    self._run(session, [job])
+        except BaseException as e:  # noqa: BLE001 - never let one request kill the inference thread
+            for b, job in enumerate(batch):
+                if b not in answered:
+                    self._answer(job, False, RuntimeError(f"inference aborted by {type(e).__name__}: {e}"))
 
     def close(self, timeout: float | None = 30.0) -> bool:
         """Take no new jobs, let the queued ones finish, stop the threads (waits up to ``timeout`` s).

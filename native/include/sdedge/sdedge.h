@@ -110,6 +110,13 @@ typedef struct {
                                         before each next section the rows it would overrun stop, earliest deadline
                                         first, each check counting the rows still going then; deadline_met is per
                                         row. Needs budget_ms NAN and deadline_ns 0 */
+  void (*on_rows)(void *user, int64_t count, const int64_t *rows);
+                                   /**< NULL, or called on the calling thread each time rows settle under
+                                        row_thresholds / row_deadlines_ns, with their indices: their entries in
+                                        results (latency_ms and deadline_met as of that moment), probabilities and
+                                        exit_confidences are final, so a server can answer them before the rest
+                                        of the batch goes on. It must not call back into this session */
+  void *on_rows_user;              /**< passed to on_rows as `user` */
 } sdedge_infer_options;
 
 /** One row's answer. */
