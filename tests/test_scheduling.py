@@ -252,3 +252,18 @@ def test_waiting_requests_run_as_one_batch_with_their_own_policies(real_session)
     for i, o in enumerate(outs):
         alone = s.infer(x[i], threshold=thresholds[i])
         assert (o.results[0].exit_index, o.results[0].label) == (alone.exit_index, alone.label), i
+
+
+def test_rows_are_reported_as_they_settle(real_session):
+    """``on_settled`` hears of every row once, early exits first, with the results the call returns."""
+    s = real_session
+    c, h, w = s.input_shape
+    x = np.random.default_rng(9).standard_normal((4, c, h, w)).astype(np.float32)
+    heard: list[tuple[list[int], list]] = []
+    out = s.infer_rows(x, thresholds=[None, 0.0, None, 0.0], on_settled=lambda idx, res: heard.append((idx, res)))
+    assert [sorted(i) for i, _ in heard] == [[1, 3], [0, 2]]
+    for idx, res in heard:
+        for i, r in zip(idx, res):
+            assert (r.exit_index, r.label, r.stopped_by) == (out[i].exit_index, out[i].label, out[i].stopped_by)
+    assert out[1].exit_index == 1 and out[0].exit_index == s.num_exits
+    assert out[1].latency_ms <= out[0].latency_ms and out[0].deadline_met is None
