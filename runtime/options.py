@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..common.errors import PolicyError
+from .backends import PRECISIONS
 from .backends.base import Backend, BackendOptions
 from .policies import ANSWERS, check_criterion
 
@@ -33,7 +34,9 @@ class SessionOptions:
 
     ``backend``: ``"auto"`` (TensorRT engines where built, else ONNX Runtime), ``"onnxruntime"``,
     ``"tensorrt"``, or a ready :class:`~sdedge.runtime.backends.base.Backend` (the session then does
-    not close it on a failed start); ``precision``: ``fp32``, ``fp16`` or ``int8``; ``providers``: ONNX
+    not close it on a failed start); ``precision``: ``auto`` (default: the best TensorRT engines
+    ``sdedge build-engines`` built for this bundle on this device, int8 > fp16 > fp32, where the backend may
+    be TensorRT; else fp32), ``fp32``, ``fp16`` or ``int8``; ``providers``: ONNX
     Runtime execution providers in order of preference (None: CPU); ``intra_op_threads``: ONNX Runtime
     intra-op threads (None: the backend's default, every CPU this process may use);
     ``warmup``: warm-up calls at load (0: none); ``max_batch``: most images per call (a backend with
@@ -48,7 +51,7 @@ class SessionOptions:
     """
 
     backend: str | Backend = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     providers: tuple[str, ...] | None = None
     intra_op_threads: int | None = None
     warmup: int = 3
@@ -64,8 +67,9 @@ class SessionOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.backend, (str, Backend)):
             raise PolicyError(f"backend must be a backend name or a Backend, got {type(self.backend).__name__}")
-        if not isinstance(self.precision, str):
-            raise PolicyError(f"precision must be a string (fp32, fp16 or int8), got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise PolicyError(f"precision must be one of {', '.join(PRECISIONS)} (auto: the best TensorRT engines "
+                              f"built for this device, else fp32), got {self.precision!r}")
         if self.providers is not None:
             if isinstance(self.providers, str) or not isinstance(self.providers, Sequence):
                 raise PolicyError(f"providers must be a list of execution provider names, got {self.providers!r}")

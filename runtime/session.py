@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .backends import create_backend
+from .backends import create_backend, resolve_precision
 from .backends.base import Backend
 from .bundle import Bundle, open_bundle
 from .calibration import Calibration, load_calibration
@@ -117,12 +117,15 @@ class AnytimeSession:
         self.clock = clock
         self._native: Any = None
         opts = SessionOptions.resolve(options, **overrides)
+        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=opts.verify)
+        # precision "auto": the best engines built for this device where the backend may be TensorRT, else fp32
+        opts = opts.replace(precision=resolve_precision(self.bundle, opts.backend, opts.precision))
         self.engine = _choose_engine(opts, clock)
         self.options = opts
+        self.precision = opts.precision
         self.criterion = opts.criterion
         self.answer = opts.answer
         self.max_batch = opts.max_batch
-        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=opts.verify)
         self.manifest: Manifest = self.bundle.manifest
         self.calibration: Calibration | None = load_calibration(self.bundle)
         if self.engine == "native":
@@ -203,6 +206,17 @@ class AnytimeSession:
         if self._native is not None:
             return self._native.description["backend"]
         return self.backend.name
+
+    @property
+    def backend_info(self) -> dict[str, str]:
+        """What runs this session: ``engine`` (native or python), ``backend`` (onnxruntime, tensorrt),
+        ``precision`` (fp32, fp16, int8; "auto" resolved) and ``device`` (the profile's device name)."""
+        return {"engine": self.engine, "backend": self.backend_name, "precision": self.precision,
+                "device": self.device_name}
+
+    def describe_backend(self) -> str:
+        """One line for logs: ``onnxruntime fp32 on <device> (native engine)``."""
+        return f"{self.backend_name} {self.precision} on {self.device_name} ({self.engine} engine)"
 
     def close(self) -> None:
         if self._native is not None:

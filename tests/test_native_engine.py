@@ -204,7 +204,7 @@ def test_native_without_the_core_is_a_clear_error_and_auto_falls_back(tiny_bundl
         AnytimeSession(tiny_bundle, engine="native", **OPTS)
 
 
-@pytest.mark.parametrize("kw, why", [({"backend": "tensorrt"}, "Python engine only"),
+@pytest.mark.parametrize("kw, why", [({"backend": "tensorrt", "precision": "fp16"}, "Python engine only"),
                                      ({"precision": "int8"}, "precision 'int8'"),
                                      ({"backend_options": {"allow_spinning": True}}, "backend_options")])
 def test_native_refuses_what_only_python_runs(tiny_bundle: Path, kw: dict, why: str) -> None:

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from sdedge.common.errors import PolicyError
+from sdedge.common.errors import BackendError, PolicyError
 from sdedge.runtime import AnytimeSession, SessionOptions
 from sdedge.runtime.backends.base import BackendOptions
 
@@ -46,13 +46,20 @@ def test_replace_checks_again_and_names_unknown_options() -> None:
 def test_session_takes_options_and_keyword_overrides(tiny_bundle) -> None:
     opts = SessionOptions(backend="onnxruntime", intra_op_threads=1, warmup=0, max_batch=4, answer="ensemble")
     with AnytimeSession(tiny_bundle, opts, max_batch=2) as s:
-        assert s.options == opts.replace(max_batch=2)
+        assert s.options == opts.replace(max_batch=2, precision="fp32")  # "auto" resolved: no engines here
+        assert s.backend_info == {"engine": s.engine, "backend": "onnxruntime", "precision": "fp32",
+                                  "device": s.device_name}
         assert (s.max_batch, s.answer, s.criterion) == (2, "ensemble", "max_prob")
     with AnytimeSession(tiny_bundle, backend="onnxruntime", intra_op_threads=1, warmup=0, criterion="margin") as s:
-        assert s.options == SessionOptions(backend="onnxruntime", intra_op_threads=1, warmup=0, criterion="margin")
+        assert s.options == SessionOptions(backend="onnxruntime", intra_op_threads=1, warmup=0, criterion="margin",
+                                           precision="fp32")
         assert s.policy().criterion == "margin"
     with pytest.raises(PolicyError, match="max_batch must be a positive integer"):
         AnytimeSession(tiny_bundle, backend="onnxruntime", max_batch=0)
+    with pytest.raises(PolicyError, match="precision must be one of auto, fp32, fp16, int8"):
+        SessionOptions(precision="fp8")
+    with pytest.raises(BackendError, match="needs TensorRT|none are built; run `sdedge build-engines"):
+        AnytimeSession(tiny_bundle, backend="tensorrt", warmup=0)  # auto + tensorrt, no engines: never a fallback
     with pytest.raises(TypeError, match="unknown session option"):
         AnytimeSession(tiny_bundle, backend="onnxruntime", max_batches=8)
 
@@ -75,3 +82,26 @@ def test_configs_embed_the_options_instead_of_copying_them() -> None:
     assert cal.thread_settings() == (1, 2, None)
     with pytest.raises(PolicyError, match="intra_op_threads"):
         CalibrationConfig(profile_threads=(0,)).check()
+
+
+def test_precision_auto_takes_the_best_engines_built(tiny_bundle, monkeypatch) -> None:
+    """Issue 13 item 1: ``build-engines`` builds fp16 by default; ``auto`` must then run them, not fall back."""
+    import sdedge.common.hostinfo as hostinfo
+    import sdedge.runtime.backends.tensorrt as trt_backend
+    from sdedge.runtime.backends import resolve_precision
+    from sdedge.runtime.bundle import open_bundle
+
+    b = open_bundle(tiny_bundle)
+    built: set[str] = set()
+    monkeypatch.setattr(hostinfo, "nvidia_gpus", lambda: ["NVIDIA Jetson Orin Nano"])
+    monkeypatch.setattr(trt_backend, "engines_ready", lambda bundle, precision: precision in built)
+    assert resolve_precision(b, "auto", "auto") == "fp32"  # a GPU but no engines: ONNX Runtime in fp32
+    built.add("fp16")
+    assert resolve_precision(b, "auto", "auto") == "fp16"
+    assert resolve_precision(b, "tensorrt", "auto") == "fp16"
+    built.update({"fp32", "int8"})
+    assert resolve_precision(b, "auto", "auto") == "int8"  # int8 > fp16 > fp32
+    assert resolve_precision(b, "onnxruntime", "auto") == "fp32"  # ONNX Runtime runs the fp32 sections
+    assert resolve_precision(b, "auto", "fp32") == "fp32"  # an explicit precision is kept
+    monkeypatch.setattr(hostinfo, "nvidia_gpus", lambda: [])
+    assert resolve_precision(b, "auto", "auto") == "fp32"  # no GPU: engines are not looked for

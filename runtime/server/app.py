@@ -171,7 +171,7 @@ def build_state(target: Any, config: ServerConfig | None = None) -> ServerState:
         pool = InferencePool(sessions, config.max_queue, batching=config.batching, max_batch=io.max_batch,
                              max_delay_s=config.max_queue_delay_us * 1e-6,
                              no_deadline_wait_s=config.no_deadline_wait_ms * 1e-3, queue_order=config.queue_order)
-        metrics = ServerMetrics(s0.num_exits, queue_depth=pool.qsize)
+        metrics = ServerMetrics(s0.num_exits, queue_depth=pool.qsize, model_info=dict(s0.backend_info, model=name))
         stats = ModelStats(name, config.model_version)
 
         def on_run(rows: int, seconds: float) -> None:
@@ -352,8 +352,7 @@ class InferenceServer:
 
     def model_parameters(self) -> dict[str, str]:
         """What runs the model and how it answers (model metadata ``parameters``, the config's ``parameters``)."""
-        s, cfg = self.state.session, self.config
-        return {"engine": s.engine, "backend": s.backend_name, "device": s.device_name}
+        return dict(self.state.session.backend_info)
 
     def config_document(self) -> dict:
         """The model configuration in Triton's model-config shape (``GET .../config``, gRPC ``ModelConfig``)."""

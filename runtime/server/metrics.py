@@ -24,6 +24,8 @@ Exported at ``GET /metrics`` (text exposition format). Names and what they count
 ``sdedge_grpc_requests_total``       gRPC calls answered, by ``method`` and status ``code``
 ``sdedge_inflight_requests``         infer requests being handled now (reading, queued or running)
 ``sdedge_queue_depth``               infer requests waiting for a worker now
+``sdedge_model_info``                1, labelled with what serves the model: ``model``, ``engine``,
+                                     ``backend``, ``precision``, ``device``
 ==================================== ==================================================================
 """
 from __future__ import annotations
@@ -51,7 +53,8 @@ def _require_prometheus():
 class ServerMetrics:
     """The counters, histograms and gauges of one app; ``render()`` gives the exposition text."""
 
-    def __init__(self, num_exits: int, queue_depth: Callable[[], float] | None = None) -> None:
+    def __init__(self, num_exits: int, queue_depth: Callable[[], float] | None = None,
+                 model_info: dict[str, str] | None = None) -> None:
         pc = _require_prometheus()
         self._pc = pc
         r = self.registry = pc.CollectorRegistry(auto_describe=True)
@@ -87,6 +90,10 @@ class ServerMetrics:
                                     registry=r)
         if queue_depth is not None:
             self.queue_depth.set_function(queue_depth)
+        self.model_info = pc.Info("sdedge_model", "What serves the model: engine, backend, precision, device",
+                                  registry=r)
+        if model_info:
+            self.model_info.info({k: str(v) for k, v in model_info.items()})
 
     def count_request(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint=endpoint if endpoint in ENDPOINTS else "other", status=str(status)).inc()

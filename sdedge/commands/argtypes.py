@@ -1,8 +1,10 @@
 """argparse value types shared by the subcommands (torch-free, like the commands that use them)."""
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
-from typing import Callable
+from typing import Any, Callable
 
 
 def positive_list(kind: Callable[[str], float] = float, what: str = "numbers") -> Callable[[str], tuple]:
@@ -17,3 +19,13 @@ def positive_list(kind: Callable[[str], float] = float, what: str = "numbers") -
         return vals
 
     return parse
+
+
+PRECISION_HELP = ("section precision: auto (default) runs the best TensorRT engines `sdedge build-engines` built for "
+                  "this bundle on this device (int8 > fp16 > fp32) and fp32 where none are built or the backend is "
+                  "onnxruntime; fp16 is TensorRT only; int8 needs `sdedge export --int8` sections or int8 engines")
+
+
+def add_precision_argument(parser: Any) -> None:
+    """``--precision auto|fp32|fp16|int8`` (default auto), the same on every command that opens sessions."""
+    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto", help=PRECISION_HELP)

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from .argtypes import positive_list
+from .argtypes import positive_list, add_precision_argument
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     "Printed as a table of ratios and saved as JSON.")
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    add_precision_argument(p)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--runs", type=int, default=500, help="timed calls per contender (default 500)")
     p.add_argument("--warmup", type=int, default=50, help="untimed warm-up calls (default 50)")

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from .argtypes import positive_list
+from .argtypes import positive_list, add_precision_argument
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="answer mode the thresholds are chosen for (the session's answer=)")
     r = p.add_argument_group("device and profile")
     r.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
-    r.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    add_precision_argument(r)
     r.add_argument("--threads", type=positive_list(int, "integers"), default=None,
                    help="intra-op threads; a comma list profiles each (e.g. 1,2), the first runs the calibration")
     r.add_argument("--profile-runs", type=int, default=200, help="timed runs per batch size (0: keep the bundle's profile)")

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .argtypes import add_precision_argument
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="classify images with a bundle (anytime, under a budget or a threshold)",
@@ -28,7 +30,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="confidence criterion (default max_prob, or the calibrated one with --threshold calibrated)")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
                    help="inference backend (default auto: TensorRT engines if built, else onnxruntime)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32", help="section precision")
+    add_precision_argument(p)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all CPUs)")
     p.add_argument("--answer", choices=["last", "ensemble"], default="last",
                    help="answer with the last exit run, or the mean of the exits run so far")
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                              answer=args.answer, criterion=args.criterion or "max_prob")
     session = AnytimeSession(args.bundle, options)
     threshold = _threshold(args.threshold)
-    print(f"# {session.device_name} ({session.engine} engine): {session.num_exits} exits, input {list(session.input_shape)}, "
+    print(f"# {session.describe_backend()}: {session.num_exits} exits, input {list(session.input_shape)}, "
           f"{'calibrated' if session.calibration else 'uncalibrated'}", file=sys.stderr)
     for name in args.images:
         arr, note = load_image(Path(name), session.input_shape, session.manifest.preprocess.channel_order)

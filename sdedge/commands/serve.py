@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .argtypes import add_precision_argument
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -56,7 +58,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="onnxruntime intra-op threads per session (default: the CPUs split between the sessions)")
     c.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
                    help="inference backend (default auto: TensorRT engines if built, else onnxruntime)")
-    c.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32", help="section precision (default fp32)")
+    add_precision_argument(c)
     c.add_argument("--max-batch", type=int, default=64, help="most images in one request (more: 400; default 64)")
     c.add_argument("--no-batching", dest="batching", action="store_false",
                    help="run every request alone (default: requests waiting together run as one batch of up to "
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     state = build_state(args.bundle, config)  # load and warm up before binding the port
     s = state.session
     print(f"sdedge serve: model {state.model_name!r} version {state.model_version!r}: {s.num_exits} exits, input "
-          f"{list(s.input_shape)}, {len(state.sessions)} session(s) on {s.device_name} ({s.engine} engine), "
+          f"{list(s.input_shape)}, {len(state.sessions)} session(s) of {s.describe_backend()}, "
           f"{'calibrated' if s.calibration else 'uncalibrated'}, default budget "
           f"{'none' if config.budget_ms is None else f'{config.budget_ms:g} ms'}", file=sys.stderr)
 
