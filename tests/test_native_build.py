@@ -104,7 +104,7 @@ def test_header_declares_the_design_api():
         # ABI version 2: added functions (the §5b ones are unchanged; struct fields were appended)
         "sdedge_session_describe", "sdedge_session_infer_f32_ex", "sdedge_session_infer_u8_ex"}
     text = HEADER.read_text(encoding="utf-8")
-    assert "#define SDEDGE_ABI_VERSION 2" in text
+    assert "#define SDEDGE_ABI_VERSION 3" in text
     assert 'extern "C"' in text
 
 
@@ -187,7 +187,7 @@ def test_c_program_builds_with_python_m_sdedge_native_flags(tmp_path):
     # exactly what a user types: cc prog.c $(python -m sdedge.native --cflags --libs)
     flags = _flags("--cflags", "--libs").split()
     _run([cc, "-std=c99", "-Wall", "-Werror", str(src), *flags, "-lm", "-o", str(exe)])
-    assert _run([str(exe)]).stdout.startswith("abi 2 now 1")
+    assert _run([str(exe)]).stdout.startswith("abi 3 now 1")
 
 
 @needs_core
@@ -199,7 +199,7 @@ def test_c_program_builds_with_pkg_config(tmp_path):
     env = dict(os.environ, PKG_CONFIG_PATH=str(native.pkgconfig_dir()))
     flags = _run([pkg_config, "--cflags", "--libs", "sdedge"], env=env).stdout.split()
     _run([cc, str(src), *flags, "-lm", "-o", str(exe)])
-    assert _run([str(exe)]).stdout.startswith("abi 2")
+    assert _run([str(exe)]).stdout.startswith("abi 3")
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,7 @@ def consumer(tmp_path_factory) -> Path:
 
 
 def test_cmake_consumer_links_sdedge_target(consumer):
-    assert _run([str(consumer)]).stdout.startswith("sdedge ABI 2")
+    assert _run([str(consumer)]).stdout.startswith("sdedge ABI 3")
 
 
 def test_cmake_consumer_answers_a_real_bundle(consumer, tiny_bundle):
