@@ -1,4 +1,4 @@
-"""TensorRT engines for a bundle, built on the target with the TensorRT 10 Python API.
+"""TensorRT engines for a bundle, built on the target with the TensorRT 10 or 11 Python API.
 
 One engine per section, from the section's ONNX file (``int8/s{k}.onnx``, the QDQ graph, for
 ``precision="int8"``: TensorRT's explicit quantization reads the scales from the Q/DQ nodes, so no
@@ -45,19 +45,39 @@ def import_tensorrt() -> Any:
     return _import_tensorrt("building engines")
 
 
+def tensorrt_major(trt: Any) -> int:
+    """The installed TensorRT's major version (10 or 11 are supported; :func:`import_tensorrt` refuses < 10)."""
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        return 0
+
+
 def _build_one(trt: Any, onnx_path: Path, precision: str, batches: tuple[int, int, int], workspace_mb: int,
                logger: Any) -> bytes:
+    """One engine from one section graph. TensorRT 10: a weakly typed network, precision from builder flags
+    (fp16: ``BuilderFlag.FP16``; int8: the QDQ graph with ``FP16`` + ``INT8``). TensorRT 11 removed those
+    flags: the network is strongly typed and takes its precision from the graph (fp32 sections for fp32,
+    the QDQ sections for int8); fp16 there needs fp16 section graphs, which export does not write yet, so
+    it is refused with a message."""
+    major = tensorrt_major(trt)
+    typed = major >= 11
+    if typed and precision == "fp16":
+        raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks only (BuilderFlag.FP16 is gone): "
+                          f"fp16 engines need fp16 section graphs, which `sdedge export` does not write yet; build "
+                          f"--fp32 or --int8 engines with TensorRT 11, or fp16 ones with TensorRT 10")
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+    flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if typed else 0
+    network = builder.create_network(flags)  # TensorRT >= 10: networks are always explicit-batch
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT could not parse {onnx_path}: {errors or 'unknown parser error'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if precision in ("fp16", "int8"):
+    if not typed and precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # layers without Q/DQ fall back to fp16, not fp32
-    if precision == "int8":
+    if not typed and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):

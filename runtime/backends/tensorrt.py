@@ -19,9 +19,10 @@ package is a :class:`BackendError` naming what to install.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -37,7 +38,15 @@ def import_tensorrt() -> Any:
 
 # -- CUDA memory and streams, through cuda-python or pycuda -------------------------------------------
 class CudaPython:
-    """Device memory, copies and a stream through cuda-python's runtime API bindings."""
+    """Device memory, copies and a stream through cuda-python's runtime API bindings.
+
+    The runtime API makes the device's primary context current on any thread that calls it, so
+    :meth:`current` has nothing to do (it exists so the backend treats both CUDA packages alike).
+    """
+
+    @contextmanager
+    def current(self) -> Iterator[None]:
+        yield
 
     def __init__(self, cudart: Any) -> None:
         self.rt = cudart
@@ -80,14 +89,26 @@ class CudaPython:
 
 
 class PyCuda:
-    """The same operations through pycuda, on the device's primary context (the one TensorRT uses)."""
+    """The same operations through pycuda, on the device's primary context (the one TensorRT uses).
+
+    A CUDA driver context is current per thread, and a server runs inference on its worker thread, not
+    the one that made the backend: :meth:`current` pushes the context on the calling thread for the
+    duration of a piece of work and pops it after, and the backend wraps everything it does in it.
+    """
 
     def __init__(self, drv: Any) -> None:
         self.drv = drv
         drv.init()
         self.ctx = drv.Device(0).retain_primary_context()
-        self.ctx.push()
         self._allocs: dict[int, Any] = {}
+
+    @contextmanager
+    def current(self) -> Iterator[None]:
+        self.ctx.push()
+        try:
+            yield
+        finally:
+            self.drv.Context.pop()
 
     def malloc(self, nbytes: int) -> int:
         a = self.drv.mem_alloc(max(1, nbytes))
@@ -185,6 +206,36 @@ def engines_ready(bundle: Any, precision: str) -> bool:
     return True
 
 
+def check_engine_io(trt: Any, engine: Any, manifest: Any, k: int, path: Path) -> None:
+    """Refuse an engine whose I/O tensors are not what the manifest says section ``k`` has: their number,
+    names, directions (input/output), float32 dtypes and non-batch dimensions; the error names the section,
+    the tensor and the engine file (as the ONNX Runtime backend does for graphs)."""
+    last = k == manifest.num_exits
+    spec = manifest.sections[k - 1]
+    want: dict[str, tuple[Any, tuple[int, ...]]] = {
+        input_name(k): (trt.TensorIOMode.INPUT, tuple(int(d) for d in spec.input.shape[1:]))}
+    if not last:
+        want[features_name(k)] = (trt.TensorIOMode.OUTPUT,
+                                  tuple(int(d) for d in spec.features.shape[1:]))  # type: ignore[union-attr]
+    want[logits_name(k)] = (trt.TensorIOMode.OUTPUT, (manifest.num_classes,))
+    where = f"section {k} ({path})"
+    n = int(engine.num_io_tensors)
+    names = [engine.get_tensor_name(i) for i in range(n)]
+    if sorted(names) != sorted(want):
+        raise BackendError(f"{where}: the engine's I/O tensors are {sorted(names)} but the manifest says "
+                           f"{sorted(want)} (engines of another bundle? rebuild with `sdedge build-engines`)")
+    for name, (mode, dims) in want.items():
+        if engine.get_tensor_mode(name) != mode:
+            raise BackendError(f"{where}: tensor {name} is {engine.get_tensor_mode(name)} in the engine, expected {mode}")
+        if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+            raise BackendError(f"{where}: tensor {name} is {engine.get_tensor_dtype(name)}, expected float32 I/O "
+                               "(build engines with `sdedge build-engines`)")
+        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        if shape[1:] != dims:
+            raise BackendError(f"{where}: tensor {name} has shape {list(shape)} in the engine but [-1, "
+                               f"{', '.join(map(str, dims))}] in the manifest (rebuild with `sdedge build-engines`)")
+
+
 @dataclass(frozen=True)
 class DeviceBatch:
     """A batch on the GPU: device pointer, shape (float32, C-contiguous) and the section that owns it."""
@@ -215,21 +266,34 @@ class TensorRTBackend(Backend):
         runtime = trt.Runtime(self._logger)
         man = bundle.manifest
         self._engines, self._contexts = [], []
-        for k, path in enumerate(engine_files(bundle, opts.precision), start=1):
-            engine = runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise BackendError(f"TensorRT {trt.__version__} could not deserialize {path} (built by another "
-                                   f"TensorRT version or for another GPU?); rebuild with `sdedge build-engines`")
-            for name in [input_name(k)] + ([features_name(k)] if k < man.num_exits else []) + [logits_name(k)]:
-                if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
-                    raise BackendError(f"engine {path}: tensor {name} is {engine.get_tensor_dtype(name)}, expected "
-                                       "float32 I/O (build engines with `sdedge build-engines`)")
-            self._engines.append(engine)
-            self._contexts.append(engine.create_execution_context())
-        profile_max = min(int(e.get_tensor_profile_shape(input_name(k), 0)[2][0])
-                          for k, e in enumerate(self._engines, start=1))
+        with cuda.current():
+            for k, path in enumerate(engine_files(bundle, opts.precision), start=1):
+                engine = runtime.deserialize_cuda_engine(path.read_bytes())
+                if engine is None:
+                    raise BackendError(f"TensorRT {trt.__version__} could not deserialize {path} (built by another "
+                                       f"TensorRT version or for another GPU?); rebuild with `sdedge build-engines`")
+                check_engine_io(trt, engine, man, k, path)
+                self._engines.append(engine)
+                ctx = engine.create_execution_context()
+                if ctx is None:
+                    raise BackendError(f"TensorRT could not create an execution context for section {k} ({path}): "
+                                       f"out of GPU memory?")
+                self._contexts.append(ctx)
+        # every section's optimisation profile: run at least its minimum rows, at most its maximum
+        ranges = [tuple(int(shape[0]) for shape in e.get_tensor_profile_shape(input_name(k), 0)[::2])
+                  for k, e in enumerate(self._engines, start=1)]
+        self.min_batch = max(lo for lo, _ in ranges)
+        profile_max = min(hi for _, hi in ranges)
+        if self.min_batch > profile_max:
+            raise BackendError(f"the engines' optimisation profiles do not overlap (batch minimum {self.min_batch} > "
+                               f"maximum {profile_max}); rebuild them with one profile")
         self.max_batch = min(opts.max_batch, profile_max)
+        if self.max_batch < self.min_batch:
+            raise BackendError(f"max_batch {opts.max_batch} is below the engines' profile minimum {self.min_batch}; "
+                               f"raise max_batch or rebuild the engines with `--min-batch 1`")
         try:
+            self._enter = cuda.current()
+            self._enter.__enter__()
             self._stream = cuda.create_stream()
             self._stream_handle = cuda.stream_handle(self._stream)
             b = self.max_batch
@@ -245,6 +309,8 @@ class TensorRTBackend(Backend):
         except Exception:
             self.close()
             raise
+        finally:
+            self._enter.__exit__(None, None, None)
 
     def _alloc(self, nbytes: int) -> int:
         ptr = self._cuda.malloc(nbytes)
@@ -265,37 +331,57 @@ class TensorRTBackend(Backend):
         if x.shape[0] > self.max_batch:
             raise BackendError(f"batch of {x.shape[0]} exceeds the engines' max batch {self.max_batch}")
         x = np.ascontiguousarray(x)
-        self._cuda.h2d(self._out[0], x, self._stream)
+        with self._cuda.current():
+            self._cuda.h2d(self._out[0], x, self._stream)
         return DeviceBatch(self._out[0], tuple(x.shape), 0)
 
     def run_section(self, index: int, x: DeviceBatch) -> tuple[DeviceBatch | None, np.ndarray]:
+        """Run section ``index`` on ``x``. Fewer rows than the engines' profile minimum run padded to it
+        (the buffers hold ``max_batch`` rows; the padding rows' results are ignored)."""
         ctx = self._contexts[index - 1]
         last = index == len(self._contexts)
         b = x.shape[0]
-        ctx.set_input_shape(input_name(index), x.shape)
-        ctx.set_tensor_address(input_name(index), x.ptr)
-        if not last:
-            ctx.set_tensor_address(features_name(index), self._out[index])
-        ctx.set_tensor_address(logits_name(index), self._logits_dev[index - 1])
-        if not ctx.execute_async_v3(self._stream_handle):
-            raise BackendError(f"TensorRT failed running section {index}")
-        host = self._logits_host[index - 1][:b]
-        self._cuda.d2h(host, self._logits_dev[index - 1], self._stream)
-        self._cuda.sync(self._stream)
+        run_shape = (max(b, self.min_batch),) + tuple(x.shape[1:])
+        with self._cuda.current():
+            if not ctx.set_input_shape(input_name(index), run_shape):
+                raise BackendError(f"TensorRT refused input shape {list(run_shape)} for {input_name(index)} of "
+                                   f"section {index} (outside its optimisation profile "
+                                   f"{self._profile_text(index)})")
+            addresses = [(input_name(index), x.ptr), (logits_name(index), self._logits_dev[index - 1])]
+            if not last:
+                addresses.append((features_name(index), self._out[index]))
+            for name, ptr in addresses:
+                if not ctx.set_tensor_address(name, ptr):
+                    raise BackendError(f"TensorRT refused the address of tensor {name} of section {index}")
+            if not ctx.execute_async_v3(self._stream_handle):
+                raise BackendError(f"TensorRT failed running section {index} on {list(run_shape)} (see the TensorRT "
+                                   f"log above)")
+            host = self._logits_host[index - 1][:b]
+            self._cuda.d2h(host, self._logits_dev[index - 1], self._stream)
+            self._cuda.sync(self._stream)  # the one synchronisation of the section: its logits are needed now
         feats = None if last else DeviceBatch(self._out[index], (b,) + self._feat_shape[index], index)
         return feats, host.copy()
+
+    def _profile_text(self, index: int) -> str:
+        lo, opt, hi = (list(s) for s in self._engines[index - 1].get_tensor_profile_shape(input_name(index), 0))
+        return f"min {lo}, opt {opt}, max {hi}"
 
     def take_rows(self, x: DeviceBatch, rows: np.ndarray) -> DeviceBatch:
         k = x.section
         # ping-pong between a section's output and its scratch buffer, so source and target never overlap
         dst = self._scratch[k] if x.ptr != self._scratch[k] else self._out[k]
-        gather_rows(self._cuda, dst, x.ptr, x.row_bytes, np.asarray(rows), self._stream)
+        with self._cuda.current():
+            gather_rows(self._cuda, dst, x.ptr, x.row_bytes, np.asarray(rows), self._stream)
         return DeviceBatch(dst, (len(rows),) + x.shape[1:], k)
 
     def close(self) -> None:
         cuda = getattr(self, "_cuda", None)
         if cuda is None:
             return
+        with cuda.current():
+            self._release(cuda)
+
+    def _release(self, cuda: Any) -> None:
         if self._stream is not None:
             try:
                 cuda.sync(self._stream)

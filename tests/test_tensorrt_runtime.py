@@ -1,0 +1,172 @@
+"""The TensorRT path end to end against ``fake_tensorrt``: a stand-in for TensorRT 10/11 and CUDA that
+enforces the libraries' documented rules (profiles, ``set_input_shape`` returning False, addresses before
+``execute_async_v3``, per-thread pycuda contexts, 11.x without precision flags) and computes for real
+(each engine is its section's ONNX graph on ONNX Runtime, device memory is host memory).
+
+The tests of issue 13's bugs failed on the code before it (checked by running them on that code): ``auto``
+ignored fp16 engines, ``--min-batch 2`` broke start-up ("TensorRT failed running section 1"), a shape
+outside the profile was not reported as such, pycuda ran without a context on the server's worker thread,
+engine I/O was not checked against the manifest, and TensorRT 11 builds used removed builder flags.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fake_tensorrt
+from sdedge.common.errors import BackendError, ExportError
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture()
+def bundle(tiny_bundle, tmp_path) -> Path:
+    """A private copy of the tiny bundle (engines are written into it)."""
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def reference(bundle: Path):
+    from sdedge.runtime import AnytimeSession
+
+    return AnytimeSession(bundle, backend="onnxruntime", precision="fp32", warmup=0, engine="python")
+
+
+def images(s, n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n,) + s.input_shape).astype(np.float32)
+
+
+def same_answers(a, b, x, **kw) -> None:
+    ra, rb = a.infer(x, **kw), b.infer(x, **kw)
+    assert [r.exit_index for r in ra] == [r.exit_index for r in rb]
+    assert [r.label for r in ra] == [r.label for r in rb]
+    np.testing.assert_allclose(np.stack([r.probabilities for r in ra]), np.stack([r.probabilities for r in rb]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_auto_runs_the_fp16_engines_build_engines_made(bundle, monkeypatch):
+    from sdedge.export import build_engines
+    from sdedge.runtime import AnytimeSession
+
+    trt = fake_tensorrt.install(monkeypatch)
+    build_engines(bundle)  # fp16 by default, as the README's flow
+    with AnytimeSession(bundle, warmup=1, max_batch=4) as s, reference(bundle) as ref:
+        assert s.backend_info == {"engine": "python", "backend": "tensorrt", "precision": "fp16",
+                                  "device": s.device_name} and s.device_name.endswith("-fp16")
+        x = images(s, 4, seed=1)
+        same_answers(s, ref, x)
+        same_answers(s, ref, x, threshold=0.5)  # shrinking batches: rows gathered on the device
+    assert not trt.log
+
+
+def test_min_batch_above_one_pads_instead_of_failing(bundle, monkeypatch):
+    from sdedge.export import build_engines
+    from sdedge.runtime import AnytimeSession
+
+    trt = fake_tensorrt.install(monkeypatch)
+    build_engines(bundle, "fp32", min_batch=2, opt_batch=2, max_batch=4)
+    with AnytimeSession(bundle, warmup=1, max_batch=4) as s, reference(bundle) as ref:
+        assert s.backend.min_batch == 2 and s.max_batch == 4
+        x = images(s, 3, seed=2)
+        same_answers(s, ref, x[:1])  # one row runs padded to the profile's minimum
+        same_answers(s, ref, x, threshold=0.6)
+        ran = [shape[0][0] for ctx in s.backend._contexts for shape in ctx.runs]
+        assert ran and min(ran) >= 2
+    assert not trt.log
+
+
+def test_a_shape_outside_the_profile_is_a_clear_error(bundle, monkeypatch):
+    from sdedge.export import build_engines
+    from sdedge.runtime.backends.base import BackendOptions
+    from sdedge.runtime.backends.tensorrt import DeviceBatch, TensorRTBackend
+    from sdedge.runtime.bundle import open_bundle
+
+    fake_tensorrt.install(monkeypatch)
+    build_engines(bundle, "fp32", max_batch=2)
+    be = TensorRTBackend(open_bundle(bundle), BackendOptions(precision="fp32", max_batch=8))
+    try:
+        assert be.max_batch == 2  # the profile's maximum bounds the session
+        h = be.upload(np.zeros((2,) + tuple(be.bundle.manifest.input.shape[1:]), np.float32))
+        too_big = DeviceBatch(h.ptr, (3,) + h.shape[1:], 0)
+        with pytest.raises(BackendError, match=r"refused input shape \[3, .*section 1.*max \[2"):
+            be.run_section(1, too_big)
+    finally:
+        be.close()
+
+
+def test_engine_io_is_checked_against_the_manifest(bundle, monkeypatch):
+    from sdedge.export import build_engines
+    from sdedge.runtime import AnytimeSession
+    from sdedge.runtime.engine_cache import engine_path
+
+    fake_tensorrt.install(monkeypatch)
+    res = build_engines(bundle, "fp32")
+    s1, s2 = engine_path(res.cache_dir, 1), engine_path(res.cache_dir, 2)
+    s1.write_bytes(s2.read_bytes())  # section 2's engine where section 1's should be
+    with pytest.raises(BackendError, match=r"section 1 .*s1\.engine.*I/O tensors are .*features_1.*manifest says"):
+        AnytimeSession(bundle, backend="tensorrt", precision="fp32", warmup=0)
+
+
+def test_pycuda_context_is_made_current_on_the_worker_thread(bundle, monkeypatch):
+    from sdedge.export import build_engines
+    from sdedge.runtime import AnytimeSession
+
+    trt = fake_tensorrt.install(monkeypatch, cuda="pycuda")
+    build_engines(bundle, "fp16")
+    drv = __import__("sys").modules["pycuda.driver"]
+    with AnytimeSession(bundle, warmup=1, max_batch=4) as s, reference(bundle) as ref:
+        assert s.backend_name == "tensorrt"
+        x = images(s, 3, seed=3)
+        out: dict = {}
+
+        def work() -> None:  # as the server's inference thread: not the thread that made the session
+            try:
+                out["r"] = s.infer(x, threshold=0.5)
+            except Exception as e:  # noqa: BLE001
+                out["e"] = e
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join(120)
+        assert "e" not in out, out.get("e")
+        assert [r.label for r in out["r"]] == [r.label for r in ref.infer(x, threshold=0.5)]
+        with pytest.raises(drv.LogicError, match="no context"):
+            drv.Context.pop()  # nothing was left pushed on this thread either
+    assert not trt.log
+
+
+def test_tensorrt_11_builds_strongly_typed_without_precision_flags(bundle, monkeypatch):
+    from sdedge.export import build_engines
+    from sdedge.runtime import AnytimeSession
+
+    trt = fake_tensorrt.install(monkeypatch, version="11.4.0.10")
+    assert not hasattr(trt.BuilderFlag, "FP16")
+    with pytest.raises(ExportError, match="strongly typed.*fp16 engines need fp16 section graphs"):
+        build_engines(bundle, "fp16")
+    res = build_engines(bundle, "fp32")
+    assert json.loads(res.engines[0].read_bytes()[len(fake_tensorrt._MAGIC):])["precision"] == "typed"
+    with AnytimeSession(bundle, warmup=1, max_batch=2) as s, reference(bundle) as ref:
+        assert s.backend_info["precision"] == "fp32" and s.backend_name == "tensorrt"
+        same_answers(s, ref, images(s, 2, seed=4))
+    assert not trt.log
+
+
+def test_engines_of_another_major_version_are_refused(bundle, monkeypatch):
+    from sdedge.export import build_engines
+    from sdedge.runtime.backends.base import BackendOptions
+    from sdedge.runtime.backends.tensorrt import TensorRTBackend
+    from sdedge.runtime.bundle import open_bundle
+
+    fake_tensorrt.install(monkeypatch, version="10.8.0.43")
+    build_engines(bundle, "fp32")
+    # the same version string's cache folder, read by a TensorRT 11 runtime: it cannot deserialize them
+    trt11 = fake_tensorrt.install(monkeypatch, version="11.4.0.10")
+    monkeypatch.setattr(trt11, "__version__", "10.8.0.43")
+    with pytest.raises(BackendError, match="could not deserialize"):
+        TensorRTBackend(open_bundle(bundle), BackendOptions(precision="fp32"))
