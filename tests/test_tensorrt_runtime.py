@@ -170,3 +170,37 @@ def test_engines_of_another_major_version_are_refused(bundle, monkeypatch):
     monkeypatch.setattr(trt11, "__version__", "10.8.0.43")
     with pytest.raises(BackendError, match="could not deserialize"):
         TensorRTBackend(open_bundle(bundle), BackendOptions(precision="fp32"))
+
+
+def test_device_buffers_batches_and_chunks(bundle, monkeypatch):
+    """Mixed exits shrink the batch on the device, the engines' profile caps the session's batch, larger
+    batches are refused or chunked, and closing frees every device buffer."""
+    from sdedge.common.errors import InputError
+    from sdedge.export import build_engines
+    from sdedge.runtime import AnytimeSession
+
+    trt = fake_tensorrt.install(monkeypatch)
+    build_engines(bundle, "fp16", max_batch=16)
+    s = AnytimeSession(bundle, warmup=1, max_batch=32)
+    ref = reference(bundle)
+    try:
+        assert s.max_batch == 16  # the engines' profile caps the session's batch
+        x = images(s, 12, seed=13)
+        np.testing.assert_allclose(s.infer_all_exits(x), ref.infer_all_exits(x), rtol=1e-5, atol=1e-6)
+        conf = np.exp(ref.infer_all_exits(x)[0])
+        t = float(np.quantile((conf / conf.sum(1, keepdims=True)).max(1), 0.5))  # half leave at exit 1
+        got, want = s.infer(x, threshold=t), ref.infer(x, threshold=t)
+        assert len({r.exit_index for r in want}) >= 2
+        assert [(r.exit_index, r.label) for r in got] == [(r.exit_index, r.label) for r in want]
+        with pytest.raises(BackendError, match="max batch 16"):
+            s.backend.upload(np.zeros((17,) + s.input_shape, np.float32))
+        with pytest.raises(InputError, match="max_batch=16"):
+            s.infer(np.zeros((17,) + s.input_shape, np.float32))
+        assert s.infer_all_exits(np.concatenate([x, x])).shape[1] == 24  # chunked to the engines' batch
+        held = len(trt.memory.blocks)
+        assert held > 0
+    finally:
+        s.close()
+        ref.close()
+    assert not trt.memory.blocks  # every device buffer released
+    assert not trt.log
