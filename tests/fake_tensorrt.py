@@ -121,7 +121,20 @@ def make_cudart(mem: DeviceMemory) -> types.ModuleType:
         ctypes.memmove(int(dst), int(src), int(n))
         return (cudaError_t.cudaSuccess,)
 
-    for f in (cudaMalloc, cudaFree, cudaStreamCreate, cudaStreamDestroy, cudaStreamSynchronize, cudaMemcpyAsync):
+    pinned: dict[int, Any] = {}
+
+    def cudaMallocHost(n: int):  # noqa: N802 - page-locked host memory (the host side of async copies)
+        buf = (ctypes.c_char * max(1, int(n)))()
+        pinned[ctypes.addressof(buf)] = buf
+        return cudaError_t.cudaSuccess, ctypes.addressof(buf)
+
+    def cudaFreeHost(ptr: int):  # noqa: N802
+        return (cudaError_t.cudaSuccess if pinned.pop(int(ptr), None) is not None
+                else cudaError_t.cudaErrorInvalidValue,)
+
+    rt.pinned = pinned
+    for f in (cudaMalloc, cudaFree, cudaStreamCreate, cudaStreamDestroy, cudaStreamSynchronize, cudaMemcpyAsync,
+              cudaMallocHost, cudaFreeHost):
         setattr(rt, f.__name__, f)
     rt.cudaError_t, rt.cudaMemcpyKind = cudaError_t, cudaMemcpyKind
     return rt
@@ -202,7 +215,12 @@ def make_pycuda(mem: DeviceMemory) -> tuple[types.ModuleType, _Tls]:
         mem.check(int(src), n, "memcpy_dtod_async src")
         ctypes.memmove(int(dst), int(src), n)
 
+    def pagelocked_empty(shape: Any, dtype: Any) -> np.ndarray:
+        need_context("cuMemHostAlloc")
+        return np.empty(shape, dtype)
+
     drv.init = lambda: None
+    drv.pagelocked_empty = pagelocked_empty
     for obj in (LogicError, Context, Device, DeviceAllocation, Stream, mem_alloc, memcpy_htod_async,
                 memcpy_dtoh_async, memcpy_dtod_async):
         setattr(drv, obj.__name__, obj)

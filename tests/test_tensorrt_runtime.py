@@ -198,9 +198,27 @@ def test_device_buffers_batches_and_chunks(bundle, monkeypatch):
             s.infer(np.zeros((17,) + s.input_shape, np.float32))
         assert s.infer_all_exits(np.concatenate([x, x])).shape[1] == 24  # chunked to the engines' batch
         held = len(trt.memory.blocks)
-        assert held > 0
+        assert held > 0 and len(__import__("sys").modules["cuda.bindings.runtime"].pinned) == s.num_exits
     finally:
         s.close()
         ref.close()
     assert not trt.memory.blocks  # every device buffer released
+    assert not __import__("sys").modules["cuda.bindings.runtime"].pinned  # and every pinned host buffer
     assert not trt.log
+
+
+def test_onnxruntime_tensorrt_provider_gets_explicit_profiles_and_an_engine_cache(bundle):
+    """Issue 13 item 7: the TensorRT execution provider of onnxruntime-gpu, given explicit profile shapes from 1
+    to max_batch (a shrinking batch never rebuilds an engine), fp16 when asked, and caches in engines/."""
+    from sdedge.runtime.backends.onnxruntime import tensorrt_ep_options
+    from sdedge.runtime.bundle import open_bundle
+
+    b = open_bundle(bundle)
+    spec = b.manifest.sections[1]
+    c, h, w = spec.input.shape[1:]
+    opts = tensorrt_ep_options(b.path, spec, 16, "fp16", "NVIDIA Jetson Orin Nano")
+    assert opts["trt_profile_min_shapes"] == f"features_1:1x{c}x{h}x{w}"
+    assert opts["trt_profile_max_shapes"] == f"features_1:16x{c}x{h}x{w}"
+    assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_enable"] is True
+    assert Path(opts["trt_engine_cache_path"]) == b.path / "engines" / "ort-trt-nvidia-jetson-orin-nano-fp16"
+    assert tensorrt_ep_options(b.path, spec, 4, "fp32", "x")["trt_fp16_enable"] is False

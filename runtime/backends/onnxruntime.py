@@ -25,6 +25,7 @@ by default.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -59,6 +60,21 @@ def available_providers() -> list[str]:
         return list(import_onnxruntime().get_available_providers())
     except BackendError:
         return []
+
+
+def tensorrt_ep_options(bundle_path: Any, spec: SectionSpec, max_batch: int, precision: str, gpu: str) -> dict[str, Any]:
+    """ONNX Runtime's TensorRT execution provider options for one section: an explicit optimisation profile
+    for its input from 1 to ``max_batch`` rows (so a batch that shrinks as rows exit never makes it build a
+    new engine), fp16 when asked, and its engine and timing caches under the bundle's ``engines/`` (one
+    folder per GPU and precision, beside ``sdedge build-engines``' own)."""
+    chw = "x".join(str(int(d)) for d in spec.input.shape[1:])
+    name = spec.input.name
+    cache = Path(bundle_path) / "engines" / f"ort-trt-{slug(gpu)}-{precision}"
+    return {"trt_profile_min_shapes": f"{name}:1x{chw}", "trt_profile_opt_shapes": f"{name}:1x{chw}",
+            "trt_profile_max_shapes": f"{name}:{int(max_batch)}x{chw}", "trt_fp16_enable": precision == "fp16",
+            "trt_int8_enable": False,  # int8 comes from the QDQ sections themselves
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
 
 
 def resolve_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -119,9 +135,12 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort
         self.options = opts = options or BackendOptions()
         self.bundle = bundle
-        if opts.precision not in ("fp32", "int8"):
+        trt_first = bool(opts.providers) and PROVIDER_ALIASES.get(str(opts.providers[0]).lower(),
+                                                                  str(opts.providers[0])) == "TensorrtExecutionProvider"
+        if opts.precision not in ("fp32", "int8") and not (opts.precision == "fp16" and trt_first):
             raise BackendError(f"the onnxruntime backend runs precision fp32 or int8, not {opts.precision!r} "
-                               "(fp16 is a TensorRT engine precision)")
+                               "(fp16 is a TensorRT precision: sdedge build-engines, or the TensorRT execution "
+                               "provider first in providers)")
         threads = opts.intra_op_threads if opts.intra_op_threads is not None else available_cpus()
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise BackendError(f"intra_op_threads must be a positive integer, got {threads!r}")
@@ -149,16 +168,23 @@ class OnnxRuntimeBackend(Backend):
         self._so = so
         self._sessions = []
         for spec in bundle.manifest.sections:
-            path = bundle.section_path(spec.index, opts.precision)
-            sess = self._load(path)
+            path = bundle.section_path(spec.index, "int8" if opts.precision == "int8" else "fp32")
+            sess = self._load(path, spec)
             check_section_io(sess, spec, path.relative_to(bundle.path).as_posix())
             self._sessions.append(sess)
         self._reference = None
         self._io_out: dict[tuple[int, int], tuple[Any, dict[str, np.ndarray]]] = {}
 
-    def _load(self, path: Any) -> Any:
+    def _load(self, path: Any, spec: SectionSpec | None = None) -> Any:
+        providers: list[Any] = list(self.providers)
+        if spec is not None and "TensorrtExecutionProvider" in providers:
+            i = providers.index("TensorrtExecutionProvider")
+            opts = tensorrt_ep_options(self.bundle.path, spec, self.options.max_batch, self.options.precision,
+                                       gpu_name(0))
+            Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+            providers[i] = ("TensorrtExecutionProvider", opts)
         try:
-            return self._ort.InferenceSession(str(path), self._so, providers=self.providers)
+            return self._ort.InferenceSession(str(path), self._so, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime could not load {path}: {e}") from None
 

@@ -10,7 +10,8 @@ engines' optimisation-profile maximum): the input, each section's features and l
 buffer per section for shrinking a batch. A features handle is a device pointer plus a shape
 (:class:`DeviceBatch`); it goes straight into the next section's context with ``set_tensor_address``.
 ``take_rows`` copies the kept rows device-to-device (one copy per run of consecutive rows); only the
-logits come back to the host. Everything runs on one CUDA stream with ``execute_async_v3``.
+logits come back to the host, into pinned (page-locked) host buffers, with one synchronisation per
+section. Everything runs on one CUDA stream with ``execute_async_v3``.
 
 CUDA from Python: ``cuda-python`` (``cuda.bindings.runtime``, or ``cuda.cudart`` in older releases)
 first, ``pycuda`` as the fallback. Nothing is imported until the backend is created; a missing
@@ -18,6 +19,7 @@ package is a :class:`BackendError` naming what to install.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,6 +89,16 @@ class CudaPython:
     def sync(self, stream: Any) -> None:
         self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
+    def host_empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array in pinned (page-locked) host memory: device-to-host copies into it run at full speed
+        and truly asynchronously. Freed with :meth:`free_host`."""
+        n = int(np.prod(shape))
+        ptr = int(self._check(self.rt.cudaMallocHost(max(1, n) * 4), "cudaMallocHost"))
+        return np.ctypeslib.as_array((ctypes.c_float * max(1, n)).from_address(ptr))[:n].reshape(shape)
+
+    def free_host(self, arr: np.ndarray) -> None:
+        self._check(self.rt.cudaFreeHost(int(arr.ctypes.data)), "cudaFreeHost")
+
 
 class PyCuda:
     """The same operations through pycuda, on the device's primary context (the one TensorRT uses).
@@ -140,6 +152,12 @@ class PyCuda:
 
     def sync(self, stream: Any) -> None:
         stream.synchronize()
+
+    def host_empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self.drv.pagelocked_empty(shape, np.float32)  # pinned; freed with the array
+
+    def free_host(self, arr: np.ndarray) -> None:
+        pass
 
 
 def import_cuda() -> CudaPython | PyCuda:
@@ -305,7 +323,9 @@ class TensorRTBackend(Backend):
             self._scratch = [self._alloc(n) for n in vol]
             c = man.num_classes
             self._logits_dev = [self._alloc(b * c * 4) for _ in range(man.num_exits)]
-            self._logits_host = [np.empty((b, c), np.float32) for _ in range(man.num_exits)]
+            self._logits_host: list[np.ndarray] = []  # pinned host memory: the logits' copy-back target
+            for _ in range(man.num_exits):
+                self._logits_host.append(cuda.host_empty((b, c)))
         except Exception:
             self.close()
             raise
@@ -388,6 +408,12 @@ class TensorRTBackend(Backend):
             except BackendError:
                 pass
         self._contexts, self._engines = [], []
+        for arr in getattr(self, "_logits_host", []):
+            try:
+                cuda.free_host(arr)
+            except BackendError:
+                pass
+        self._logits_host = []
         for ptr in self._buffers:
             try:
                 cuda.free(ptr)
