@@ -138,3 +138,19 @@ def test_update_refuses_a_folder_it_cannot_write(bundle: Path, monkeypatch, lock
         update_bundle(bundle, {"calibration.json": b"{}"})
     assert sorted(p.name for p in bundle.parent.iterdir()) == before
     assert "calibration.json" not in open_bundle(bundle).manifest.files
+
+
+def test_a_bundle_with_non_ascii_names_opens_under_a_c_locale(tmp_path: Path) -> None:
+    """JSON files are read as UTF-8 whatever the process locale (a device image often runs with LANG=C)."""
+    import subprocess
+    import sys
+
+    root = _write_bundle(tmp_path / "b", edit=lambda m: m.__setitem__("classes", ["chaussure", "été", "é", "ß"]))
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0",
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    code = ("import locale, sys; from sdedge.runtime.bundle import open_bundle; "
+            "print(locale.getpreferredencoding(False)); print(open_bundle(sys.argv[1]).manifest.classes[1] == '\\u00e9t\\u00e9')")
+    out = subprocess.run([sys.executable, "-c", code, str(root)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    encoding, same = out.stdout.split()
+    assert same == "True", encoding  # the locale's encoding here is ASCII (ANSI_X3.4-1968) on glibc

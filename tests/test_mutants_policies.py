@@ -345,3 +345,58 @@ def test_stops_are_charged_when_the_profile_fits_exactly() -> None:
 def test_stops_are_not_charged_when_the_profile_and_overhead_do_not_fit() -> None:
     # profile 5 ms + overhead 4 ms = 9 > 6 ms of slack: the stop is the profile's, not the online figure's
     assert _stops_until_trim(prior_ms=5.0, overhead_ms=4.0, slack_ms=6.0, stops=3 * PROBE_FIRST) == 100.0
+
+
+# -- per-row decisions of a dynamic batch (infer_rows) -----------------------------------------------------------
+def _has(cls, name: str) -> bool:
+    return hasattr(cls, name)
+
+
+@pytest.mark.skipif(not _has(ConfidencePolicy, "step_rows"), reason="step_rows not in this tree")
+def test_step_rows_judges_each_row_against_its_own_threshold() -> None:
+    pol = _policy(thresholds=(None, None, None), temps=(2.0, 1.0, 1.0))
+    z = np.array([[0.0, 9.0], [0.0, 9.0], [0.4, 0.0]], np.float32)
+    conf_want = confidence(softmax(z, 2.0), "max_prob")  # exit 1's temperature
+    stop, conf, n_stop = pol.step_rows(1, z, np.float32([0.9, np.nan, 0.5]))
+    np.testing.assert_array_equal(conf, conf_want)
+    assert stop.tolist() == [True, False, True] and n_stop == 2  # NaN: no threshold for that row
+    assert pol.step_rows(1, z, np.full(3, np.nan, np.float32)) is None  # no row has a threshold
+    # exactly at the threshold stops; one of three is a split (the mask), none or all is not
+    stop, _, n_stop = pol.step_rows(1, z, np.float32([conf_want[0], 1.0, 1.0]))
+    assert n_stop == 1 and stop.tolist() == [True, False, False]
+    assert pol.step_rows(1, z, np.float32([1.0, 1.0, 1.0]))[0::2] == (None, 0)
+    assert pol.step_rows(1, z, np.float32([0.0, 0.0, 0.0]))[0::2] == (None, 3)
+    # the caller's answer (the ensemble's mean) is judged instead of the exit's own softmax
+    answer = np.float32([[0.5, 0.5], [0.1, 0.9], [0.2, 0.8]])
+    stop, conf, n_stop = pol.step_rows(1, z, np.float32([0.7, 0.7, 0.7]), answer)
+    np.testing.assert_array_equal(conf, confidence(answer, "max_prob"))
+    assert stop.tolist() == [False, True, True] and n_stop == 2
+
+
+def _linear_rows_policy(max_rows: int) -> DeadlinePolicy:
+    """Section 2 measured at every row count 1..max_rows: n rows take n ms."""
+    est = LatencyEstimator(2)
+    for n in range(1, max_rows + 1):
+        est.record(2, n, float(n))
+    return DeadlinePolicy(est)
+
+
+@pytest.mark.skipif(not _has(DeadlinePolicy, "rows_out_of_time"), reason="rows_out_of_time not in this tree")
+def test_rows_out_of_time_each_check_counts_the_rows_still_going() -> None:
+    pol = _linear_rows_policy(4)
+    d = np.array([0.5e-3, 2.5e-3, 10e-3, np.inf])  # 4 rows: 4 ms, 3 rows: 3 ms, 2 rows: 2 ms
+    late = pol.rows_out_of_time(2, d, np.ones(4, bool), 0.0)
+    assert late.tolist() == [True, True, False, False]  # the second fits only on 2 rows, so it stops too
+    # a row that is not going on (it stopped by confidence) is neither judged nor counted
+    late = pol.rows_out_of_time(2, np.array([0.5e-3, 3.5e-3]), np.array([False, True]), 0.0)
+    assert late.tolist() == [False, False]
+
+
+@pytest.mark.skipif(not _has(DeadlinePolicy, "rows_out_of_time"), reason="rows_out_of_time not in this tree")
+def test_rows_out_of_time_breaks_ties_by_row_order() -> None:
+    """40 rows, every other one due in 25 ms (the rest in 1 s): 40 rows take 40 ms, so the earliest 15 of the
+    tied rows stop, in row order, and then 25 rows fit."""
+    pol = _linear_rows_policy(40)
+    d = np.array([25e-3 if i % 2 == 0 else 1.0 for i in range(40)])
+    late = pol.rows_out_of_time(2, d, np.ones(40, bool), 0.0)
+    assert np.flatnonzero(late).tolist() == list(range(0, 30, 2))

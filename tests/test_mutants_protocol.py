@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
+from sdedge.common.errors import PolicyError
 from sdedge.runtime.server.protocol import (ModelIO, ProtocolError, RequestedOutput, encode_infer_response, error_body,
                                             model_metadata, parse_infer_request, parse_json, server_metadata)
 
@@ -45,7 +46,10 @@ def test_expected_forms_in_messages() -> None:
 
 
 def test_metadata_documents() -> None:
-    assert IO.inputs_metadata() == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 4, 5]}]
+    inputs = IO.inputs_metadata()
+    assert inputs[0] == {"name": "image", "datatype": "FP32", "shape": [-1, 3, 4, 5]}  # what a client builds from
+    forms = [(f["datatype"], f["shape"]) for f in IO.accepted_inputs()]
+    assert all(e["name"] == "image" and (e["datatype"], e["shape"]) in forms for e in inputs)
     assert IO.outputs_metadata() == [
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}, {"name": "label", "datatype": "INT64", "shape": [-1]},
         {"name": "exit_index", "datatype": "INT32", "shape": [-1]}, {"name": "confidence", "datatype": "FP32", "shape": [-1]},
@@ -53,7 +57,9 @@ def test_metadata_documents() -> None:
     assert model_metadata(IO, "m", ("1", "2")) == {"name": "m", "versions": ["1", "2"], "platform": "sdedge",
                                                   "inputs": IO.inputs_metadata(), "outputs": IO.outputs_metadata()}
     assert model_metadata(IO, "m", ["1"], {"engine": "python"})["parameters"] == {"engine": "python"}
-    assert server_metadata("0.1.0") == {"name": "sdedge", "version": "0.1.0", "extensions": ["binary_tensor_data", "parameters"]}
+    server = server_metadata("0.1.0")
+    assert (server["name"], server["version"]) == ("sdedge", "0.1.0")
+    assert {"binary_tensor_data", "parameters"} <= set(server["extensions"])  # the extensions implemented here
     assert json.loads(error_body("bad 'x'")) == {"error": "bad 'x'"}
 
 
@@ -208,3 +214,73 @@ def test_response_never_writes_nan_tokens() -> None:
     with pytest.raises(ValueError, match="not JSON compliant"):
         encode_infer_response("m", "1", None, _results(conf=float("nan")), [RequestedOutput("confidence", False)],
                               ("a", "b"))
+
+
+# -- what later commits added: parameters.late, the model configuration, the repository index -------------------
+def _protocol_has(name: str) -> bool:
+    import sdedge.runtime.server.protocol as protocol
+
+    return hasattr(protocol, name)
+
+
+@pytest.mark.skipif(not _protocol_has("check_late"), reason="parameters.late not in this tree")
+def test_late_parameter() -> None:
+    assert parse_infer_request(request(), None, IO).late is False  # refuse by default
+    assert parse_infer_request(request(parameters={"late": "answer"}), None, IO).late is True
+    assert parse_infer_request(request(parameters={"late": "refuse"}), None, IO).late is False
+    assert refused(request(parameters={"late": "run"})) == "parameters.late must be one of 'refuse', 'answer', got 'run'"
+    from sdedge.runtime.server.protocol import check_late
+
+    with pytest.raises(PolicyError) as e:
+        check_late(1)
+    assert str(e.value) == "late must be one of 'refuse', 'answer', got 1"
+
+
+@pytest.mark.skipif(not _protocol_has("request_from_doc"), reason="request_from_doc not in this tree")
+def test_a_decoded_document_and_its_binary_part_are_validated_as_a_body() -> None:
+    from sdedge.runtime.server.protocol import request_from_doc
+
+    x = np.arange(60, dtype=np.float32)
+    doc = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 4, 5], "parameters": {"binary_data_size": 240}}]}
+    np.testing.assert_array_equal(request_from_doc(doc, x.tobytes(), IO).array.ravel(), x)  # bytes or memoryview
+    with pytest.raises(ProtocolError, match="add up to 240"):
+        request_from_doc(doc, x.tobytes() + b"\0" * 4, IO)
+
+
+@pytest.mark.skipif(not _protocol_has("model_config"), reason="model_config not in this tree")
+@pytest.mark.parametrize("batching", [False, True])
+def test_model_config_in_tritons_shape(batching: bool) -> None:
+    from sdedge.runtime.server.protocol import model_config
+
+    cfg = model_config(IO, "m", "2", {"engine": "python", "exits": 3}, batching, 1500)
+    assert cfg["name"] == "m" and cfg["platform"] == "sdedge" and cfg["backend"] == "sdedge"
+    assert cfg["version_policy"] == {"specific": {"versions": ["2"]}} and cfg["max_batch_size"] == 4
+    assert cfg["input"] == [{"name": "image", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 4, 5]}]
+    assert cfg["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [2]},
+                             {"name": "label", "data_type": "TYPE_INT64", "dims": [1]},
+                             {"name": "exit_index", "data_type": "TYPE_INT32", "dims": [1]},
+                             {"name": "confidence", "data_type": "TYPE_FP32", "dims": [1]},
+                             {"name": "class_name", "data_type": "TYPE_STRING", "dims": [1]}]
+    assert cfg["parameters"] == {"engine": {"string_value": "python"}, "exits": {"string_value": "3"}}
+    if batching:
+        assert cfg["dynamic_batching"] == {"max_queue_delay_microseconds": 1500}
+    else:
+        assert "dynamic_batching" not in cfg
+
+
+@pytest.mark.skipif(not _protocol_has("repository_index"), reason="repository_index not in this tree")
+def test_repository_index() -> None:
+    from sdedge.runtime.server.protocol import repository_index
+
+    assert repository_index("m", "1", True) == [{"name": "m", "version": "1", "state": "READY"}]
+    assert repository_index("m", "1", False) == [{"name": "m", "version": "1", "state": "UNAVAILABLE",
+                                                  "reason": "the server is starting or stopping"}]
+
+
+def test_binary_bytes_outputs_are_length_prefixed_utf8() -> None:
+    res = _results()
+    body, hl = encode_infer_response("m", "1", None, res, [RequestedOutput("class_name", True)], ("a", "bé"))
+    head = json.loads(body[:hl])
+    assert head["outputs"] == [{"name": "class_name", "datatype": "BYTES", "shape": [1],
+                                "parameters": {"binary_data_size": 7}}]
+    assert body[hl:] == (3).to_bytes(4, "little") + "bé".encode("utf-8")  # 3 bytes: 'b' and 'é' in UTF-8
