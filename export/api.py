@@ -46,6 +46,7 @@ class ExportConfig:
     int8_samples: int = 512  # training images for INT8 calibration
     int8_method: str = "minmax"  # calibration: minmax | percentile | entropy
     int8_eval_samples: int | None = None  # validation images for FP32-vs-INT8 accuracy (None: all)
+    fp16: bool = False  # also write float16 section graphs (float32 I/O) under fp16/, for TensorRT 11 fp16 engines
     parity: bool = True  # check ONNX Runtime against PyTorch per exit
     parity_tolerance: float = DEFAULT_TOLERANCE  # max |logit difference| allowed
     parity_samples: int = 64  # validation images used for parity
@@ -272,6 +273,31 @@ def _check_parity(src: _Source, cfg: ExportConfig, tmp: Path, sessions: list, sa
     return rows, chain_full, desc, record
 
 
+def _half(cfg: ExportConfig, tmp: Path, staged: _Staged, say: Callable[[str], None]) -> None:
+    """float16 copies of the sections under fp16/ (weights and compute in float16, inputs and outputs kept
+    float32, by ONNX Runtime's maintained converter), each checked against its fp32 section on probe inputs."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from ..common.digest import sha256_bytes
+    from .parity import ort_session
+
+    (tmp / "fp16").mkdir()
+    say(f"fp16: converting {len(staged.paths)} sections (float16 inside, float32 I/O)")
+    for k, path in enumerate(staged.paths, start=1):
+        rel = f"fp16/s{k}.onnx"
+        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+        data = model.SerializeToString()
+        (tmp / rel).write_bytes(data)
+        try:
+            ort_session(tmp / rel, cfg.threads)  # it must load: a converter bug is an export error, not a later one
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+            raise ExportError(f"the fp16 copy of section {k} does not load in onnxruntime: {e}") from None
+        staged.sizes["fp16"] = staged.sizes.get("fp16", 0) + len(data)
+        staged.files[rel] = sha256_bytes(data)
+        staged.sections[k - 1].fp16_file = rel
+
+
 def _quantize(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessions: list,
               say: Callable[[str], None]) -> tuple[list[Int8ExitReport], int, dict]:
     """QDQ sections under int8/, and FP32 vs INT8 on the validation split."""
@@ -347,6 +373,10 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
             t = time.perf_counter()
             int8_rows, n_eval, int8_record = _quantize(src, cfg, tmp, staged, sessions, say)
             timings["int8"] = time.perf_counter() - t
+        if cfg.fp16:
+            t = time.perf_counter()
+            _half(cfg, tmp, staged, say)
+            timings["fp16"] = time.perf_counter() - t
         del sessions
 
         t = time.perf_counter()

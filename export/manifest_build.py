@@ -34,6 +34,7 @@ class SectionInfo:
     macs: int | None
     params: int
     int8_file: str | None = None
+    fp16_file: str | None = None
 
 
 def versions() -> dict[str, str]:
@@ -86,7 +87,8 @@ def build_manifest(meta: dict[str, Any], name: str, checkpoint_file: str, checkp
         specs.append(SectionSpec(
             s.index, s.file, s.sha256, TensorSpec(input_name(s.index), tuple(s.input_shape)),
             TensorSpec(features_name(s.index), tuple(s.features_shape)) if s.features_shape is not None else None,
-            TensorSpec(logits_name(s.index), tuple(s.logits_shape)), s.macs, s.params, s.int8_file).to_json())
+            TensorSpec(logits_name(s.index), tuple(s.logits_shape)), s.macs, s.params, s.int8_file,
+            s.fp16_file).to_json())
     val, test = _accuracies(meta, "val", k), _accuracies(meta, "test", k)
     exits = []
     for i in range(k):

@@ -58,14 +58,8 @@ def _build_one(trt: Any, onnx_path: Path, precision: str, batches: tuple[int, in
     """One engine from one section graph. TensorRT 10: a weakly typed network, precision from builder flags
     (fp16: ``BuilderFlag.FP16``; int8: the QDQ graph with ``FP16`` + ``INT8``). TensorRT 11 removed those
     flags: the network is strongly typed and takes its precision from the graph (fp32 sections for fp32,
-    the QDQ sections for int8); fp16 there needs fp16 section graphs, which export does not write yet, so
-    it is refused with a message."""
-    major = tensorrt_major(trt)
-    typed = major >= 11
-    if typed and precision == "fp16":
-        raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks only (BuilderFlag.FP16 is gone): "
-                          f"fp16 engines need fp16 section graphs, which `sdedge export` does not write yet; build "
-                          f"--fp32 or --int8 engines with TensorRT 11, or fp16 ones with TensorRT 10")
+    the QDQ sections for int8, the float16 section graphs of ``sdedge export --fp16`` for fp16)."""
+    typed = tensorrt_major(trt) >= 11
     builder = trt.Builder(logger)
     flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if typed else 0
     network = builder.create_network(flags)  # TensorRT >= 10: networks are always explicit-batch
@@ -114,13 +108,21 @@ def build_engines(bundle: str | Path, precision: str = "fp16", min_batch: int = 
         raise ExportError(f"workspace must be at least 1 MB, got {workspace_mb}")
     b = open_bundle(bundle)  # never build from files that fail their checksums
     man = b.manifest
+    trt = import_tensorrt()
+    typed_fp16 = precision == "fp16" and tensorrt_major(trt) >= 11
+    if typed_fp16 and not all(s.fp16_file for s in man.sections):
+        raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks only (BuilderFlag.FP16 is gone): "
+                          f"fp16 engines need the float16 section graphs of `sdedge export --fp16`, which {b.path} "
+                          f"does not have; re-export with --fp16, or build --fp32 / --int8 engines")
     sources, paths = {}, []
     for s in man.sections:
-        path = b.section_path(s.index, precision)  # int8 without int8 files: BundleError naming --int8
-        rel = s.int8_file if precision == "int8" else s.file
-        sources[f"s{s.index}"] = man.files[rel] if precision == "int8" else s.sha256
+        if typed_fp16:
+            path, sha = b.fp16_section_path(s.index), man.files[s.fp16_file]  # type: ignore[index]
+        else:
+            path = b.section_path(s.index, precision)  # int8 without int8 files: BundleError naming --int8
+            sha = man.files[s.int8_file] if precision == "int8" else s.sha256  # type: ignore[index]
+        sources[f"s{s.index}"] = sha
         paths.append(path)
-    trt = import_tensorrt()
     gpu = gpu_name(device)
     folder = engine_cache_dir(b.path, precision, trt_version=str(trt.__version__), gpu=gpu)
     profile = {"min": min_batch, "opt": opt_batch, "max": max_batch}

@@ -45,6 +45,14 @@ class Bundle:
             raise BundleError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
         return self.file(spec.file)
 
+    def fp16_section_path(self, index: int) -> Path:
+        """Path of section ``index``'s float16 graph (float32 I/O), written by ``sdedge export --fp16``: what
+        TensorRT 11, whose networks are strongly typed, builds fp16 engines from."""
+        spec = self.manifest.sections[index - 1]
+        if not spec.fp16_file:
+            raise BundleError(f"bundle {self.path} has no fp16 section graphs; export with --fp16")
+        return self.file(spec.fp16_file)
+
     @property
     def has_full(self) -> bool:
         return "full.onnx" in self.manifest.files

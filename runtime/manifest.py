@@ -69,6 +69,7 @@ class SectionSpec:
     macs: int | None = None
     params: int | None = None
     int8_file: str | None = None
+    fp16_file: str | None = None  # float16 graph with float32 I/O (`sdedge export --fp16`; TensorRT 11 fp16 engines)
 
     def to_json(self) -> dict:
         d: dict[str, Any] = {
@@ -82,6 +83,8 @@ class SectionSpec:
         }
         if self.int8_file:
             d["int8_file"] = self.int8_file
+        if self.fp16_file:
+            d["fp16_file"] = self.fp16_file
         return d
 
 
@@ -233,10 +236,12 @@ def validate_manifest(raw: Any) -> Manifest:
         macs, params = s.get("macs"), s.get("params")
         for key, v in (("macs", macs), ("params", params)):
             _require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), f"{where}.{key} must be a non-negative integer or null")
-        int8 = s.get("int8_file")
+        int8, fp16 = s.get("int8_file"), s.get("fp16_file")
         if int8 is not None:
             int8 = check_relpath(int8, f"{where}.int8_file")
-        sections.append(SectionSpec(i, file, sha, t_in, feats, logits, macs, params, int8))
+        if fp16 is not None:
+            fp16 = check_relpath(fp16, f"{where}.fp16_file")
+        sections.append(SectionSpec(i, file, sha, t_in, feats, logits, macs, params, int8, fp16))
 
     files_raw = raw.get("files", {})
     _require(isinstance(files_raw, dict), "files must be an object mapping relative paths to {sha256}")
@@ -246,8 +251,9 @@ def validate_manifest(raw: Any) -> Manifest:
         sha = info.get("sha256") if isinstance(info, dict) else info
         files[norm] = _hex64(sha, f"files[{rel!r}].sha256")
     for s in sections:
-        if s.int8_file:
-            _require(s.int8_file in files, f"sections[{s.index - 1}].int8_file {s.int8_file!r} is not listed in files")
+        for key, rel in (("int8_file", s.int8_file), ("fp16_file", s.fp16_file)):
+            if rel:
+                _require(rel in files, f"sections[{s.index - 1}].{key} {rel!r} is not listed in files")
     exits = raw.get("exits", [])
     _require(isinstance(exits, list), "exits must be a list")
     return Manifest(raw, input_spec, preprocess, tuple(classes), tuple(sections), files)

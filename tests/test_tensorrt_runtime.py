@@ -141,19 +141,28 @@ def test_pycuda_context_is_made_current_on_the_worker_thread(bundle, monkeypatch
     assert not trt.log
 
 
-def test_tensorrt_11_builds_strongly_typed_without_precision_flags(bundle, monkeypatch):
-    from sdedge.export import build_engines
+def test_tensorrt_11_builds_strongly_typed_without_precision_flags(bundle, tiny_checkpoint, tmp_path, monkeypatch):
+    from sdedge.export import ExportConfig, build_engines, export_bundle
     from sdedge.runtime import AnytimeSession
 
     trt = fake_tensorrt.install(monkeypatch, version="11.4.0.10")
     assert not hasattr(trt.BuilderFlag, "FP16")
-    with pytest.raises(ExportError, match="strongly typed.*fp16 engines need fp16 section graphs"):
+    with pytest.raises(ExportError, match="strongly typed.*float16 section graphs of `sdedge export --fp16`"):
         build_engines(bundle, "fp16")
     res = build_engines(bundle, "fp32")
     assert json.loads(res.engines[0].read_bytes()[len(fake_tensorrt._MAGIC):])["precision"] == "typed"
     with AnytimeSession(bundle, warmup=1, max_batch=2) as s, reference(bundle) as ref:
         assert s.backend_info["precision"] == "fp32" and s.backend_name == "tensorrt"
         same_answers(s, ref, images(s, 2, seed=4))
+    # export --fp16 writes float16 section graphs (float32 I/O); TensorRT 11 builds its fp16 engines from them
+    b16 = export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(tmp_path / "b16"), fp16=True,
+                                     threads=1, parity_samples=8)).bundle_path
+    res = build_engines(b16, "fp16")
+    assert json.loads(res.engines[0].read_bytes()[len(fake_tensorrt._MAGIC):])["onnx"].endswith("fp16/s1.onnx")
+    with AnytimeSession(b16, warmup=1, max_batch=2) as s, reference(b16) as ref:
+        assert s.backend_info["precision"] == "fp16"
+        x = images(s, 2, seed=5)
+        np.testing.assert_allclose(s.infer_all_exits(x), ref.infer_all_exits(x), atol=5e-2)  # float16 inside
     assert not trt.log
 
 

@@ -198,10 +198,12 @@ Manifest validate_manifest(const Json &raw) {
       require(ok, where + "." + key + " must be a non-negative integer or null");
       if (v != s.end() && !v->is_null()) (std::string(key) == "macs" ? sec.macs : sec.params) = v->get<std::int64_t>();
     }
-    auto int8 = s.find("int8_file");
-    if (int8 != s.end() && !int8->is_null()) {
-      require(int8->is_string(), where + ".int8_file: file path must be a non-empty string");
-      sec.int8_file = check_relpath(int8->get<std::string>(), where + ".int8_file");
+    for (const char *key : {"int8_file", "fp16_file"}) {
+      auto v = s.find(key);
+      if (v == s.end() || v->is_null()) continue;
+      require(v->is_string(), where + "." + key + ": file path must be a non-empty string");
+      (std::string(key) == "int8_file" ? sec.int8_file : sec.fp16_file) =
+          check_relpath(v->get<std::string>(), where + "." + key);
     }
     m.sections.push_back(std::move(sec));
   }
@@ -224,6 +226,9 @@ Manifest validate_manifest(const Json &raw) {
   for (const SectionSpec &s : m.sections) {
     if (!s.int8_file.empty())
       require(m.has_file(s.int8_file), "sections[" + std::to_string(s.index - 1) + "].int8_file '" + s.int8_file +
+                                           "' is not listed in files");
+    if (!s.fp16_file.empty())
+      require(m.has_file(s.fp16_file), "sections[" + std::to_string(s.index - 1) + "].fp16_file '" + s.fp16_file +
                                            "' is not listed in files");
   }
   auto exits = raw.find("exits");

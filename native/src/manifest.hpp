@@ -35,6 +35,7 @@ struct SectionSpec {
   TensorSpec logits;
   std::optional<std::int64_t> macs, params;
   std::string int8_file;  // "" when none
+  std::string fp16_file;  // "" when none (float16 graph, float32 I/O: sdedge export --fp16)
 };
 
 // (pixel * scale - mean) / std per channel; channel_order "RGB", "BGR" or "L".

@@ -23,6 +23,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--int8", "--quantize", dest="int8", action="store_true",
                    help="also write INT8 QDQ sections (int8/s*.onnx) for ONNX Runtime and TensorRT, and report "
                         "FP32 vs INT8 accuracy per exit on the validation split")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write float16 section graphs with float32 I/O (fp16/s*.onnx), which TensorRT 11 builds "
+                        "fp16 engines from (its networks are strongly typed); TensorRT 10 does not need them")
     p.add_argument("--int8-samples", type=int, default=512, metavar="N",
                    help="training images used to calibrate INT8 activation ranges (default 512)")
     p.add_argument("--int8-method", choices=["minmax", "percentile", "entropy"], default="minmax",
@@ -51,7 +54,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..export import ExportConfig, export_bundle
 
-    cfg = ExportConfig(checkpoint=args.checkpoint, output=args.output, force=args.force, int8=args.int8,
+    cfg = ExportConfig(checkpoint=args.checkpoint, output=args.output, force=args.force, int8=args.int8, fp16=args.fp16,
                        int8_samples=args.int8_samples, int8_method=args.int8_method,
                        int8_eval_samples=args.int8_eval_samples, parity=args.parity,
                        parity_tolerance=args.parity_tolerance, parity_samples=args.parity_samples, data=args.data,
