@@ -132,6 +132,8 @@ def test_unknown_format_version(bundle: Path) -> None:
     (lambda m: m.pop("sections"), "missing key 'sections'"),
     (lambda m: m.__setitem__("classes", "abc"), "classes"),
     (lambda m: m["sections"][0].__setitem__("sha256", "xyz"), "sha256"),
+    (lambda m: m["sections"][0].__setitem__("fp16_file", "fp16/s1.onnx"), "fp16_file .* is not listed in files"),
+    (lambda m: m["sections"][0].__setitem__("fp16_file", "../x.onnx"), "escapes"),
     (lambda m: m["sections"][1]["inputs"][0].__setitem__("name", "features_9"), "features_1"),
     (lambda m: m["sections"][1]["inputs"][0].__setitem__("shape", [None, 3, 16, 16]), "does not match"),
     (lambda m: m["sections"][2]["outputs"][0].__setitem__("shape", [None, 5]), r"\[null, 4\]"),

@@ -148,6 +148,8 @@ int main() {
   CHECK(manifest_refused(dir, [](Json &m) { m["files"] = Json::array(); }, "files must be an object"));
   CHECK(manifest_refused(dir, [](Json &m) { m["exits"] = 1; }, "exits must be a list"));
   CHECK(manifest_refused(dir, [](Json &m) { m["sections"][0]["int8_file"] = "int8/s1.onnx"; }, "is not listed in files"));
+  CHECK(manifest_refused(dir, [](Json &m) { m["sections"][0]["fp16_file"] = "fp16/s1.onnx"; }, "fp16_file"));
+  CHECK(manifest_refused(dir, [](Json &m) { m["sections"][0]["fp16_file"] = 7; }, "fp16_file"));
 
   // paths that escape the folder
   for (const char *bad : {"../outside.onnx", "/etc/passwd", "sections/../../x.onnx", "a\\b.onnx", "c:x.onnx", ".", "./"}) {
