@@ -506,6 +506,11 @@ def test_port_in_use_is_a_clear_error(server, tiny_bundle):
     out = subprocess.run([sys.executable, "-m", "sdedge.cli", "serve", str(tiny_bundle), "--port", str(server.port),
                           "--grpc-port", "0", "--warmup", "0", "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{server.port}" in out.stderr, out.stderr[-2000:]
+    # the gRPC port in use: the same clear error, before anything listens
+    out = subprocess.run([sys.executable, "-m", "sdedge.cli", "serve", str(tiny_bundle), "--port", "0",
+                          "--grpc-port", str(server.port), "--warmup", "0", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "(the gRPC port" in out.stderr and "listening" not in out.stderr, out.stderr[-2000:]
 
 
 def _inflight(port: int) -> float:

@@ -118,6 +118,11 @@ def serve(target: Any, config: ServerConfig | None = None,
     app = build_app(target, config)
     app.state.server.on_grpc_listening = on_grpc_listening
     server = uvicorn.Server(uvicorn_config(app, config))
+    if config.grpc_port:  # a fixed gRPC port in use: the same clear error as for HTTP, before anything starts
+        try:
+            bind_socket(config.host, config.grpc_port).close()
+        except BackendError as e:
+            raise BackendError(f"{e} (the gRPC port; --grpc-port 0 turns gRPC off)") from None
     sock = bind_socket(config.host, config.port)
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with SIGTERM's
     # default action that would kill the process after all. Swallow that one re-raise instead.
