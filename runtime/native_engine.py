@@ -99,6 +99,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "sdedge_session_describe": (st, [vp, ctypes.c_char_p, u64, ctypes.POINTER(u64)]),
         "sdedge_session_infer_f32_ex": (st, [vp, vp, i64, ctypes.POINTER(InferOptionsC), vp, vp, vp]),
         "sdedge_session_infer_all_exits": (st, [vp, vp, i64, vp]),
+        "sdedge_session_section_cost_ms": (st, [vp, ctypes.c_int32, i64, ctypes.POINTER(ctypes.c_double)]),
     }
     for name, (res, args) in protos.items():
         fn = getattr(lib, name)
@@ -284,6 +285,14 @@ class NativeSession:
         if st:
             _raise(self._lib, st)
         return res, probs, conf
+
+    def section_cost_ms(self, section: int, rows: int) -> float:
+        """The core's predicted time of ``section`` (0: the per-call overhead) on ``rows`` rows, in ms."""
+        out = ctypes.c_double()
+        st = self._lib.sdedge_session_section_cost_ms(self._handle(), int(section), int(rows), ctypes.byref(out))
+        if st:
+            _raise(self._lib, st)
+        return float(out.value)
 
     def infer_all_exits(self, xb: np.ndarray) -> np.ndarray:
         """Every exit's raw logits ``[K, B, C]`` for a validated float32 NCHW batch of any size."""

@@ -214,6 +214,17 @@ class AnytimeSession:
         return {"engine": self.engine, "backend": self.backend_name, "precision": self.precision,
                 "device": self.device_name}
 
+    def section_cost_ms(self, section: int, rows: int = 1) -> float:
+        """The deadline policy's predicted time of 1-based ``section`` on ``rows`` rows in ms (section 0: the
+        runtime's own per-call overhead); 0 while nothing is known. On either engine (the native core keeps its
+        own figures): what a scheduler uses to size batches and refuse work that cannot meet its deadline."""
+        if self._native is not None:
+            return self._native.section_cost_ms(section, rows)
+        if not 0 <= section <= self.num_exits or rows < 1:
+            raise PolicyError(f"section must be 0..{self.num_exits} and rows >= 1, got section {section}, rows {rows}")
+        pol = self.deadline_policy
+        return pol.overhead_ms(rows) if section == 0 else pol.section_cost_ms(section, rows)
+
     def describe_backend(self) -> str:
         """One line for logs: ``onnxruntime fp32 on <device> (native engine)``."""
         return f"{self.backend_name} {self.precision} on {self.device_name} ({self.engine} engine)"

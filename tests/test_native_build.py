@@ -102,7 +102,9 @@ def test_header_declares_the_design_api():
         "sdedge_infer_options_init", "sdedge_session_create", "sdedge_session_free", "sdedge_session_info",
         "sdedge_session_infer_f32", "sdedge_session_infer_u8", "sdedge_session_infer_all_exits",
         # ABI version 2: added functions (the §5b ones are unchanged; struct fields were appended)
-        "sdedge_session_describe", "sdedge_session_infer_f32_ex", "sdedge_session_infer_u8_ex"}
+        "sdedge_session_describe", "sdedge_session_infer_f32_ex", "sdedge_session_infer_u8_ex",
+        # ABI version 3: the policy's cost figures (the infer options gained per-row fields and on_rows)
+        "sdedge_session_section_cost_ms"}
     text = HEADER.read_text(encoding="utf-8")
     assert "#define SDEDGE_ABI_VERSION 3" in text
     assert 'extern "C"' in text

@@ -267,3 +267,33 @@ def test_rows_are_reported_as_they_settle(real_session):
             assert (r.exit_index, r.label, r.stopped_by) == (out[i].exit_index, out[i].label, out[i].stopped_by)
     assert out[1].exit_index == 1 and out[0].exit_index == s.num_exits
     assert out[1].latency_ms <= out[0].latency_ms and out[0].deadline_met is None
+
+
+def test_a_batch_grows_only_while_its_tightest_deadline_allows():
+    """The server's admission: the first section on all the batch's rows must end by the tightest deadline
+    in it (the session's cost figures); what does not fit waits for the next batch."""
+    from sdedge.runtime.server.worker import _slack_admission
+
+    class Costs:  # 1 ms per row for section 1, 0.5 ms per call of overhead
+        def section_cost_ms(self, section, rows):
+            return 0.5 if section == 0 else float(rows)
+
+    clock = Clock()
+    q = EdfQueue(16, clock)
+    q.put(Job("tight", clock() + 3.6e-3, clock()))  # room for 3 rows: 3 + 0.5 ms <= 3.6 ms
+    for i in range(5):
+        q.put(Job(f"loose{i}", clock() + 1.0, clock()))
+    q.put(Job("free", None, clock()))
+    admit = _slack_admission(Costs())
+    same = lambda a, b: True  # noqa: E731
+    assert drain(q, max_rows=8, compatible=same, admit=admit) == [
+        ["tight", "loose0", "loose1"], ["loose2", "loose3", "loose4", "free"]]
+
+
+def test_section_costs_are_readable_on_both_engines(real_session):
+    s = real_session
+    costs = [s.section_cost_ms(k, r) for k in range(s.num_exits + 1) for r in (1, s.max_batch)]
+    assert all(c >= 0.0 and np.isfinite(c) for c in costs)
+    assert s.section_cost_ms(1, 1) > 0.0  # the warm-up measured it
+    with pytest.raises(PolicyError, match="section"):
+        s.section_cost_ms(s.num_exits + 1, 1)

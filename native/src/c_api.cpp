@@ -352,4 +352,13 @@ SDEDGE_API sdedge_status sdedge_session_infer_all_exits(sdedge_session *s, const
   });
 }
 
+SDEDGE_API sdedge_status sdedge_session_section_cost_ms(sdedge_session *s, int32_t section, int64_t rows,
+                                                        double *ms) {
+  return guarded([&] {
+    sdedge::Session &core = session_of(s);
+    if (!ms) arg_error("ms is NULL (it receives the predicted milliseconds)");
+    *ms = core.section_cost_ms(section, rows);
+  });
+}
+
 }  // extern "C"

@@ -387,6 +387,15 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
   }
 }
 
+double Session::section_cost_ms(int section, std::int64_t rows) {
+  if (section < 0 || section > num_exits())
+    fail(Code::Argument, "section must be 0 (the per-call overhead) or 1.." + std::to_string(num_exits()) + ", got " +
+                             std::to_string(section));
+  if (rows < 1) fail(Code::Argument, "rows must be >= 1, got " + std::to_string(rows));
+  std::lock_guard<std::mutex> lock(mu_);
+  return section == 0 ? deadline_->overhead_ms(rows) : deadline_->section_cost_ms(section, rows);
+}
+
 void Session::infer_all_exits(const float *nchw, std::int64_t batch, float *logits) {
   if (batch < 1) fail(Code::Argument, "empty batch: batch must be >= 1, got " + std::to_string(batch));
   const std::int64_t image = prep_->image_size(), C = num_classes(), K = num_exits();

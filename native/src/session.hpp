@@ -98,6 +98,8 @@ class Session {
                 float *probabilities, float *exit_conf = nullptr);
   // Raw logits of every exit, [K][batch][C]; any batch >= 1 (run in chunks of max_batch).
   void infer_all_exits(const float *nchw, std::int64_t batch, float *logits);
+  // The deadline policy's predicted time of `section` (1..K) on `rows` rows; section 0: the per-call overhead.
+  double section_cost_ms(int section, std::int64_t rows);
 
  private:
   void init(const SessionConfig &config);

@@ -112,6 +112,9 @@ int main(void) {
   char desc[8];
   uint64_t need = 99;
   CHECK_STATUS(sdedge_session_describe(NULL, desc, sizeof desc, &need), SDEDGE_E_ARGUMENT, "session is NULL");
+  double cost_ms = -1.0;
+  CHECK_STATUS(sdedge_session_section_cost_ms(NULL, 1, 1, &cost_ms), SDEDGE_E_ARGUMENT, "session is NULL");
+  CHECK(cost_ms == -1.0);
   CHECK(need == 0);
 
   /* the last error is per thread and stays until the next failing call */

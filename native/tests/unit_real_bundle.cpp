@@ -220,6 +220,15 @@ int main() {
     const auto d = nlohmann::json::parse(text.data());
     CHECK(d["num_exits"] == K && d["num_classes"] == C && d["backend"] == "onnxruntime" && d["classes"].size() == static_cast<size_t>(C));
     CHECK(d["answer"] == "last" && d["criterion"] == "max_prob" && !d["onnxruntime_version"].get<std::string>().empty());
+    // ABI version 3: the policy's cost figures, read back (warm-up measured sections 1..K at 1 row)
+    double ms = -1.0;
+    for (int k = 0; k <= K; ++k) {
+      CHECK_STATUS(sdedge_session_section_cost_ms(s.s, k, 1, &ms), SDEDGE_OK, nullptr);
+      CHECK(ms >= 0.0 && std::isfinite(ms));
+    }
+    CHECK_STATUS(sdedge_session_section_cost_ms(s.s, K + 1, 1, &ms), SDEDGE_E_ARGUMENT, "section must be");
+    CHECK_STATUS(sdedge_session_section_cost_ms(s.s, 1, 0, &ms), SDEDGE_E_ARGUMENT, "rows must be");
+    CHECK_STATUS(sdedge_session_section_cost_ms(s.s, 1, 1, nullptr), SDEDGE_E_ARGUMENT, "ms is NULL");
   }
 
   // misuse on a live session: an error status and a message, the session still works afterwards

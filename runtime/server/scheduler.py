@@ -18,7 +18,10 @@ Order (:meth:`EdfQueue.take`):
   in queue order that ``compatible(head, other)`` says can share its run (same input dtype and image
   shape, same criterion); the others keep their places. With ``max_delay_s`` > 0 and room left, the
   worker waits up to that long for more compatible requests (Triton's ``max_queue_delay``); with 0
-  (default) it batches only what is already waiting, so an idle server adds no latency.
+  (default) it batches only what is already waiting, so an idle server adds no latency. The caller's
+  ``admit`` may keep a request out of a batch that would grow too slow for a deadline in it: the server
+  keeps a batch's first section (on all its rows) within the slack of its tightest deadline, using the
+  session's own cost figures; a request too tight even alone still runs alone (exit 1 is the floor).
 
 ``order="fifo"`` serves in arrival order instead (``sdedge serve --queue-order fifo``: the baseline of
 ``benchmarks/serve_bench.py``); expired requests are still answered at once.
@@ -108,12 +111,15 @@ class EdfQueue:
             self._cond.notify_all()
 
     def take(self, max_rows: int = 1, compatible: Callable[[Any, Any], bool] | None = None,
-             max_delay_s: float = 0.0, timeout: float | None = None) -> tuple[list, list] | None:
+             max_delay_s: float = 0.0, timeout: float | None = None,
+             admit: Callable[[list, Any, int, float], bool] | None = None) -> tuple[list, list] | None:
         """Block for work: ``(expired, batch)`` (either may be empty, not both), or None once closed and
         drained (or ``timeout`` s passed with nothing queued).
 
         ``batch`` is the head job plus the compatible jobs that fit in ``max_rows`` rows, in queue order;
         ``expired`` the jobs met on the way whose deadline passed (they are removed and not run).
+        ``admit(batch, job, rows_after, now)`` (optional) may refuse a compatible job that would make the
+        batch too slow for a deadline in it (it keeps its place for the next batch).
         """
         with self._cond:
             if not self._cond.wait_for(lambda: self._heap or self._closed, timeout):
@@ -133,7 +139,7 @@ class EdfQueue:
                 return (expired, batch) if expired or not self._closed else None
             rows = batch[0].rows
             if compatible is not None and rows < max_rows:
-                rows = self._gather(batch, rows, max_rows, compatible, expired, now)
+                rows = self._gather(batch, rows, max_rows, compatible, expired, now, admit)
                 if max_delay_s > 0 and rows < max_rows:
                     end = time.monotonic() + max_delay_s
                     while rows < max_rows and not self._closed:
@@ -141,14 +147,14 @@ class EdfQueue:
                         if left <= 0:
                             break
                         self._cond.wait(left)
-                        rows = self._gather(batch, rows, max_rows, compatible, expired, self.clock())
+                        rows = self._gather(batch, rows, max_rows, compatible, expired, self.clock(), admit)
             return expired, batch
 
     def _expired(self, job: Any, now: float) -> bool:
         return job.deadline is not None and now >= job.deadline and not job.late
 
     def _gather(self, batch: list, rows: int, max_rows: int, compatible: Callable[[Any, Any], bool],
-                expired: list, now: float) -> int:
+                expired: list, now: float, admit: Callable[[list, Any, int, float], bool] | None = None) -> int:
         """Move compatible jobs that fit into ``batch`` (queue order); returns the rows now in it."""
         kept: list = []
         head = batch[0]
@@ -159,7 +165,8 @@ class EdfQueue:
                 continue
             if self._expired(job, now):
                 expired.append(job)
-            elif rows + job.rows <= max_rows and compatible(head, job):
+            elif rows + job.rows <= max_rows and compatible(head, job) and (
+                    admit is None or admit(batch, job, rows + job.rows, now)):
                 batch.append(job)
                 rows += job.rows
             else:

@@ -95,6 +95,19 @@ def _compatible(a: _Job, b: _Job) -> bool:
     return a.kind() == b.kind()
 
 
+def _slack_admission(session: Any) -> Callable[[list, _Job, int, float], bool]:
+    """Admit a request into a forming batch only while the batch's first section, with the runtime's
+    per-call overhead, on all its rows still ends by the tightest deadline in it (the session's cost
+    figures): a wide batch must not make its tight rows late at exit 1."""
+    def admit(batch: list, job: _Job, rows_after: int, now: float) -> bool:
+        deadlines = [j.deadline for j in (*batch, job) if j.deadline is not None]
+        if not deadlines:
+            return True
+        cost_ms = session.section_cost_ms(1, rows_after) + session.section_cost_ms(0, rows_after)
+        return now + cost_ms * 1e-3 <= min(deadlines)
+    return admit
+
+
 def _settle(fut: Any, ok: bool, value: Any) -> None:
     if fut.done():  # the request was cancelled (client gone) while it ran
         return
@@ -196,9 +209,10 @@ class InferencePool:
 
     def _work(self, session: Any) -> None:
         can_batch = self.batching and self.max_batch > 1 and hasattr(session, "infer_rows")
+        admit = _slack_admission(session) if can_batch and hasattr(session, "section_cost_ms") else None
         while True:
             got = self._q.take(self.max_batch if can_batch else 1, _compatible if can_batch else None,
-                               self.max_delay_s)
+                               self.max_delay_s, admit=admit)
             if got is None:
                 return
             expired, batch = got

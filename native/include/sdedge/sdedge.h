@@ -212,6 +212,17 @@ SDEDGE_API sdedge_status sdedge_session_infer_u8_ex(sdedge_session *s, const uin
                                                     const sdedge_infer_options *o, sdedge_result *results,
                                                     float *probabilities, float *exit_confidences);
 
+/* ---- ABI version 3 ---- */
+
+/**
+ * The predicted time in milliseconds of 1-based section `section` on `rows` rows, plus the runtime's own
+ * per-call overhead when `section` is 0: what the deadline policy uses (the larger of the device profile's
+ * figure and the online one; 0 while neither exists). For schedulers that form batches or refuse work that
+ * cannot meet its deadline. Safe to call while another thread runs the session (it waits for that call).
+ */
+SDEDGE_API sdedge_status sdedge_session_section_cost_ms(sdedge_session *s, int32_t section, int64_t rows,
+                                                        double *ms);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
