@@ -205,3 +205,4 @@ def test_statistics_count_both_protocols(gclient, hclient, server, session):
         int(before["inference_stats"]["success"].get("count", 0)) == 2
     assert int(http_after["inference_count"]) == int(after["inference_count"])
     assert int(after["execution_count"]) >= 2 and after["batch_stats"]
+    assert hclient.get_model_repository_index() == [{"name": name, "version": "1", "state": "READY"}]
