@@ -146,6 +146,11 @@ def test_a_bundle_with_non_ascii_names_opens_under_a_c_locale(tmp_path: Path) ->
     import sys
 
     root = _write_bundle(tmp_path / "b", edit=lambda m: m.__setitem__("classes", ["chaussure", "été", "é", "ß"]))
+    # sdedge's own writers escape non-ASCII (\u00e9); JSON may also hold it raw, as UTF-8 (another tool, an editor)
+    raw = json.loads((root / "manifest.json").read_bytes())
+    (root / "manifest.json").write_bytes(json.dumps(raw, ensure_ascii=False).encode("utf-8"))
+    assert "été".encode("utf-8") in (root / "manifest.json").read_bytes()
+    assert open_bundle(root).manifest.classes[1] == "été"  # here (a UTF-8 locale, most likely) ...
     env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0",
                PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     code = ("import locale, sys; from sdedge.runtime.bundle import open_bundle; "
@@ -153,4 +158,23 @@ def test_a_bundle_with_non_ascii_names_opens_under_a_c_locale(tmp_path: Path) ->
     out = subprocess.run([sys.executable, "-c", code, str(root)], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     encoding, same = out.stdout.split()
-    assert same == "True", encoding  # the locale's encoding here is ASCII (ANSI_X3.4-1968) on glibc
+    assert same == "True", encoding  # ... and under LANG=C, whose encoding is ASCII (ANSI_X3.4-1968) on glibc
+
+
+@pytest.mark.skipif(not hasattr(bundle_mod.Bundle, "fp16_section_path"), reason="fp16 sections not in this tree")
+def test_fp16_section_paths(tmp_path: Path) -> None:
+    def with_fp16(m: dict) -> None:
+        for s in m["sections"]:
+            s["fp16_file"] = f"fp16/s{s['index']}.onnx"
+            m["files"][s["fp16_file"]] = {"sha256": sha256_bytes(b"fp16")}
+
+    plain = open_bundle(_write_bundle(tmp_path / "plain"))
+    with pytest.raises(BundleError, match=rf"^bundle {re.escape(str(plain.path))} has no fp16 section graphs; export with --fp16$"):
+        plain.fp16_section_path(1)
+    root = _write_bundle(tmp_path / "fp16", edit=with_fp16)
+    for i in (1, 2, 3):
+        (root / f"fp16/s{i}.onnx").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"fp16/s{i}.onnx").write_bytes(b"fp16")
+    b = open_bundle(root)
+    assert b.fp16_section_path(2) == root / "fp16/s2.onnx"
+    assert b.section_path(2, "fp16") == root / "sections/s2.onnx"  # the fp32 graph, run in fp16 by the backend

@@ -12,7 +12,7 @@ import pytest
 
 from sdedge.common.digest import sha256_bytes
 from sdedge.common.errors import BundleError, FormatVersionError
-from sdedge.runtime.manifest import Preprocess, TensorSpec, check_relpath, validate_manifest
+from sdedge.runtime.manifest import Preprocess, SectionSpec, TensorSpec, check_relpath, validate_manifest
 
 from test_bundle_format import make_manifest
 
@@ -211,3 +211,33 @@ def test_to_json_is_the_manifest_form_the_exporter_writes() -> None:
     assert v.input.to_json() == {"name": "image", "shape": [None, 1, 16, 16], "dtype": "float32"}
     assert v.preprocess.to_json() == {"scale": 1 / 255, "mean": [0.3], "std": [0.3], "channel_order": "L",
                                       "raw_dtype": "uint8", "raw_layout": "HWC"}
+
+
+def _fp16(m: dict) -> None:
+    for s in m["sections"]:
+        s["fp16_file"] = f"fp16/s{s['index']}.onnx"
+        m["files"][s["fp16_file"]] = {"sha256": SHA}
+
+
+HAS_FP16 = "fp16_file" in SectionSpec.__dataclass_fields__
+
+
+@pytest.mark.skipif(not HAS_FP16, reason="fp16 sections not in this tree")
+def test_fp16_files_are_read_listed_and_written_back() -> None:
+    m = base()
+    _fp16(m)
+    v = validate_manifest(copy.deepcopy(m))
+    assert [s.fp16_file for s in v.sections] == ["fp16/s1.onnx", "fp16/s2.onnx", "fp16/s3.onnx"]
+    for spec, raw in zip(v.sections, m["sections"]):
+        assert spec.to_json() == raw
+    assert "fp16_file" not in validate_manifest(base()).sections[0].to_json()
+    m["files"].pop("fp16/s2.onnx")
+    with pytest.raises(BundleError) as e:
+        validate_manifest(m)
+    assert str(e.value) == "malformed manifest: sections[1].fp16_file 'fp16/s2.onnx' is not listed in files"
+    m = base()
+    m["sections"][2]["fp16_file"] = "../x"
+    with pytest.raises(BundleError) as e:
+        validate_manifest(m)
+    assert str(e.value) == ("malformed manifest: sections[2].fp16_file: path '../x' escapes the bundle folder or is "
+                            "not a plain relative path")

@@ -448,3 +448,179 @@ def test_non_finite_rows_are_refused_naming_the_image(tmp_path: Path) -> None:
             s.infer_rows(rows_input(2), thresholds=[0.9, 0.9])
         with pytest.raises(InputError, match=r"^exit 3 produced non-finite probabilities \(NaN/Inf\) for the input"):
             s.infer_rows(rows_input(1, ids=[1]), thresholds=[0.9])
+
+
+# -- more of the decision loop: options, the ensemble on splits, exact boundaries, refusals ----------------------
+def test_an_options_record_is_taken_and_kept(tmp_path: Path) -> None:
+    from sdedge.runtime import SessionOptions
+
+    clock = FakeClock()
+    opts = SessionOptions(answer="ensemble", criterion="margin", warmup=0, max_batch=2)
+    s = AnytimeSession(scripted_bundle(tmp_path), opts, backend=TableBackend(clock, MIXED), clock=clock)
+    assert s.options.answer == "ensemble" and s.options.max_batch == 2 and s.answer == "ensemble"
+    r = s.infer(rows_input(1, ids=[2]), threshold=0.5)[0]  # the session's criterion: margin 0.0997 < 0.5
+    assert r.exit_index == 3
+    assert s.infer(rows_input(1, ids=[2]), threshold=0.09)[0].exit_index == 1
+
+
+def test_close_closes_the_backend(tmp_path: Path) -> None:
+    s, be, _ = session(tmp_path, MIXED)
+    s.close()
+    assert be.closed
+
+
+def test_a_criterion_alone_reports_that_criterion(tmp_path: Path) -> None:
+    s, _, _ = session(tmp_path, MIXED)
+    r = s.infer(rows_input(1, ids=[2]), criterion="entropy")[0]
+    assert r.exit_index == 3
+    assert r.confidence == pytest.approx(float(confidence(softmax(np.float32([MID])), "entropy")[0]), rel=1e-6)
+
+
+def test_an_ensemble_answer_is_float32(tmp_path: Path) -> None:
+    s, _, _ = session(tmp_path, MIXED, answer="ensemble")
+    res = s.infer(rows_input(4))  # every row to the last exit: one group, the batch in order
+    assert all(r.probabilities.dtype == np.float32 and r.exit_index == 3 for r in res)
+
+
+ENSEMBLE_SPLIT = table((UNSURE, MID, MID), (UNSURE, UNSURE, MID), (UNSURE, UNSURE, SURE))
+
+
+def test_an_ensemble_row_stopping_mid_batch_answers_its_mean(tmp_path: Path) -> None:
+    """At exit 2 row 0's mean (0.63) passes 0.6 while the others go on: its answer is the mean of exits 1-2."""
+    s, _, _ = session(tmp_path, ENSEMBLE_SPLIT, answer="ensemble")
+    res = s.infer(rows_input(3), threshold=0.6)
+    assert [(r.exit_index, r.stopped_by) for r in res] == [(2, "confidence"), (3, "last"), (3, "last")]
+    p1, p2 = softmax(np.float32([UNSURE]))[0], softmax(np.float32([MID]))[0]
+    np.testing.assert_allclose(res[0].probabilities, (p1 + p2) / 2, rtol=1e-6)
+    assert res[0].confidence == pytest.approx(float(((p1 + p2) / 2).max()), rel=1e-6)
+
+
+def test_an_ensemble_split_between_confidence_and_deadline_answers_the_means(tmp_path: Path) -> None:
+    s, _, _ = session(tmp_path, table((UNSURE, SURE, SURE), (UNSURE, MID, MID)), warmup=1, answer="ensemble")
+    res = s.infer(rows_input(2), threshold=0.7, budget_ms=4.0)
+    assert [(r.exit_index, r.stopped_by) for r in res] == [(2, "confidence"), (2, "deadline")]
+    pu, pm, ps = (softmax(np.float32([z]))[0] for z in (UNSURE, MID, SURE))
+    np.testing.assert_allclose(res[0].probabilities, (pu + ps) / 2, rtol=1e-6)
+    np.testing.assert_allclose(res[1].probabilities, (pu + pm) / 2, rtol=1e-6)
+
+
+def test_non_finite_message_shows_the_offending_images_own_values(tmp_path: Path) -> None:
+    logits = table((SURE, SURE, SURE), (SURE, SURE, [float("nan"), 0.0]), (SURE, SURE, SURE))
+    s, _, _ = session(tmp_path, logits)
+    x = rows_input(3)
+    x[1, 0, 1, 1], x[2, 0, 1, 1] = 2.0, 5.0  # the next image's larger values are not the offender's
+    with pytest.raises(InputError, match=r"for image 1 of the batch: its preprocessed values reach \|x\| = 2, "):
+        s.infer(x)
+    # answered as rows settle: row 0 at exit 1, then rows 1 and 2 together at exit 3, where row 2 overflows
+    x = rows_input(4, ids=[0, 0, 1, 0])
+    x[2, 0, 1, 1], x[3, 0, 1, 1] = 2.0, 5.0
+    with np.errstate(invalid="ignore"):
+        with pytest.raises(InputError, match=r"for image 2 of the batch: its preprocessed values reach \|x\| = 2, "):
+            s.infer_rows(x, thresholds=[0.9, None, None, None])
+
+
+def test_a_row_settling_exactly_at_its_deadline_met_it(tmp_path: Path) -> None:
+    s, _, clock = session(tmp_path, MIXED, warmup=1)
+    t0 = clock()
+    d = t0 + 1.0 * 1e-3  # exit 1 ends exactly then, and section 2 does not fit
+    r = s.infer_rows(rows_input(2, ids=[2, 2]), deadlines=[d, None])
+    assert (r[0].exit_index, r[0].stopped_by, r[0].deadline_met) == (1, "deadline", True)
+
+
+def test_rows_in_ensemble_mode_are_judged_and_answered_on_the_mean(tmp_path: Path) -> None:
+    logits = table((SURE, SURE, SURE), (UNSURE, MID, MID))
+    s, _, clock = session(tmp_path, logits, warmup=1, answer="ensemble")
+    res = s.infer_rows(rows_input(2), thresholds=[0.9, 0.7])  # row 1: exit 2 alone 0.82, the mean 0.63
+    assert [(r.exit_index, r.stopped_by) for r in res] == [(1, "confidence"), (3, "last")]
+    t0 = clock()
+    res = s.infer_rows(rows_input(2), thresholds=[0.9, None], deadlines=[None, t0 + 4e-3])
+    assert [(r.exit_index, r.stopped_by) for r in res] == [(1, "confidence"), (2, "deadline")]
+    pu, pm = softmax(np.float32([UNSURE]))[0], softmax(np.float32([MID]))[0]
+    np.testing.assert_allclose(res[1].probabilities, (pu + pm) / 2, rtol=1e-6)
+
+
+def test_rows_all_settled_before_the_last_exit_by_confidence_and_deadline(tmp_path: Path) -> None:
+    s, _, clock = session(tmp_path, MIXED, warmup=1)
+    t0 = clock()
+    res = s.infer_rows(rows_input(2), thresholds=[0.9, None], deadlines=[None, t0 + 2e-3])
+    assert [(r.exit_index, r.stopped_by) for r in res] == [(1, "confidence"), (1, "deadline")]
+
+
+def test_a_named_backend_that_cannot_load_the_graphs_is_refused_naming_the_file(tmp_path: Path) -> None:
+    from sdedge.common.errors import BackendError
+
+    root = _synthetic_bundle_dir(tmp_path / "b")
+    with pytest.raises(BackendError, match=r"could not load .*sections/s1\.onnx"):
+        AnytimeSession(root, backend="onnxruntime", warmup=0, engine="python")
+
+
+# -- precision "auto", the runtime's own time including the input's conversion, ensemble splits in both modes ----
+def _has_session(name: str) -> bool:
+    return hasattr(AnytimeSession, name)
+
+
+@pytest.mark.skipif(not _has_session("backend_info"), reason="precision resolution not in this tree")
+def test_auto_precision_is_a_ready_backends_own(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    s, _, _ = session(tmp_path, MIXED)
+    assert s.precision == "fp32" and s.backend_info["precision"] == "fp32"  # a backend that says nothing: fp32
+    clock = FakeClock()
+    be = TableBackend(clock, MIXED)
+    be.options = SimpleNamespace(precision="fp16")
+    s = AnytimeSession(scripted_bundle(tmp_path), backend=be, warmup=0, clock=clock)
+    assert s.precision == "fp16" and s.describe_backend() == f"table fp16 on {DEVICE} (python engine)"
+
+
+@pytest.mark.skipif(not _has_session("backend_info"), reason="precision resolution not in this tree")
+def test_auto_backend_on_a_bundle_without_engines_loads_the_onnx_graphs(tmp_path: Path) -> None:
+    from sdedge.common.errors import BackendError
+
+    root = _synthetic_bundle_dir(tmp_path / "b")  # no engines built: auto means ONNX Runtime, fp32
+    with pytest.raises(BackendError, match=r"could not load .*sections/s1\.onnx"):
+        AnytimeSession(root, backend="auto", warmup=0, engine="python")
+
+
+class SlowToConvert:
+    """An array-like input whose conversion to an array takes ``ms`` on the scripted clock."""
+
+    def __init__(self, x: np.ndarray, clock: FakeClock, ms: float) -> None:
+        self.x, self.clock, self.ms = x, clock, ms
+
+    def __array__(self, dtype=None, copy=None):
+        self.clock.advance_ms(self.ms)
+        return self.x if dtype is None else self.x.astype(dtype)
+
+
+def test_input_conversion_counts_as_the_runtimes_own_time(tmp_path: Path) -> None:
+    """The scripted clock moves only in the sections and while the input is converted: the overhead figure of
+    the call (rule 7) is exactly that conversion time."""
+    s, _, clock = session(tmp_path, MIXED)
+    r = s.infer(SlowToConvert(rows_input(1, ids=[2]), clock, 0.5))[0]
+    assert r.latency_ms == pytest.approx(6.5)
+    assert s.estimator.estimate(0, 1) == pytest.approx(0.5, abs=1e-9)
+    s.infer_rows(SlowToConvert(rows_input(2, ids=[2, 2]), clock, 0.25))
+    assert s.estimator.estimate(0, 2) == pytest.approx(0.25, abs=1e-9)
+
+
+def test_ensemble_rows_stopping_mid_batch_answer_their_means_in_row_mode(tmp_path: Path) -> None:
+    s, _, _ = session(tmp_path, table((UNSURE, SURE, SURE), (UNSURE, UNSURE, MID)), answer="ensemble")
+    res = s.infer_rows(rows_input(2), thresholds=[0.7, 0.7])  # row 0's mean at exit 2: 0.725
+    assert [(r.exit_index, r.stopped_by) for r in res] == [(2, "confidence"), (3, "last")]
+    pu, ps = softmax(np.float32([UNSURE]))[0], softmax(np.float32([SURE]))[0]
+    np.testing.assert_allclose(res[0].probabilities, (pu + ps) / 2, rtol=1e-6)
+
+
+@pytest.mark.skipif(not _has_session("section_cost_ms"), reason="section_cost_ms not in this tree")
+def test_section_cost_is_the_deadline_policys_figure(tmp_path: Path) -> None:
+    """Section 0 is the runtime's own time (the overhead figure), sections 1..K their predicted cost; 1 row by default."""
+    from sdedge.runtime.profile import make_profile
+
+    prof = make_profile(DEVICE, "table", "fp32", 1, {1: [[1.0], [2.0], [3.0]]}, 0.5, 1)  # decision overhead 0.5 ms
+    s, _, _ = session(tmp_path, MIXED, warmup=1, max_batch=4, profile=prof)
+    s.estimator.record(0, 1, 0.25)
+    s.estimator.record(0, 4, 0.75)
+    assert s.section_cost_ms(0) == s.deadline_policy.overhead_ms(1) == 0.5  # the profile's, larger than 0.25
+    assert s.section_cost_ms(0, 4) == s.deadline_policy.overhead_ms(4) == 0.75
+    assert [s.section_cost_ms(k) for k in (1, 2, 3)] == pytest.approx([1.0, 2.0, 3.0])
+    assert s.section_cost_ms(2, 4) == s.deadline_policy.section_cost_ms(2, 4)
