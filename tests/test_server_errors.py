@@ -506,7 +506,14 @@ def test_port_in_use_is_a_clear_error(server, tiny_bundle):
     out = subprocess.run([sys.executable, "-m", "sdedge.cli", "serve", str(tiny_bundle), "--port", str(server.port),
                           "--grpc-port", "0", "--warmup", "0", "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{server.port}" in out.stderr, out.stderr[-2000:]
-    # the gRPC port in use: the same clear error, before anything listens
+    # the default gRPC port (8001) taken and --grpc-port not given: HTTP only, said on stderr
+    from sdedge.cli import build_parser
+    from sdedge.commands.serve import DEFAULT_GRPC, config_from_args, default_grpc_port
+
+    args = build_parser().parse_args(["serve", "bundle/"])
+    assert args.grpc_port == DEFAULT_GRPC and config_from_args(args).grpc_port == 8001
+    assert default_grpc_port("127.0.0.1", server.port) is None  # taken (by the test server's HTTP socket)
+    # an explicit gRPC port in use: the same clear error as for HTTP, before anything listens
     out = subprocess.run([sys.executable, "-m", "sdedge.cli", "serve", str(tiny_bundle), "--port", "0",
                           "--grpc-port", str(server.port), "--warmup", "0", "--threads", "1"],
                          capture_output=True, text=True, timeout=120)

@@ -43,10 +43,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     n.add_argument("--port", type=int, default=8000,
                    help="TCP port; 0 lets the OS pick a free one, printed on stderr once the server listens "
                         "('sdedge serve: listening on http://HOST:PORT/...') (default 8000)")
-    n.add_argument("--grpc-port", type=_grpc_port, default=8001,
+    n.add_argument("--grpc-port", type=_grpc_port, default=DEFAULT_GRPC,
                    help="TCP port of the KServe v2 gRPC endpoint (tritonclient.grpc), on the same host; 0 disables it, "
                         "'any' lets the OS pick a free one, printed on stderr ('sdedge serve: gRPC listening on "
-                        "HOST:PORT') (default 8001, as Triton)")
+                        "HOST:PORT') (default 8001, as Triton; when 8001 is taken and the flag was not given, the "
+                        "server starts without gRPC and says so; a port given explicitly must be free)")
     n.add_argument("--model-name", default=None,
                    help="model name in the URLs (default: the manifest's model name)")
     n.add_argument("--model-version", default="1", help="model version in the metadata and /versions/V URLs (default 1)")
@@ -92,8 +93,26 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+DEFAULT_GRPC = "default"  # --grpc-port not given: 8001 when free (Triton's), else no gRPC with a warning
+
+
+def default_grpc_port(host: str, port: int = 8001) -> int | None:
+    """Triton's gRPC port when it is free on ``host``, else None (a second server on the same machine still
+    starts, on HTTP only); the caller says which."""
+    from ..common.errors import BackendError
+    from ..runtime.server.runner import bind_socket
+
+    try:
+        bind_socket(host, port).close()
+    except BackendError:
+        return None
+    return port
+
+
 def _grpc_port(text: str) -> int | None:
     """``--grpc-port``: 0 disables gRPC (None), ``any`` is a free port the OS picks (0), else 1..65535."""
+    if text == DEFAULT_GRPC:  # argparse passes a string default through the type
+        return DEFAULT_GRPC  # type: ignore[return-value]
     if text.strip().lower() == "any":
         return 0
     try:
@@ -113,7 +132,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     session = SessionOptions(backend=args.backend, precision=args.precision, intra_op_threads=args.threads,
                              warmup=args.warmup, max_batch=args.max_batch, answer=args.answer)
     return ServerConfig(
-        host=args.host, port=args.port, grpc_port=args.grpc_port, batching=args.batching,
+        host=args.host, port=args.port, grpc_port=8001 if args.grpc_port == DEFAULT_GRPC else args.grpc_port,
+        batching=args.batching,
         max_queue_delay_us=args.max_queue_delay_us, no_deadline_wait_ms=args.no_deadline_wait_ms,
         queue_order=args.queue_order,
         model_name=args.model_name, model_version=args.model_version,
@@ -134,6 +154,12 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     require_web()  # before spending seconds on loading and warming up the bundle
+    if args.grpc_port == DEFAULT_GRPC and default_grpc_port(config.host, config.grpc_port) is None:
+        import dataclasses
+
+        print(f"sdedge serve: gRPC not started: {config.host}:{config.grpc_port} is in use (another server?); "
+              f"serving HTTP only (pass --grpc-port PORT or any for gRPC)", file=sys.stderr)
+        config = dataclasses.replace(config, grpc_port=None)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(levelname)s: %(name)s: %(message)s")
     if config.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"sdedge serve: binding {config.host}: the model is reachable from the network", file=sys.stderr)
