@@ -359,15 +359,15 @@ class AnytimeSession:
         each row's exit, stop reason, probabilities and exit confidences come back. With ``row_thr`` /
         ``row_dl`` (:meth:`infer_rows`) each row's own threshold and deadline go in instead."""
         nat = self._native
-        dl = 0
-        row_ns = None
+        dl, row_ns = 0, None
         if stop_at is not None or row_dl is not None:  # deadlines on sdedge_now_ns()'s clock (>= 1: 0 means none)
             offset_ns = nat.now_ns() - self.clock() * 1e9
-        if stop_at is not None:
-            dl = max(1, int(round(stop_at * 1e9 + offset_ns)))
-        if row_dl is not None:
-            row_ns = np.where(np.isinf(row_dl), 0, np.maximum(1, np.round(np.where(np.isinf(row_dl), 0, row_dl) * 1e9
-                                                                             + offset_ns))).astype(np.int64)
+            if stop_at is not None:
+                dl = max(1, int(round(stop_at * 1e9 + offset_ns)))
+            if row_dl is not None:
+                finite = np.isfinite(row_dl)
+                row_ns = np.zeros(row_dl.shape[0], np.int64)
+                row_ns[finite] = np.maximum(1, np.round(row_dl[finite] * 1e9 + offset_ns))
         thresholds = pol.thresholds if row_thr is None else (None,) * pol.num_exits
         row_mode = row_thr is not None or row_dl is not None
 

@@ -135,9 +135,9 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort
         self.options = opts = options or BackendOptions()
         self.bundle = bundle
-        trt_first = bool(opts.providers) and PROVIDER_ALIASES.get(str(opts.providers[0]).lower(),
-                                                                  str(opts.providers[0])) == "TensorrtExecutionProvider"
-        if opts.precision not in ("fp32", "int8") and not (opts.precision == "fp16" and trt_first):
+        self.providers = resolve_providers(opts.providers, ort.get_available_providers())
+        if opts.precision not in ("fp32", "int8") and not (opts.precision == "fp16" and
+                                                         self.providers[0] == "TensorrtExecutionProvider"):
             raise BackendError(f"the onnxruntime backend runs precision fp32 or int8, not {opts.precision!r} "
                                "(fp16 is a TensorRT precision: sdedge build-engines, or the TensorRT execution "
                                "provider first in providers)")
@@ -153,7 +153,6 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}, got {level!r}")
         if extra:
             raise BackendError(f"unknown onnxruntime backend option(s): {', '.join(sorted(extra))}")
-        self.providers = resolve_providers(opts.providers, ort.get_available_providers())
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
 
         so = ort.SessionOptions()

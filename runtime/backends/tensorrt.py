@@ -309,28 +309,26 @@ class TensorRTBackend(Backend):
         if self.max_batch < self.min_batch:
             raise BackendError(f"max_batch {opts.max_batch} is below the engines' profile minimum {self.min_batch}; "
                                f"raise max_batch or rebuild the engines with `--min-batch 1`")
-        try:
-            self._enter = cuda.current()
-            self._enter.__enter__()
-            self._stream = cuda.create_stream()
-            self._stream_handle = cuda.stream_handle(self._stream)
-            b = self.max_batch
-            self._feat_shape = [tuple(int(d) for d in man.input.shape[1:])]
-            for s in man.sections[:-1]:
-                self._feat_shape.append(tuple(int(d) for d in s.features.shape[1:]))  # type: ignore[union-attr]
-            vol = [int(np.prod(shp)) * 4 * b for shp in self._feat_shape]  # bytes: input, features_1..K-1
-            self._out = [self._alloc(n) for n in vol]  # [0] = input, [k] = features_k
-            self._scratch = [self._alloc(n) for n in vol]
-            c = man.num_classes
-            self._logits_dev = [self._alloc(b * c * 4) for _ in range(man.num_exits)]
-            self._logits_host: list[np.ndarray] = []  # pinned host memory: the logits' copy-back target
-            for _ in range(man.num_exits):
-                self._logits_host.append(cuda.host_empty((b, c)))
-        except Exception:
-            self.close()
-            raise
-        finally:
-            self._enter.__exit__(None, None, None)
+        with cuda.current():
+            try:
+                self._stream = cuda.create_stream()
+                self._stream_handle = cuda.stream_handle(self._stream)
+                b = self.max_batch
+                self._feat_shape = [tuple(int(d) for d in man.input.shape[1:])]
+                for s in man.sections[:-1]:
+                    self._feat_shape.append(tuple(int(d) for d in s.features.shape[1:]))  # type: ignore[union-attr]
+                vol = [int(np.prod(shp)) * 4 * b for shp in self._feat_shape]  # bytes: input, features_1..K-1
+                self._out = [self._alloc(n) for n in vol]  # [0] = input, [k] = features_k
+                self._scratch = [self._alloc(n) for n in vol]
+                c = man.num_classes
+                self._logits_dev = [self._alloc(b * c * 4) for _ in range(man.num_exits)]
+                # pinned host memory, the logits' copy-back target; appended one by one so close() frees a partial set
+                self._logits_host: list[np.ndarray] = []
+                for _ in range(man.num_exits):
+                    self._logits_host.append(cuda.host_empty((b, c)))
+            except Exception:
+                self.close()
+                raise
 
     def _alloc(self, nbytes: int) -> int:
         ptr = self._cuda.malloc(nbytes)

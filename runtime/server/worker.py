@@ -75,8 +75,8 @@ class _Job:
     deadline: float | None
     threshold: Any
     criterion: str | None
-    future: asyncio.Future | Any
-    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
     t_enqueued: float
     late: bool = False
     rows: int = 1
@@ -174,37 +174,25 @@ class InferencePool:
                 t.start()
                 self._threads.append(t)
 
-    def submit(self, x: Any, deadline: float | None, threshold: Any, criterion: str | None, future: Any,
-               loop: asyncio.AbstractEventLoop | None, t_arrival: float | None = None, late: bool = False) -> _Job:
-        """Queue one request whose answer (an :class:`Outcome`) or error goes to ``future`` (an asyncio
-        future of ``loop``, or a ``concurrent.futures.Future`` with ``loop`` None); raises
-        :class:`Overloaded` when the queue is full, :class:`ShuttingDown` once closing."""
+    async def run(self, x: Any, deadline: float | None = None, threshold: Any = None,
+                  criterion: str | None = None, t_arrival: float | None = None, late: bool = False) -> Outcome:
+        """Queue one request and wait for its answer; raises :class:`Overloaded` when the queue is full,
+        :class:`ShuttingDown` once closing, :class:`DeadlineExceeded` when its deadline passed before it
+        could start (unless ``late``). ``t_arrival``: when the request arrived (default: now)."""
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new requests")
         if not self._threads:
             self.start()
+        loop = asyncio.get_running_loop()
         rows = int(x.shape[0]) if isinstance(x, np.ndarray) and x.ndim >= 3 else 1  # protocol arrays: batch first
-        job = _Job(x, deadline, threshold, criterion, future, loop,
+        job = _Job(x, deadline, threshold, criterion, loop.create_future(), loop,
                    self.clock() if t_arrival is None else t_arrival, bool(late), rows)
         self._q.put(job)
         if self.observer is not None:
             self.observer("queued", job)
-        return job
-
-    async def run(self, x: Any, deadline: float | None = None, threshold: Any = None,
-                  criterion: str | None = None, t_arrival: float | None = None, late: bool = False) -> Outcome:
-        """Queue one request and wait for its answer; raises :class:`Overloaded` when the queue is full,
-        :class:`DeadlineExceeded` when its deadline passed before it could start (unless ``late``)."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.submit(x, deadline, threshold, criterion, fut, loop, t_arrival, late)
-        return await fut
+        return await job.future
 
     def _answer(self, job: _Job, ok: bool, value: Any) -> None:
-        if job.loop is None:  # a concurrent.futures.Future (the gRPC servicer's threads)
-            if not job.future.done():
-                (job.future.set_result if ok else job.future.set_exception)(value)
-            return
         try:
             job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
         except RuntimeError:  # the event loop is gone (hard stop); nothing to answer
