@@ -45,6 +45,7 @@ class ExportConfig:
     int8: bool = False  # also write QDQ INT8 sections under int8/
     int8_samples: int = 512  # training images for INT8 calibration
     int8_method: str = "minmax"  # calibration: minmax | percentile | entropy
+    int8_target: str = "onnxruntime"  # QDQ layout: onnxruntime (uint8 activations) | tensorrt (symmetric int8)
     int8_eval_samples: int | None = None  # validation images for FP32-vs-INT8 accuracy (None: all)
     fp16: bool = False  # also write float16 section graphs (float32 I/O) under fp16/, for TensorRT 11 fp16 engines
     parity: bool = True  # check ONNX Runtime against PyTorch per exit
@@ -166,6 +167,10 @@ def _validate(cfg: ExportConfig) -> None:
                           f"use --opset {MIN_OPSET} or higher")
     if not (cfg.parity_tolerance > 0):
         raise ExportError(f"parity tolerance must be positive, got {cfg.parity_tolerance}")
+    if cfg.int8:
+        from .quantize import QuantizeSettings
+
+        QuantizeSettings(per_channel=True, method=cfg.int8_method, target=cfg.int8_target).check()  # fail early
     if cfg.int8 and cfg.int8_samples < 1:
         raise ExportError(f"INT8 calibration needs at least 1 sample, got int8_samples={cfg.int8_samples}")
     if cfg.parity_samples < 1:
@@ -311,10 +316,10 @@ def _quantize(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessi
         raise ExportError("INT8 export needs the checkpoint's training data")
     calib = preprocess(data.train_images[pick(len(data.train_images), cfg.int8_samples, seed=1)], src.preprocess)
     say(f"INT8: calibrating {src.num_exits} sections on {len(calib)} {data.name} training images "
-        f"({cfg.int8_method}, per-channel, QDQ)")
+        f"({cfg.int8_method}, per-channel, QDQ for {cfg.int8_target})")
     _, calib_inputs = chain_logits(sessions, calib, collect_inputs=True)  # section k sees features_{k-1}
     (tmp / "int8").mkdir()
-    settings = QuantizeSettings(per_channel=True, method=cfg.int8_method)
+    settings = QuantizeSettings(per_channel=True, method=cfg.int8_method, target=cfg.int8_target)
     int8_sessions = []
     for k, (path, inputs) in enumerate(zip(staged.paths, calib_inputs), start=1):
         rel = f"int8/s{k}.onnx"

@@ -64,7 +64,13 @@ def _build_one(trt: Any, onnx_path: Path, precision: str, batches: tuple[int, in
     flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if typed else 0
     network = builder.create_network(flags)  # TensorRT >= 10: networks are always explicit-batch
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if precision == "int8":  # TensorRT runs symmetric int8 Q/DQ only: convert the uint8 ONNX Runtime layout
+        from .quantize import tensorrt_qdq_bytes
+
+        parsed = parser.parse(tensorrt_qdq_bytes(onnx_path), str(onnx_path))
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT could not parse {onnx_path}: {errors or 'unknown parser error'}")
     config = builder.create_builder_config()

@@ -23,6 +23,7 @@ the host report one NVIDIA GPU, and returns the fake ``tensorrt`` module (its ``
 """
 from __future__ import annotations
 
+import base64
 import ctypes
 import enum
 import importlib.machinery
@@ -281,6 +282,7 @@ def make_tensorrt(version: str, mem: DeviceMemory, context_required: _Tls | None
             self.strongly_typed = bool(flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
             self.inputs: list[Tensor] = []
             self.onnx: str | None = None
+            self.model: bytes | None = None
 
         @property
         def num_inputs(self) -> int:
@@ -301,10 +303,35 @@ def make_tensorrt(version: str, mem: DeviceMemory, context_required: _Tls | None
             except Exception as e:  # noqa: BLE001
                 self.errors.append(f"cannot read {path}: {e}")
                 return False
+            return self._take(model, path)
+
+        def parse(self, model: bytes, path: str | None = None) -> bool:
+            """``OnnxParser.parse(model, path)``: the serialized graph; ``path`` only locates external data."""
+            import onnx
+
+            if not isinstance(model, (bytes, bytearray, memoryview)):
+                raise TypeError(f"parse() takes the serialized model as a buffer, got {type(model).__name__}")
+            try:
+                proto = onnx.load_from_string(bytes(model))
+            except Exception as e:  # noqa: BLE001
+                self.errors.append(f"cannot parse the model buffer: {e}")
+                return False
+            self.network.model = bytes(model)  # the engine runs what was parsed (the converted graph)
+            return self._take(proto, path or "<buffer>")
+
+        def _take(self, model, path: str) -> bool:
+            import onnx
+
+            zero_points = {i.name: i.data_type for i in model.graph.initializer}
+            for n in model.graph.node:  # TensorRT's explicit quantization is symmetric int8 only
+                if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 \
+                        and zero_points.get(n.input[2], onnx.TensorProto.INT8) != onnx.TensorProto.INT8:
+                    self.errors.append(f"{n.name}: TensorRT supports only INT8 zero points in Q/DQ")
+                    return False
             for i in model.graph.input:
                 dims = tuple(d.dim_value if d.dim_value > 0 else -1 for d in i.type.tensor_type.shape.dim)
                 self.network.inputs.append(Tensor(i.name, dims))
-            self.network.onnx = str(Path(path).resolve())
+            self.network.onnx = str(Path(path).resolve()) if path != "<buffer>" else path
             return True
 
         @property
@@ -366,6 +393,7 @@ def make_tensorrt(version: str, mem: DeviceMemory, context_required: _Tls | None
             precision = ("fp16" if any(f.name == "FP16" for f in config.flags) else "fp32") \
                 if not network.strongly_typed else "typed"
             doc = {"major": major, "onnx": network.onnx, "precision": precision,
+                   "model_b64": base64.b64encode(network.model).decode() if network.model else None,
                    "profile": {k: [list(s) for s in v] for k, v in prof.shapes.items()}}
             return _MAGIC + json.dumps(doc).encode()
 
@@ -376,7 +404,8 @@ def make_tensorrt(version: str, mem: DeviceMemory, context_required: _Tls | None
 
             so = ort.SessionOptions()
             so.intra_op_num_threads = 1
-            self.sess = ort.InferenceSession(doc["onnx"], so, providers=["CPUExecutionProvider"])
+            source = base64.b64decode(doc["model_b64"]) if doc.get("model_b64") else doc["onnx"]
+            self.sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
             self.profile = {k: tuple(tuple(s) for s in v) for k, v in doc["profile"].items()}
             self.io: dict[str, tuple[Any, tuple]] = {}
             for t in self.sess.get_inputs():

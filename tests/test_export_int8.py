@@ -1,4 +1,6 @@
-"""sdedge export --int8: QDQ sections that ONNX Runtime runs and TensorRT's explicit quantization reads.
+"""sdedge export --int8: QDQ sections laid out for ONNX Runtime's integer CPU kernels (uint8 activations,
+int8 per-channel weights, ReLU folded), which ``tensorrt_qdq`` turns into the symmetric int8 graph TensorRT's
+explicit quantization reads. No timing here: ``benchmarks/int8_bench.py`` measures the speed.
 
 Uses a trained model (the conftest ``tiny_checkpoint`` once ``sdedge.train`` exists, a few quick epochs
 on the built-in digits until then): agreement between INT8 and FP32 is only meaningful on a model that
@@ -55,6 +57,7 @@ def test_int8_sections_are_listed_and_checksummed(int8_export) -> None:
     q = b.manifest.raw["int8"]
     assert q["calibration"]["samples"] == 256 and q["calibration"]["split"] == "train"
     assert q["evaluation"]["split"] == "val" and q["quantization"]["format"] == "QDQ"
+    assert q["quantization"]["target"] == "onnxruntime" and q["quantization"]["calibration_method"] == "minmax"
 
 
 def test_every_file_of_a_real_int8_export_is_checksummed(int8_export, tmp_path: Path) -> None:
@@ -106,24 +109,212 @@ def test_int8_runs_through_the_runtime_and_matches_its_own_report(int8_export) -
         assert err <= MAX_RELATIVE_LOGIT_ERROR, f"exit {k + 1}: INT8 logits are off by {err:.1%} of the FP32 spread"
 
 
-def test_qdq_graphs_suit_tensorrt_explicit_quantization(int8_export) -> None:
+def _fp32_and_int8(b, index: int) -> tuple:
+    return onnx.load(str(b.section_path(index))), onnx.load(str(b.section_path(index, "int8")))
+
+
+def _weight_dq(m) -> dict:
+    """Conv/Gemm weight name -> its DequantizeLinear node, for the float ops fed by a quantized weight."""
+    by_out = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name: by_out[n.input[1]] for n in m.graph.node
+            if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in by_out}
+
+
+def test_onnxruntime_runs_every_quantized_conv_as_an_integer_kernel(int8_export) -> None:
+    """The default layout exists for this: after ONNX Runtime's optimisations no quantized Conv is left in
+    float (the old symmetric layout left the Convs behind a shared QuantizeLinear in float, with weights it
+    could not pre-pack), no ReLU or float Add sits between integer kernels, and only the image stem's
+    Conv (fewer than 8 input channels) runs in float, as configured."""
+    from sdedge.export.quantize import FLOAT_CONV_MAX_IN_CHANNELS, float_convs, optimized_graph
+
     b = open_bundle(int8_export.bundle_path)
+    stems = 0
     for s in b.manifest.sections:
-        m = onnx.load(str(b.section_path(s.index, "int8")))
+        fp32, int8 = _fp32_and_int8(b, s.index)
+        n_conv = sum(n.op_type == "Conv" for n in fp32.graph.node)
+        expected_float = float_convs(fp32)
+        stems += len(expected_float)
+        g = optimized_graph(b.section_path(s.index, "int8"))
+        print(f"\nsection {s.index}: {g.ops}")
+        assert len(g.float_convs) == len(expected_float), (
+            f"section {s.index}: float Convs left after ONNX Runtime's optimisations: {g.float_convs}")
+        assert g.ops.get("QLinearConv", 0) + g.ops.get("ConvInteger", 0) == n_conv - len(expected_float)
+        assert g.ops.get("QLinearAdd", 0) == sum(n.op_type == "Add" for n in fp32.graph.node)
+        assert g.ops.get("QGemm", 0) == sum(n.op_type == "Gemm" for n in fp32.graph.node)
+        for op in ("Relu", "Add", "Gemm", "Clip"):
+            assert op not in g.ops, f"section {s.index}: a float {op} is left between integer kernels: {g.ops}"
+        # the stem stays float: its Conv is not fed by a quantized weight in the file either
+        weights = {i.name: i for i in int8.graph.initializer}
+        for n in int8.graph.node:
+            if n.op_type == "Conv" and n.name in expected_float:
+                assert n.input[1] in weights and weights[n.input[1]].data_type == onnx.TensorProto.FLOAT
+        assert FLOAT_CONV_MAX_IN_CHANNELS == 8
+    assert stems == 1, "the test model has one image stem (1 input channel): the only float Conv"
+
+
+def test_int8_activations_are_uint8_and_weights_int8_symmetric_per_channel(int8_export) -> None:
+    b = open_bundle(int8_export.bundle_path)
+    q = b.manifest.raw["int8"]["quantization"]
+    assert (q["target"], q["activations"], q["weights"]) == ("onnxruntime", "uint8 asymmetric",
+                                                             "int8 symmetric per-channel")
+    for s in b.manifest.sections:
+        _, m = _fp32_and_int8(b, s.index)
         inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-        ops = [n.op_type for n in m.graph.node]
-        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+        weight_dqs = _weight_dq(m)
+        assert weight_dqs, f"section {s.index} has no quantized weight"
+        for dq in weight_dqs.values():
+            w, scale, zp = (inits[i] for i in dq.input[:3])
+            assert w.dtype == np.int8 and zp.dtype == np.int8 and not zp.any(), "weights: int8, zero point 0"
+            if w.ndim == 4:  # Conv: one scale per output channel
+                assert scale.ndim == 1 and scale.size == w.shape[0], "Conv weights are quantized per channel"
+        acts = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
+        assert acts and all(inits[n.input[2]].dtype == np.uint8 and inits[n.input[2]].size == 1 for n in acts)
+        # biases int32 (folded into the integer kernels by every ONNX Runtime since 1.17), scale = input x weight
+        biases = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                  and inits[n.input[0]].dtype == np.int32]
+        assert biases and all(not inits[n.input[2]].any() for n in biases if len(n.input) > 2)
+        assert [i.name for i in m.graph.input] == [inp.name for inp in onnx.load(str(b.section_path(s.index))).graph.input]
+
+
+@pytest.fixture(scope="module")
+def section_inputs(int8_export):
+    """Each section's real inputs (FP32 chain on the validation images) and the FP32 logits per exit."""
+    from sdedge.data import load_splits
+    from sdedge.export.parity import chain_logits, ort_session
+    from sdedge.runtime.preprocess import Preprocessor
+
+    b = open_bundle(int8_export.bundle_path)
+    x = Preprocessor(b.manifest, 4096)(load_splits("digits").val.images).batch
+    sessions = [ort_session(b.section_path(s.index), 1) for s in b.manifest.sections]
+    logits, inputs = chain_logits(sessions, np.asarray(x, np.float32), collect_inputs=True)
+    return b, inputs, logits
+
+
+def _run(path, x: np.ndarray) -> list:
+    from sdedge.export.parity import ort_session
+
+    s = ort_session(path, 1)
+    return s.run(None, {s.get_inputs()[0].name: x})
+
+
+def _close_to(reference: np.ndarray, got: np.ndarray, where: str) -> None:
+    agree = float(np.mean(reference.argmax(1) == got.argmax(1)))
+    spread = np.sqrt(np.mean((reference - reference.mean(1, keepdims=True)) ** 2))
+    err = float(np.sqrt(np.mean((got - reference) ** 2)) / spread)
+    assert agree >= AGREEMENT_FLOOR, f"{where}: top-1 agreement {agree:.1%}"
+    assert err <= MAX_RELATIVE_LOGIT_ERROR, f"{where}: logits off by {err:.1%} of the FP32 spread"
+
+
+def test_tensorrt_conversion_is_symmetric_int8_and_computes_the_same(section_inputs, tmp_path: Path) -> None:
+    """TensorRT's explicit quantization takes int8 with zero point 0 only: tensorrt_qdq rewrites the uint8
+    pairs onto the symmetric grid covering the same range and puts a ReLU back before each uint8
+    QuantizeLinear with zero point 0 (the clamp the quantizer folded a ReLU into)."""
+    from sdedge.export.quantize import tensorrt_qdq, tensorrt_qdq_bytes
+
+    b, inputs, _ = section_inputs
+    for s in b.manifest.sections:
+        src = b.section_path(s.index, "int8")
+        u8 = onnx.load(str(src))
+        m = tensorrt_qdq(u8)
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
         for n in m.graph.node:
             if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
                 zp = inits[n.input[2]]
                 assert zp.dtype == np.int8 and not zp.any(), "TensorRT needs symmetric int8 (zero point 0)"
             if n.op_type == "DequantizeLinear" and n.input[0] in inits:
                 assert inits[n.input[0]].dtype == np.int8, "no int32 bias DequantizeLinear (TensorRT rejects it)"
-        conv_w = [n for n in m.graph.node if n.op_type == "Conv"][0].input[1]
-        dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == conv_w)
-        scale = inits[dq.input[1]]
-        assert scale.ndim == 1 and scale.size == inits[dq.input[0]].shape[0], "weights are quantized per channel"
-        assert [i.name for i in m.graph.input] == [inp.name for inp in onnx.load(str(b.section_path(s.index))).graph.input]
+        assert not any(a.dtype == np.uint8 for a in inits.values())
+        producer = {o: n for n in m.graph.node for o in n.output}
+        u8_inits = {i.name: numpy_helper.to_array(i) for i in u8.graph.initializer}
+        zero_zp = sum(1 for n in u8.graph.node if n.op_type == "QuantizeLinear" and not u8_inits[n.input[2]].any())
+        relu_fed = sum(1 for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in producer
+                       and producer[n.input[0]].op_type == "Relu")
+        assert relu_fed >= zero_zp > 0
+        assert [i.name for i in m.graph.input] == [i.name for i in u8.graph.input]
+        assert [o.name for o in m.graph.output] == [o.name for o in u8.graph.output]
+        assert onnx.load_from_string(tensorrt_qdq_bytes(src)).graph.node[0].op_type == m.graph.node[0].op_type
+        onnx.save(m, str(tmp_path / f"s{s.index}.onnx"))
+        x = inputs[s.index - 1]
+        ref, got = _run(src, x)[-1], _run(tmp_path / f"s{s.index}.onnx", x)[-1]
+        _close_to(ref, got, f"section {s.index} converted to symmetric int8")
+        again = tensorrt_qdq(m)  # already symmetric: nothing to change
+        assert again.graph.SerializeToString() == m.graph.SerializeToString()
+
+
+def _activation_scales(path) -> dict:
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in m.graph.node if n.op_type == "QuantizeLinear"}
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_other_calibration_methods_agree_with_fp32(section_inputs, tmp_path: Path, method: str) -> None:
+    """Each method is really used (its ranges differ from MinMax's: ONNX Runtime's own Entropy defaults
+    give MinMax's ranges back) and still agrees with FP32. 200 calibration rows: not a multiple of the
+    calibration batch (32), which the histogram methods cannot take unless the batches are equal."""
+    from sdedge.export.quantize import QuantizeSettings, quantize_section
+
+    b, inputs, logits = section_inputs
+    s = b.manifest.sections[-1]
+    for m in (method, "minmax"):
+        quantize_section(b.section_path(s.index), tmp_path / f"{m}.onnx", s.input.name, inputs[-1][:200],
+                         QuantizeSettings(method=m))
+    ours, minmax = _activation_scales(tmp_path / f"{method}.onnx"), _activation_scales(tmp_path / "minmax.onnx")
+    assert ours.keys() == minmax.keys()
+    assert any(abs(ours[k] - minmax[k]) > 1e-6 * minmax[k] for k in ours), f"{method} gave MinMax's ranges"
+    _close_to(logits[-1], _run(tmp_path / f"{method}.onnx", inputs[-1])[-1], f"{method} calibration, section {s.index}")
+
+
+def test_tensorrt_target_and_per_tensor_weights(section_inputs, tmp_path: Path) -> None:
+    from sdedge.export.quantize import QuantizeSettings, optimized_graph, quantize_section
+
+    b, inputs, logits = section_inputs
+    s = b.manifest.sections[0]
+    dst = tmp_path / "trt.onnx"
+    settings = QuantizeSettings(target="tensorrt", per_channel=False)
+    quantize_section(b.section_path(s.index), dst, s.input.name, inputs[0][:256], settings)
+    m = onnx.load(str(dst))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any()
+    for dq in _weight_dq(m).values():
+        assert inits[dq.input[1]].size == 1, "per_channel=False: one scale per weight tensor"
+    # the TensorRT layout quantizes every Conv, the stem too, and keeps each ReLU as a float op
+    assert all(n.input[1] in {d.output[0] for d in m.graph.node if d.op_type == "DequantizeLinear"}
+               for n in m.graph.node if n.op_type == "Conv")
+    assert "Relu" in optimized_graph(dst).ops
+    assert settings.to_json()["activations"] == "int8 symmetric"
+    _close_to(logits[0], _run(dst, inputs[0])[-1], "tensorrt layout, section 1")
+
+
+def test_bad_quantization_settings_are_refused(section_inputs, tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from sdedge.export.quantize import QuantizeSettings, quantize_section, tensorrt_qdq
+
+    b, inputs, _ = section_inputs
+    s = b.manifest.sections[0]
+    args = (b.section_path(s.index), tmp_path / "q.onnx", s.input.name, inputs[0][:8])
+    with pytest.raises(ExportError, match="unknown INT8 target 'cuda'; expected one of onnxruntime, tensorrt"):
+        quantize_section(*args, QuantizeSettings(target="cuda"))
+    with pytest.raises(ExportError, match="unknown calibration method 'mse'"):
+        quantize_section(*args, QuantizeSettings(method="mse"))
+    with pytest.raises(ExportError, match="calibration batch must be a positive integer"):
+        quantize_section(*args, QuantizeSettings(batch=0))
+    with pytest.raises(ExportError, match="INT8 calibration needs at least one image"):
+        quantize_section(*args[:3], inputs[0][:0])
+    assert not (tmp_path / "q.onnx").exists()
+    # per-channel uint8 activations have no single symmetric pair: refused by name, not mis-converted
+    g = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1, name="q_pc"),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.array([0.1, 0.2], np.float32), "s"),
+         numpy_helper.from_array(np.array([3, 4], np.uint8), "z")])
+    with pytest.raises(ExportError, match="q_pc: per-channel uint8 quantization has no symmetric int8 equivalent"):
+        tensorrt_qdq(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
 
 
 def test_int8_needs_the_training_data(ckpt, tmp_path: Path) -> None:

@@ -108,13 +108,16 @@ class _FakeTensorRT(types.ModuleType):
                 self.network = network
 
             def parse_from_file(self, path):
+                return self.parse(Path(path).read_bytes(), path)
+
+            def parse(self, model, path=None):
                 import onnx
 
-                m = onnx.load(path)
+                m = onnx.load_from_string(bytes(model))
                 for i in m.graph.input:
                     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
                     self.network.inputs.append(Tensor(i.name, tuple(dims)))
-                self.network.source = Path(path).read_bytes()
+                self.network.source = bytes(model)
                 return True
 
         class Profile:

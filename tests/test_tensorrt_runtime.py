@@ -231,3 +231,35 @@ def test_onnxruntime_tensorrt_provider_gets_explicit_profiles_and_an_engine_cach
     assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_enable"] is True
     assert Path(opts["trt_engine_cache_path"]) == b.path / "engines" / "ort-trt-nvidia-jetson-orin-nano-fp16"
     assert tensorrt_ep_options(b.path, spec, 4, "fp32", "x")["trt_fp16_enable"] is False
+
+
+@pytest.mark.parametrize("version", ["10.8.0.43", "11.4.0.10"])
+def test_int8_engines_are_built_from_the_symmetric_int8_graph(tiny_checkpoint, tmp_path, monkeypatch, version):
+    """The bundle's int8 sections are laid out for ONNX Runtime (uint8 activations); TensorRT reads only
+    symmetric int8 Q/DQ, so the build hands its parser the ``tensorrt_qdq`` conversion (the stand-in's
+    ``parse`` refuses a non-int8 zero point, as TensorRT's parser does) and the engine computes what the
+    ONNX Runtime int8 sections compute."""
+    import base64
+
+    import onnx
+
+    from sdedge.export import ExportConfig, build_engines, export_bundle
+    from sdedge.runtime import AnytimeSession
+
+    fake_tensorrt.install(monkeypatch, version=version)
+    b8 = export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(tmp_path / "b8"), int8=True,
+                                    int8_samples=64, threads=1, parity_samples=8)).bundle_path
+    res = build_engines(b8, "int8")
+    for engine in res.engines:
+        doc = json.loads(engine.read_bytes()[len(fake_tensorrt._MAGIC):])
+        parsed = onnx.load_from_string(base64.b64decode(doc["model_b64"]))
+        zero_points = {i.name: i.data_type for i in parsed.graph.initializer}
+        qdq = [n for n in parsed.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        assert qdq and all(zero_points[n.input[2]] == onnx.TensorProto.INT8 for n in qdq if len(n.input) > 2)
+    with AnytimeSession(b8, precision="int8", warmup=1, max_batch=4) as s, \
+            AnytimeSession(b8, backend="onnxruntime", precision="int8", warmup=0, engine="python") as ref:
+        assert s.backend_name == "tensorrt" and s.backend_info["precision"] == "int8"
+        x = images(s, 4, seed=6)
+        got, want = s.infer_all_exits(x), ref.infer_all_exits(x)
+        spread = float(np.sqrt(np.mean((want - want.mean(-1, keepdims=True)) ** 2)))
+        assert float(np.sqrt(np.mean((got - want) ** 2))) < 0.1 * spread  # same quantization grid, up to rounding

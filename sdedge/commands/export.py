@@ -30,6 +30,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="training images used to calibrate INT8 activation ranges (default 512)")
     p.add_argument("--int8-method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="INT8 calibration method (default minmax)")
+    p.add_argument("--int8-target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="INT8 graph layout: onnxruntime (default; uint8 activations that ONNX Runtime's CPU kernels "
+                        "fuse; build-engines converts it for TensorRT) or tensorrt (symmetric int8 activations, "
+                        "the layout TensorRT reads directly; slower on ONNX Runtime's CPU provider)")
     p.add_argument("--int8-eval-samples", type=int, default=None, metavar="N",
                    help="validation images for the FP32-vs-INT8 accuracy report (default: the whole split)")
     p.add_argument("--data", default=None, metavar="DIR",
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = ExportConfig(checkpoint=args.checkpoint, output=args.output, force=args.force, int8=args.int8, fp16=args.fp16,
                        int8_samples=args.int8_samples, int8_method=args.int8_method,
+                       int8_target=args.int8_target,
                        int8_eval_samples=args.int8_eval_samples, parity=args.parity,
                        parity_tolerance=args.parity_tolerance, parity_samples=args.parity_samples, data=args.data,
                        opset=args.opset, full=args.full, name=args.name, threads=args.threads,
