@@ -11,7 +11,7 @@ from sdedge.losses import LossBatch, build_method_loss, build_term, get_method, 
 from sdedge.losses.terms import PartialL2Term, TermContext
 from sdedge.models import ModelConfig, MultiExitOutput, build_model
 
-ALL_METHODS = ["plain", "dsn", "byot", "kd", "tfkd-self", "tfkd-reg", "feature-kd", "logit-l2"]
+ALL_METHODS = ["plain", "dsn", "byot", "kd", "tfkd-self", "tfkd-reg", "feature-kd", "logit-l2", "distill"]
 
 
 def _np_log_softmax(z: np.ndarray) -> np.ndarray:
@@ -113,6 +113,22 @@ def test_kl_is_t_squared_scaled_and_zero_for_identical_logits() -> None:
         assert v.item() == pytest.approx(sum(_np_kl_t(z[i], z[2], t) for i in range(3)), rel=1e-6)
 
 
+def test_kl_from_the_teachers_same_exit() -> None:
+    """``source="teacher_exit"``: exit i learns from the teacher's exit i (the pruned student's recovery),
+    not from the teacher's deepest exit."""
+    out, y = _random_output()
+    teacher, _ = _random_output(seed=7)
+    ctx = TermContext(3, 4, [2, 4, 6])
+    v = build_term("kl", ctx, exits="all", temperature=2.0, source="teacher_exit")(LossBatch(out, y, teacher=teacher))
+    z, t = [a.numpy() for a in out.logits], [a.numpy() for a in teacher.logits]
+    assert v.item() == pytest.approx(sum(_np_kl_t(z[i], t[i], 2.0) for i in range(3)), rel=1e-6)
+    assert build_term("kl", ctx, exits="all", temperature=2.0, source="teacher_exit")(
+        LossBatch(out, y, teacher=out)).item() == pytest.approx(0.0, abs=1e-6)
+    short = MultiExitOutput(teacher.logits[:2], teacher.features[:2])
+    with pytest.raises(RuntimeError, match="teacher has 2 exits and the student 3"):
+        build_term("kl", ctx, exits="all", temperature=2.0, source="teacher_exit")(LossBatch(out, y, teacher=short))
+
+
 def test_hint_does_not_depend_on_batch_size() -> None:
     out, y = _random_output(b=4)
     hint = build_term("hint", TermContext(3, 4, [2, 4, 6]))
@@ -202,8 +218,8 @@ def test_each_method_loss_is_finite_and_decreases(method, tiny_batch, tiny_check
     student = build_model(ModelConfig("tiny", 10, 1, (16, 16), backbone_kwargs={"width": 4 if method != "tfkd-self" else 8}))
     spec = get_method(method)
     teacher = model_from_checkpoint(tiny_checkpoint) if spec.needs_teacher else None
-    loss_fn = build_method_loss(method, spec.resolve(), student.num_exits, 10, student.section_channels,
-                                teacher.section_channels if teacher is not None else None)
+    loss_fn = build_method_loss(method, spec.resolve(), student.num_exits, 10, student.preact_channels,
+                                teacher.preact_channels if teacher is not None else None)
     opt = torch.optim.SGD(list(student.parameters()) + list(loss_fn.parameters()), lr=0.05, momentum=0.9)
     values = []
     student.train()

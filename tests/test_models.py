@@ -91,7 +91,8 @@ def test_every_way_in_sees_every_family():
     import sys
 
     code = ("import sys; from sdedge.models.registry import get_backbone, list_backbones, list_heads; "
-            "assert 'tiny' in list_backbones() and list_heads() == ['bottleneck', 'linear'], list_backbones(); "
+            "assert 'tiny' in list_backbones() and list_heads() == ['bottleneck', 'byot-attention', 'byot-authors', "
+            "'linear'], list_backbones(); "
             "print(len(list_backbones()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -128,19 +129,25 @@ def test_exits_sections_and_preacts(name, c, h, w, n):
         section_outs.append(f)
         torch.testing.assert_close(model.exits[i](f), out.logits[i], rtol=1e-5, atol=1e-5)
 
-    # Pre-activation taps: the declared module is the last op of its section, is not in-place, and
-    # applying it to the captured map reproduces the section output.
+    # Pre-activation taps (tests/test_feature_taps.py checks them against the BN outputs): a ReLU(6)
+    # whose input is the section's pre-ReLU feature. Post-activation sections tap their own last op (not
+    # in-place; applying it to the captured map reproduces the section output); pre-activation WRN and
+    # MobileNetV2's linear bottlenecks tap the next section's first BN-ReLU (same spatial size; MobileNetV2's
+    # has the expansion's channels, model.preact_channels).
     pre = model(x, return_preacts=True)
     assert pre.preacts is not None and len(pre.preacts) == k
     for i, t in enumerate(pre.preacts):
         tap = model._preact_modules[i]
         order, y = _leaf_call_order(model.sections[i], section_outs[i - 1] if i else x)
-        assert order[-1] is tap, f"{name}: the pre-activation tap of section {i + 1} is not its last op"
-        assert isinstance(tap, (nn.ReLU, nn.ReLU6, nn.Identity)) and not getattr(tap, "inplace", False)
-        assert t.shape == y.shape
-        torch.testing.assert_close(tap(t), y, rtol=1e-5, atol=1e-5)
-        if isinstance(tap, (nn.ReLU, nn.ReLU6)):
-            assert (t < 0).any(), f"{name}: section {i + 1} preact has no negative value (post-ReLU?)"
+        assert isinstance(tap, (nn.ReLU, nn.ReLU6))
+        assert t.shape[0] == y.shape[0] and t.shape[-2:] == y.shape[-2:] and t.shape[1] == model.preact_channels[i]
+        assert (t < 0).any(), f"{name}: section {i + 1} preact has no negative value (post-ReLU?)"
+        if order[-1] is tap:
+            assert not getattr(tap, "inplace", False) and t.shape == y.shape
+            torch.testing.assert_close(tap(t), y, rtol=1e-5, atol=1e-5)
+        else:
+            assert i < k - 1 and any(m is tap for m in model.sections[i + 1].modules()), \
+                f"{name}: the pre-activation tap of section {i + 1} is neither its last op nor the next section's"
     for a, b in zip(pre.logits, out.logits):  # capturing does not change the result
         torch.testing.assert_close(a, b)
 

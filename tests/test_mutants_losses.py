@@ -59,7 +59,7 @@ def test_kl_from_the_teacher_is_not_the_students_own_deepest_exit() -> None:
 
 @pytest.mark.parametrize("term,kw,message", [
     ("kl", {"temperature": 0}, "temperature must be > 0, got 0"),
-    ("kl", {"source": "x"}, "kl source must be 'self' or 'teacher', got 'x'"),
+    ("kl", {"source": "x"}, "kl source must be one of ('self', 'teacher', 'teacher_exit'), got 'x'"),
     ("tfkd_reg", {"temperature": 0}, "temperature must be > 0, got 0"),
     ("tfkd_reg", {"correct_prob": 0.25}, "correct_prob must be in (1/4, 1), got 0.25"),
     ("tfkd_reg", {"correct_prob": 1.0}, "correct_prob must be in (1/4, 1), got 1.0"),

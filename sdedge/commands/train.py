@@ -21,6 +21,8 @@ METHOD_HELP = """methods (loss terms; weights are the flags below):
   tfkd-reg    virtual teacher (correct class prob --correct-prob, rest uniform) (alpha 0.1, T 20, a 0.9)
   feature-kd  CE + feature-weight * partial-L2 on pre-ReLU features from --teacher (weight 1)
   logit-l2    (1-alpha)*CE + alpha*L2(logits, teacher logits), Ba & Caruana     (alpha 0.5)
+  distill     pruning recovery from --teacher with as many exits: every exit (1-alpha)*CE + alpha/3 *
+              (KL to the teacher's same exit + KL to its deepest + KL to own deepest) + hint + partial-L2
 
 examples:
   sdedge train --dataset fashion-mnist --data ~/data/fashion-mnist --backbone resnet18 --width 16 \\
@@ -74,7 +76,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=None, help="backbone base width (resnet: 64 in the paper)")
     g.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="extra backbone keyword (JSON value), repeatable")
-    g.add_argument("--head", default="bottleneck", help="exit head kind: bottleneck (BYOT, default) | linear")
+    g.add_argument("--head", default="bottleneck", help="exit head kind: bottleneck (default; ResNet bottleneck blocks to the "
+                        "deepest width and stride) | byot-authors (the BYOT authors' 1x1 -> kxk stride-k -> 1x1 "
+                        "head) | byot-attention (attention mask + SepConvs, the TPAMI 2021 version) | linear")
     g.add_argument("--head-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="exit head keyword (JSON value), repeatable, e.g. reduction=4")
     g = p.add_argument_group("method (weights default to the method's own; see below)")

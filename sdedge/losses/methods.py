@@ -13,6 +13,10 @@ tfkd-self   as ``kd``; the teacher must be a trained copy of the same network   
 tfkd-reg    every exit: (1-α)·CE + α·T²·KL(virtual teacher ‖ exit at T)          α=0.1, T=20, a=0.9
 feature-kd  every exit CE + β·partial-L2 on pre-ReLU section outputs             β=1
 logit-l2    every exit: (1-α)·CE + α·L2(exit logits, teacher logits)              α=0.5
+distill     every exit: (1-α)·CE + α/3·T²·[KL(teacher exit i ‖ i) + KL(teacher   α=0.9, T=4, λ=0.03,
+            deepest ‖ i)] (+ α/3·T²·KL(own deepest ‖ i) on shallow exits)        β=1
+            + λ·hint + β·partial-L2 on pre-ReLU section outputs; the teacher is
+            the unpruned network (``sdedge prune``)
 =========== ==================================================================== ===================
 
 Why these defaults
@@ -28,6 +32,12 @@ bottleneck feature (not a batch sum, not an L2 norm), so λ does not depend on b
 Per element, λ = 0.03 is close to the effective weight of the widely used BYOT re-implementation
 (``luanyunteng/pytorch-be-your-own-teacher``: β = 1e-6 on a sum over a 128 × 512 batch ≈ 0.066).
 The hint applies to every shallow exit (the paper's formulation).
+
+*distill* (``sdedge prune``'s recovery, after the pruning-and-distillation survey and Heo et al.):
+the teacher is the same network before pruning, so each exit learns from the teacher's exit of the
+same depth as well as from its deepest one; the KD weight α is shared by the three KL terms in
+equal parts, with the common α = 0.9, T = 4; the hint and the partial L2 keep byot's and
+feature-kd's defaults.
 
 *kd*/*tfkd-self* use the common CIFAR Hinton-KD setting (α = 0.9, T = 4). *tfkd-reg* uses Yuan et al.
 2020's T = 20 and weight 0.1 with a = 0.9 correct-class probability (their ResNet-18 script uses
@@ -135,6 +145,20 @@ register_method(MethodSpec(
     "feature-kd", "partial-L2 feature distillation on pre-ReLU features from a teacher (--teacher)",
     {"feature_weight": 1.0},
     lambda p: [Component("ce", 1.0, "ce", {"exits": "all"}),
+               Component("feat", p["feature_weight"], "partial_l2", {"exits": "all"})],
+    needs_teacher=True))
+register_method(MethodSpec(
+    "distill", "recovery of a pruned network from its unpruned self (--teacher): KD from the teacher's same and "
+               "deepest exits, self-distillation, partial-L2 on section outputs",
+    {"alpha": 0.9, "temperature": 4.0, "hint_weight": 0.03, "feature_weight": 1.0},
+    lambda p: [Component("ce", 1 - p["alpha"], "ce", {"exits": "all"}),
+               Component("kd_exit", p["alpha"] / 3, "kl", {"exits": "all", "temperature": p["temperature"],
+                                                          "source": "teacher_exit"}),
+               Component("kd_deep", p["alpha"] / 3, "kl", {"exits": "all", "temperature": p["temperature"],
+                                                          "source": "teacher"}),
+               Component("kd_self", p["alpha"] / 3, "kl", {"exits": "shallow", "temperature": p["temperature"],
+                                                          "source": "self"}),
+               Component("hint", p["hint_weight"], "hint", {"exits": "shallow"}),
                Component("feat", p["feature_weight"], "partial_l2", {"exits": "all"})],
     needs_teacher=True))
 register_method(MethodSpec(

@@ -14,7 +14,8 @@ term       loss per selected exit ``i`` (``z`` logits, ``f`` pooled features, ``
 ce         cross-entropy with the labels
 kl         Hinton KD: ``T² · KL(softmax(z_src/T) ‖ softmax(z_i/T))``; ``source="self"`` uses the
            network's own deepest exit (detached: the teacher receives no gradient from its students),
-           ``source="teacher"`` the separate teacher's deepest exit
+           ``source="teacher"`` the separate teacher's deepest exit, ``source="teacher_exit"`` the
+           teacher's exit of the same index (teacher and student have as many exits: pruning recovery)
 hint       ``mean((f_i - f_K.detach())²)``: BYOT's L2 hint between an exit's bottleneck feature and the
            deepest feature, averaged per element
 partial_l2 Heo et al. 2019 feature distillation on pre-ReLU section outputs: student section → 1×1
@@ -40,6 +41,7 @@ from ..common.registry import Registry
 from ..models import MultiExitOutput
 
 EXIT_CHOICES = ("all", "deepest", "shallow")
+KL_SOURCES = ("self", "teacher", "teacher_exit")
 
 
 @dataclass
@@ -51,7 +53,11 @@ class LossBatch:
 
 @dataclass
 class TermContext:
-    """What a term may need to build itself: the student and (optional) teacher networks."""
+    """What a term may need to build itself: the student and (optional) teacher networks.
+
+    ``*_channels`` are the channels of each section's pre-ReLU tap (``MultiExitNet.preact_channels``,
+    what ``forward(x, return_preacts=True).preacts`` holds), not always the section's output channels.
+    """
 
     num_exits: int
     num_classes: int
@@ -122,16 +128,24 @@ class KLTerm(Term):
         super().__init__(ctx, exits)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if source not in ("self", "teacher"):
-            raise ValueError(f"kl source must be 'self' or 'teacher', got {source!r}")
+        if source not in KL_SOURCES:
+            raise ValueError(f"kl source must be one of {KL_SOURCES}, got {source!r}")
         self.temperature = float(temperature)
         self.source = source
-        self.needs_teacher = source == "teacher"
+        self.needs_teacher = source != "self"
+
+    def _probs(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return F.softmax(z.detach().float() / self.temperature, dim=1)
 
     def forward(self, b: LossBatch) -> torch.Tensor:
-        src = b.student.logits[-1] if self.source == "self" else b.teacher.logits[-1]
-        with torch.no_grad():
-            q = F.softmax(src.detach().float() / self.temperature, dim=1)
+        if self.source == "teacher_exit":
+            t = b.teacher.logits
+            if len(t) != len(b.student.logits):
+                raise RuntimeError(f"kl source 'teacher_exit' pairs exits one to one, but the teacher has {len(t)} "
+                                   f"exits and the student {len(b.student.logits)}")
+            return sum(kl_at_temperature(b.student.logits[i], self._probs(t[i]), self.temperature) for i in self.exits)
+        q = self._probs(b.student.logits[-1] if self.source == "self" else b.teacher.logits[-1])
         return sum(kl_at_temperature(b.student.logits[i], q, self.temperature) for i in self.exits)
 
 

@@ -1,9 +1,28 @@
 """The multi-exit network every backbone family is assembled into.
 
 A backbone family (one file each) returns a :class:`Backbone`: its sections (split points), each
-section's output channels and total stride, and for each section the ReLU whose *input* is the
-section's pre-activation output (what feature distillation reads). :class:`MultiExitNet` puts an exit
-head after every section but the last and the backbone's own pooled classifier after the last.
+section's output channels and total stride, and for each section the ReLU (or ReLU6) whose *input* is
+the section's pre-activation feature (what feature distillation reads: Heo et al. 2019's pre-ReLU
+feature, the tensor that the next ReLU would switch off where it is negative). :class:`MultiExitNet`
+puts an exit head after every section but the last and the backbone's own pooled classifier after the
+last.
+
+Which tensor is a section's pre-ReLU feature depends on the family (each family's docstring says):
+
+* post-activation nets (tiny, VGG, ResNet, ResNeXt): the input of the section's own last ReLU; a BN
+  output in tiny/VGG, the residual sum ``BN + shortcut`` in ResNet/ResNeXt, as in Heo's ResNet code;
+* pre-activation WRN: the section output is a raw residual sum that no ReLU reads directly; its
+  pre-ReLU feature is the *next* BN-ReLU's BN output: the first block of the next section's ``bn1``
+  (its ReLU is the tap, so the capture happens while the next section runs), and the final BN for the
+  last section (Heo's WRN code);
+* MobileNetV2: sections end in a linear bottleneck; the tap is the next block's 1×1 expansion BN
+  before its ReLU6 (Heo's MobileNetV2 code), so it has the expansion's channels (``t×`` the
+  section's) at the section's spatial size.
+
+``Backbone.preact_bns`` names the BatchNorm whose output each tap reads (``None`` where the tap is a
+residual sum); :attr:`MultiExitNet.preact_channels` gives the taps' channel counts (what a feature
+distillation connector must take), looked up by module name so it follows layers that pruning
+replaces.
 
 Interface (``shared/DESIGN.md`` section 2)::
 
@@ -26,8 +45,9 @@ class Backbone:
     sections: list[nn.Module]
     channels: list[int]  # output channels of each section
     strides: list[int]  # total stride of each section's output w.r.t. the input image
-    preacts: list[nn.Module | None] = field(default_factory=list)  # ReLU after each section's last sum/BN
+    preacts: list[nn.Module | None] = field(default_factory=list)  # the ReLU reading each section's pre-ReLU feature
     config: dict = field(default_factory=dict)
+    preact_bns: list[nn.Module | None] = field(default_factory=list)  # the BN each tap reads; None: a residual sum
 
 
 @dataclass
@@ -55,10 +75,25 @@ class MultiExitNet(nn.Module):
         exits.append(final_cls(last_c, last_s, last_c, last_s, num_classes))
         self.exits = nn.ModuleList(exits)
         self._preact_modules = list(backbone.preacts) if backbone.preacts else [None] * n
+        names = {id(m): name for name, m in self.named_modules()}
+        bns = list(backbone.preact_bns) if backbone.preact_bns else [None] * n
+        if len(bns) != n or any(b is not None and id(b) not in names for b in bns):
+            raise ValueError("backbone.preact_bns must name one BatchNorm of the network (or None) per section")
+        self._preact_bn_names: list[str | None] = [None if b is None else names[id(b)] for b in bns]
 
     @property
     def num_exits(self) -> int:
         return len(self.sections)
+
+    @property
+    def preact_channels(self) -> list[int]:
+        """Channels of each section's pre-ReLU tap (``forward(x, return_preacts=True).preacts[i].shape[1]``).
+
+        The section's output channels except where the tap is another width's BN output (MobileNetV2:
+        the next block's expansion); read from the BN module by name, so pruned widths are seen.
+        """
+        return [c if name is None else int(self.get_submodule(name).num_features)
+                for name, c in zip(self._preact_bn_names, self.section_channels)]
 
     @property
     def feature_dim(self) -> int:
@@ -83,6 +118,9 @@ class MultiExitNet(nn.Module):
         finally:
             for h in handles:
                 h.remove()
+        if return_preacts and any(c is None for c in captured):
+            missing = [i + 1 for i, c in enumerate(captured) if c is None]
+            raise RuntimeError(f"the pre-activation taps of sections {missing} did not run in forward")
         return MultiExitOutput(logits, feats, captured if return_preacts else None)
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -12,8 +12,17 @@ stride is 1 and widths match. Sections (strides 1, 2, 4, 8):
 ``last_channels`` defaults to ``1280·max(1, width_mult)``. ``width`` is an alias for the stem width
 (32 in the paper; ``width=w`` means ``width_mult=w/32``) so ``sdedge train --width`` works here too.
 
-Sections 1-3 end in a linear bottleneck (no activation): their pre-activation point is an identity
-tap on the block output. Section 4's tap is its final ReLU6 (not in-place); its input is the BN output.
+Pre-activation taps (feature distillation, Heo et al. 2019): sections 1-3 end in a linear bottleneck
+(projection BN, plus the input on residual blocks) that no ReLU reads, so its sign says nothing about
+what the network switches off. Their pre-ReLU feature is, as in Heo's MobileNetV2 code, the output of
+the next block's 1×1 expansion BN before its ReLU6 (the next section's first block; its ReLU6 is the
+tap, captured by a forward pre-hook while the next section runs, a copy taken before the in-place
+ReLU6). It has the section's spatial size (the expansion is 1×1, stride 1; the stride is in the
+depthwise conv after it) but ``t = 6`` times the section's channels: ``MultiExitNet.preact_channels``
+says so. Section 4's tap is its final ReLU6 (not in-place); its input is the last BN's output. The
+partial-L2 rule "skip where student <= teacher <= 0" is exact for ReLU6's lower clip; its upper clip
+at 6 is ignored, as in Heo's code. The modules and the state dict are as before; only the tap points
+moved (before, sections 1-3 tapped the linear bottleneck through an identity).
 """
 from __future__ import annotations
 
@@ -48,6 +57,7 @@ class InvertedResidual(nn.Module):
         layers += _conv_bn_act(hidden, hidden, 3, stride, groups=hidden)
         layers += _conv_bn_act(hidden, cout, 1, act=False)
         self.body = nn.Sequential(*layers)
+        self.expand = expand
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,18 +88,20 @@ def mobilenetv2(in_channels: int = 3, width_mult: float = 1.0, width: int | None
         for j in range(n):
             parts[sec].append(InvertedResidual(cin, cout, s if j == 0 else 1, t))
             cin = cout
-    sections: list[nn.Module] = []
-    channels, preacts = [], []
+    sections: list[nn.Sequential] = []
+    channels = []
     for k, layers in enumerate(parts):
         if k < 3:
-            tap: nn.Module = nn.Identity()
-            layers.append(tap)
-            channels.append(layers[-2].body[-1].num_features)
+            channels.append(layers[-1].body[-1].num_features)
         else:
-            tap = nn.ReLU6()
-            layers += [nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), tap]
+            layers += [nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()]
             channels.append(last)
         sections.append(nn.Sequential(*layers))
-        preacts.append(tap)
+    # pre-ReLU taps: the next section's first block's expansion BN -> ReLU6 (body[1], body[2]); the final BN/ReLU6
+    nxt = [sections[k + 1][0] for k in range(3)]
+    if any(b.expand == 1 for b in nxt):  # not in _CFG: without an expansion, body[1:3] is the strided depthwise's
+        raise AssertionError("a MobileNetV2 section must start with an expanding block")
+    preacts = [b.body[2] for b in nxt] + [sections[3][-1]]
+    bns = [b.body[1] for b in nxt] + [sections[3][-2]]
     return Backbone(sections, channels, [1, 2, 4, 8], preacts,
-                    {"width_mult": width_mult, "last_channels": last})
+                    {"width_mult": width_mult, "last_channels": last}, bns)

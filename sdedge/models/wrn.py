@@ -6,9 +6,17 @@ the paper) and three stages of ``(depth - 4) / 6`` pre-activation wide basic blo
 ``4·width·k`` channels at strides 1, 2, 4. ``depth``, ``widen_factor`` (k), ``width`` and
 ``dropout`` can all be overridden, e.g. ``widen_factor=1, width=4`` for a tiny test network.
 
-Pre-activation blocks end in a plain residual sum, so sections 1 and 2 have no ReLU of their own: their
-pre-activation point is an identity tap on that sum (the next block's BN-ReLU is what activates it).
-The last section ends with the network's final BN-ReLU; that ReLU (not in-place) is its tap.
+Pre-activation taps (feature distillation, Heo et al. 2019): blocks end in a plain residual sum that
+no ReLU reads directly (the next block first normalises it), so the sign of the sum says nothing about
+what the network switches off. The pre-ReLU feature of sections 1 and 2 is therefore the output of the
+*next* BN before its ReLU: the first block of the next section's ``bn1``, as in Heo's WRN code
+(``block2.layer[0].bn1(feat1)``). Its tap is that block's ``relu1``, captured by a forward pre-hook
+(a copy is taken before the in-place ReLU runs) while the next section runs; it has the section's
+output channels and spatial size (the BN precedes the block's strided conv). The last section ends
+with the network's final BN-ReLU; that ReLU (not in-place) is its tap, the final BN's output its
+pre-ReLU feature. The modules and the state dict are as before; only the tap points moved (before,
+sections 1 and 2 tapped the raw residual sum through an identity, which the partial-L2 rule
+"skip where student <= teacher <= 0" misread).
 """
 from __future__ import annotations
 
@@ -51,8 +59,8 @@ def wide_resnet(in_channels: int = 3, depth: int = 28, widen_factor: int = 10, w
         raise ValueError(f"WideResNet dropout must be in [0, 1), got {dropout}")
     n = (depth - 4) // 6
     stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-    sections: list[nn.Module] = []
-    channels, strides, preacts = [], [], []
+    sections: list[nn.Sequential] = []
+    channels, strides = [], []
     cin = width
     for i in range(3):
         cout = width * widen_factor * 2 ** i
@@ -60,18 +68,16 @@ def wide_resnet(in_channels: int = 3, depth: int = 28, widen_factor: int = 10, w
         for j in range(n):
             layers.append(WideBasic(cin, cout, 2 if (i > 0 and j == 0) else 1, dropout))
             cin = cout
-        if i < 2:
-            tap: nn.Module = nn.Identity()
-            layers.append(tap)
-        else:
-            tap = nn.ReLU()
-            layers += [nn.BatchNorm2d(cout), tap]
+        if i == 2:
+            layers += [nn.BatchNorm2d(cout), nn.ReLU()]
         sections.append(nn.Sequential(*layers))
         channels.append(cout)
         strides.append(2 ** i)
-        preacts.append(tap)
+    # pre-ReLU taps: the next BN-ReLU after each section (the next section's first bn1/relu1, the final BN/ReLU)
+    preacts = [sections[1][0].relu1, sections[2][0].relu1, sections[2][-1]]
+    bns = [sections[1][0].bn1, sections[2][0].bn1, sections[2][-2]]
     return Backbone(sections, channels, strides, preacts,
-                    {"depth": depth, "widen_factor": widen_factor, "width": width, "dropout": dropout})
+                    {"depth": depth, "widen_factor": widen_factor, "width": width, "dropout": dropout}, bns)
 
 
 @register_backbone("wrn28_10")

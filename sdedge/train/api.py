@@ -132,7 +132,7 @@ class _Run:
             self.frozen_sections = False
             self.select = cfg.select if cfg.select != "auto" else ("deepest" if deepest_only else "mean")
         else:  # "heads": plain's shallow exits on the frozen backbone
-            self.loss_fn = build_method_loss("plain", {}, k, net.num_classes, net.section_channels,
+            self.loss_fn = build_method_loss("plain", {}, k, net.num_classes, net.preact_channels,
                                              components=[Component("ce", 1.0, "ce", {"exits": "shallow"})]).to(self.dev)
             net.requires_grad_(False)
             for e in net.exits[:-1]:
@@ -266,9 +266,9 @@ class _Run:
         t_channels = None
         if cfg.teacher:
             teacher, _ = self._load_teacher(self.model_cfg)
-            t_channels = teacher.section_channels
+            t_channels = teacher.preact_channels
         self.main_loss = build_method_loss(cfg.method, self.params, net.num_exits, s.num_classes,
-                                           net.section_channels, t_channels).to(self.dev)
+                                           net.preact_channels, t_channels).to(self.dev)
         if cfg.channels_last:
             self.main_loss.to(memory_format=torch.channels_last)
         self.amp_dtype = self._amp_dtype()
