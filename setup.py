@@ -68,6 +68,7 @@ TRAIN = [
     "onnxscript>=0.1",
     "tqdm>=4.60",
     "scikit-learn>=1.3",
+    "torch-pruning>=1.5",
 ]
 PLOT = ["matplotlib>=3.7"]
 IMAGES = ["pillow>=10"]

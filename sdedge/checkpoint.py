@@ -149,7 +149,7 @@ def model_from_checkpoint(ckpt: Checkpoint | str | os.PathLike):
         ckpt = load_checkpoint(ckpt)
     try:
         cfg = ModelConfig.from_json(ckpt.meta["model"])
-        model = build_model(cfg)
+        model = build_model(cfg, ckpt.state_dict)
     except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint model config is invalid: {e}") from None
     try:

@@ -12,7 +12,7 @@ import sys
 
 from . import __version__
 
-COMMANDS = ["quickstart", "train", "eval", "export", "build_engines", "calibrate", "run", "serve", "bench"]
+COMMANDS = ["quickstart", "train", "eval", "prune", "export", "build_engines", "calibrate", "run", "serve", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,17 +59,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     "RUN_DIR/best.pt (selected on the validation split), RUN_DIR/last.pt (resumable) and "
                     "RUN_DIR/results.json (per-exit and ensemble top-1 on validation and test).",
         epilog=METHOD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="fashion-mnist",
-                   help="fashion-mnist | cifar100 | cifar10 | digits (built in, no download) (default fashion-mnist)")
-    g.add_argument("--data", default=None, metavar="DIR",
-                   help="dataset folder (Fashion-MNIST IDX files; the folder holding cifar-100-python/ or "
-                        "cifar-10-batches-py/); default: $SDEDGE_DATA, then /usr/share/datasets/fashion-mnist")
-    g.add_argument("--download", action="store_true",
-                   help="CIFAR only: download with torchvision into --data (or ~/.cache/sdedge) if missing")
-    g.add_argument("--val-size", type=int, default=None,
-                   help="training images held out for validation / model selection (default 5000; 200 for digits)")
-    g.add_argument("--limit", type=int, default=None, help="use only the first N training and test images (quick runs)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet18",
                    help="backbone name (resnet18/34/50/101/152, tiny, ...; see sdedge.models.list_backbones())")
@@ -83,31 +72,76 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="exit head keyword (JSON value), repeatable, e.g. reduction=4")
     g = p.add_argument_group("method (weights default to the method's own; see below)")
     g.add_argument("--method", default="byot",
-                   choices=["plain", "dsn", "byot", "kd", "tfkd-self", "tfkd-reg", "feature-kd", "logit-l2"],
+                   choices=["plain", "dsn", "byot", "kd", "tfkd-self", "tfkd-reg", "feature-kd", "logit-l2", "distill"],
                    help="training method (default byot)")
     g.add_argument("--teacher", default=None, metavar="CKPT",
-                   help="teacher checkpoint for kd, tfkd-self, feature-kd, logit-l2 (loaded with weights_only)")
-    g.add_argument("--alpha", type=float, default=None,
-                   help="weight of the distillation term against CE (byot 0.3, kd/tfkd-self 0.9, tfkd-reg 0.1, logit-l2 0.5)")
-    g.add_argument("--temperature", "-T", type=float, default=None,
-                   help="softmax temperature of the KD terms (byot 3, kd/tfkd-self 4, tfkd-reg 20)")
-    g.add_argument("--hint-weight", type=float, default=None,
-                   help="byot: weight of the per-element L2 hint between each shallow exit's feature and the deepest (0.03)")
-    g.add_argument("--feature-weight", type=float, default=None,
-                   help="feature-kd: weight of the per-element partial-L2 feature loss (1; Heo et al.'s scale is about 8)")
-    g.add_argument("--correct-prob", type=float, default=None,
-                   help="tfkd-reg: the virtual teacher's probability of the correct class (0.9)")
+                   help="teacher checkpoint for kd, tfkd-self, feature-kd, logit-l2, distill (loaded with weights_only)")
+    g.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's network and weights (e.g. a pruned one; the model "
+                        "options above are then ignored)")
     g.add_argument("--train-heads-after", type=int, default=0, metavar="N",
                    help="plain only: then train the shallow exit heads for N epochs on the frozen backbone")
+    add_weight_arguments(g)
+    add_trainer_arguments(p)
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~sdedge.train.TrainConfig` of parsed options; options a command does not define
+    (``sdedge prune`` has no model or method options) keep the config's defaults."""
+    from dataclasses import fields
+
+    from ..train import TrainConfig
+
+    opts = vars(args)
+    names = {f.name for f in fields(TrainConfig)}
+    kw = {k: v for k, v in opts.items() if k in names}
+    if "backbone_arg" in opts:
+        kw["backbone_kwargs"] = dict(opts["backbone_arg"])
+        if opts.get("width") is not None:
+            kw["backbone_kwargs"]["width"] = opts["width"]
+    if "head_arg" in opts:
+        kw["head_kwargs"] = dict(opts["head_arg"])
+    kw["progress"] = opts.get("progress", True) and not opts.get("quiet", False)
+    kw["verbose"] = not opts.get("quiet", False)
+    return TrainConfig(**kw)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import train
+
+    import os
+
+    result = train(config_from_args(args))
+    if args.json and os.environ.get("RANK", "0") == "0":
+        print(json.dumps({"best_checkpoint": result.best_checkpoint, "best_epoch": result.best_epoch,
+                          "completed": result.completed, "accuracy": result.metrics}, indent=1))
+    return 0
+
+
+def add_trainer_arguments(p: argparse.ArgumentParser, epochs: int = 200, lr: float = 0.1,
+                          schedule: str = "multistep") -> None:
+    """The data, optimisation, augmentation and run options (shared with ``sdedge prune``'s recovery)."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist | cifar100 | cifar10 | digits (built in, no download) (default fashion-mnist)")
+    g.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset folder (Fashion-MNIST IDX files; the folder holding cifar-100-python/ or "
+                        "cifar-10-batches-py/); default: $SDEDGE_DATA, then /usr/share/datasets/fashion-mnist")
+    g.add_argument("--download", action="store_true",
+                   help="CIFAR only: download with torchvision into --data (or ~/.cache/sdedge) if missing")
+    g.add_argument("--val-size", type=int, default=None,
+                   help="training images held out for validation / model selection (default 5000; 200 for digits)")
+    g.add_argument("--limit", type=int, default=None, help="use only the first N training and test images (quick runs)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=200, help="training epochs (default 200)")
+    g.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     g.add_argument("--batch-size", type=int, default=128, help="global batch size (split across processes; default 128)")
-    g.add_argument("--lr", type=float, default=0.1, help="initial learning rate of SGD (default 0.1)")
+    g.add_argument("--lr", type=float, default=lr, help=f"initial learning rate of SGD (default {lr})")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     g.add_argument("--weight-decay", "--wd", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    g.add_argument("--schedule", choices=["multistep", "cosine"], default="multistep",
-                   help="LR schedule, updated every step (default multistep)")
+    g.add_argument("--schedule", choices=["multistep", "cosine"], default=schedule,
+                   help=f"LR schedule, updated every step (default {schedule})")
     g.add_argument("--milestones", type=int, nargs="+", default=None,
                    help="multistep: epochs where the LR is multiplied by --gamma (default epochs/2, 3*epochs/4)")
     g.add_argument("--gamma", type=float, default=0.1, help="multistep LR factor (default 0.1)")
@@ -139,36 +173,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     g.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     g.add_argument("--json", action="store_true", help="print the final accuracy as JSON")
-    return p
 
 
-def config_from_args(args: argparse.Namespace):
-    from ..train import TrainConfig
-
-    bk = dict(args.backbone_arg)
-    if args.width is not None:
-        bk["width"] = args.width
-    return TrainConfig(
-        dataset=args.dataset, data=args.data, download=args.download, val_size=args.val_size, limit=args.limit,
-        backbone=args.backbone, backbone_kwargs=bk, head=args.head, head_kwargs=dict(args.head_arg),
-        method=args.method, teacher=args.teacher, alpha=args.alpha, temperature=args.temperature,
-        hint_weight=args.hint_weight, feature_weight=args.feature_weight, correct_prob=args.correct_prob,
-        train_heads_after=args.train_heads_after, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
-        milestones=args.milestones, gamma=args.gamma, warmup_epochs=args.warmup_epochs,
-        crop_padding=args.crop_padding, hflip=args.hflip, cutout=args.cutout, autoaugment=args.autoaugment,
-        seed=args.seed, select=args.select, device=args.device, amp=args.amp, channels_last=args.channels_last,
-        threads=args.threads, eval_batch_size=args.eval_batch_size, output=args.output, resume=args.resume,
-        stop_after=args.stop_after, progress=args.progress and not args.quiet, verbose=not args.quiet)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..train import train
-
-    import os
-
-    result = train(config_from_args(args))
-    if args.json and os.environ.get("RANK", "0") == "0":
-        print(json.dumps({"best_checkpoint": result.best_checkpoint, "best_epoch": result.best_epoch,
-                          "completed": result.completed, "accuracy": result.metrics}, indent=1))
-    return 0
+def add_weight_arguments(g: Any) -> None:
+    """The method weight and temperature options."""
+    g.add_argument("--alpha", type=float, default=None,
+                   help="weight of the distillation term against CE (byot 0.3, kd/tfkd-self 0.9, tfkd-reg 0.1, logit-l2 0.5)")
+    g.add_argument("--temperature", "-T", type=float, default=None,
+                   help="softmax temperature of the KD terms (byot 3, kd/tfkd-self 4, tfkd-reg 20)")
+    g.add_argument("--hint-weight", type=float, default=None,
+                   help="byot: weight of the per-element L2 hint between each shallow exit's feature and the deepest (0.03)")
+    g.add_argument("--feature-weight", type=float, default=None,
+                   help="feature-kd: weight of the per-element partial-L2 feature loss (1; Heo et al.'s scale is about 8)")
+    g.add_argument("--correct-prob", type=float, default=None,
+                   help="tfkd-reg: the virtual teacher's probability of the correct class (0.9)")

@@ -27,23 +27,37 @@ class ModelConfig:
     head: str = "bottleneck"
     backbone_kwargs: dict = field(default_factory=dict)
     head_kwargs: dict = field(default_factory=dict)
+    pruned: bool = False  # structurally pruned: layer widths come from the weights (see :mod:`.reshape`)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
+        if not self.pruned:
+            del d["pruned"]  # unpruned checkpoints read the same in older versions
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["image_size"] = tuple(d["image_size"])
+        d["pruned"] = bool(d.get("pruned", False))
         return cls(**d)
 
 
-def build_model(cfg: ModelConfig) -> MultiExitNet:
-    """The multi-exit network ``cfg`` describes (randomly initialised; load a state dict into it)."""
+def build_model(cfg: ModelConfig, state_dict: dict | None = None) -> MultiExitNet:
+    """The multi-exit network ``cfg`` describes (randomly initialised; load a state dict into it).
+
+    A pruned config (``cfg.pruned``) needs the ``state_dict`` whose shapes give its layer widths.
+    """
     backbone: Backbone = get_backbone(cfg.backbone)(in_channels=cfg.in_channels, **cfg.backbone_kwargs)
-    return MultiExitNet(backbone, cfg.num_classes, head=cfg.head, head_kwargs=cfg.head_kwargs)
+    net = MultiExitNet(backbone, cfg.num_classes, head=cfg.head, head_kwargs=cfg.head_kwargs)
+    if cfg.pruned:
+        if state_dict is None:
+            raise ValueError("a pruned model's layer widths come from its weights: pass the state dict")
+        from .reshape import fit_to_state_dict
+
+        fit_to_state_dict(net, state_dict)
+    return net
 
 
 __all__ = ["Backbone", "DeepestExit", "ModelConfig", "MultiExitNet", "MultiExitOutput", "SectionWithExit",

@@ -41,21 +41,26 @@ from .evaluate import as_tensor, evaluate_arrays, format_table
 from .loop import EpochInputs, TrainForward, lr_at, run_epoch
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume) the run described by ``cfg``; see the module docstring."""
+def train(cfg: TrainConfig, splits=None) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; see the module docstring.
+
+    ``splits`` (a :class:`~sdedge.data.DataSplits`) replaces the dataset ``cfg`` names: the data-free
+    recovery of ``sdedge prune --data-free`` trains on images synthesised from the teacher this way.
+    """
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     dist = ddp.setup(cfg.device)
     try:
-        return _Run(cfg, dist).run()
+        return _Run(cfg, dist, splits).run()
     finally:
         ddp.cleanup(dist)
 
 
 class _Run:
-    def __init__(self, cfg: TrainConfig, dist: ddp.DistInfo) -> None:
+    def __init__(self, cfg: TrainConfig, dist: ddp.DistInfo, splits=None) -> None:
         self.cfg = cfg
+        self.given_splits = splits
         self.dist = dist
         self.dev = dist.device
         self.out = Path(cfg.output)
@@ -71,6 +76,8 @@ class _Run:
         from ..data import load_splits
 
         cfg = self.cfg
+        if self.given_splits is not None:
+            return self.given_splits
         if self.dist.enabled and cfg.download and not self.dist.is_main:
             ddp.barrier(self.dist)  # let rank 0 download first
         splits = load_splits(cfg.dataset, cfg.data, cfg.val_size, cfg.seed, cfg.download, cfg.limit)
@@ -101,6 +108,20 @@ class _Run:
         if self.cfg.channels_last:
             teacher.to(memory_format=torch.channels_last)
         return teacher, ck
+
+    def _init_from(self, s):
+        """The model config and the network (with its weights) of ``cfg.init_from``, checked against the data."""
+        from ..checkpoint import model_from_checkpoint
+
+        ck = load_checkpoint(self.cfg.init_from)
+        model_cfg = ModelConfig.from_json(ck.meta["model"])
+        if (model_cfg.num_classes, model_cfg.in_channels, tuple(model_cfg.image_size)) != \
+                (s.num_classes, s.in_channels, tuple(s.image_size)):
+            raise TrainConfigError(
+                f"--init-from {self.cfg.init_from} takes {model_cfg.in_channels}x{tuple(model_cfg.image_size)} inputs "
+                f"with {model_cfg.num_classes} classes; the data are {s.in_channels}x{tuple(s.image_size)} with "
+                f"{s.num_classes}")
+        return model_cfg, model_from_checkpoint(ck)
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.cfg.amp
@@ -252,13 +273,17 @@ class _Run:
         t_start = time.perf_counter()
         self.splits = s = self._load_data()
         torch.manual_seed(cfg.seed)
-        self.model_cfg = ModelConfig(cfg.backbone, s.num_classes, s.in_channels, s.image_size, cfg.head,
-                                     dict(cfg.backbone_kwargs), dict(cfg.head_kwargs))
-        try:
-            self.net = net = build_model(self.model_cfg).to(self.dev)
-        except (TypeError, ValueError) as e:
-            raise TrainConfigError(f"cannot build {cfg.backbone} with {cfg.backbone_kwargs} / head {cfg.head} "
-                                   f"{cfg.head_kwargs}: {e}") from None
+        if cfg.init_from:
+            self.model_cfg, net = self._init_from(s)
+            self.net = net = net.to(self.dev)
+        else:
+            self.model_cfg = ModelConfig(cfg.backbone, s.num_classes, s.in_channels, s.image_size, cfg.head,
+                                         dict(cfg.backbone_kwargs), dict(cfg.head_kwargs))
+            try:
+                self.net = net = build_model(self.model_cfg).to(self.dev)
+            except (TypeError, ValueError) as e:
+                raise TrainConfigError(f"cannot build {cfg.backbone} with {cfg.backbone_kwargs} / head {cfg.head} "
+                                       f"{cfg.head_kwargs}: {e}") from None
         if cfg.channels_last:
             net.to(memory_format=torch.channels_last)
         self.params = cfg.method_params()
@@ -301,7 +326,8 @@ class _Run:
         n_params = sum(p.numel() for p in net.parameters())
         self.log(f"sdedge train: {cfg.method} on {s.name} ({len(s.train)} train / {len(s.val)} val / {len(s.test)} "
                  f"test, {s.in_channels}x{s.image_size[0]}x{s.image_size[1]}, {s.num_classes} classes); "
-                 f"{cfg.backbone} {cfg.backbone_kwargs or ''} with {net.num_exits} exits, {n_params / 1e6:.2f} M params; "
+                 f"{self.model_cfg.backbone} {self.model_cfg.backbone_kwargs or ''}"
+                 f"{' (pruned)' if self.model_cfg.pruned else ''} with {net.num_exits} exits, {n_params / 1e6:.2f} M params; "
                  f"device {self.dev}{f' x{dist.world} processes' if dist.enabled else ''}, "
                  f"{'AMP ' + str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else 'fp32'}, "
                  f"{'channels_last' if cfg.channels_last else 'NCHW'}; augment: {aug.describe()}; "

@@ -11,6 +11,7 @@ progress display, ...). A run folder whose ``last.pt`` has another identity is r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -40,6 +41,8 @@ class TrainConfig:
     backbone_kwargs: dict = field(default_factory=dict)
     head: str = "bottleneck"
     head_kwargs: dict = field(default_factory=dict)
+    init_from: str | None = None  # start from this checkpoint's architecture and weights (a pruned one: its widths);
+    # the backbone/head fields above are then ignored
     # method and its weights (None = the method's default)
     method: str = "byot"
     teacher: str | None = None  # checkpoint of the teacher (kd, tfkd-self, feature-kd, logit-l2)
@@ -119,7 +122,9 @@ class TrainConfig:
             bad(f"method {self.method!r} needs a teacher checkpoint: pass --teacher CKPT")
         if self.teacher and not spec.needs_teacher:
             bad(f"method {self.method!r} does not use a teacher; --teacher is for "
-                "kd, tfkd-self, feature-kd and logit-l2")
+                "kd, tfkd-self, feature-kd, logit-l2 and distill")
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            bad(f"--init-from {self.init_from}: no such checkpoint file")
         if self.limit is not None and self.limit < 10:
             bad(f"limit must be >= 10 images, got {self.limit}")
         if self.stop_after is not None and self.stop_after < 1:

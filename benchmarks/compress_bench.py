@@ -1,0 +1,223 @@
+"""Pruning + distillation + INT8, side by side (issue 16's table).
+
+Rows: the unpruned FP32 model; pruned to each ``--targets`` fraction of the MACs and recovered three ways
+(``labels``: CE at every exit; ``distill``: the unpruned model as teacher; ``data-free``: distilled on
+images synthesised from the teacher, no data read); each also as INT8 sections (``sdedge export --int8``).
+Columns: parameters, MACs per exit, p50 latency per exit (ONNX Runtime CPU, 1 thread, batch 1: the sum
+of the section p50s along the chain (MACs likewise: each section with its exit head), sections timed interleaved across all rows), test accuracy per exit
+and of the ensemble (ONNX Runtime on the exported sections), and the area under the deadline anytime
+curve: the mean over budgets from 0 to the unpruned model's deepest-exit latency of the accuracy of the
+deepest exit that fits the budget (0 before exit 1 fits), so a cheaper model with the same accuracy
+scores higher.
+
+    python benchmarks/compress_bench.py --teacher runs/fm/best.pt --data DIR --targets 0.7 0.5 --epochs 3 \\
+        --work /tmp/cb --json benchmarks/results/compress_bench.json --md benchmarks/results/compress_bench.md
+
+Everything it trains goes under ``--work`` (re-runs reuse what is there). Figures depend on the teacher
+and on the epochs given: the results file records both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sdedge.calibrate import benchmarking as B  # noqa: E402
+from sdedge.common.jsonio import write_json_atomic  # noqa: E402
+
+
+def _train_cfg(args, out: Path):
+    from sdedge.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule="cosine", data=args.data,
+                       output=str(out), device="cpu" if args.cpu else "auto", threads=args.threads, progress=False,
+                       verbose=not args.quiet)
+
+
+def prune_rows(args) -> dict[str, str]:
+    from sdedge.compress import PruneConfig, SynthConfig, prune
+
+    ckpts = {"unpruned": args.teacher}
+    for t in args.targets:
+        for mode in args.modes:
+            name = f"p{round(t * 100)}-{mode}"
+            out = Path(args.work) / name
+            t0 = time.time()
+            cfg = PruneConfig(checkpoint=args.teacher, output=str(out), target_macs=t,
+                              recovery="labels" if mode == "labels" else "distill", data_free=mode == "data-free",
+                              synth=SynthConfig(images=args.synth_images, iterations=args.synth_iterations),
+                              synth_val_images=max(64, args.synth_images // 8), train=_train_cfg(args, out),
+                              importance=args.importance)
+            res = prune(cfg)
+            print(f"# {name}: {time.time() - t0:.0f} s, MACs kept {res.report.macs_kept:.3f}", flush=True)
+            ckpts[name] = res.best_checkpoint
+    return ckpts
+
+
+def export_rows(args, ckpts: dict[str, str]) -> dict[str, Path]:
+    from sdedge.export import ExportConfig, export_bundle
+
+    bundles = {}
+    for name, ck in ckpts.items():
+        out = Path(args.work) / "bundles" / name
+        if not (out / "manifest.json").is_file():
+            export_bundle(ExportConfig(checkpoint=ck, output=str(out), int8=True, data=args.data, threads=1,
+                                       int8_eval_samples=500, parity_samples=32))
+        bundles[name] = out
+    return bundles
+
+
+def accuracy(bundle, images: np.ndarray, labels: np.ndarray, precision: str) -> dict[str, Any]:
+    from sdedge.export.parity import chain_logits, ort_session
+    from sdedge.export.samples import preprocess
+
+    sessions = [ort_session(bundle.section_path(s.index, precision if precision == "int8" else None), None)
+                for s in bundle.manifest.sections]
+    logits, _ = chain_logits(sessions, preprocess(images, bundle.manifest.raw["input"]["preprocess"]))
+    exits = [float(np.mean(z.argmax(1) == labels)) for z in logits]
+    probs = [np.exp(z - z.max(1, keepdims=True)) for z in logits]
+    ens = sum(p / p.sum(1, keepdims=True) for p in probs)
+    return {"exits": exits, "ensemble": float(np.mean(ens.argmax(1) == labels))}
+
+
+def section_latencies(bundles: dict[str, Any], images: np.ndarray, runs: int, warmup: int) -> dict[str, dict]:
+    """p50 ms per section, per (row, precision), all sections of one index timed interleaved."""
+    from sdedge.export.parity import chain_logits, ort_session
+    from sdedge.export.samples import preprocess
+
+    k = len(next(iter(bundles.values())).manifest.sections)
+    out: dict[str, dict] = {f"{n}/{p}": [] for n in bundles for p in ("fp32", "int8")}
+    inputs = {}
+    for n, b in bundles.items():
+        x = preprocess(images[:1], b.manifest.raw["input"]["preprocess"])
+        sessions = [ort_session(b.section_path(s.index), 1) for s in b.manifest.sections]
+        _, ins = chain_logits(sessions, x, collect_inputs=True)
+        inputs[n] = ins
+    for i in range(k):
+        calls = {}
+        for n, b in bundles.items():
+            for p in ("fp32", "int8"):
+                s = ort_session(b.section_path(i + 1, "int8" if p == "int8" else None), 1)
+                feed = {s.get_inputs()[0].name: np.ascontiguousarray(inputs[n][i][:1])}
+                calls[f"{n}/{p}"] = (lambda _x, s=s, f=feed: s.run(None, f))
+        times = B._interleaved(calls, [None], runs, warmup, seed=i)
+        for name, t in times.items():
+            out[name].append(B.stats_ms(t)["p50_ms"])
+        print(f"  section {i + 1} timed ({len(calls)} contenders x {runs} calls)", flush=True)
+    return out
+
+
+def anytime_auc(exit_ms: list[float], exit_acc: list[float], horizon_ms: float, points: int = 400) -> float:
+    budgets = np.linspace(0, horizon_ms, points)
+    acc = np.zeros_like(budgets)
+    for ms, a in zip(exit_ms, exit_acc):
+        acc = np.where(budgets >= ms, a, acc)  # exits are deeper and slower in order
+    return float(acc.mean())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="the trained (unpruned) checkpoint")
+    p.add_argument("--data", required=True, help="dataset folder (test split for accuracy, train for recovery)")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
+    p.add_argument("--modes", nargs="+", default=["labels", "distill", "data-free"],
+                   choices=["labels", "distill", "data-free"])
+    p.add_argument("--importance", default="magnitude")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--synth-images", type=int, default=1024)
+    p.add_argument("--synth-iterations", type=int, default=100)
+    p.add_argument("--test-images", type=int, default=10000)
+    p.add_argument("--runs", type=int, default=500)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if CUDA is present")
+    p.add_argument("--work", required=True)
+    p.add_argument("--json", default=None)
+    p.add_argument("--md", default=None)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+
+    from sdedge.common.datasets import read_split
+    from sdedge.runtime.bundle import open_bundle
+
+    t0 = time.time()
+    record: dict[str, Any] = B.contract(1, args.warmup, args.runs, extra="benchmarks/compress_bench.py docstring")
+    record["date_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["settings"] = vars(args)
+    ckpts = prune_rows(args)
+    bundles = {n: open_bundle(b) for n, b in export_rows(args, ckpts).items()}
+    man = bundles["unpruned"].manifest
+    test = read_split(man.raw["model"]["data"]["dataset"], "test", args.data, None)
+    idx = np.arange(min(args.test_images, len(test)))
+    images, labels = test.images[idx], test.labels[idx]
+    lat = section_latencies(bundles, images, args.runs, args.warmup)
+    rows = []
+    horizon = float(np.sum(lat["unpruned/fp32"]))
+    for n, b in bundles.items():
+        prune_rec = None
+        pj = Path(args.work) / n / "prune.json"
+        if pj.is_file():
+            prune_rec = json.loads(pj.read_text())
+        secs = b.manifest.raw["sections"]  # a section's MACs include its exit head: the chain computes them all
+        macs = [int(v) for v in np.cumsum([sec["macs"] for sec in secs])]
+        params = int(sum(sec["params"] for sec in secs))
+        for prec in ("fp32", "int8"):
+            acc = accuracy(b, images, labels, prec)
+            ms = list(np.cumsum(lat[f"{n}/{prec}"]))
+            rows.append({"row": n, "precision": prec, "params": params,
+                         "macs_per_exit": macs, "p50_ms_per_exit": [round(v, 4) for v in ms],
+                         "test_accuracy_per_exit": acc["exits"], "test_ensemble": acc["ensemble"],
+                         "anytime_auc": anytime_auc(ms, acc["exits"], horizon),
+                         "macs_kept": prune_rec["report"]["macs_kept"] if prune_rec else 1.0})
+            print(f"{n:>16} {prec}: acc {'/'.join(f'{a:.4f}' for a in acc['exits'])} ens {acc['ensemble']:.4f} "
+                  f"p50 {'/'.join(f'{v:.3f}' for v in ms)} ms auc {rows[-1]['anytime_auc']:.4f}", flush=True)
+    base = next(r for r in rows if r["row"] == "unpruned" and r["precision"] == "fp32")
+    for r in rows:
+        r["latency_ratio_per_exit"] = [round(a / b_, 3) for a, b_ in zip(r["p50_ms_per_exit"], base["p50_ms_per_exit"])]
+        r["mac_ratio_per_exit"] = [round(a / b_, 3) if a and b_ else None
+                                   for a, b_ in zip(r["macs_per_exit"], base["macs_per_exit"])]
+        r["accuracy_change_pp"] = [round(100 * (a - b_), 2) for a, b_ in zip(r["test_accuracy_per_exit"],
+                                                                             base["test_accuracy_per_exit"])]
+    record["rows"] = rows
+    record["seconds"] = round(time.time() - t0, 1)
+    if args.json:
+        write_json_atomic(args.json, record, indent=1)
+    md = markdown(record)
+    if args.md:
+        Path(args.md).write_text(md)
+    print(md)
+    return 0
+
+
+def markdown(rec: dict) -> str:
+    lines = ["# Pruning + distillation + INT8 (benchmarks/compress_bench.py)", "",
+             f"Command: `{rec['command']}`  ", f"Date: {rec['date_utc']}; {rec['seconds']} s.  ",
+             f"Machine: {rec['machine']}; load average at start {rec['load_average']}.  ",
+             f"Versions: {json.dumps(rec['versions'])}.  ",
+             f"Settings: {json.dumps({k: v for k, v in rec['settings'].items() if k not in ('json', 'md', 'quiet')})}.", "",
+             "| row | prec | MACs kept | params | MACs/exit (M) | p50 ms/exit | latency ÷ unpruned | test acc/exit | Δ pp/exit | ens | anytime AUC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rec["rows"]:
+        macs = "/".join(f"{m / 1e6:.2f}" if m else "-" for m in r["macs_per_exit"])
+        lines.append(f"| {r['row']} | {r['precision']} | {r['macs_kept']:.3f} | {r['params'] or '-'} | {macs} | "
+                     + "/".join(f"{v:.3f}" for v in r["p50_ms_per_exit"]) + " | "
+                     + "/".join(f"{v:.2f}" for v in r["latency_ratio_per_exit"]) + " | "
+                     + "/".join(f"{a:.4f}" for a in r["test_accuracy_per_exit"]) + " | "
+                     + "/".join(f"{d:+.2f}" for d in r["accuracy_change_pp"]) + f" | {r['test_ensemble']:.4f} | "
+                     f"{r['anytime_auc']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""``prune(cfg) -> PruneResult``: the run behind ``sdedge prune``.
+
+1. Load the trained checkpoint (the teacher) and the data it was trained on (the same hold-out), or,
+   with ``data_free``, synthesise images from the teacher alone (:mod:`.synth`; no dataset file is read).
+2. Prune its channels to the MAC target (:mod:`.prune`) and write ``RUN_DIR/pruned.pt``: a checkpoint
+   whose model config says ``pruned`` (layer widths come from its weights), exportable as any other.
+3. Recover: fine-tune the pruned network with the trainer (:func:`sdedge.train.train`, ``init_from``
+   the pruned checkpoint) and write ``RUN_DIR/best.pt`` / ``last.pt`` / ``results.json`` as ``sdedge
+   train`` does. ``recovery="distill"`` (default) distils from the unpruned teacher (method ``distill``:
+   each exit from the teacher's same exit and deepest exit, self-distillation, partial-L2 features);
+   ``"labels"`` fine-tunes on the labels alone (``dsn``: CE at every exit), the baseline to compare
+   with; ``"none"`` stops after pruning.
+4. ``RUN_DIR/prune.json``: the MACs and parameters per exit before and after, the ratios, the accuracy
+   of the teacher, of the pruned network before recovery and after it.
+
+Re-running with the same settings reuses ``pruned.pt`` (and the synthetic images) and resumes training.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..common.errors import SdedgeError
+from .prune import PruneError, PruneReport, PruneSettings, prune_network
+from .synth import SynthConfig, synthesize
+
+RECOVERIES = ("distill", "labels", "none")
+RECOVERY_METHOD = {"distill": "distill", "labels": "dsn"}
+
+
+@dataclass
+class PruneConfig:
+    checkpoint: str  # the trained (unpruned) checkpoint: what is pruned, and the teacher
+    output: str = "runs/pruned"
+    target_macs: float | None = 0.5  # fraction of the deepest exit's MACs to keep
+    section_macs: list[float] | None = None  # or one fraction per section
+    importance: str = "magnitude"  # magnitude | bn | taylor
+    steps: int = 1
+    round_to: int | None = None
+    recovery: str = "distill"  # distill | labels | none
+    data_free: bool = False  # recover on images synthesised from the teacher (no dataset read)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    synth_val_images: int = 256  # synthetic hold-out for model selection (data-free only)
+    # the trainer's options for the recovery (dataset, hold-out and seed come from the checkpoint)
+    train: Any = None  # sdedge.train.TrainConfig; None: 20 epochs, lr 0.01, cosine
+
+    def settings(self) -> PruneSettings:
+        return PruneSettings(self.target_macs, self.section_macs, self.importance, self.steps, self.round_to)
+
+
+@dataclass
+class PruneResult:
+    pruned_checkpoint: str
+    best_checkpoint: str | None  # None with recovery "none"
+    report: PruneReport
+    accuracy: dict = field(default_factory=dict)  # teacher / pruned / recovered -> {"val", "test"}
+    results: str | None = None  # prune.json
+
+    def table(self) -> str:
+        from ..train.evaluate import format_table
+
+        lines = [self.report.table()]
+        for name, acc in self.accuracy.items():
+            if acc and any(acc.values()):
+                lines.append(format_table(acc, f"\n{name}: top-1"))
+        return "\n".join(lines)
+
+
+def _default_train_config() -> Any:
+    from ..train import TrainConfig
+
+    return TrainConfig(epochs=20, lr=0.01, schedule="cosine")
+
+
+def _synthetic_splits(teacher, ck, cfg: PruneConfig, out: Path, device: torch.device, say):
+    """Train/val splits of images synthesised from ``teacher`` (cached in RUN_DIR/synthetic.npz)."""
+    from ..common.atomic import write_bytes_atomic
+    from ..common.datasets import ImageArrays
+    from ..data import DataSplits, checkpoint_data_spec
+    from ..models import ModelConfig
+
+    spec = checkpoint_data_spec(ck.meta)
+    if spec is None:
+        raise PruneError(f"{cfg.checkpoint} names no dataset; data-free recovery needs its normalisation and classes")
+    pre = ck.meta["data"]["preprocess"]
+    mcfg = ModelConfig.from_json(ck.meta["model"])
+    cache = out / "synthetic.npz"
+    key = json.dumps({"synth": asdict(cfg.synth), "val": cfg.synth_val_images, "teacher": _file_digest(cfg.checkpoint)},
+                     sort_keys=True)
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                say(f"reusing the synthetic images in {cache}")
+                arrays = {k: z[k] for k in ("train_x", "train_y", "val_x", "val_y")}
+            else:
+                arrays = None
+    else:
+        arrays = None
+    if arrays is None:
+        total = cfg.synth.images + cfg.synth_val_images
+        say(f"synthesising {total} images from the teacher (DeepInversion, {cfg.synth.iterations} steps per batch "
+            f"of {cfg.synth.batch_size}; no dataset is read)")
+        bar = _bar(total, "synthesise")
+        x, y = synthesize(teacher, mcfg.num_classes, mcfg.in_channels, tuple(mcfg.image_size), pre["mean"], pre["std"],
+                          replace_images(cfg.synth, total), device, progress=lambda d, t: bar.update(d - bar.n))
+        bar.close()
+        n = cfg.synth.images
+        arrays = {"train_x": x[:n], "train_y": y[:n], "val_x": x[n:], "val_y": y[n:]}
+        buf = _npz_bytes(key=np.array(key), **arrays)
+        write_bytes_atomic(cache, buf)
+    h, w = (int(v) for v in mcfg.image_size)
+    empty = ImageArrays(np.zeros((0, h, w, mcfg.in_channels), np.uint8), np.zeros((0,), np.int64))
+    info = spec.info
+    return DataSplits(spec.dataset, ImageArrays(arrays["train_x"], arrays["train_y"]),
+                      ImageArrays(arrays["val_x"], arrays["val_y"]), empty, list(ck.meta["classes"]),
+                      list(pre["mean"]), list(pre["std"]), bool(info.hflip),
+                      pre.get("channel_order", "L" if mcfg.in_channels == 1 else "RGB"), spec)
+
+
+def replace_images(s: SynthConfig, n: int) -> SynthConfig:
+    c = copy.copy(s)
+    c.images = n
+    return c
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False)
+
+
+def _prune_key(cfg: PruneConfig, ck) -> dict:
+    return {"settings": cfg.settings().to_json(), "teacher": _file_digest(cfg.checkpoint), "data_free": cfg.data_free}
+
+
+def _file_digest(path: str) -> str:
+    from ..common.digest import sha256_file
+
+    return sha256_file(path)
+
+
+def prune(cfg: PruneConfig) -> PruneResult:
+    """Prune ``cfg.checkpoint`` and recover it; see the module docstring."""
+    from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from ..data import splits_for_spec, checkpoint_data_spec
+    from ..models import ModelConfig
+    from ..train import train
+    from ..train.evaluate import as_tensor, evaluate_arrays
+
+    if cfg.recovery not in RECOVERIES:
+        raise PruneError(f"unknown recovery {cfg.recovery!r}; expected one of {', '.join(RECOVERIES)}")
+    if cfg.data_free and cfg.recovery == "labels":
+        raise PruneError("data-free recovery has no labels to fine-tune on: use --recovery distill")
+    tcfg = copy.deepcopy(cfg.train) if cfg.train is not None else _default_train_config()
+    verbose = tcfg.verbose
+    say = (lambda m: print(f"[sdedge prune] {m}", flush=True)) if verbose else (lambda m: None)
+    if cfg.synth_val_images < 2 and cfg.data_free:
+        raise PruneError("data-free recovery needs at least 2 synthetic validation images")
+    ck = load_checkpoint(cfg.checkpoint)
+    mcfg = ModelConfig.from_json(ck.meta["model"])
+    settings = cfg.settings()
+    teacher = model_from_checkpoint(ck)
+    settings.check(teacher.num_exits)
+    spec = checkpoint_data_spec(ck.meta)
+    if spec is None and not cfg.data_free:
+        raise PruneError(f"{cfg.checkpoint} names no dataset to recover on")
+    if cfg.synth is not None:
+        cfg.synth.check()
+    out = Path(cfg.output)  # the recovery's run folder too
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if tcfg.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if tcfg.device == "auto" else tcfg.device))
+    if tcfg.threads:
+        torch.set_num_threads(int(tcfg.threads))
+
+    if cfg.data_free:
+        splits = _synthetic_splits(teacher, ck, cfg, out, device, say)
+    else:
+        splits = splits_for_spec(spec, tcfg.data)
+    pre = ck.meta["data"]["preprocess"]
+    mean, std = pre["mean"], pre["std"]
+
+    def accuracy(net, split: str):
+        arr = splits.split(split)
+        if len(arr) == 0:
+            return None
+        return evaluate_arrays(net, as_tensor(arr.images), as_tensor(arr.labels), mean, std, device,
+                               tcfg.eval_batch_size, False)
+
+    pruned_path = out / "pruned.pt"
+    key = _prune_key(cfg, ck)
+    report = None
+    if pruned_path.is_file() and tcfg.resume:
+        old = load_checkpoint(pruned_path)
+        if old.meta.get("prune", {}).get("key") == key:
+            say(f"reusing {pruned_path} (same settings)")
+            report_json = old.meta["prune"]["report"]
+            net = model_from_checkpoint(old)
+            report = _report_from_json(report_json, settings)
+            pruned_acc = old.meta["accuracy"]
+    if report is None:
+        net = model_from_checkpoint(ck).to(device)
+        x0 = _preprocessed(splits.train.images[:64], mean, std).to(device)
+        y0 = torch.as_tensor(splits.train.labels[:64]).to(device)
+
+        def grad_batch(n) -> None:
+            n.train()
+            sum(torch.nn.functional.cross_entropy(z, y0) for z in n.forward_exits(x0)).backward()
+            n.eval()
+
+        say(f"pruning {mcfg.backbone} to {_target_text(settings)} of its MACs ({settings.importance} importance, "
+            f"{settings.steps} step{'s' if settings.steps > 1 else ''})")
+        report = prune_network(net, settings, x0, grad_batch=grad_batch)
+        pruned_acc = {"val": accuracy(net, "val"), "test": accuracy(net, "test")}
+        meta = dict(ck.meta)
+        meta.pop("versions", None)
+        meta["model"] = ModelConfig(**{**asdict(mcfg), "pruned": True}).to_json()
+        meta["method"] = {"name": "pruned", "from": str(cfg.checkpoint)}
+        meta["accuracy"] = pruned_acc
+        meta["prune"] = {"key": key, "report": report.to_json()}
+        save_checkpoint(pruned_path, meta, net.state_dict())
+    say("\n" + report.table())
+
+    accuracy_table = {"teacher": ck.meta.get("accuracy") or {}, "pruned": pruned_acc}
+    best = None
+    if cfg.recovery != "none":
+        tcfg.output = str(out)
+        tcfg.init_from = str(pruned_path)
+        tcfg.method = RECOVERY_METHOD[cfg.recovery]
+        tcfg.teacher = str(cfg.checkpoint) if cfg.recovery == "distill" else None
+        tcfg.dataset = spec.dataset if spec is not None else tcfg.dataset
+        if spec is not None:
+            tcfg.val_size, tcfg.seed, tcfg.limit = spec.val_size, spec.seed, spec.limit
+        say(f"recovery: {tcfg.method} for {tcfg.epochs} epochs"
+            + (f" from the teacher {cfg.checkpoint}" if tcfg.teacher else " on the labels")
+            + (" on synthetic images" if cfg.data_free else ""))
+        result = train(tcfg, splits=splits if cfg.data_free else None)
+        best = result.best_checkpoint
+        accuracy_table["recovered"] = result.metrics
+    from ..common.jsonio import write_json_atomic
+
+    record = {"checkpoint": str(cfg.checkpoint), "pruned_checkpoint": str(pruned_path), "best_checkpoint": best,
+              "recovery": cfg.recovery, "data_free": cfg.data_free, "report": report.to_json(),
+              "accuracy_note": ("pruned/recovered 'val' is the synthetic hold-out, judged by the teacher's labels; "
+                                "no real image was read" if cfg.data_free else "the checkpoint's own hold-out and test split"),
+              "accuracy": accuracy_table,
+              "synth": asdict(cfg.synth) if cfg.data_free else None}
+    results = out / "prune.json"
+    write_json_atomic(results, record, indent=1)
+    res = PruneResult(str(pruned_path), best, report, accuracy_table, str(results))
+    say(f"results: {results}")
+    return res
+
+
+def _target_text(s: PruneSettings) -> str:
+    if s.section_macs is not None:
+        return "per section " + "/".join(f"{f:.0%}" for f in s.section_macs)
+    return f"{s.target_macs:.0%}"
+
+
+def _preprocessed(images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def _report_from_json(d: dict, settings: PruneSettings) -> PruneReport:
+    from .macs import ExitCost
+
+    def costs(rows):
+        return [ExitCost(r["exit"], r["macs"], r["params"], r["section_macs"], r["head_macs"]) for r in rows]
+
+    return PruneReport(settings, d["ratios"], costs(d["exits_before"]), costs(d["exits_after"]),
+                       d.get("section_channels_before", []), d.get("section_channels_after", []))
+
+
+__all__ = ["PruneConfig", "PruneResult", "prune", "RECOVERIES", "SdedgeError"]
