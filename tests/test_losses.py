@@ -88,6 +88,17 @@ def test_byot_uses_the_weights_it_is_given(given: dict) -> None:
         assert loss(LossBatch(out, y))[0].item() == pytest.approx(want, rel=1e-6), params
 
 
+def test_byot_deepest_ce_weight_scales_only_the_deepest_cross_entropy() -> None:
+    out, y = _random_output(seed=5)
+    base = build_method_loss("byot", get_method("byot").resolve(), 3, 4, [2, 4, 6])(LossBatch(out, y))
+    half = build_method_loss("byot", get_method("byot").resolve(deepest_ce_weight=0.7), 3, 4, [2, 4, 6])(
+        LossBatch(out, y))
+    ce_deep = float(torch.nn.functional.cross_entropy(out.logits[2], y))
+    assert half[0].item() == pytest.approx(base[0].item() - 0.3 * ce_deep, rel=1e-6)
+    with pytest.raises(ValueError, match="deepest_ce_weight must be >= 0"):
+        get_method("byot").resolve(deepest_ce_weight=-1)
+
+
 def test_byot_teacher_receives_no_gradient_from_students() -> None:
     out, y = _random_output()
     for v in out.logits + out.features:

@@ -33,7 +33,8 @@ def test_checkpoint_metadata_contract(tiny_checkpoint: Path) -> None:
     assert set(d["preprocess"]) >= {"mean", "std", "scale", "channel_order"} and d["val_size"] == 200
     assert d["seed"] == 0
     assert m["classes"] == [str(i) for i in range(10)]
-    assert m["method"] == {"name": "byot", "alpha": 0.3, "temperature": 3.0, "hint_weight": 0.03}
+    assert m["method"] == {"name": "byot", "alpha": 0.3, "temperature": 3.0, "hint_weight": 0.03,
+                           "deepest_ce_weight": 1.0}
     assert m["hparams"]["epochs"] == 4 and m["hparams"]["backbone_kwargs"] == {"width": 8}
     for split in ("val", "test"):
         acc = m["accuracy"][split]

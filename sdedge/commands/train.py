@@ -187,3 +187,6 @@ def add_weight_arguments(g: Any) -> None:
                    help="feature-kd: weight of the per-element partial-L2 feature loss (1; Heo et al.'s scale is about 8)")
     g.add_argument("--correct-prob", type=float, default=None,
                    help="tfkd-reg: the virtual teacher's probability of the correct class (0.9)")
+    g.add_argument("--deepest-ce-weight", type=float, default=None,
+                   help="byot: weight of the deepest exit's cross-entropy (1, the authors' code; DESIGN's "
+                        "(1-alpha) is 0.7)")

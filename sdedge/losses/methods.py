@@ -6,8 +6,8 @@ method      loss (K exits, exit K = deepest; weights are flags)                 
 plain       CE on the deepest exit only (``--train-heads-after N`` then trains   -
             the shallow heads for N epochs on the frozen backbone)
 dsn         CE on every exit (deep supervision)                                  -
-byot        deepest: CE; shallow exits: (1-α)·CE + α·T²·KL(deepest ‖ exit at T)   α=0.3, T=3, λ=0.03
-            + λ·hint L2 (exit's bottleneck feature vs detached deepest feature)
+byot        deepest: w·CE; shallow exits: (1-α)·CE + α·T²·KL(deepest ‖ exit at T) α=0.3, T=3, λ=0.03,
+            + λ·hint L2 (exit's bottleneck feature vs detached deepest feature)  w=1
 kd          every exit: (1-α)·CE + α·T²·KL(teacher ‖ exit at T)                   α=0.9, T=4
 tfkd-self   as ``kd``; the teacher must be a trained copy of the same network    α=0.9, T=4
 tfkd-reg    every exit: (1-α)·CE + α·T²·KL(virtual teacher ‖ exit at T)          α=0.1, T=20, a=0.9
@@ -31,7 +31,9 @@ its KD gradient 9× weaker at T = 3); (2) the hint is an L2 averaged per element
 bottleneck feature (not a batch sum, not an L2 norm), so λ does not depend on batch size or width.
 Per element, λ = 0.03 is close to the effective weight of the widely used BYOT re-implementation
 (``luanyunteng/pytorch-be-your-own-teacher``: β = 1e-6 on a sum over a 128 × 512 batch ≈ 0.066).
-The hint applies to every shallow exit (the paper's formulation).
+The hint applies to every shallow exit (the paper's formulation). The deepest exit's CE weight ``w``
+(``--deepest-ce-weight``) is 1 as in the authors' code; DESIGN section 3 writes (1-α) at every exit,
+which ``--deepest-ce-weight 0.7`` gives at the default α (not yet compared by measurement).
 
 *distill* (``sdedge prune``'s recovery, after the pruning-and-distillation survey and Heo et al.):
 the teacher is the same network before pruning, so each exit learns from the teacher's exit of the
@@ -61,7 +63,7 @@ from torch import nn
 from ..common.registry import Registry
 from .terms import LossBatch, TermContext, build_term
 
-PARAM_NAMES = ("alpha", "temperature", "hint_weight", "feature_weight", "correct_prob")
+PARAM_NAMES = ("alpha", "temperature", "hint_weight", "feature_weight", "correct_prob", "deepest_ce_weight")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def _check(name: str, p: dict) -> None:
         raise ValueError(f"{name}: alpha must be in [0, 1], got {p['alpha']}")
     if "temperature" in p and p["temperature"] <= 0:
         raise ValueError(f"{name}: temperature must be > 0, got {p['temperature']}")
-    for k in ("hint_weight", "feature_weight"):
+    for k in ("hint_weight", "feature_weight", "deepest_ce_weight"):
         if k in p and p[k] < 0:
             raise ValueError(f"{name}: {k} must be >= 0, got {p[k]}")
 
@@ -124,8 +126,8 @@ register_method(MethodSpec(
     lambda p: [Component("ce", 1.0, "ce", {"exits": "all"})]))
 register_method(MethodSpec(
     "byot", "Be Your Own Teacher: CE + KD from the deepest exit + hint L2 on bottleneck features",
-    {"alpha": 0.3, "temperature": 3.0, "hint_weight": 0.03},
-    lambda p: [Component("ce_deep", 1.0, "ce", {"exits": "deepest"}),
+    {"alpha": 0.3, "temperature": 3.0, "hint_weight": 0.03, "deepest_ce_weight": 1.0},
+    lambda p: [Component("ce_deep", p.get("deepest_ce_weight", 1.0), "ce", {"exits": "deepest"}),
                Component("ce", 1 - p["alpha"], "ce", {"exits": "shallow"}),
                Component("kd", p["alpha"], "kl", {"exits": "shallow", "temperature": p["temperature"], "source": "self"}),
                Component("hint", p["hint_weight"], "hint", {"exits": "shallow"})]))

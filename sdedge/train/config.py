@@ -51,6 +51,7 @@ class TrainConfig:
     hint_weight: float | None = None
     feature_weight: float | None = None
     correct_prob: float | None = None
+    deepest_ce_weight: float | None = None  # byot: weight of the deepest exit's CE (1, the authors' code)
     train_heads_after: int = 0  # plain only: train the shallow heads for N more epochs on the frozen backbone
     # optimisation
     epochs: int = 200
