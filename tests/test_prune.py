@@ -165,6 +165,9 @@ def test_rerun_reuses_the_pruned_checkpoint(pruned_run, tiny_checkpoint, capsys)
     again = prune(PruneConfig(checkpoint=str(tiny_checkpoint), output=str(out), target_macs=0.5, train=cfg))
     assert Path(again.pruned_checkpoint).stat().st_mtime_ns == before
     assert "reusing" in capsys.readouterr().out
+    with pytest.raises(PruneError, match="holds the recovery of another pruning"):
+        prune(PruneConfig(checkpoint=str(tiny_checkpoint), output=str(out), target_macs=0.6, train=cfg))
+    assert Path(again.pruned_checkpoint).stat().st_mtime_ns == before  # nothing overwritten
 
 
 def test_data_free_recovery_reads_no_dataset(tiny_checkpoint, tmp_path: Path, monkeypatch) -> None:

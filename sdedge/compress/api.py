@@ -213,6 +213,9 @@ def prune(cfg: PruneConfig) -> PruneResult:
             report = _report_from_json(report_json, settings)
             pruned_acc = old.meta["accuracy"]
     if report is None:
+        if tcfg.resume and cfg.recovery != "none" and (out / "last.pt").is_file():
+            raise PruneError(f"{out} holds the recovery of another pruning (other settings or teacher); use another "
+                             "-o RUN_DIR, or --no-resume to start over in this one")
         net = model_from_checkpoint(ck).to(device)
         x0 = _preprocessed(splits.train.images[:64], mean, std).to(device)
         y0 = torch.as_tensor(splits.train.labels[:64]).to(device)
@@ -248,7 +251,7 @@ def prune(cfg: PruneConfig) -> PruneResult:
         say(f"recovery: {tcfg.method} for {tcfg.epochs} epochs"
             + (f" from the teacher {cfg.checkpoint}" if tcfg.teacher else " on the labels")
             + (" on synthetic images" if cfg.data_free else ""))
-        result = train(tcfg, splits=splits if cfg.data_free else None)
+        result = train(tcfg, splits=splits)  # the splits loaded above (the checkpoint's hold-out) or synthetic
         best = result.best_checkpoint
         accuracy_table["recovered"] = result.metrics
     from ..common.jsonio import write_json_atomic
