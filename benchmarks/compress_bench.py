@@ -8,7 +8,8 @@ of the section p50s along the chain (MACs likewise: each section with its exit h
 and of the ensemble (ONNX Runtime on the exported sections), and the area under the deadline anytime
 curve: the mean over budgets from 0 to the unpruned model's deepest-exit latency of the accuracy of the
 deepest exit that fits the budget (0 before exit 1 fits), so a cheaper model with the same accuracy
-scores higher.
+scores higher. ``--round-to 8 16`` adds, per target, rows pruned with channel counts rounded to those
+multiples (recovered with ``--round-mode``): ONNX Runtime's CPU kernels block channels by 8/16.
 
     python benchmarks/compress_bench.py --teacher runs/fm/best.pt --data DIR --targets 0.7 0.5 --epochs 3 \\
         --work /tmp/cb --json benchmarks/results/compress_bench.json --md benchmarks/results/compress_bench.md
@@ -60,6 +61,15 @@ def prune_rows(args) -> dict[str, str]:
             res = prune(cfg)
             print(f"# {name}: {time.time() - t0:.0f} s, MACs kept {res.report.macs_kept:.3f}", flush=True)
             ckpts[name] = res.best_checkpoint
+        for r in args.round_to:  # channel counts multiples of r: what the CPU's blocked kernels want
+            name = f"p{round(t * 100)}-{args.round_mode}-round{r}"
+            out = Path(args.work) / name
+            res = prune(PruneConfig(checkpoint=args.teacher, output=str(out), target_macs=t, round_to=r,
+                                    recovery="labels" if args.round_mode == "labels" else "distill",
+                                    train=_train_cfg(args, out), importance=args.importance))
+            print(f"# {name}: MACs kept {res.report.macs_kept:.3f}, channels {res.report.section_channels_after}",
+                  flush=True)
+            ckpts[name] = res.best_checkpoint
     return ckpts
 
 
@@ -80,7 +90,7 @@ def accuracy(bundle, images: np.ndarray, labels: np.ndarray, precision: str) -> 
     from sdedge.export.parity import chain_logits, ort_session
     from sdedge.export.samples import preprocess
 
-    sessions = [ort_session(bundle.section_path(s.index, precision if precision == "int8" else None), None)
+    sessions = [ort_session(bundle.section_path(s.index, precision), None)
                 for s in bundle.manifest.sections]
     logits, _ = chain_logits(sessions, preprocess(images, bundle.manifest.raw["input"]["preprocess"]))
     exits = [float(np.mean(z.argmax(1) == labels)) for z in logits]
@@ -106,7 +116,7 @@ def section_latencies(bundles: dict[str, Any], images: np.ndarray, runs: int, wa
         calls = {}
         for n, b in bundles.items():
             for p in ("fp32", "int8"):
-                s = ort_session(b.section_path(i + 1, "int8" if p == "int8" else None), 1)
+                s = ort_session(b.section_path(i + 1, p), 1)
                 feed = {s.get_inputs()[0].name: np.ascontiguousarray(inputs[n][i][:1])}
                 calls[f"{n}/{p}"] = (lambda _x, s=s, f=feed: s.run(None, f))
         times = B._interleaved(calls, [None], runs, warmup, seed=i)
@@ -132,6 +142,10 @@ def main() -> int:
     p.add_argument("--modes", nargs="+", default=["labels", "distill", "data-free"],
                    choices=["labels", "distill", "data-free"])
     p.add_argument("--importance", default="magnitude")
+    p.add_argument("--round-to", type=int, nargs="*", default=[],
+                   help="also prune with channel counts rounded to these multiples (one row each per target)")
+    p.add_argument("--round-mode", default="distill", choices=["labels", "distill"],
+                   help="recovery of the --round-to rows")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01)
@@ -148,7 +162,7 @@ def main() -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
 
-    from sdedge.common.datasets import read_split
+    from sdedge.common.datasets import find_folder, read_split
     from sdedge.runtime.bundle import open_bundle
 
     t0 = time.time()
@@ -158,7 +172,8 @@ def main() -> int:
     ckpts = prune_rows(args)
     bundles = {n: open_bundle(b) for n, b in export_rows(args, ckpts).items()}
     man = bundles["unpruned"].manifest
-    test = read_split(man.raw["model"]["data"]["dataset"], "test", args.data, None)
+    name = man.raw["model"]["data"]["dataset"]
+    test = read_split(name, "test", find_folder(name, args.data), None)
     idx = np.arange(min(args.test_images, len(test)))
     images, labels = test.images[idx], test.labels[idx]
     lat = section_latencies(bundles, images, args.runs, args.warmup)

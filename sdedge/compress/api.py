@@ -237,6 +237,8 @@ def prune(cfg: PruneConfig) -> PruneResult:
         meta["prune"] = {"key": key, "report": report.to_json()}
         save_checkpoint(pruned_path, meta, net.state_dict())
     say("\n" + report.table())
+    if report.warning:
+        say(f"note: {report.warning}")
 
     accuracy_table = {"teacher": ck.meta.get("accuracy") or {}, "pruned": pruned_acc}
     best = None

@@ -86,13 +86,22 @@ class PruneReport:
     section_channels_after: list[int] = field(default_factory=list)
 
     @property
+    def warning(self) -> str | None:
+        """Set when the deepest exit's MACs ended more than 5 % from the target (coarse channel steps)."""
+        t = self.settings.target_macs
+        if self.settings.section_macs is not None or t is None or abs(self.macs_kept - t) <= 0.05 * t:
+            return None
+        return (f"kept {self.macs_kept:.1%} of the MACs for a target of {t:.0%}: the nearest the channel steps allow"
+                + (f" with --round-to {self.settings.round_to}" if self.settings.round_to else ""))
+
+    @property
     def macs_kept(self) -> float:
         """Deepest exit's MACs after ÷ before."""
         return self.after[-1].macs / self.before[-1].macs
 
     def to_json(self) -> dict:
         return {"settings": self.settings.to_json(), "ratios": [round(r, 4) for r in self.ratios],
-                "macs_kept": round(self.macs_kept, 4),
+                "macs_kept": round(self.macs_kept, 4), "warning": self.warning,
                 "exits_before": [c.to_json() for c in self.before], "exits_after": [c.to_json() for c in self.after],
                 "section_channels_before": self.section_channels_before,
                 "section_channels_after": self.section_channels_after}
