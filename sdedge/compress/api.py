@@ -78,7 +78,7 @@ def _default_train_config() -> Any:
     return TrainConfig(epochs=20, lr=0.01, schedule="cosine")
 
 
-def _synthetic_splits(teacher, ck, cfg: PruneConfig, out: Path, device: torch.device, say):
+def _synthetic_splits(teacher, ck, cfg: PruneConfig, out: Path, device: torch.device, say, show_progress: bool = True):
     """Train/val splits of images synthesised from ``teacher`` (cached in RUN_DIR/synthetic.npz)."""
     from ..common.atomic import write_bytes_atomic
     from ..common.datasets import ImageArrays
@@ -106,7 +106,7 @@ def _synthetic_splits(teacher, ck, cfg: PruneConfig, out: Path, device: torch.de
         total = cfg.synth.images + cfg.synth_val_images
         say(f"synthesising {total} images from the teacher (DeepInversion, {cfg.synth.iterations} steps per batch "
             f"of {cfg.synth.batch_size}; no dataset is read)")
-        bar = _bar(total, "synthesise")
+        bar = _bar(total, "synthesise", disable=not show_progress)
         x, y = synthesize(teacher, mcfg.num_classes, mcfg.in_channels, tuple(mcfg.image_size), pre["mean"], pre["std"],
                           replace_images(cfg.synth, total), device, progress=lambda d, t: bar.update(d - bar.n))
         bar.close()
@@ -137,10 +137,10 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _bar(total: int, desc: str):
+def _bar(total: int, desc: str, disable: bool = False):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", leave=False)
+    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=disable)
 
 
 def _prune_key(cfg: PruneConfig, ck) -> dict:
@@ -188,7 +188,7 @@ def prune(cfg: PruneConfig) -> PruneResult:
         torch.set_num_threads(int(tcfg.threads))
 
     if cfg.data_free:
-        splits = _synthetic_splits(teacher, ck, cfg, out, device, say)
+        splits = _synthetic_splits(teacher, ck, cfg, out, device, say, tcfg.progress and tcfg.verbose)
     else:
         splits = splits_for_spec(spec, tcfg.data)
     pre = ck.meta["data"]["preprocess"]
