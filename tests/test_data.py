@@ -380,3 +380,22 @@ def test_autoaugment_keeps_shape_dtype_range() -> None:
     assert y.shape == (4, 3, 8, 8) and y.min() >= 0 and y.max() <= 255
     with pytest.raises(ValueError, match="uint8"):
         aug(x.float(), torch.Generator())
+
+
+def test_random_erasing_erases_rectangles_per_image_reproducibly() -> None:
+    x = torch.full((64, 16, 16, 1), 200, dtype=torch.uint8)
+    aug = _identity_aug(padding=0, hflip=False, random_erasing=0.5)
+    y = aug(x, torch.Generator().manual_seed(3))[:, 0]
+    erased = (y == 0).flatten(1).any(1)
+    assert 0.25 < float(erased.float().mean()) < 0.75  # p = 0.5 per image (64 images; bounds ~4 sigma)
+    for img in y[erased]:  # each erased region is one axis-aligned rectangle of zeros, the rest untouched
+        rows, cols = (img == 0).nonzero(as_tuple=True)
+        box = img[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert (box == 0).all() and int((img == 0).sum()) == box.numel()
+        assert ((img == 0) | ((img - 200).abs() < 1e-3)).all()
+    areas = {int((img == 0).sum()) for img in y[erased]}
+    assert len(areas) > 1  # a region drawn per image, not one for the batch
+    assert torch.equal(y, aug(x, torch.Generator().manual_seed(3))[:, 0])  # seeded by the batch generator
+    assert "random erasing p=0.5" in aug.describe()
+    with pytest.raises(ValueError, match="random erasing probability"):
+        _identity_aug(random_erasing=1.5)

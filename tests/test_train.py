@@ -124,6 +124,10 @@ def test_config_refusals(tmp_path: Path) -> None:
         train(tiny_cfg(tmp_path, method="nope"))
     with pytest.raises(TrainConfigError, match="milestones"):
         train(tiny_cfg(tmp_path, milestones=[5]))
+    with pytest.raises(TrainConfigError, match=r"random erasing probability must be in \[0, 1\], got 2"):
+        train(tiny_cfg(tmp_path, random_erasing=2.0))
+    with pytest.raises(TrainConfigError, match="--init-from .*no such checkpoint file"):
+        train(tiny_cfg(tmp_path, init_from=str(tmp_path / "missing.pt")))
     assert not (tmp_path / "last.pt").exists()
 
 

@@ -153,6 +153,8 @@ def add_trainer_arguments(p: argparse.ArgumentParser, epochs: int = 200, lr: flo
                    help="random horizontal flip (default: on where the dataset allows it; off for digits)")
     g.add_argument("--cutout", type=int, default=0, metavar="PX", help="Cutout square side in pixels (0 = off; 16 for CIFAR)")
     g.add_argument("--autoaugment", action="store_true", help="AutoAugment (CIFAR-10 policy, per image)")
+    g.add_argument("--random-erasing", type=float, default=0.0, metavar="P",
+                   help="torchvision's RandomErasing with probability P per image (0 = off; 0.5 is common)")
     g = p.add_argument_group("run")
     g.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (best.pt, last.pt, results.json)")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, validation split, shuffling (default 0)")

@@ -40,6 +40,7 @@ class AugmentConfig:
     hflip: bool = True
     cutout: int = 0  # square side in pixels; 0 = off
     autoaugment: bool = False
+    random_erasing: float = 0.0  # probability per image of torchvision's RandomErasing (0 = off)
 
 
 class BatchAugment:
@@ -51,6 +52,8 @@ class BatchAugment:
             raise ValueError(f"crop padding must be >= 0, got {self.pad}")
         if cfg.cutout < 0:
             raise ValueError(f"cutout length must be >= 0, got {cfg.cutout}")
+        if not 0.0 <= cfg.random_erasing <= 1.0:
+            raise ValueError(f"random erasing probability must be in [0, 1], got {cfg.random_erasing}")
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
         self._autoaugment = None
@@ -58,6 +61,12 @@ class BatchAugment:
             from torchvision.transforms import v2
 
             self._autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+        self._erasing = None
+        if cfg.random_erasing > 0:
+            from torchvision.transforms import v2
+
+            # torchvision's defaults (Zhong et al. 2020); value 0 is the mean pixel after normalisation
+            self._erasing = v2.RandomErasing(p=cfg.random_erasing, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0)
 
     def describe(self) -> str:
         parts = [f"crop pad {self.pad}" if self.pad else "no crop", "hflip" if self.cfg.hflip else "no flip"]
@@ -65,6 +74,8 @@ class BatchAugment:
             parts.append("AutoAugment(CIFAR10)")
         if self.cfg.cutout:
             parts.append(f"cutout {self.cfg.cutout}")
+        if self.cfg.random_erasing:
+            parts.append(f"random erasing p={self.cfg.random_erasing:g}")
         return ", ".join(parts)
 
     def crop_flip(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -85,15 +96,19 @@ class BatchAugment:
         bi = torch.arange(b, device=dev)[:, None, None]
         return x[bi, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]
 
-    def autoaugment(self, x_nchw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # torchvision draws its policy from the global RNG: seed it from our generator, per batch.
+    @staticmethod
+    def _per_image(transform, x_nchw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """``transform`` on each image; torchvision draws from the global RNG, seeded here from ``gen``."""
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
         state = torch.random.get_rng_state()
         try:
             torch.manual_seed(seed)
-            return torch.stack([self._autoaugment(img) for img in x_nchw])
+            return torch.stack([transform(img) for img in x_nchw])
         finally:
             torch.random.set_rng_state(state)
+
+    def autoaugment(self, x_nchw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return self._per_image(self._autoaugment, x_nchw, gen)
 
     def cutout(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, _c, h, w = x.shape
@@ -119,4 +134,6 @@ class BatchAugment:
         x = normalize(x, self.mean.to(dev), self.std.to(dev))
         if self.cfg.cutout:
             x = self.cutout(x, gen)
+        if self._erasing is not None:
+            x = self._per_image(self._erasing, x, gen)
         return x

@@ -304,7 +304,8 @@ class _Run:
         from ..data.augment import AugmentConfig, BatchAugment
 
         aug = BatchAugment(AugmentConfig(cfg.crop_padding, s.hflip if cfg.hflip is None else cfg.hflip,
-                                         cfg.cutout, cfg.autoaugment), s.image_size, s.mean, s.std)
+                                         cfg.cutout, cfg.autoaugment, cfg.random_erasing), s.image_size, s.mean,
+                           s.std)
         data_dev = self.dev if self.dev.type == "cuda" else torch.device("cpu")
         train_x = as_tensor(s.train.images).to(data_dev)
         train_y = as_tensor(s.train.labels).to(data_dev)

@@ -69,6 +69,7 @@ class TrainConfig:
     hflip: bool | None = None  # None: where the dataset allows it
     cutout: int = 0
     autoaugment: bool = False
+    random_erasing: float = 0.0  # per-image probability of torchvision's RandomErasing (0 = off)
     # run
     seed: int = 0
     select: str = "auto"  # best.pt criterion on validation: mean of exits | deepest | ensemble | auto
@@ -126,6 +127,8 @@ class TrainConfig:
                 "kd, tfkd-self, feature-kd, logit-l2 and distill")
         if self.init_from is not None and not Path(self.init_from).is_file():
             bad(f"--init-from {self.init_from}: no such checkpoint file")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            bad(f"random erasing probability must be in [0, 1], got {self.random_erasing}")
         if self.limit is not None and self.limit < 10:
             bad(f"limit must be >= 10 images, got {self.limit}")
         if self.stop_after is not None and self.stop_after < 1:
