@@ -89,13 +89,13 @@ def export_rows(args, ckpts: dict[str, str]) -> dict[str, Path]:
 def accuracy(bundle, images: np.ndarray, labels: np.ndarray, precision: str) -> dict[str, Any]:
     from sdedge.export.parity import chain_logits, ort_session
     from sdedge.export.samples import preprocess
+    from sdedge.runtime.policies import softmax
 
     sessions = [ort_session(bundle.section_path(s.index, precision), None)
                 for s in bundle.manifest.sections]
     logits, _ = chain_logits(sessions, preprocess(images, bundle.manifest.raw["input"]["preprocess"]))
     exits = [float(np.mean(z.argmax(1) == labels)) for z in logits]
-    probs = [np.exp(z - z.max(1, keepdims=True)) for z in logits]
-    ens = sum(p / p.sum(1, keepdims=True) for p in probs)
+    ens = sum(softmax(z) for z in logits)  # the mean of the exits' probabilities, as the trainer's ensemble
     return {"exits": exits, "ensemble": float(np.mean(ens.argmax(1) == labels))}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,8 @@ def _default_train_config() -> Any:
     return TrainConfig(epochs=20, lr=0.01, schedule="cosine")
 
 
-def _synthetic_splits(teacher, ck, cfg: PruneConfig, out: Path, device: torch.device, say, show_progress: bool = True):
+def _synthetic_splits(teacher, ck, cfg: PruneConfig, teacher_digest: str, out: Path, device: torch.device, say,
+                      show_progress: bool = True):
     """Train/val splits of images synthesised from ``teacher`` (cached in RUN_DIR/synthetic.npz)."""
     from ..common.atomic import write_bytes_atomic
     from ..common.datasets import ImageArrays
@@ -91,7 +92,7 @@ def _synthetic_splits(teacher, ck, cfg: PruneConfig, out: Path, device: torch.de
     pre = ck.meta["data"]["preprocess"]
     mcfg = ModelConfig.from_json(ck.meta["model"])
     cache = out / "synthetic.npz"
-    key = json.dumps({"synth": asdict(cfg.synth), "val": cfg.synth_val_images, "teacher": _file_digest(cfg.checkpoint)},
+    key = json.dumps({"synth": asdict(cfg.synth), "val": cfg.synth_val_images, "teacher": teacher_digest},
                      sort_keys=True)
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -108,7 +109,7 @@ def _synthetic_splits(teacher, ck, cfg: PruneConfig, out: Path, device: torch.de
             f"of {cfg.synth.batch_size}; no dataset is read)")
         bar = _bar(total, "synthesise", disable=not show_progress)
         x, y = synthesize(teacher, mcfg.num_classes, mcfg.in_channels, tuple(mcfg.image_size), pre["mean"], pre["std"],
-                          replace_images(cfg.synth, total), device, progress=lambda d, t: bar.update(d - bar.n))
+                          replace(cfg.synth, images=total), device, progress=lambda d, t: bar.update(d - bar.n))
         bar.close()
         n = cfg.synth.images
         arrays = {"train_x": x[:n], "train_y": y[:n], "val_x": x[n:], "val_y": y[n:]}
@@ -121,12 +122,6 @@ def _synthetic_splits(teacher, ck, cfg: PruneConfig, out: Path, device: torch.de
                       ImageArrays(arrays["val_x"], arrays["val_y"]), empty, list(ck.meta["classes"]),
                       list(pre["mean"]), list(pre["std"]), bool(info.hflip),
                       pre.get("channel_order", "L" if mcfg.in_channels == 1 else "RGB"), spec)
-
-
-def replace_images(s: SynthConfig, n: int) -> SynthConfig:
-    c = copy.copy(s)
-    c.images = n
-    return c
 
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -143,22 +138,15 @@ def _bar(total: int, desc: str, disable: bool = False):
     return tqdm(total=total, desc=desc, unit="img", leave=False, disable=disable)
 
 
-def _prune_key(cfg: PruneConfig, ck) -> dict:
-    return {"settings": cfg.settings().to_json(), "teacher": _file_digest(cfg.checkpoint), "data_free": cfg.data_free}
-
-
-def _file_digest(path: str) -> str:
-    from ..common.digest import sha256_file
-
-    return sha256_file(path)
-
-
 def prune(cfg: PruneConfig) -> PruneResult:
     """Prune ``cfg.checkpoint`` and recover it; see the module docstring."""
     from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from ..common.digest import sha256_file
     from ..data import splits_for_spec, checkpoint_data_spec
+    from ..data.augment import normalize
     from ..models import ModelConfig
     from ..train import train
+    from ..train.ddp import resolve_device
     from ..train.evaluate import as_tensor, evaluate_arrays
 
     if cfg.recovery not in RECOVERIES:
@@ -173,22 +161,22 @@ def prune(cfg: PruneConfig) -> PruneResult:
     ck = load_checkpoint(cfg.checkpoint)
     mcfg = ModelConfig.from_json(ck.meta["model"])
     settings = cfg.settings()
-    teacher = model_from_checkpoint(ck)
+    device = resolve_device(tcfg.device)
+    teacher = model_from_checkpoint(ck).to(device)
     settings.check(teacher.num_exits)
     spec = checkpoint_data_spec(ck.meta)
     if spec is None and not cfg.data_free:
         raise PruneError(f"{cfg.checkpoint} names no dataset to recover on")
-    if cfg.synth is not None:
+    if cfg.data_free:
         cfg.synth.check()
     out = Path(cfg.output)  # the recovery's run folder too
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if tcfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if tcfg.device == "auto" else tcfg.device))
+    teacher_digest = sha256_file(cfg.checkpoint)  # what pruned.pt and synthetic.npz were made from
     if tcfg.threads:
         torch.set_num_threads(int(tcfg.threads))
 
     if cfg.data_free:
-        splits = _synthetic_splits(teacher, ck, cfg, out, device, say, tcfg.progress and tcfg.verbose)
+        splits = _synthetic_splits(teacher, ck, cfg, teacher_digest, out, device, say, tcfg.progress and tcfg.verbose)
     else:
         splits = splits_for_spec(spec, tcfg.data)
     pre = ck.meta["data"]["preprocess"]
@@ -202,22 +190,20 @@ def prune(cfg: PruneConfig) -> PruneResult:
                                tcfg.eval_batch_size, False)
 
     pruned_path = out / "pruned.pt"
-    key = _prune_key(cfg, ck)
+    key = {"settings": settings.to_json(), "teacher": teacher_digest, "data_free": cfg.data_free}
     report = None
     if pruned_path.is_file() and tcfg.resume:
         old = load_checkpoint(pruned_path)
         if old.meta.get("prune", {}).get("key") == key:
             say(f"reusing {pruned_path} (same settings)")
-            report_json = old.meta["prune"]["report"]
-            net = model_from_checkpoint(old)
-            report = _report_from_json(report_json, settings)
+            report = _report_from_json(old.meta["prune"]["report"], settings)
             pruned_acc = old.meta["accuracy"]
     if report is None:
         if tcfg.resume and cfg.recovery != "none" and (out / "last.pt").is_file():
             raise PruneError(f"{out} holds the recovery of another pruning (other settings or teacher); use another "
                              "-o RUN_DIR, or --no-resume to start over in this one")
-        net = model_from_checkpoint(ck).to(device)
-        x0 = _preprocessed(splits.train.images[:64], mean, std).to(device)
+        net = copy.deepcopy(teacher)  # pruned in place; the teacher stays as it is
+        x0 = normalize(torch.as_tensor(splits.train.images[:64]), torch.tensor(mean), torch.tensor(std)).to(device)
         y0 = torch.as_tensor(splits.train.labels[:64]).to(device)
 
         def grad_batch(n) -> None:
@@ -247,9 +233,8 @@ def prune(cfg: PruneConfig) -> PruneResult:
         tcfg.init_from = str(pruned_path)
         tcfg.method = RECOVERY_METHOD[cfg.recovery]
         tcfg.teacher = str(cfg.checkpoint) if cfg.recovery == "distill" else None
-        tcfg.dataset = spec.dataset if spec is not None else tcfg.dataset
         if spec is not None:
-            tcfg.val_size, tcfg.seed, tcfg.limit = spec.val_size, spec.seed, spec.limit
+            tcfg.dataset, tcfg.val_size, tcfg.seed, tcfg.limit = spec.dataset, spec.val_size, spec.seed, spec.limit
         say(f"recovery: {tcfg.method} for {tcfg.epochs} epochs"
             + (f" from the teacher {cfg.checkpoint}" if tcfg.teacher else " on the labels")
             + (" on synthetic images" if cfg.data_free else ""))
@@ -277,18 +262,11 @@ def _target_text(s: PruneSettings) -> str:
     return f"{s.target_macs:.0%}"
 
 
-def _preprocessed(images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
-    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-
-
 def _report_from_json(d: dict, settings: PruneSettings) -> PruneReport:
     from .macs import ExitCost
 
-    def costs(rows):
-        return [ExitCost(r["exit"], r["macs"], r["params"], r["section_macs"], r["head_macs"]) for r in rows]
-
-    return PruneReport(settings, d["ratios"], costs(d["exits_before"]), costs(d["exits_after"]),
+    return PruneReport(settings, d["ratios"], [ExitCost.from_json(r) for r in d["exits_before"]],
+                       [ExitCost.from_json(r) for r in d["exits_after"]],
                        d.get("section_channels_before", []), d.get("section_channels_after", []))
 
 

@@ -25,6 +25,10 @@ class ExitCost:
         return {"exit": self.index, "macs": self.macs, "params": self.params, "section_macs": self.section_macs,
                 "head_macs": self.head_macs}
 
+    @classmethod
+    def from_json(cls, d: dict) -> "ExitCost":
+        return cls(d["exit"], d["macs"], d["params"], d["section_macs"], d["head_macs"])
+
 
 def _module_macs(net: nn.Module, x: torch.Tensor) -> dict[int, int]:
     macs: dict[int, int] = {}

@@ -26,7 +26,7 @@ ratios, not on the importance: the search runs on copies with magnitude importan
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -169,7 +169,7 @@ def _match_head_widths(tp: Any, net: MultiExitNet, example: torch.Tensor) -> Non
 
 
 def _apply(net: MultiExitNet, ratios: list[float], settings: PruneSettings, example: torch.Tensor,
-           importance: str, grad_batch: Callable[[MultiExitNet], None] | None = None,
+           grad_batch: Callable[[MultiExitNet], None] | None = None,
            between_steps: Callable[[MultiExitNet, int], None] | None = None) -> None:
     tp = _tp()
     ignored: list[nn.Module] = [e.fc for e in net.exits if hasattr(e, "fc")]
@@ -179,12 +179,12 @@ def _apply(net: MultiExitNet, ratios: list[float], settings: PruneSettings, exam
         ratio_dict[section] = r
         ratio_dict[head] = r
     pruner = tp.pruner.MetaPruner(
-        net, example, importance=_importance(tp, importance), global_pruning=False, pruning_ratio=0.0,
+        net, example, importance=_importance(tp, settings.importance), global_pruning=False, pruning_ratio=0.0,
         pruning_ratio_dict=ratio_dict, max_pruning_ratio=MAX_RATIO, iterative_steps=settings.steps,
         ignored_layers=ignored, round_to=settings.round_to, forward_fn=_forward,
         in_channel_groups=_grouped(net), out_channel_groups=_grouped(net))
     for step in range(settings.steps):
-        if importance == "taylor":
+        if settings.importance == "taylor":
             if grad_batch is None:
                 raise PruneError("taylor importance needs images to take gradients on")
             net.zero_grad()
@@ -202,8 +202,7 @@ def _costs(net: MultiExitNet, example: torch.Tensor) -> list[ExitCost]:
 
 def _trial(net: MultiExitNet, ratios: list[float], settings: PruneSettings, example: torch.Tensor) -> list[ExitCost]:
     trial = copy.deepcopy(net)
-    _apply(trial, ratios, PruneSettings(settings.target_macs, settings.section_macs, "magnitude", 1,
-                                        settings.round_to), example, "magnitude")
+    _apply(trial, ratios, replace(settings, importance="magnitude", steps=1), example)
     return _costs(trial, example)
 
 
@@ -262,7 +261,7 @@ def prune_network(net: MultiExitNet, settings: PruneSettings, example: torch.Ten
     before = _costs(net, example)
     channels_before = list(net.section_channels)
     ratios = search_ratios(net, settings, example)
-    _apply(net, ratios, settings, example, settings.importance, grad_batch, between_steps)
+    _apply(net, ratios, settings, example, grad_batch, between_steps)
     refresh_section_channels(net, (int(example.shape[2]), int(example.shape[3])), int(example.shape[1]))
     after = _costs(net, example)
     net.train(was_training)

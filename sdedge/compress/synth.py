@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common.errors import SdedgeError
+from ..data.augment import normalize
 
 
 class SynthError(SdedgeError, ValueError):
@@ -130,7 +131,7 @@ def synthesize(model: nn.Module, num_classes: int, in_channels: int, image_size:
                     x.copy_(torch.max(torch.min(x, hi), lo))
             with torch.no_grad():
                 pix = ((x * s + m).clamp(0, 1) * 255).round().to(torch.uint8)[:n]
-                xq = (pix.float() / 255 - m) / s
+                xq = normalize(pix.permute(0, 2, 3, 1), m.flatten(), s.flatten())
                 hooks.losses.clear()
                 pred = forward(xq)[-1].argmax(1)
                 hooks.losses.clear()
