@@ -33,6 +33,17 @@ from torch import nn
 from .registry import register_head
 
 
+def _down_steps(in_stride: int, out_stride: int) -> int:
+    """How many halvings take a map at ``in_stride`` to ``out_stride`` (0 when they are equal)."""
+    ratio = max(1, out_stride // max(1, in_stride))
+    return int(round(math.log2(ratio)))
+
+
+def _pooled(x: torch.Tensor) -> torch.Tensor:
+    """Global average pool to ``[B, C]``: the feature every head's FC reads."""
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
 class _Head(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -53,7 +64,7 @@ class LinearHead(_Head):
         self.fc = nn.Linear(out_channels, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.proj(x), 1), 1)
+        return _pooled(self.proj(x))
 
 
 @register_head("bottleneck")
@@ -65,7 +76,7 @@ class BottleneckHead(_Head):
                  num_classes: int, reduction: int = 2, kernel_size: int = 3) -> None:
         super().__init__()
         mid = max(8, in_channels // reduction)
-        n_down = max(1, int(round(math.log2(max(1, out_stride // max(1, in_stride))))))
+        n_down = max(1, _down_steps(in_stride, out_stride))
         layers: list[nn.Module] = [nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU()]
         for _ in range(n_down):
             layers += [nn.Conv2d(mid, mid, kernel_size, stride=2, padding=kernel_size // 2, bias=False),
@@ -75,13 +86,7 @@ class BottleneckHead(_Head):
         self.fc = nn.Linear(out_channels, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1)
-
-
-def _down_steps(in_stride: int, out_stride: int) -> int:
-    """How many halvings take a map at ``in_stride`` to ``out_stride`` (0 when they are equal)."""
-    ratio = max(1, out_stride // max(1, in_stride))
-    return int(round(math.log2(ratio)))
+        return _pooled(self.body(x))
 
 
 @register_head("byot-authors")
@@ -111,7 +116,7 @@ class ByotAuthorsHead(_Head):
         self.fc = nn.Linear(out_channels, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1)
+        return _pooled(self.body(x))
 
 
 class SepConv(nn.Sequential):
@@ -170,4 +175,4 @@ class ByotAttentionHead(_Head):
         self.fc = nn.Linear(out_channels, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.scala(self.attention(x)), 1), 1)
+        return _pooled(self.scala(self.attention(x)))
