@@ -262,7 +262,7 @@ def prune_network(net: MultiExitNet, settings: PruneSettings, example: torch.Ten
     channels_before = list(net.section_channels)
     ratios = search_ratios(net, settings, example)
     _apply(net, ratios, settings, example, grad_batch, between_steps)
-    refresh_section_channels(net, (int(example.shape[2]), int(example.shape[3])), int(example.shape[1]))
+    refresh_section_channels(net, int(example.shape[1]), (int(example.shape[2]), int(example.shape[3])))
     after = _costs(net, example)
     net.train(was_training)
     return PruneReport(settings, ratios, before, after, channels_before, list(net.section_channels))

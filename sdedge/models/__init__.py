@@ -56,7 +56,7 @@ def build_model(cfg: ModelConfig, state_dict: dict | None = None) -> MultiExitNe
             raise ValueError("a pruned model's layer widths come from its weights: pass the state dict")
         from .reshape import fit_to_state_dict
 
-        fit_to_state_dict(net, state_dict)
+        fit_to_state_dict(net, state_dict, cfg.in_channels, tuple(cfg.image_size))
     return net
 
 

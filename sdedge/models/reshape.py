@@ -38,10 +38,12 @@ def _resize_linear(m: nn.Linear, w: torch.Tensor, has_bias: bool) -> nn.Linear:
     return nn.Linear(int(w.shape[1]), int(w.shape[0]), has_bias).to(device=m.weight.device, dtype=m.weight.dtype)
 
 
-def fit_to_state_dict(net: MultiExitNet, state_dict: dict[str, torch.Tensor]) -> MultiExitNet:
+def fit_to_state_dict(net: MultiExitNet, state_dict: dict[str, torch.Tensor], in_channels: int,
+                      image_size: tuple[int, int]) -> MultiExitNet:
     """Shrink ``net``'s layers in place to the shapes in ``state_dict``; returns ``net`` (weights not loaded).
 
-    Also updates ``net.section_channels`` from a forward pass, so losses and export see the pruned widths.
+    Also updates ``net.section_channels`` from a forward pass of one ``in_channels × image_size`` image,
+    so losses and export see the pruned widths.
     """
     replacements: list[tuple[str, nn.Module]] = []
     for name, m in net.named_modules():
@@ -59,18 +61,15 @@ def fit_to_state_dict(net: MultiExitNet, state_dict: dict[str, torch.Tensor]) ->
         parent_name, _, attr = name.rpartition(".")
         parent = net.get_submodule(parent_name) if parent_name else net
         setattr(parent, attr, new)
-    refresh_section_channels(net)
+    refresh_section_channels(net, in_channels, image_size)
     return net
 
 
-def refresh_section_channels(net: MultiExitNet, image_size: tuple[int, int] | None = None,
-                             in_channels: int | None = None) -> list[int]:
+def refresh_section_channels(net: MultiExitNet, in_channels: int, image_size: tuple[int, int]) -> list[int]:
     """Set ``net.section_channels`` to the channel count each section really outputs (one forward pass)."""
-    first = next(m for m in net.sections[0].modules() if isinstance(m, nn.Conv2d))
-    c = in_channels or first.in_channels * (first.groups if first.groups > 1 else 1)
-    h, w = image_size or (32, 32)
+    h, w = image_size
     p = next(net.parameters())
-    x = torch.zeros(1, c, h, w, device=p.device, dtype=p.dtype)
+    x = torch.zeros(1, in_channels, h, w, device=p.device, dtype=p.dtype)
     channels = []
     was_training = net.training
     net.eval()
