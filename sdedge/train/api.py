@@ -57,6 +57,16 @@ def train(cfg: TrainConfig, splits=None) -> TrainResult:
         ddp.cleanup(dist)
 
 
+def _check_fits_data(what: str, cfg: ModelConfig, num_classes: int, in_channels: int,
+                     image_size: tuple[int, int]) -> None:
+    """Refuse a checkpoint's network (a teacher, an ``init_from``) whose classes or input differ from the data's."""
+    if cfg.num_classes != num_classes:
+        raise TrainConfigError(f"{what} has {cfg.num_classes} classes, the data {num_classes}")
+    if (cfg.in_channels, tuple(cfg.image_size)) != (in_channels, tuple(image_size)):
+        raise TrainConfigError(f"{what} takes {cfg.in_channels}x{tuple(cfg.image_size)} inputs, "
+                               f"the data are {in_channels}x{tuple(image_size)}")
+
+
 class _Run:
     def __init__(self, cfg: TrainConfig, dist: ddp.DistInfo, splits=None) -> None:
         self.cfg = cfg
@@ -92,11 +102,8 @@ class _Run:
         ck = load_checkpoint(cfg.teacher)
         teacher = model_from_checkpoint(ck)
         tcfg = ModelConfig.from_json(ck.meta["model"])
-        if tcfg.num_classes != model_cfg.num_classes:
-            raise TrainConfigError(f"teacher {cfg.teacher} has {tcfg.num_classes} classes, the data {model_cfg.num_classes}")
-        if (tcfg.in_channels, tuple(tcfg.image_size)) != (model_cfg.in_channels, tuple(model_cfg.image_size)):
-            raise TrainConfigError(f"teacher {cfg.teacher} takes {tcfg.in_channels}x{tuple(tcfg.image_size)} inputs, "
-                                   f"the data are {model_cfg.in_channels}x{tuple(model_cfg.image_size)}")
+        _check_fits_data(f"teacher {cfg.teacher}", tcfg, model_cfg.num_classes, model_cfg.in_channels,
+                         model_cfg.image_size)
         if get_method(cfg.method).same_architecture_teacher and (
                 (tcfg.backbone, tcfg.backbone_kwargs, tcfg.head, tcfg.head_kwargs)
                 != (model_cfg.backbone, model_cfg.backbone_kwargs, model_cfg.head, model_cfg.head_kwargs)):
@@ -115,12 +122,7 @@ class _Run:
 
         ck = load_checkpoint(self.cfg.init_from)
         model_cfg = ModelConfig.from_json(ck.meta["model"])
-        if (model_cfg.num_classes, model_cfg.in_channels, tuple(model_cfg.image_size)) != \
-                (s.num_classes, s.in_channels, tuple(s.image_size)):
-            raise TrainConfigError(
-                f"--init-from {self.cfg.init_from} takes {model_cfg.in_channels}x{tuple(model_cfg.image_size)} inputs "
-                f"with {model_cfg.num_classes} classes; the data are {s.in_channels}x{tuple(s.image_size)} with "
-                f"{s.num_classes}")
+        _check_fits_data(f"--init-from {self.cfg.init_from}", model_cfg, s.num_classes, s.in_channels, s.image_size)
         return model_cfg, model_from_checkpoint(ck)
 
     def _amp_dtype(self) -> torch.dtype | None:
