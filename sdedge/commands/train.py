@@ -137,15 +137,25 @@ def add_trainer_arguments(p: argparse.ArgumentParser, epochs: int = 200, lr: flo
     g.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     g.add_argument("--batch-size", type=int, default=128, help="global batch size (split across processes; default 128)")
     g.add_argument("--lr", type=float, default=lr, help=f"initial learning rate of SGD (default {lr})")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--momentum", type=float, default=0.9,
+                   help="SGD momentum (default 0.9; onecycle: the momentum at the cycle's ends)")
+    g.add_argument("--min-momentum", type=float, default=0.85,
+                   help="onecycle: the momentum at the peak rate, cycled inversely to it (default 0.85; "
+                        "= --momentum: no cycling)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     g.add_argument("--weight-decay", "--wd", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    g.add_argument("--schedule", choices=["multistep", "cosine"], default=schedule,
-                   help=f"LR schedule, updated every step (default {schedule})")
+    g.add_argument("--schedule", choices=["multistep", "cosine", "onecycle"], default=schedule,
+                   help=f"LR schedule, updated every step (default {schedule}); onecycle is torch's OneCycleLR: "
+                        "the rate rises from lr/25 to lr, then anneals to lr/25e4, momentum cycling inversely")
     g.add_argument("--milestones", type=int, nargs="+", default=None,
                    help="multistep: epochs where the LR is multiplied by --gamma (default epochs/2, 3*epochs/4)")
     g.add_argument("--gamma", type=float, default=0.1, help="multistep LR factor (default 0.1)")
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up (epochs, may be fractional)")
+    g.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear LR warm-up (epochs, may be fractional); onecycle: the rising part "
+                        "(default 0: 30%% of the epochs)")
+    g.add_argument("--ema", dest="ema_decay", type=float, default=0.0, metavar="DECAY",
+                   help="evaluate, select and save an exponential moving average of the weights with this "
+                        "decay per step (torch's AveragedModel, BN statistics recomputed; 0 = off, 0.999 is usual)")
     g = p.add_argument_group("augmentation (on whole batches)")
     g.add_argument("--crop-padding", type=int, default=None,
                    help="random-crop zero padding in pixels (default 4 at 32x32, scaled with image size; 0 = off)")

@@ -19,6 +19,13 @@ before them). Without it, ``plain``'s shallow exits stay at their random initial
 Resume: with ``cfg.resume`` (default) and a ``last.pt`` in the run folder written by the same
 configuration (see :data:`~sdedge.train.config.RUN_ONLY_FIELDS` for what may differ), training
 continues with the next epoch; a finished run only re-does the final evaluation.
+
+Weight averaging (``cfg.ema_decay`` > 0): torch's ``AveragedModel`` keeps an exponential moving average
+of the parameters, updated after every optimiser step; before each evaluation its batch-norm statistics
+are recomputed (torch's ``update_bn``) on up to :data:`EMA_BN_IMAGES` unaugmented training images. The
+average is what is validated, selected, tested and saved (``best.pt`` and ``last.pt`` hold its
+weights); the live weights that training continues from travel in ``last.pt``'s ``train_state``.
+``plain``'s heads phase starts a fresh average.
 """
 from __future__ import annotations
 
@@ -37,8 +44,12 @@ from ..common.jsonio import write_json_atomic
 from ..common.errors import CheckpointError
 from . import ddp
 from .config import TrainConfig, TrainConfigError, TrainResult
-from .evaluate import as_tensor, evaluate_arrays, format_table
-from .loop import EpochInputs, TrainForward, lr_at, run_epoch
+from .evaluate import as_tensor, evaluate_arrays, format_table, normalized_batches
+from .loop import EpochInputs, TrainForward, run_epoch
+from .schedule import StepSchedule, lr_at, onecycle, steps_per_epoch
+
+#: training images (a seeded sample, the same on every process) whose pass recomputes the EMA's BN statistics
+EMA_BN_IMAGES = 10_000
 
 
 def train(cfg: TrainConfig, splits=None) -> TrainResult:
@@ -149,8 +160,12 @@ class _Run:
                     e.requires_grad_(False)
             params = [p for p in net.parameters() if p.requires_grad] + list(self.main_loss.parameters())
             milestones = cfg.resolved_milestones()
-            self.lr_fn = lambda prog: lr_at(prog, cfg.lr, cfg.epochs, cfg.schedule, milestones, cfg.gamma,
-                                            cfg.warmup_epochs)
+            if cfg.schedule == "onecycle":
+                pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs > 0 else 0.3
+                self.schedule = onecycle(cfg.lr, cfg.epochs, self.steps, pct, cfg.min_momentum, cfg.momentum)
+            else:
+                self.schedule = StepSchedule(lambda prog: lr_at(prog, cfg.lr, cfg.epochs, cfg.schedule, milestones,
+                                                                cfg.gamma, cfg.warmup_epochs))
             step_module = TrainForward(net, deepest_only)
             self.frozen_sections = False
             self.select = cfg.select if cfg.select != "auto" else ("deepest" if deepest_only else "mean")
@@ -162,7 +177,7 @@ class _Run:
                 e.requires_grad_(True)
             params = [p for p in net.parameters() if p.requires_grad]
             e0, n = cfg.epochs, cfg.train_heads_after
-            self.lr_fn = lambda prog: lr_at(prog - e0, cfg.lr, n, "cosine", [])
+            self.schedule = StepSchedule(lambda prog: lr_at(prog - e0, cfg.lr, n, "cosine", []))
             step_module = TrainForward(net, False)
             self.frozen_sections = True
             self.select = cfg.select if cfg.select != "auto" else "mean"
@@ -177,6 +192,32 @@ class _Run:
 
     def _phase_of(self, epoch: int) -> str:
         return "main" if epoch < self.cfg.epochs else "heads"
+
+    # ---------------------------------------------------------------- weight averaging
+    def _new_ema(self) -> None:
+        """Start (or restart, for plain's heads phase) the weights' EMA; it is the network evaluated and saved."""
+        if not self.cfg.ema_decay:
+            self.ema, self.eval_net = None, self.net
+            return
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=False)
+        self.eval_net = self.ema.module
+
+    def _refresh_ema_bn(self) -> None:
+        """Recompute the EMA network's batch-norm statistics on unaugmented training images (torch's update_bn)."""
+        if self.ema is None:
+            return
+        from torch.optim.swa_utils import update_bn
+
+        x = self.inputs.images
+        n = int(x.shape[0])
+        if n > EMA_BN_IMAGES:
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))[:EMA_BN_IMAGES]
+            x = x.index_select(0, pick.to(x.device))
+        batches = (b for _, b in normalized_batches(x, self.splits.mean, self.splits.std, self.dev,
+                                                      self.cfg.eval_batch_size, self.cfg.channels_last))
+        update_bn(batches, self.eval_net)
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self, accuracy: dict, epochs_done: int) -> dict:
@@ -204,7 +245,8 @@ class _Run:
         rng = {"torch": torch.get_rng_state()}
         if self.dev.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.dev)
-        return {"epochs_done": epochs_done, "phase": self.phase, "optimizer": self.optimizer.state_dict(),
+        ema = None if self.ema is None else {"live": self.net.state_dict(), "n_averaged": int(self.ema.n_averaged)}
+        return {"epochs_done": epochs_done, "phase": self.phase, "optimizer": self.optimizer.state_dict(), "ema": ema,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "loss": self.main_loss.state_dict(), "best_score": self.best_score, "best_epoch": self.best_epoch,
                 "history": self.history, "rng": rng,
@@ -215,7 +257,7 @@ class _Run:
               state_dict: dict | None = None) -> None:
         if not self.dist.is_main:
             return
-        save_checkpoint(path, self._meta(accuracy, epochs_done), state_dict or self.net.state_dict(),
+        save_checkpoint(path, self._meta(accuracy, epochs_done), state_dict or self.eval_net.state_dict(),
                         self._train_state(epochs_done) if with_state else None)
 
     def _try_resume(self) -> int:
@@ -235,8 +277,18 @@ class _Run:
             shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
             raise TrainConfigError(f"{self.last_path} belongs to a run with another configuration ({shown}); "
                                    "use a new --output folder, or --no-resume to start over in this one")
-        self.net.load_state_dict(ck.state_dict)
         done = int(ts["epochs_done"])
+        if self.ema is not None:  # the checkpoint's weights are the average; the live ones travel in train_state
+            if not isinstance(ts.get("ema"), dict):
+                raise CheckpointError(f"{self.last_path} has no EMA state; use another --output folder or --no-resume")
+            self.net.load_state_dict(ts["ema"]["live"])
+            if done < cfg.total_epochs() and ts.get("phase") != self._phase_of(done):
+                self._new_ema()  # resuming exactly where plain's heads phase starts: a fresh average
+            else:
+                self.eval_net.load_state_dict(ck.state_dict)
+                self.ema.n_averaged.fill_(int(ts["ema"]["n_averaged"]))
+        else:
+            self.net.load_state_dict(ck.state_dict)
         self.history = list(ts.get("history") or [])
         self.best_score = ts.get("best_score")
         self.best_epoch = int(ts.get("best_epoch") or 0)
@@ -267,7 +319,7 @@ class _Run:
         arr = self.eval_data[split]
         if arr[0].shape[0] == 0:
             return None
-        return evaluate_arrays(self.net, arr[0], arr[1], self.splits.mean, self.splits.std, self.dev,
+        return evaluate_arrays(self.eval_net, arr[0], arr[1], self.splits.mean, self.splits.std, self.dev,
                                self.cfg.eval_batch_size, self.cfg.channels_last, self.amp_dtype, self.dist)
 
     def run(self) -> TrainResult:
@@ -314,7 +366,10 @@ class _Run:
         self.eval_data = {name: (as_tensor(a.images), as_tensor(a.labels))
                           for name, a in (("val", s.val), ("test", s.test))}
         per_proc = max(2, -(-cfg.batch_size // dist.world))
-        inputs = EpochInputs(train_x, train_y, aug, per_proc, self.dev, cfg.channels_last, self.amp_dtype)
+        self.inputs = inputs = EpochInputs(train_x, train_y, aug, per_proc, self.dev, cfg.channels_last,
+                                           self.amp_dtype)
+        self.steps = steps_per_epoch(int(train_y.shape[0]), per_proc, dist.world)
+        self._new_ema()
 
         self.history: list[dict] = []
         self.best_score: float | None = None
@@ -345,12 +400,15 @@ class _Run:
             phase = self._phase_of(epoch)
             if phase != self.phase:
                 self._setup_phase(phase)
+                self._new_ema()
                 self.best_score = None
                 self.log(f"training the {net.num_exits - 1} shallow exit heads on the frozen backbone "
                          f"for {cfg.train_heads_after} epochs")
             desc = f"epoch {epoch + 1}/{cfg.total_epochs()}" if (cfg.progress and dist.is_main) else None
             st = run_epoch(self.step_module, self.loss_fn, self.optimizer, self.scaler, inputs, epoch, cfg.seed, dist,
-                           self.lr_fn, teacher if self.phase == "main" else None, desc, self.frozen_sections)
+                           self.schedule, teacher if self.phase == "main" else None, desc, self.frozen_sections,
+                           self.ema)
+            self._refresh_ema_bn()
             val = self._evaluate("val")
             score = self._score(val)
             is_best = score is None or self.best_score is None or score > self.best_score
@@ -387,11 +445,11 @@ class _Run:
         total = cfg.total_epochs()
         last_val = self.history[-1]["val"] if self.history else self._evaluate("val")
         last_acc = {"val": last_val, "test": self._evaluate("test")}
-        last_sd = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        last_sd = {k: v.detach().clone() for k, v in self.eval_net.state_dict().items()}
         last_epoch = self.history[-1]["epoch"] if self.history else total
         if self.best_epoch and self.best_epoch != last_epoch and self.best_path.is_file():
             best = load_checkpoint(self.best_path)
-            self.net.load_state_dict(best.state_dict)
+            self.eval_net.load_state_dict(best.state_dict)
             best_val = next((h["val"] for h in self.history if h["epoch"] == self.best_epoch), None)
             best_acc = {"val": best_val if best_val is not None else self._evaluate("val"), "test": self._evaluate("test")}
             best_sd = None
@@ -399,7 +457,7 @@ class _Run:
             self.best_epoch = self.best_epoch or last_epoch
             best_acc, best_sd = last_acc, last_sd
         self._save(self.best_path, best_acc, self.best_epoch, with_state=False, state_dict=best_sd)
-        self.net.load_state_dict(last_sd)
+        self.eval_net.load_state_dict(last_sd)
         self._save(self.last_path, last_acc, total, with_state=True)
         results = {
             "best_checkpoint": str(self.best_path), "last_checkpoint": str(self.last_path),

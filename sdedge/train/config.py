@@ -17,7 +17,7 @@ from typing import Any
 
 from ..common.errors import SdedgeError
 
-SCHEDULES = ("multistep", "cosine")
+SCHEDULES = ("multistep", "cosine", "onecycle")
 SELECTIONS = ("auto", "mean", "deepest", "ensemble")
 DEVICES = ("auto", "cpu", "cuda")
 RUN_ONLY_FIELDS = frozenset({"output", "data", "download", "device", "amp", "channels_last", "progress", "verbose",
@@ -57,13 +57,15 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 128  # global batch (split across DDP processes)
     lr: float = 0.1
-    momentum: float = 0.9
+    momentum: float = 0.9  # onecycle: the momentum at the ends of the cycle
+    min_momentum: float = 0.85  # onecycle: the momentum at the peak rate (= momentum: no cycling)
     nesterov: bool = False
     weight_decay: float = 5e-4
     schedule: str = "multistep"
     milestones: list[int] | None = None  # None: epochs//2 and 3*epochs//4
     gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0  # onecycle: the rising part (0: torch's 30 % of the epochs)
+    ema_decay: float = 0.0  # exponential moving average of the weights (0 = off; 0.999 is usual)
     # augmentation
     crop_padding: int | None = None  # None: 4 px at 32x32, scaled with the image size; 0: off
     hflip: bool | None = None  # None: where the dataset allows it
@@ -102,6 +104,10 @@ class TrainConfig:
             bad(f"learning rate must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             bad(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.schedule == "onecycle" and not 0 <= self.min_momentum <= self.momentum:
+            bad(f"one-cycle min momentum must be in [0, momentum={self.momentum}], got {self.min_momentum}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            bad(f"EMA decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.weight_decay < 0:
             bad(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:

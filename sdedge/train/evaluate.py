@@ -34,6 +34,17 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type="cuda", dtype=amp_dtype)
 
 
+def normalized_batches(images: torch.Tensor, mean: list[float], std: list[float], device: torch.device,
+                       batch_size: int, channels_last: bool = True, start: int = 0, stop: int | None = None):
+    """Yield ``(index, batch)``: uint8 ``[N, H, W, C]`` images ``start..stop`` as normalised NCHW float batches."""
+    stop = int(images.shape[0]) if stop is None else stop
+    m = torch.tensor(mean, dtype=torch.float32, device=device)
+    s = torch.tensor(std, dtype=torch.float32, device=device)
+    for i in range(start, stop, batch_size):
+        x = normalize(images[i:min(i + batch_size, stop)].to(device, non_blocking=True), m, s)
+        yield i, (x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+
+
 @torch.no_grad()
 def evaluate_arrays(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: list[float],
                     std: list[float], device: torch.device, batch_size: int = 512, channels_last: bool = True,
@@ -49,15 +60,9 @@ def evaluate_arrays(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     start, stop = shard_range(n, dist) if dist is not None else (0, n)
     k = model.num_exits
     correct = torch.zeros(k + 1, dtype=torch.float64, device=device)
-    m = torch.tensor(mean, dtype=torch.float32, device=device)
-    s = torch.tensor(std, dtype=torch.float32, device=device)
     try:
-        for i in range(start, stop, batch_size):
-            xb = images[i:min(i + batch_size, stop)].to(device, non_blocking=True)
+        for i, x in normalized_batches(images, mean, std, device, batch_size, channels_last, start, stop):
             yb = labels[i:min(i + batch_size, stop)].to(device, non_blocking=True)
-            x = normalize(xb, m, s)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with autocast_context(device, amp_dtype):
                 out = model(x)
             probs = 0

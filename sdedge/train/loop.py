@@ -1,13 +1,13 @@
 """One training epoch: seeded shuffling and sharding, batch augmentation, AMP, per-iteration LR.
 
-The learning rate is a pure function of training progress (:func:`lr_at`), set before every step, so
-resuming needs no scheduler object: epoch ``e`` of a resumed run sees the same rates as an
-uninterrupted one. Shuffling and augmentation are seeded from ``(seed, epoch[, rank])`` for the same
-reason.
+The learning rate (and momentum) is a pure function of training progress (a
+:class:`~sdedge.train.schedule.StepSchedule`), set before every step, so resuming needs no scheduler
+object: epoch ``e`` of a resumed run sees the same rates as an uninterrupted one. Shuffling and
+augmentation are seeded from ``(seed, epoch[, rank])`` for the same reason. An exponential moving
+average of the weights (``ema``, torch's ``AveragedModel``) is updated after every optimiser step.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -18,17 +18,7 @@ from ..losses import LossBatch, MethodLoss
 from ..models import MultiExitNet, MultiExitOutput
 from .ddp import DistInfo, shard_permutation
 from .evaluate import autocast_context
-
-
-def lr_at(progress: float, base_lr: float, total_epochs: float, schedule: str, milestones: list[int],
-          gamma: float = 0.1, warmup_epochs: float = 0.0) -> float:
-    """Learning rate after ``progress`` epochs (fractional): linear warm-up, then multistep or cosine."""
-    if warmup_epochs > 0 and progress < warmup_epochs:
-        return base_lr * (progress + 1e-3) / warmup_epochs
-    if schedule == "cosine":
-        t = (progress - warmup_epochs) / max(1e-9, total_epochs - warmup_epochs)
-        return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, max(0.0, t))))
-    return base_lr * gamma ** sum(1 for m in milestones if progress >= m)
+from .schedule import StepSchedule, steps_per_epoch
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -97,8 +87,8 @@ def _average_grads(params: list[torch.Tensor], dist: DistInfo) -> None:
 
 def run_epoch(step_module: nn.Module, loss_fn: MethodLoss, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler | None, data: EpochInputs, epoch: int, seed: int, dist: DistInfo,
-              lr_fn, teacher: nn.Module | None = None, progress_desc: str | None = None,
-              frozen_sections: bool = False) -> EpochStats:
+              schedule: StepSchedule, teacher: nn.Module | None = None, progress_desc: str | None = None,
+              frozen_sections: bool = False, ema: nn.Module | None = None) -> EpochStats:
     """Train one epoch; returns the mean loss, its parts and the per-exit training accuracy."""
     dev = data.device
     n = int(data.labels.shape[0])
@@ -106,7 +96,7 @@ def run_epoch(step_module: nn.Module, loss_fn: MethodLoss, optimizer: torch.opti
     perm = shard_permutation(torch.randperm(n, generator=g_perm), dist)
     g_aug = torch.Generator().manual_seed(epoch_seed(seed, epoch, 1 + dist.rank))
     bs = data.batch_size
-    steps = len(perm) // bs if len(perm) >= bs else 1
+    steps = steps_per_epoch(len(perm), bs)
     step_module.train()
     net = step_module.module.net if hasattr(step_module, "module") else step_module.net
     if frozen_sections:
@@ -118,7 +108,7 @@ def run_epoch(step_module: nn.Module, loss_fn: MethodLoss, optimizer: torch.opti
     seen = 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     part_sums: dict[str, torch.Tensor] = {}
-    lr = lr_fn(epoch)
+    lr = schedule.lr(epoch)
     bar = None
     if progress_desc is not None:
         from tqdm import tqdm
@@ -127,9 +117,7 @@ def run_epoch(step_module: nn.Module, loss_fn: MethodLoss, optimizer: torch.opti
     t0 = time.perf_counter()
     for step in range(steps):
         idx = perm[step * bs:(step + 1) * bs] if steps > 1 or len(perm) >= bs else perm
-        lr = lr_fn(epoch + step / steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = schedule.apply(optimizer, epoch + step / steps)
         idx_dev = idx.to(data.images.device)
         xb = data.images.index_select(0, idx_dev)
         yb = data.labels.index_select(0, idx_dev).to(dev, non_blocking=True)
@@ -158,6 +146,8 @@ def run_epoch(step_module: nn.Module, loss_fn: MethodLoss, optimizer: torch.opti
             scaler.update()
         else:
             optimizer.step()
+        if ema is not None:
+            ema.update_parameters(net)
         with torch.no_grad():
             b = int(yb.shape[0])
             seen += b
