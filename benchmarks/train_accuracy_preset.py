@@ -2,6 +2,9 @@
 
     python benchmarks/train_accuracy_preset.py --data ../shared/data/fashion-mnist     # ~25 min on 2 cores
     python benchmarks/train_accuracy_preset.py --epochs 1 --limit 2000                # a 1-minute smoke run
+    # a recipe over three seeds, recorded with the command, machine, versions and per-seed numbers:
+    python benchmarks/train_accuracy_preset.py --seeds 3 --schedule onecycle --nesterov --ema 0.999 \
+        --methods dsn byot --json benchmarks/results/train_accuracy_preset.json
 
 Contract
 --------
@@ -19,8 +22,16 @@ Contract
 * Method weights: each method's defaults (``byot``: alpha 0.3, T 3, hint 0.03).
 * Selection: ``best.pt`` by mean validation accuracy over the exits (``plain``: deepest during its
   backbone epochs, then mean during its head epoch).
-* Output: per-exit and ensemble (mean of the exits' softmax) top-1 on the test split, side by side,
-  then ``byot`` minus each baseline; everything also in ``OUT/preset.json``. Runs resume if killed.
+* Recipe flags (``--schedule``, ``--nesterov``, ``--warmup-epochs``, ``--ema``, ``--head``,
+  ``--crop-padding``, ``--random-erasing``, ``--deepest-ce-weight``) are passed to every method alike
+  (``--deepest-ce-weight`` to ``byot`` only); the defaults are the recipe above.
+* Seeds: ``--seeds N`` repeats everything with seeds ``--first-seed`` .. +N-1 (initialisation, hold-out,
+  data order and augmentation all follow the seed).
+* Output: per-exit and ensemble (mean of the exits' softmax) top-1 on the test split, side by side
+  (mean ± sample standard deviation over seeds), then ``byot`` minus each baseline, paired by seed (mean ±
+  standard deviation of the per-seed differences), and whether each difference exceeds zero by more
+  than one standard deviation; everything also in ``OUT/preset.json`` (and ``--json``, with the
+  command, machine, versions and the raw per-seed numbers). Runs resume if killed.
 
 Measured throughput on a 2-core Xeon (``train_step_time.py --config preset``): about 1 100 img/s for
 ``plain`` and 900 for ``dsn``/``byot``, i.e. about 50-60 s per epoch: 3 x 8 epochs plus evaluation fit
@@ -29,7 +40,6 @@ in about 25 minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -46,66 +56,148 @@ def find_fmnist(given: str | None) -> str:
     sys.exit("Fashion-MNIST not found: pass --data DIR (the folder with train-images-idx3-ubyte.gz)")
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per method: mean and standard deviation over seeds of each exit's and the ensemble's test top-1."""
+    out = {}
+    for m, runs in per_seed.items():
+        cols = [[r["test"]["exits"][j] for r in runs] for j in range(len(runs[0]["test"]["exits"]))]
+        cols.append([r["test"]["ensemble"] for r in runs])
+        stats = [_mean_std(c) for c in cols]
+        out[m] = {"mean": [round(a, 6) for a, _ in stats], "std": [round(b, 6) for _, b in stats], "n": len(runs)}
+    return out
+
+
+def paired_differences(per_seed: dict[str, list[dict]], method: str = "byot",
+                       baselines: tuple[str, ...] = ("plain", "dsn")) -> dict[str, dict]:
+    """``method`` minus each baseline, seed by seed (exits then ensemble): mean, std, and mean > std."""
+    out = {}
+    if method not in per_seed:
+        return out
+    for base in [b for b in baselines if b in per_seed]:
+        pairs = list(zip(per_seed[method], per_seed[base]))
+        k = len(pairs[0][0]["test"]["exits"])
+        diffs = [[a["test"]["exits"][j] - b["test"]["exits"][j] for a, b in pairs] for j in range(k)]
+        diffs.append([a["test"]["ensemble"] - b["test"]["ensemble"] for a, b in pairs])
+        stats = [_mean_std(d) for d in diffs]
+        out[f"{method}-{base}"] = {"per_seed": [[round(v, 6) for v in d] for d in diffs],
+                                   "mean": [round(a, 6) for a, _ in stats], "std": [round(b, 6) for _, b in stats],
+                                   "above_zero_by_one_std": [bool(a > b and a > 0) for a, b in stats]}
+    return out
+
+
+def machine_and_versions() -> dict:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from sdedge.common.hostinfo import available_cpus, cpu_model
+
+    vers = {}
+    for name in ("sdedge", "torch", "torchvision", "numpy"):
+        try:
+            vers[name] = version(name)
+        except PackageNotFoundError:
+            vers[name] = None
+    return {"machine": f"{cpu_model()}, {available_cpus()} CPUs available, {platform.system()} {platform.release()}, "
+                       f"Python {platform.python_version()}", "versions": vers,
+            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="Fashion-MNIST folder (default: SDEDGE_DATA, ../shared/data/...)")
-    ap.add_argument("--out", default="runs/preset", help="folder for the three runs and preset.json")
+    ap.add_argument("--out", default="runs/preset", help="folder for the runs and preset.json")
     ap.add_argument("--methods", nargs="+", default=["plain", "dsn", "byot"])
+    ap.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds (default 1)")
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--heads-epochs", type=int, default=1, help="plain: epochs of head training on the frozen backbone")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--schedule", choices=["multistep", "cosine", "onecycle"], default="cosine")
+    ap.add_argument("--nesterov", action="store_true")
+    ap.add_argument("--warmup-epochs", type=float, default=0.0)
+    ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="EMA of the weights (0 = off)")
+    ap.add_argument("--head", default="bottleneck", help="exit head kind (bottleneck | byot-authors | ...)")
+    ap.add_argument("--crop-padding", type=int, default=None, help="random-crop padding (default: 4 px scaled)")
+    ap.add_argument("--random-erasing", type=float, default=0.0)
+    ap.add_argument("--deepest-ce-weight", type=float, default=None, help="byot only (default: the method's, 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="first N training/test images only (smoke runs)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming earlier runs in --out")
     ap.add_argument("--progress", action="store_true", help="progress bars")
+    ap.add_argument("--json", default=None, help="also write the record (command, machine, versions, per-seed "
+                                                 "numbers) here, e.g. benchmarks/results/train_accuracy_preset.json")
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds must be >= 1")
 
-    from sdedge.train import TrainConfig, format_table, train
-    from sdedge.train.evaluate import format_deltas
+    from sdedge.common.jsonio import write_json_atomic
+    from sdedge.train import TrainConfig, train
 
     data = find_fmnist(args.data)
     out = Path(args.out)
-    results = {}
+    record = {"command": " ".join([os.path.basename(sys.executable)] + (sys.argv if argv is None else
+                                                                         ["benchmarks/train_accuracy_preset.py", *argv])),
+              "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **machine_and_versions(),
+              "settings": vars(args)}
+    per_seed: dict[str, list[dict]] = {m: [] for m in args.methods}
     t_all = time.perf_counter()
-    for m in args.methods:
-        cfg = TrainConfig(dataset="fashion-mnist", data=data, limit=args.limit, backbone="resnet18",
-                          backbone_kwargs={"width": args.width}, method=m, epochs=args.epochs,
-                          train_heads_after=args.heads_epochs if m == "plain" else 0, batch_size=args.batch_size,
-                          lr=args.lr, schedule="cosine", weight_decay=5e-4, seed=0, device=args.device, amp=False,
-                          threads=args.threads, output=str(out / m), resume=not args.fresh, progress=args.progress,
-                          verbose=True)
-        print(f"\n=== {m} ===", flush=True)
-        t0 = time.perf_counter()
-        r = train(cfg)
-        wall = time.perf_counter() - t0
-        results[m] = {"test": r.metrics["test"], "val": r.metrics["val"], "best_epoch": r.best_epoch,
-                      "wall_s": round(wall, 1), "train_s": round(sum(h["seconds"] for h in r.history), 1),
-                      "epochs": cfg.total_epochs(), "checkpoint": r.best_checkpoint}
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for seed in seeds:
+        for m in args.methods:
+            run_dir = out / m if args.seeds == 1 and args.first_seed == 0 else out / f"seed{seed}" / m
+            cfg = TrainConfig(dataset="fashion-mnist", data=data, limit=args.limit, backbone="resnet18",
+                              backbone_kwargs={"width": args.width}, head=args.head, method=m, epochs=args.epochs,
+                              train_heads_after=args.heads_epochs if m == "plain" else 0, batch_size=args.batch_size,
+                              lr=args.lr, schedule=args.schedule, nesterov=args.nesterov,
+                              warmup_epochs=args.warmup_epochs, ema_decay=args.ema, crop_padding=args.crop_padding,
+                              random_erasing=args.random_erasing,
+                              deepest_ce_weight=args.deepest_ce_weight if m == "byot" else None,
+                              weight_decay=5e-4, seed=seed, device=args.device, amp=False, threads=args.threads,
+                              output=str(run_dir), resume=not args.fresh, progress=args.progress, verbose=True)
+            print(f"\n=== {m}, seed {seed} ===", flush=True)
+            t0 = time.perf_counter()
+            r = train(cfg)
+            wall = time.perf_counter() - t0
+            per_seed[m].append({"seed": seed, "test": r.metrics["test"], "val": r.metrics["val"],
+                                "best_epoch": r.best_epoch, "wall_s": round(wall, 1),
+                                "train_s": round(sum(h["seconds"] for h in r.history), 1),
+                                "epochs": cfg.total_epochs(), "checkpoint": r.best_checkpoint})
     total = time.perf_counter() - t_all
 
-    k = len(next(iter(results.values()))["test"]["exits"])
-    n_test = next(iter(results.values()))["test"]["n"]
-    print(f"\nFashion-MNIST test top-1 ({n_test} images), "
-          f"ResNet-18 width {args.width}, {args.epochs} epochs each, batch {args.batch_size}, cosine lr {args.lr}, "
-          f"{args.threads} threads")
-    head = f"{'method':<11}" + "".join(f"{f'exit {i + 1}':>9}" for i in range(k)) + f"{'ensemble':>10}{'epochs':>8}{'minutes':>9}"
+    summary = summarize(per_seed)
+    diffs = paired_differences(per_seed)
+    k = len(next(iter(summary.values()))["mean"]) - 1
+    n_test = per_seed[args.methods[0]][0]["test"]["n"]
+    print(f"\nFashion-MNIST test top-1 ({n_test} images), ResNet-18 width {args.width}, head {args.head}, "
+          f"{args.epochs} epochs each, batch {args.batch_size}, {args.schedule} lr {args.lr}"
+          f"{', Nesterov' if args.nesterov else ''}{f', EMA {args.ema}' if args.ema else ''}, {args.threads} threads, "
+          f"seeds {seeds[0]}..{seeds[-1]} (mean ± std)")
+    head = f"{'method':<11}" + "".join(f"{f'exit {i + 1}':>16}" for i in range(k)) + f"{'ensemble':>16}{'min/run':>9}"
     print(head)
     print("-" * len(head))
-    for m, r in results.items():
-        ep = f"{args.epochs}+{args.heads_epochs}" if m == "plain" else str(args.epochs)
-        print(f"{m:<11}" + "".join(f"{a:>9.4f}" for a in r["test"]["exits"]) + f"{r['test']['ensemble']:>10.4f}"
-              f"{ep:>8}{r['wall_s'] / 60:>9.1f}")
-    for row in format_deltas(results):
-        print(row)
-    print(f"total wall-clock {total / 60:.1f} min{'  (over the 30-minute budget)' if total > 1800 else ''}")
-    for m, r in results.items():
-        print(format_table({"val": r["val"], "test": r["test"]}, f"\n{m}: {r['checkpoint']} (epoch {r['best_epoch']})"))
+    for m, st in summary.items():
+        mins = sum(r["wall_s"] for r in per_seed[m]) / len(per_seed[m]) / 60
+        print(f"{m:<11}" + "".join(f"{100 * a:>9.2f} ± {100 * b:4.2f}" for a, b in zip(st["mean"], st["std"]))
+              + f"{mins:>9.1f}")
+    for name, d in diffs.items():
+        print(f"{name:<11}" + "".join(f"{100 * a:>+9.2f} ± {100 * b:4.2f}" for a, b in zip(d["mean"], d["std"]))
+              + "   (pp, paired by seed)")
+        print(f"{'':<11}" + "".join(f"{('> 1 std' if ok else 'not'):>16}" for ok in d["above_zero_by_one_std"]))
+    print(f"total wall-clock {total / 60:.1f} min")
+    record.update({"total_s": round(total, 1), "per_seed": per_seed, "summary": summary, "differences": diffs})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "preset.json").write_text(json.dumps({"args": vars(args), "total_s": round(total, 1), "results": results},
-                                                indent=1))
+    write_json_atomic(out / "preset.json", record, indent=1)
+    if args.json:
+        write_json_atomic(args.json, record, indent=1)
     return 0
 
 
