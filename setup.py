@@ -60,7 +60,7 @@ class BinaryDistribution(Distribution):
 
 RUNTIME = ["numpy>=1.24", "onnxruntime>=1.17"]
 # grpcio serves gRPC; tritonclient[grpc] carries the generated KServe v2 / Triton service messages it answers with
-SERVE = ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20", "grpcio>=1.60", "tritonclient[grpc]>=2.40"]
+SERVE = ["starlette>=0.37", "uvicorn>=0.36", "httptools>=0.6", "uvloop>=0.19; sys_platform != 'win32'", "prometheus-client>=0.20", "grpcio>=1.60", "tritonclient[grpc]>=2.40"]
 TRAIN = [
     "torch>=2.2,<=2.14.1",
     "torchvision>=0.17,<=0.29.1",

@@ -48,7 +48,7 @@ class ServerConfig:
     ORT intra-op threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
     ``max_queue`` requests (more: 503). Safety caps: ``max_body_mb`` MiB per body (after decompression
     too), ``body_timeout_s`` to receive a body (408 after),
-    ``max_header_kb`` per request head (h11), ``limit_concurrency`` connections+tasks (503 beyond),
+    ``max_header_kb`` per request head, ``limit_concurrency`` connections+tasks (503 beyond),
     ``timeout_keep_alive`` seconds an idle keep-alive connection is kept.
     """
 
@@ -75,6 +75,8 @@ class ServerConfig:
     graceful_timeout_s: float = 30.0
     log_level: str = "info"
     access_log: bool = False
+    http: str = "auto"  # HTTP/1.1 parser: auto (httptools when installed) | h11 | httptools (see .http_impl)
+    loop: str = "auto"  # event loop: auto (uvloop when installed) | asyncio | uvloop
 
     def __post_init__(self) -> None:
         if self.budget_ms is not None:
@@ -93,6 +95,12 @@ class ServerConfig:
             if self.grpc_port > 65535:
                 raise ServerConfigError(f"grpc_port must be in 0..65535 (or None: no gRPC), got {self.grpc_port}")
         _positive_int(self, "max_queue_delay_us", allow_zero=True)
+        from .http_impl import HTTP_IMPLS, LOOPS
+
+        if self.http not in HTTP_IMPLS:
+            raise ServerConfigError(f"http must be one of {HTTP_IMPLS}, got {self.http!r}")
+        if self.loop not in LOOPS:
+            raise ServerConfigError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if self.queue_order not in ("edf", "fifo"):
             raise ServerConfigError(f"queue_order must be 'edf' or 'fifo', got {self.queue_order!r}")
         if not isinstance(self.batching, bool):

@@ -3,9 +3,11 @@
 uvicorn settings and why (all from :class:`~sdedge.runtime.server.config.ServerConfig`):
 
 * ``host`` 127.0.0.1 unless told otherwise: nothing outside the machine reaches the model by accident.
-* ``http="h11"``, ``loop="asyncio"``: pure-Python, maintained, no compiled extras needed on a board.
-  ``h11_max_incomplete_event_size`` (``max_header_kb``) caps a request head, so a client cannot make
-  the server buffer endless headers.
+* ``http`` / ``loop`` (:mod:`.http_impl`): httptools' C parser and uvloop when installed (the
+  ``serve`` extra installs both; they cut the server's own CPU per request), else pure-Python h11 and
+  asyncio's loop, which need no compiled extras on a board. Either way a request head is capped at
+  ``max_header_kb`` (h11's ``h11_max_incomplete_event_size``; for httptools a 431 from
+  :func:`~.http_impl.capped_httptools`), so a client cannot make the server buffer endless headers.
 * ``timeout_keep_alive``: an idle keep-alive connection is closed after that many seconds.
   uvicorn has no timer for a request head that trickles in; ``limit_concurrency`` (connections and
   tasks, 503 beyond) bounds how many such connections can be held, and the app itself gives a request
@@ -45,9 +47,14 @@ def _require_uvicorn():
 
 def uvicorn_config(app: Any, config: ServerConfig) -> Any:
     """The ``uvicorn.Config`` for ``app`` under ``config`` (see the module docstring)."""
+    from .http_impl import capped_httptools, resolve_http, resolve_loop
+
     uvicorn = _require_uvicorn()
+    http: Any = resolve_http(config.http)
+    if http == "httptools":
+        http = capped_httptools(config.max_header_kb * 1024)
     return uvicorn.Config(
-        app, host=config.host, port=config.port, http="h11", loop="asyncio", lifespan="on",
+        app, host=config.host, port=config.port, http=http, loop=resolve_loop(config.loop), lifespan="on",
         timeout_keep_alive=config.timeout_keep_alive,
         timeout_graceful_shutdown=max(1, int(round(config.graceful_timeout_s))),
         limit_concurrency=config.limit_concurrency, h11_max_incomplete_event_size=config.max_header_kb * 1024,

@@ -90,6 +90,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     o.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
                    help="uvicorn log level (default info)")
     o.add_argument("--access-log", action="store_true", help="log every request")
+    o.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto",
+                   help="HTTP/1.1 parser: httptools (C, less CPU per request) or h11 (pure Python); "
+                        "auto: httptools when installed (default)")
+    o.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                   help="event loop: uvloop (less CPU per request) or asyncio's; auto: uvloop when installed (default)")
     return p
 
 
@@ -141,7 +146,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         session=session, workers=args.workers, max_body_mb=args.max_body_mb, max_queue=args.max_queue,
         body_timeout_s=args.body_timeout, limit_concurrency=args.limit_concurrency,
         timeout_keep_alive=args.timeout_keep_alive, graceful_timeout_s=args.graceful_timeout,
-        log_level=args.log_level, access_log=args.access_log)
+        log_level=args.log_level, access_log=args.access_log, http=args.http, loop=args.loop)
 
 
 def run(args: argparse.Namespace) -> int:

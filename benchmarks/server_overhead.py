@@ -1,0 +1,168 @@
+"""The server's own CPU per request: ``sdedge serve``'s process CPU time per request minus the inference.
+
+    python benchmarks/server_overhead.py /work/fm16-bundle --requests 2000 --json benchmarks/results/server_overhead.json
+
+Contract
+--------
+* One ``sdedge serve BUNDLE --threads 1 --max-batch 1`` process; one client sends ``--requests``
+  one-image UINT8 requests back to back on one keep-alive connection (HTTP: KServe v2 binary-tensor
+  requests built once as bytes, answers read off the socket, so the client's own cost stays out of the
+  server's process; gRPC: ``tritonclient.grpc``), each at the deepest exit (no budget, no threshold).
+* Server CPU: user + system time of the server process (all its threads, ``/proc/PID/stat``) over the
+  timed requests, after ``--warmup`` untimed ones.
+* Inference CPU: the same images through an in-process :class:`~sdedge.runtime.AnytimeSession` (one
+  thread, the same bundle), CPU time of this process (``time.process_time``) per image.
+* Reported: server CPU per request, inference CPU per request, and their difference, the server's own
+  cost (HTTP or gRPC parsing, validation, scheduling, encoding), per protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load_fault import ServerProcess  # noqa: E402
+from serve_bench import MODEL, raw_request  # noqa: E402
+
+
+def _stat_cpu_s(path: Path) -> float:
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of process ``pid``: ``total`` (every thread) and ``main_thread`` (the event loop)."""
+    return {"total": _stat_cpu_s(Path(f"/proc/{pid}/stat")), "main_thread": _stat_cpu_s(Path(f"/proc/{pid}/task/{pid}/stat"))}
+
+
+def _per_request(c0: dict[str, float], c1: dict[str, float], n: int) -> dict[str, float]:
+    return {"server_cpu_ms_per_request": 1000 * (c1["total"] - c0["total"]) / n,
+            "event_loop_thread_cpu_ms_per_request": 1000 * (c1["main_thread"] - c0["main_thread"]) / n}
+
+
+def _read_response(sock: socket.socket, buf: bytearray) -> bytes:
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        rest += chunk
+    buf[:] = rest[length:]
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"server answered {head.splitlines()[0]!r}: {rest[:length]!r}")
+    return rest[:length]
+
+
+def http_run(port: int, reqs: list[bytes], pid: int, warmup: int) -> dict:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+    for r in reqs[:warmup]:
+        sock.sendall(r)
+        _read_response(sock, buf)
+    c0, t0 = proc_cpu_s(pid), time.perf_counter()
+    last = b""
+    for r in reqs[warmup:]:
+        sock.sendall(r)
+        last = _read_response(sock, buf)
+    c1, t1 = proc_cpu_s(pid), time.perf_counter()
+    sock.close()
+    n = len(reqs) - warmup
+    return {"requests": n, **_per_request(c0, c1, n), "wall_ms_per_request": 1000 * (t1 - t0) / n,
+            "last_answer": json.loads(last)}
+
+
+def grpc_run(port: int, images: np.ndarray, pid: int, warmup: int) -> dict:
+    import tritonclient.grpc as tg
+
+    client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+    outs = [tg.InferRequestedOutput(n) for n in ("label", "exit_index")]
+
+    def call(i: int):
+        inp = tg.InferInput("image", [1, *images.shape[1:]], "UINT8")
+        inp.set_data_from_numpy(images[i:i + 1])
+        return client.infer(MODEL, [inp], outputs=outs)
+
+    for i in range(warmup):
+        call(i)
+    c0, t0 = proc_cpu_s(pid), time.perf_counter()
+    for i in range(warmup, len(images)):
+        call(i)
+    c1, t1 = proc_cpu_s(pid), time.perf_counter()
+    client.close()
+    n = len(images) - warmup
+    return {"requests": n, **_per_request(c0, c1, n), "wall_ms_per_request": 1000 * (t1 - t0) / n}
+
+
+def inference_cpu_ms(bundle: Path, images: np.ndarray, warmup: int) -> float:
+    from sdedge.runtime import AnytimeSession
+
+    with AnytimeSession(bundle, intra_op_threads=1) as sess:
+        for i in range(warmup):
+            sess.infer(images[i:i + 1])
+        c0 = time.process_time()
+        for i in range(warmup, len(images)):
+            sess.infer(images[i:i + 1])
+        return 1000 * (time.process_time() - c0) / (len(images) - warmup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--data", default=None, help="dataset folder for real test images (default: the bundle's)")
+    ap.add_argument("--server-arg", action="append", default=[], help="extra `sdedge serve` option (repeatable)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    from sdedge.calibrate import benchmarking as B
+    from sdedge.common.datasets import find_folder, read_split
+    from sdedge.common.jsonio import write_json_atomic
+    from sdedge.runtime.bundle import open_bundle
+
+    name = open_bundle(args.bundle).manifest.raw["model"]["data"]["dataset"]
+    test = read_split(name, "test", find_folder(name, args.data), None)
+    n = args.requests + args.warmup
+    images = np.ascontiguousarray(test.images[np.arange(n) % len(test)])
+    record = B.contract(1, args.warmup, args.requests, extra="benchmarks/server_overhead.py docstring")
+    record["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record["server_args"] = args.server_arg
+    infer_ms = inference_cpu_ms(args.bundle, images, args.warmup)
+    srv = ServerProcess(args.bundle, ["--threads", "1", "--max-batch", "1", "--log-level", "warning", *args.server_arg],
+                        model=MODEL)
+    try:
+        srv.wait_ready(180)
+        pid = srv.proc.pid
+        http = http_run(srv.port, [raw_request(srv.port, im, None) for im in images], pid, args.warmup)
+        grpc = grpc_run(srv.grpc_port, images, pid, args.warmup)
+    finally:
+        srv.stop()
+    record["inference_cpu_ms_per_request"] = round(infer_ms, 4)
+    for proto, r in (("http", http), ("grpc", grpc)):
+        r.pop("last_answer", None)
+        r["server_own_cpu_ms_per_request"] = r["server_cpu_ms_per_request"] - infer_ms
+        record[proto] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+        print(f"{proto:>4}: server CPU {r['server_cpu_ms_per_request']:.3f} ms/request, inference {infer_ms:.3f}, "
+              f"server's own {r['server_own_cpu_ms_per_request']:.3f} ms/request (event-loop thread "
+              f"{r['event_loop_thread_cpu_ms_per_request']:.3f}; wall {r['wall_ms_per_request']:.3f} ms)")
+    if args.json:
+        write_json_atomic(args.json, record, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Which HTTP/1.1 parser and event loop uvicorn runs, and a head-size cap for the fast parser.
+
+``http="auto"`` picks uvicorn's ``httptools`` protocol (the C llhttp parser) when the ``httptools``
+package is installed, else ``h11`` (pure Python); ``loop="auto"`` picks ``uvloop`` when installed, else
+asyncio's. Measured with ``benchmarks/server_overhead.py`` (see its results file), the C parser and
+loop take a large share off the server's own CPU per request.
+
+h11 caps an incomplete request head itself (``h11_max_incomplete_event_size``); uvicorn's httptools
+protocol has no such cap and llhttp would buffer a header line of any length. :func:`capped_httptools`
+returns uvicorn's protocol with one: the bytes received while a request head is incomplete are counted,
+and beyond ``max_head_bytes`` the client gets a 431 with a JSON ``{"error"}`` and the connection is
+closed, so at most ``max_head_bytes`` plus one read are ever buffered for a head.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from typing import Any
+
+HTTP_IMPLS = ("auto", "h11", "httptools")
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_http(choice: str) -> str:
+    """``h11`` or ``httptools`` for ``choice`` (``auto``: httptools when installed)."""
+    if choice == "auto":
+        return "httptools" if _installed("httptools") else "h11"
+    if choice == "httptools" and not _installed("httptools"):
+        from ...common.errors import BackendError
+
+        raise BackendError("--http httptools needs the httptools package: pip install httptools "
+                           "(or pip install 'sdedge[serve]')")
+    return choice
+
+
+def resolve_loop(choice: str) -> str:
+    """``asyncio`` or ``uvloop`` for ``choice`` (``auto``: uvloop when installed)."""
+    if choice == "auto":
+        return "uvloop" if _installed("uvloop") else "asyncio"
+    if choice == "uvloop" and not _installed("uvloop"):
+        from ...common.errors import BackendError
+
+        raise BackendError("--loop uvloop needs the uvloop package: pip install uvloop (or pip install 'sdedge[serve]')")
+    return choice
+
+
+def capped_httptools(max_head_bytes: int) -> type:
+    """uvicorn's httptools protocol, refusing a request head longer than ``max_head_bytes`` with a 431."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    body = json.dumps({"error": f"request head (request line and headers) over {max_head_bytes // 1024} KiB; "
+                                "send smaller headers"}).encode()
+    refusal = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+               b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+    class CappedHttpToolsProtocol(HttpToolsProtocol):
+        _in_head = True  # between requests, arriving bytes start a head
+        _head_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            transport: Any = self.transport
+            if transport.is_closing():
+                return
+            if self._in_head:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self._in_head and self._head_bytes > max_head_bytes and not transport.is_closing():
+                transport.write(refusal)
+                transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head, self._head_bytes = True, 0
+
+    return CappedHttpToolsProtocol
