@@ -27,7 +27,7 @@ Configs: ``full`` is the paper's network (CIFAR ResNet-18, width 64, 3x32x32, 10
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import statistics
 import time
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = torch.cuda.get_device_name(device)
     else:
         machine = f"{cpu_model()}, {torch.get_num_threads()} torch threads"
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     methods = list(dict.fromkeys(["plain", *args.methods]))
     print(f"train step time: {machine}; torch {torch.__version__}; channels_last; "
           f"{'AMP ' + str(amp).replace('torch.', '') if amp else 'fp32'}; "
@@ -158,7 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m:<8} {row['ms_per_step']:>10.1f} {row['min_ms']:>8.1f} {row['images_per_s']:>8.0f} "
                   f"{row['ratio_to_plain']:>16.2f}x {row['min_ratio_to_plain']:>13.2f}x {row['params'] / 1e6:>7.2f}M")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "torch": torch.__version__, "runs": out}, indent=1))
+        import sys
+
+        from sdedge.common.jsonio import write_json_atomic
+
+        write_json_atomic(args.json, {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                                      "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "machine": f"{machine}; {platform.platform()}, Python {platform.python_version()}",
+                                      "load_average_at_start": load_at_start, "torch": torch.__version__,
+                                      "runs": out}, indent=1)
     return 0
 
 

@@ -509,7 +509,11 @@ class InferenceServer:
                 chunks.append(chunk)
 
         try:
-            await asyncio.wait_for(pull(), cfg.body_timeout_s)
+            if hasattr(asyncio, "timeout"):  # Python >= 3.11: no task per request
+                async with asyncio.timeout(cfg.body_timeout_s):
+                    await pull()
+            else:
+                await asyncio.wait_for(pull(), cfg.body_timeout_s)
         except ClientDisconnect:  # a truncated body: a client error, not a server fault (no 500, no traceback)
             raise ProtocolError(f"the client closed the connection before the whole body arrived ({total} bytes "
                                 f"received)") from None
