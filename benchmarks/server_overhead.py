@@ -1,6 +1,6 @@
 """The server's own CPU per request: ``sdedge serve``'s process CPU time per request minus the inference.
 
-    python benchmarks/server_overhead.py /work/fm16-bundle --requests 2000 --json benchmarks/results/server_overhead.json
+    python benchmarks/server_overhead.py BUNDLE --json benchmarks/results/server_overhead.json
 
 Contract
 --------
@@ -12,8 +12,13 @@ Contract
   timed requests, after ``--warmup`` untimed ones.
 * Inference CPU: the same images through an in-process :class:`~sdedge.runtime.AnytimeSession` (one
   thread, the same bundle), CPU time of this process (``time.process_time``) per image.
+* Contenders: ``--config`` strings of ``sdedge serve`` options (default: h11 + asyncio's loop against
+  ``auto``, i.e. httptools + uvloop where installed); each round measures the inference and then every
+  contender once, in order; medians over ``--rounds`` rounds are reported (a shared machine's noise
+  moves single runs by ±30 %).
 * Reported: server CPU per request, inference CPU per request, and their difference, the server's own
-  cost (HTTP or gRPC parsing, validation, scheduling, encoding), per protocol.
+  cost (HTTP or gRPC parsing, validation, scheduling, encoding), per protocol, and the event-loop
+  thread's share of the server CPU.
 """
 from __future__ import annotations
 
@@ -119,20 +124,42 @@ def inference_cpu_ms(bundle: Path, images: np.ndarray, warmup: int) -> float:
         return 1000 * (time.process_time() - c0) / (len(images) - warmup)
 
 
+def measure(bundle: Path, images: np.ndarray, server_args: list[str], warmup: int) -> dict:
+    """One server under ``server_args``: HTTP then gRPC, CPU per request of the process and its event loop."""
+    srv = ServerProcess(bundle, ["--threads", "1", "--max-batch", "1", "--log-level", "warning", *server_args],
+                        model=MODEL)
+    try:
+        srv.wait_ready(180)
+        pid = srv.proc.pid
+        http = http_run(srv.port, [raw_request(srv.port, im, None) for im in images], pid, warmup)
+        http.pop("last_answer", None)
+        grpc = grpc_run(srv.grpc_port, images, pid, warmup)
+    finally:
+        srv.stop()
+    return {"http": http, "grpc": grpc}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3, help="every configuration once per round, medians reported")
     ap.add_argument("--data", default=None, help="dataset folder for real test images (default: the bundle's)")
-    ap.add_argument("--server-arg", action="append", default=[], help="extra `sdedge serve` option (repeatable)")
+    ap.add_argument("--config", action="append", default=None, metavar="ARGS",
+                    help="`sdedge serve` options of one contender, one string (repeatable; default: "
+                         "'--http h11 --loop asyncio' and '--http auto --loop auto')")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    configs = args.config or ["--http h11 --loop asyncio", "--http auto --loop auto"]
+
+    import statistics
 
     from sdedge.calibrate import benchmarking as B
     from sdedge.common.datasets import find_folder, read_split
     from sdedge.common.jsonio import write_json_atomic
     from sdedge.runtime.bundle import open_bundle
+    from sdedge.runtime.server.http_impl import resolve_http, resolve_loop
 
     name = open_bundle(args.bundle).manifest.raw["model"]["data"]["dataset"]
     test = read_split(name, "test", find_folder(name, args.data), None)
@@ -140,25 +167,33 @@ def main(argv: list[str] | None = None) -> int:
     images = np.ascontiguousarray(test.images[np.arange(n) % len(test)])
     record = B.contract(1, args.warmup, args.requests, extra="benchmarks/server_overhead.py docstring")
     record["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    record["server_args"] = args.server_arg
-    infer_ms = inference_cpu_ms(args.bundle, images, args.warmup)
-    srv = ServerProcess(args.bundle, ["--threads", "1", "--max-batch", "1", "--log-level", "warning", *args.server_arg],
-                        model=MODEL)
-    try:
-        srv.wait_ready(180)
-        pid = srv.proc.pid
-        http = http_run(srv.port, [raw_request(srv.port, im, None) for im in images], pid, args.warmup)
-        grpc = grpc_run(srv.grpc_port, images, pid, args.warmup)
-    finally:
-        srv.stop()
-    record["inference_cpu_ms_per_request"] = round(infer_ms, 4)
-    for proto, r in (("http", http), ("grpc", grpc)):
-        r.pop("last_answer", None)
-        r["server_own_cpu_ms_per_request"] = r["server_cpu_ms_per_request"] - infer_ms
-        record[proto] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-        print(f"{proto:>4}: server CPU {r['server_cpu_ms_per_request']:.3f} ms/request, inference {infer_ms:.3f}, "
-              f"server's own {r['server_own_cpu_ms_per_request']:.3f} ms/request (event-loop thread "
-              f"{r['event_loop_thread_cpu_ms_per_request']:.3f}; wall {r['wall_ms_per_request']:.3f} ms)")
+    record["auto_resolves_to"] = {"http": resolve_http("auto"), "loop": resolve_loop("auto")}
+    rounds: list[dict] = []
+    for r in range(args.rounds):
+        entry = {"inference_cpu_ms_per_request": inference_cpu_ms(args.bundle, images, args.warmup)}
+        for c in configs:
+            entry[c] = measure(args.bundle, images, c.split(), args.warmup)
+        rounds.append(entry)
+        print(f"round {r + 1}/{args.rounds}: inference {entry['inference_cpu_ms_per_request']:.3f} ms; " + "; ".join(
+            f"{c}: http {entry[c]['http']['server_cpu_ms_per_request']:.3f}, grpc {entry[c]['grpc']['server_cpu_ms_per_request']:.3f}"
+            for c in configs), flush=True)
+    med = statistics.median
+    infer = med(e["inference_cpu_ms_per_request"] for e in rounds)
+    summary = {"inference_cpu_ms_per_request": round(infer, 4)}
+    print(f"\nmedians over {args.rounds} rounds, {args.requests} timed requests each; in-process inference "
+          f"{infer:.3f} ms CPU per image")
+    print(f"{'server options':<32}{'proto':>6}{'server CPU':>12}{'own CPU':>10}{'event loop':>12}{'wall':>8}  (ms/request)")
+    for c in configs:
+        summary[c] = {}
+        for proto in ("http", "grpc"):
+            cpu = med(e[c][proto]["server_cpu_ms_per_request"] for e in rounds)
+            loop = med(e[c][proto]["event_loop_thread_cpu_ms_per_request"] for e in rounds)
+            wall = med(e[c][proto]["wall_ms_per_request"] for e in rounds)
+            own = med(e[c][proto]["server_cpu_ms_per_request"] - e["inference_cpu_ms_per_request"] for e in rounds)
+            summary[c][proto] = {"server_cpu_ms_per_request": round(cpu, 4), "server_own_cpu_ms_per_request": round(own, 4),
+                                 "event_loop_thread_cpu_ms_per_request": round(loop, 4), "wall_ms_per_request": round(wall, 4)}
+            print(f"{c:<32}{proto:>6}{cpu:>12.3f}{own:>10.3f}{loop:>12.3f}{wall:>8.3f}")
+    record.update({"configs": configs, "rounds": rounds, "summary": summary})
     if args.json:
         write_json_atomic(args.json, record, indent=1)
     return 0

@@ -81,3 +81,4 @@ def capped_httptools(max_head_bytes: int) -> type:
             self._in_head, self._head_bytes = True, 0
 
     return CappedHttpToolsProtocol
+
