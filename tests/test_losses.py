@@ -247,3 +247,19 @@ def test_each_method_loss_is_finite_and_decreases(method, tiny_batch, tiny_check
         opt.step()
     assert values[-1] < values[0] * 0.9, (method, values)
     assert not math.isnan(sum(values))
+
+
+def test_byot_label_smoothing_reaches_the_shallow_exits_only() -> None:
+    out, y = _random_output(seed=6)
+    base = build_method_loss("byot", get_method("byot").resolve(), 3, 4, [2, 4, 6])(LossBatch(out, y))[0].item()
+    smooth = build_method_loss("byot", get_method("byot").resolve(label_smoothing=0.2), 3, 4, [2, 4, 6])(
+        LossBatch(out, y))[0].item()
+    F = torch.nn.functional
+    shallow = [out.logits[i] for i in (0, 1)]
+    want = base + 0.7 * sum(float(F.cross_entropy(z, y, label_smoothing=0.2) - F.cross_entropy(z, y)) for z in shallow)
+    assert smooth == pytest.approx(want, rel=1e-6)  # the deepest exit (the teacher) keeps hard targets
+    dsn = build_method_loss("dsn", get_method("dsn").resolve(label_smoothing=0.2), 3, 4, [2, 4, 6])(LossBatch(out, y))
+    assert dsn[0].item() == pytest.approx(sum(float(F.cross_entropy(z, y, label_smoothing=0.2)) for z in out.logits),
+                                          rel=1e-6)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        get_method("byot").resolve(label_smoothing=1.0)

@@ -16,7 +16,8 @@ from sdedge.models import MultiExitOutput
 from test_losses import _np_ce, _np_kl_t, _random_output
 
 CTX = TermContext(3, 4, [2, 4, 6])
-PARAMS = "['alpha', 'temperature', 'hint_weight', 'feature_weight', 'correct_prob', 'deepest_ce_weight']"
+PARAMS = ("['alpha', 'temperature', 'hint_weight', 'feature_weight', 'correct_prob', 'deepest_ce_weight', "
+          "'label_smoothing']")
 
 
 def _z(out: MultiExitOutput) -> list[np.ndarray]:
@@ -187,7 +188,8 @@ def test_unknown_method_parameters_are_refused_naming_the_known_ones() -> None:
 def test_resolve_ignores_none_and_parameters_the_method_does_not_use() -> None:
     assert get_method("byot").resolve(alpha=None, feature_weight=2.0) == {"alpha": 0.3, "temperature": 3.0,
                                                                           "hint_weight": 0.03,
-                                                                          "deepest_ce_weight": 1.0}
+                                                                          "deepest_ce_weight": 1.0,
+                                                                          "label_smoothing": 0.0}
 
 
 @pytest.mark.parametrize("method,kw,message", [

@@ -34,7 +34,7 @@ def test_checkpoint_metadata_contract(tiny_checkpoint: Path) -> None:
     assert d["seed"] == 0
     assert m["classes"] == [str(i) for i in range(10)]
     assert m["method"] == {"name": "byot", "alpha": 0.3, "temperature": 3.0, "hint_weight": 0.03,
-                           "deepest_ce_weight": 1.0}
+                           "deepest_ce_weight": 1.0, "label_smoothing": 0.0}
     assert m["hparams"]["epochs"] == 4 and m["hparams"]["backbone_kwargs"] == {"width": 8}
     for split in ("val", "test"):
         acc = m["accuracy"][split]

@@ -202,3 +202,6 @@ def add_weight_arguments(g: Any) -> None:
     g.add_argument("--deepest-ce-weight", type=float, default=None,
                    help="byot: weight of the deepest exit's cross-entropy (1, the authors' code; DESIGN's "
                         "(1-alpha) is 0.7)")
+    g.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
+                   help="plain, dsn, byot: label smoothing of the cross-entropy targets (0); byot smooths only the "
+                        "shallow exits' targets, never the deepest exit's (the teacher)")

@@ -34,6 +34,9 @@ Per element, λ = 0.03 is close to the effective weight of the widely used BYOT 
 The hint applies to every shallow exit (the paper's formulation). The deepest exit's CE weight ``w``
 (``--deepest-ce-weight``) is 1 as in the authors' code; DESIGN section 3 writes (1-α) at every exit,
 which ``--deepest-ce-weight 0.7`` gives at the default α (not yet compared by measurement).
+``--label-smoothing ε`` (plain, dsn, byot; default 0) smooths the CE targets; under byot only the shallow
+exits' (the students'), never the deepest exit's: a smoothed teacher distils worse (Müller et al. 2019,
+"When does label smoothing help?").
 
 *distill* (``sdedge prune``'s recovery, after the pruning-and-distillation survey and Heo et al.):
 the teacher is the same network before pruning, so each exit learns from the teacher's exit of the
@@ -63,7 +66,8 @@ from torch import nn
 from ..common.registry import Registry
 from .terms import LossBatch, TermContext, build_term
 
-PARAM_NAMES = ("alpha", "temperature", "hint_weight", "feature_weight", "correct_prob", "deepest_ce_weight")
+PARAM_NAMES = ("alpha", "temperature", "hint_weight", "feature_weight", "correct_prob", "deepest_ce_weight",
+               "label_smoothing")
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ def _check(name: str, p: dict) -> None:
     for k in ("hint_weight", "feature_weight", "deepest_ce_weight"):
         if k in p and p[k] < 0:
             raise ValueError(f"{name}: {k} must be >= 0, got {p[k]}")
+    if "label_smoothing" in p and not 0.0 <= p["label_smoothing"] < 1.0:
+        raise ValueError(f"{name}: label_smoothing must be in [0, 1), got {p['label_smoothing']}")
 
 
 def _teacher_kd(p: dict) -> list[Component]:
@@ -119,16 +125,18 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 
 register_method(MethodSpec(
-    "plain", "cross-entropy on the deepest exit only (baseline)", {},
-    lambda p: [Component("ce", 1.0, "ce", {"exits": "deepest"})]))
+    "plain", "cross-entropy on the deepest exit only (baseline)", {"label_smoothing": 0.0},
+    lambda p: [Component("ce", 1.0, "ce", {"exits": "deepest", "label_smoothing": p.get("label_smoothing", 0.0)})]))
 register_method(MethodSpec(
-    "dsn", "cross-entropy on every exit (deep supervision)", {},
-    lambda p: [Component("ce", 1.0, "ce", {"exits": "all"})]))
+    "dsn", "cross-entropy on every exit (deep supervision)", {"label_smoothing": 0.0},
+    lambda p: [Component("ce", 1.0, "ce", {"exits": "all", "label_smoothing": p.get("label_smoothing", 0.0)})]))
 register_method(MethodSpec(
     "byot", "Be Your Own Teacher: CE + KD from the deepest exit + hint L2 on bottleneck features",
-    {"alpha": 0.3, "temperature": 3.0, "hint_weight": 0.03, "deepest_ce_weight": 1.0},
+    {"alpha": 0.3, "temperature": 3.0, "hint_weight": 0.03, "deepest_ce_weight": 1.0, "label_smoothing": 0.0},
+    # label smoothing applies to the students' CE only: the deepest exit is the teacher, its targets stay hard
     lambda p: [Component("ce_deep", p.get("deepest_ce_weight", 1.0), "ce", {"exits": "deepest"}),
-               Component("ce", 1 - p["alpha"], "ce", {"exits": "shallow"}),
+               Component("ce", 1 - p["alpha"], "ce", {"exits": "shallow",
+                                                      "label_smoothing": p.get("label_smoothing", 0.0)}),
                Component("kd", p["alpha"], "kl", {"exits": "shallow", "temperature": p["temperature"], "source": "self"}),
                Component("hint", p["hint_weight"], "hint", {"exits": "shallow"})]))
 register_method(MethodSpec(

@@ -118,8 +118,18 @@ class Term(nn.Module):
 
 @register_term("ce")
 class CrossEntropyTerm(Term):
+    """Cross-entropy on the selected exits, with torch's label smoothing ``label_smoothing`` (0: none)."""
+
+    def __init__(self, ctx: TermContext, exits: str = "all", label_smoothing: float = 0.0) -> None:
+        super().__init__(ctx, exits)
+        self.label_smoothing = float(label_smoothing)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", label_smoothing={self.label_smoothing}" if self.label_smoothing else "")
+
     def forward(self, b: LossBatch) -> torch.Tensor:
-        return sum(F.cross_entropy(b.student.logits[i].float(), b.targets) for i in self.exits)
+        return sum(F.cross_entropy(b.student.logits[i].float(), b.targets, label_smoothing=self.label_smoothing)
+                   for i in self.exits)
 
 
 @register_term("kl")

@@ -52,6 +52,7 @@ class TrainConfig:
     feature_weight: float | None = None
     correct_prob: float | None = None
     deepest_ce_weight: float | None = None  # byot: weight of the deepest exit's CE (1, the authors' code)
+    label_smoothing: float | None = None  # plain/dsn: every CE; byot: the shallow exits' CE only (0)
     train_heads_after: int = 0  # plain only: train the shallow heads for N more epochs on the frozen backbone
     # optimisation
     epochs: int = 200
