@@ -243,3 +243,25 @@ def test_cli_prune_and_its_errors(tiny_checkpoint, tmp_path: Path) -> None:
     doc = json.loads(out.stdout[out.stdout.index("{"):])
     assert doc["best_checkpoint"] is None and Path(doc["pruned_checkpoint"]).is_file()
     assert 0.5 < doc["macs_kept"] < 0.7
+
+
+def test_iterative_pruning_recovers_between_steps(tiny_checkpoint, tmp_path: Path) -> None:
+    from sdedge.checkpoint import load_checkpoint, model_from_checkpoint
+
+    out = tmp_path / "it"
+    res = prune(PruneConfig(checkpoint=str(tiny_checkpoint), output=str(out), target_macs=0.5, steps=3, step_epochs=1,
+                            recovery="labels", train=_quick_train(out, epochs=1)))
+    # a recovery run after steps 1 and 2 (not after the last: the final recovery follows)
+    assert sorted(p.name for p in (out / "steps").iterdir()) == ["1", "2"]
+    for k in ("1", "2"):
+        step = load_checkpoint(out / "steps" / k / "best.pt")
+        assert step.meta["hparams"]["epochs"] == 1 and step.meta["method"]["name"] == "dsn"
+        model_from_checkpoint(step)  # each intermediate network is a consistent, loadable pruned network
+    # the final network started from step 2's recovered weights, pruned once more: fewer channels than step 2
+    final = model_from_checkpoint(load_checkpoint(res.pruned_checkpoint))
+    step2 = model_from_checkpoint(load_checkpoint(out / "steps" / "2" / "best.pt"))
+    assert sum(p.numel() for p in final.parameters()) < sum(p.numel() for p in step2.parameters())
+    assert abs(res.report.macs_kept - 0.5) <= 0.05 * 0.5 + 1e-9 or res.report.warning
+    with pytest.raises(PruneError, match="needs steps >= 2"):
+        prune(PruneConfig(checkpoint=str(tiny_checkpoint), output=str(tmp_path / "bad"), steps=1, step_epochs=1,
+                          train=_quick_train(out, epochs=1)))

@@ -49,6 +49,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="channel importance: L2 weight magnitude (default), BatchNorm scale, or first-order Taylor")
     g.add_argument("--steps", type=positive_int, default=1,
                    help="prune in N equal steps, re-estimating importance each time (default 1: one shot)")
+    g.add_argument("--step-epochs", type=int, default=0, metavar="E",
+                   help="with --steps N: recover (the --recovery below) for E epochs after each step but the last, "
+                        "before importance is re-estimated (default 0: the steps back to back)")
     g.add_argument("--round-to", type=positive_int, default=None, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8 for INT8 and tensor-core kernels)")
     g = p.add_argument_group("recovery")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed)
     cfg = PruneConfig(checkpoint=args.checkpoint, output=args.output, target_macs=args.target_macs,
                       section_macs=args.section_macs, importance=args.importance, steps=args.steps,
-                      round_to=args.round_to, recovery=args.recovery, data_free=args.data_free, synth=synth,
+                      step_epochs=args.step_epochs, round_to=args.round_to, recovery=args.recovery, data_free=args.data_free, synth=synth,
                       synth_val_images=args.synth_val_images, train=train_cfg)
     result = prune(cfg)
     if args.json:

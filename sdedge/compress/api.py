@@ -4,6 +4,9 @@
    with ``data_free``, synthesise images from the teacher alone (:mod:`.synth`; no dataset file is read).
 2. Prune its channels to the MAC target (:mod:`.prune`) and write ``RUN_DIR/pruned.pt``: a checkpoint
    whose model config says ``pruned`` (layer widths come from its weights), exportable as any other.
+   With ``steps`` > 1 and ``step_epochs`` > 0, the network is fine-tuned between the steps (the same
+   recovery, ``step_epochs`` epochs each, in ``RUN_DIR/steps/K/``) before importance is re-estimated:
+   prune, recover, prune again, the classic iterative schedule.
 3. Recover: fine-tune the pruned network with the trainer (:func:`sdedge.train.train`, ``init_from``
    the pruned checkpoint) and write ``RUN_DIR/best.pt`` / ``last.pt`` / ``results.json`` as ``sdedge
    train`` does. ``recovery="distill"`` (default) distils from the unpruned teacher (method ``distill``:
@@ -42,6 +45,7 @@ class PruneConfig:
     section_macs: list[float] | None = None  # or one fraction per section
     importance: str = "magnitude"  # magnitude | bn | taylor
     steps: int = 1
+    step_epochs: int = 0  # with steps > 1: recovery epochs between steps (0: prune the steps back to back)
     round_to: int | None = None
     recovery: str = "distill"  # distill | labels | none
     data_free: bool = False  # recover on images synthesised from the teacher (no dataset read)
@@ -156,6 +160,11 @@ def prune(cfg: PruneConfig) -> PruneResult:
     tcfg = copy.deepcopy(cfg.train) if cfg.train is not None else _default_train_config()
     verbose = tcfg.verbose
     say = (lambda m: print(f"[sdedge prune] {m}", flush=True)) if verbose else (lambda m: None)
+    if not isinstance(cfg.step_epochs, int) or cfg.step_epochs < 0:
+        raise PruneError(f"step_epochs must be an integer >= 0, got {cfg.step_epochs!r}")
+    if cfg.step_epochs and (cfg.steps < 2 or cfg.recovery == "none"):
+        raise PruneError("step_epochs fine-tunes between pruning steps: it needs steps >= 2 and a recovery "
+                         "(distill or labels)")
     if cfg.synth_val_images < 2 and cfg.data_free:
         raise PruneError("data-free recovery needs at least 2 synthetic validation images")
     ck = load_checkpoint(cfg.checkpoint)
@@ -191,6 +200,9 @@ def prune(cfg: PruneConfig) -> PruneResult:
 
     pruned_path = out / "pruned.pt"
     key = {"settings": settings.to_json(), "teacher": teacher_digest, "data_free": cfg.data_free}
+    if cfg.step_epochs:
+        key["step_epochs"] = cfg.step_epochs
+        key["step_recovery"] = cfg.recovery
     report = None
     if pruned_path.is_file() and tcfg.resume:
         old = load_checkpoint(pruned_path)
@@ -211,14 +223,28 @@ def prune(cfg: PruneConfig) -> PruneResult:
             sum(torch.nn.functional.cross_entropy(z, y0) for z in n.forward_exits(x0)).backward()
             n.eval()
 
-        say(f"pruning {mcfg.backbone} to {_target_text(settings)} of its MACs ({settings.importance} importance, "
-            f"{settings.steps} step{'s' if settings.steps > 1 else ''})")
-        report = prune_network(net, settings, x0, grad_batch=grad_batch)
-        pruned_acc = {"val": accuracy(net, "val"), "test": accuracy(net, "test")}
         meta = dict(ck.meta)
         meta.pop("versions", None)
         meta["model"] = ModelConfig(**{**asdict(mcfg), "pruned": True}).to_json()
         meta["method"] = {"name": "pruned", "from": str(cfg.checkpoint)}
+
+        def recover_between(n, k: int) -> None:
+            """Fine-tune the partly pruned ``n`` for ``step_epochs`` epochs (RUN_DIR/steps/K), weights back into ``n``."""
+            folder = out / "steps" / str(k)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(folder / "pruned.pt", {**meta, "accuracy": {}}, n.state_dict())
+            say(f"step {k}/{settings.steps}: recovering for {cfg.step_epochs} epoch(s) in {folder}")
+            sub = replace(_recovery_config(tcfg, cfg, spec, folder, folder / "pruned.pt", cfg.step_epochs),
+                          milestones=None, warmup_epochs=0.0, stop_after=None, verbose=False)
+            best_k = load_checkpoint(train(sub, splits=splits).best_checkpoint)
+            n.load_state_dict(best_k.state_dict)
+
+        say(f"pruning {mcfg.backbone} to {_target_text(settings)} of its MACs ({settings.importance} importance, "
+            f"{settings.steps} step{'s' if settings.steps > 1 else ''}"
+            f"{f', {cfg.step_epochs} recovery epoch(s) between steps' if cfg.step_epochs else ''})")
+        report = prune_network(net, settings, x0, grad_batch=grad_batch,
+                               between_steps=recover_between if cfg.step_epochs else None)
+        pruned_acc = {"val": accuracy(net, "val"), "test": accuracy(net, "test")}
         meta["accuracy"] = pruned_acc
         meta["prune"] = {"key": key, "report": report.to_json()}
         save_checkpoint(pruned_path, meta, net.state_dict())
@@ -229,12 +255,7 @@ def prune(cfg: PruneConfig) -> PruneResult:
     accuracy_table = {"teacher": ck.meta.get("accuracy") or {}, "pruned": pruned_acc}
     best = None
     if cfg.recovery != "none":
-        tcfg.output = str(out)
-        tcfg.init_from = str(pruned_path)
-        tcfg.method = RECOVERY_METHOD[cfg.recovery]
-        tcfg.teacher = str(cfg.checkpoint) if cfg.recovery == "distill" else None
-        if spec is not None:
-            tcfg.dataset, tcfg.val_size, tcfg.seed, tcfg.limit = spec.dataset, spec.val_size, spec.seed, spec.limit
+        tcfg = _recovery_config(tcfg, cfg, spec, out, pruned_path, tcfg.epochs)
         say(f"recovery: {tcfg.method} for {tcfg.epochs} epochs"
             + (f" from the teacher {cfg.checkpoint}" if tcfg.teacher else " on the labels")
             + (" on synthetic images" if cfg.data_free else ""))
@@ -254,6 +275,15 @@ def prune(cfg: PruneConfig) -> PruneResult:
     res = PruneResult(str(pruned_path), best, report, accuracy_table, str(results))
     say(f"results: {results}")
     return res
+
+
+def _recovery_config(tcfg: Any, cfg: PruneConfig, spec: Any, output: Path, init_from: Path, epochs: int) -> Any:
+    """The trainer's config of a recovery run: ``init_from`` fine-tuned for ``epochs`` in ``output``."""
+    sub = replace(tcfg, output=str(output), init_from=str(init_from), epochs=epochs,
+                  method=RECOVERY_METHOD[cfg.recovery], teacher=str(cfg.checkpoint) if cfg.recovery == "distill" else None)
+    if spec is not None:
+        sub = replace(sub, dataset=spec.dataset, val_size=spec.val_size, seed=spec.seed, limit=spec.limit)
+    return sub
 
 
 def _target_text(s: PruneSettings) -> str:

@@ -191,6 +191,10 @@ def _apply(net: MultiExitNet, ratios: list[float], settings: PruneSettings, exam
             grad_batch(net)
         pruner.step()
         if between_steps is not None and step + 1 < settings.steps:
+            # a consistent network for the caller (heads' features as wide as the deepest exit's, channel
+            # bookkeeping current), so it can be saved, loaded and trained like a finished one
+            _match_head_widths(tp, net, example)
+            refresh_section_channels(net, int(example.shape[1]), (int(example.shape[2]), int(example.shape[3])))
             between_steps(net, step + 1)
     net.zero_grad(set_to_none=True)
     _match_head_widths(tp, net, example)
