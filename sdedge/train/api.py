@@ -215,6 +215,8 @@ class _Run:
         if n > EMA_BN_IMAGES:
             pick = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))[:EMA_BN_IMAGES]
             x = x.index_select(0, pick.to(x.device))
+        if x.shape[0] > 1 and x.shape[0] % self.cfg.eval_batch_size == 1:
+            x = x[:-1]  # no one-image last batch: batch norm cannot take batch statistics of one 1x1 feature
         batches = (b for _, b in normalized_batches(x, self.splits.mean, self.splits.std, self.dev,
                                                       self.cfg.eval_batch_size, self.cfg.channels_last))
         update_bn(batches, self.eval_net)
