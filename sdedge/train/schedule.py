@@ -12,6 +12,7 @@ stateful, a resumed run sees exactly the rates of an uninterrupted one.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,13 +62,14 @@ def onecycle(max_lr: float, epochs: int, steps_per_epoch: int, pct_start: float,
                                                 cycle_momentum=cycle, base_momentum=min_momentum,
                                                 max_momentum=max_momentum)
     lrs, moms = [], []
-    for i in range(total):
-        g = probe.param_groups[0]
-        lrs.append(float(g["lr"]))
-        moms.append(float(g["momentum"]))
-        if i < total - 1:
-            probe.step()
-            sched.step()
+    with warnings.catch_warnings():  # the probe never steps (its parameter has no gradient): nothing to warn about
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        for i in range(total):
+            g = probe.param_groups[0]
+            lrs.append(float(g["lr"]))
+            moms.append(float(g["momentum"]))
+            if i < total - 1:
+                sched.step()
 
     def index(progress: float) -> int:
         return min(total - 1, max(0, round((progress - start_epoch) * steps_per_epoch)))
