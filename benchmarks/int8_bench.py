@@ -77,14 +77,7 @@ def cpu_flags() -> dict[str, bool]:
 
 
 def all_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = dict(B.versions())
-    for name in ("onnx",):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
+    out = B.versions(("sdedge", "numpy", "onnxruntime", "onnx"))
     out["python"] = platform.python_version()
     return out
 

@@ -99,19 +99,9 @@ def paired_differences(per_seed: dict[str, list[dict]], method: str = "byot",
 
 
 def machine_and_versions() -> dict:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
+    from sdedge.calibrate import benchmarking as B
 
-    from sdedge.common.hostinfo import available_cpus, cpu_model
-
-    vers = {}
-    for name in ("sdedge", "torch", "torchvision", "numpy"):
-        try:
-            vers[name] = version(name)
-        except PackageNotFoundError:
-            vers[name] = None
-    return {"machine": f"{cpu_model()}, {available_cpus()} CPUs available, {platform.system()} {platform.release()}, "
-                       f"Python {platform.python_version()}", "versions": vers,
+    return {"machine": B.machine(), "versions": B.versions(("sdedge", "torch", "torchvision", "numpy")),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 

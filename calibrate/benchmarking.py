@@ -42,12 +42,12 @@ def stats_ms(samples_s: Sequence[float]) -> dict[str, float]:
             "min_ms": float(a.min()), "n": int(a.size)}
 
 
-def versions() -> dict[str, str | None]:
+def versions(names: Sequence[str] = ("sdedge", "numpy", "onnxruntime")) -> dict[str, str | None]:
     """Versions of what a figure depends on (``None`` where a package is not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for name in ("sdedge", "numpy", "onnxruntime"):
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -55,11 +55,16 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def machine() -> str:
+    """The machine a figure was measured on: CPU model, CPUs this process may use, OS, Python."""
+    return (f"{cpu_model()}, {available_cpus()} CPUs available to this process, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
+
+
 def contract(threads: int | None, warmup: int, runs: int, batch: int = 1, extra: str = "") -> dict[str, Any]:
     return {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "machine": f"{cpu_model()}, {available_cpus()} CPUs available to this process, {platform.system()} "
-                   f"{platform.release()}, Python {platform.python_version()}",
+        "machine": machine(),
         "versions": versions(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "threads": threads, "warmup_calls": warmup, "timed_calls": runs, "batch": batch,
