@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed)
     cfg = PruneConfig(checkpoint=args.checkpoint, output=args.output, target_macs=args.target_macs,
                       section_macs=args.section_macs, importance=args.importance, steps=args.steps,
-                      step_epochs=args.step_epochs, round_to=args.round_to, recovery=args.recovery, data_free=args.data_free, synth=synth,
+                      step_epochs=args.step_epochs, round_to=args.round_to, recovery=args.recovery,
+                      data_free=args.data_free, synth=synth,
                       synth_val_images=args.synth_val_images, train=train_cfg)
     result = prune(cfg)
     if args.json:

@@ -194,14 +194,24 @@ def _apply(net: MultiExitNet, ratios: list[float], settings: PruneSettings, exam
             # a consistent network for the caller (heads' features as wide as the deepest exit's, channel
             # bookkeeping current), so it can be saved, loaded and trained like a finished one
             _match_head_widths(tp, net, example)
-            refresh_section_channels(net, int(example.shape[1]), (int(example.shape[2]), int(example.shape[3])))
+            _refresh_channels(net, example)
             between_steps(net, step + 1)
     net.zero_grad(set_to_none=True)
     _match_head_widths(tp, net, example)
 
 
+def _geometry(example: torch.Tensor) -> tuple[int, tuple[int, int]]:
+    """``(channels, (height, width))`` of an NCHW example batch."""
+    return int(example.shape[1]), (int(example.shape[2]), int(example.shape[3]))
+
+
+def _refresh_channels(net: MultiExitNet, example: torch.Tensor) -> None:
+    """``net.section_channels`` after pruning, probed at ``example``'s channels and size."""
+    refresh_section_channels(net, *_geometry(example))
+
+
 def _costs(net: MultiExitNet, example: torch.Tensor) -> list[ExitCost]:
-    return exit_costs(net, int(example.shape[1]), (int(example.shape[2]), int(example.shape[3])))
+    return exit_costs(net, *_geometry(example))
 
 
 def _trial(net: MultiExitNet, ratios: list[float], settings: PruneSettings, example: torch.Tensor) -> list[ExitCost]:
@@ -266,7 +276,7 @@ def prune_network(net: MultiExitNet, settings: PruneSettings, example: torch.Ten
     channels_before = list(net.section_channels)
     ratios = search_ratios(net, settings, example)
     _apply(net, ratios, settings, example, grad_batch, between_steps)
-    refresh_section_channels(net, int(example.shape[1]), (int(example.shape[2]), int(example.shape[3])))
+    _refresh_channels(net, example)
     after = _costs(net, example)
     net.train(was_training)
     return PruneReport(settings, ratios, before, after, channels_before, list(net.section_channels))
