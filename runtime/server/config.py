@@ -21,6 +21,7 @@ from ...common.errors import SdedgeError
 from ...common.hostinfo import available_cpus
 from ..options import SessionOptions
 from ..policies import check_budget_ms, check_criterion, check_threshold
+from .http_impl import HTTP_IMPLS, LOOPS
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -95,8 +96,6 @@ class ServerConfig:
             if self.grpc_port > 65535:
                 raise ServerConfigError(f"grpc_port must be in 0..65535 (or None: no gRPC), got {self.grpc_port}")
         _positive_int(self, "max_queue_delay_us", allow_zero=True)
-        from .http_impl import HTTP_IMPLS, LOOPS
-
         if self.http not in HTTP_IMPLS:
             raise ServerConfigError(f"http must be one of {HTTP_IMPLS}, got {self.http!r}")
         if self.loop not in LOOPS:
