@@ -16,6 +16,12 @@ mutants after the file's path (``runtime/policies.py`` -> ``runtime.policies``) 
 mutmut puts ``mutants/src`` first on ``sys.path`` so the staged ``sdedge`` shadows any installed one.
 The repository itself is never written to (only the two results files).
 
+The session module's tests run on both engines: the installed C++ core (``SDEDGE_NATIVE_LIBRARY`` set to
+the ``libsdedge.so`` of ``SDEDGE_BUILD_NATIVE=1 pip install -e .``; the run refuses to start without it) and
+the tests' tiny trained bundle, built once per run under ``--workdir`` by ``tests/conftest.py``'s builders
+and handed to every mutant's tests through ``SDEDGE_TEST_TINY_BUNDLE`` (a copy each time), so no mutant
+waits for a training.
+
 Each module runs with a focused pytest command: only the test files that exercise it (the suites that
 need a trained checkpoint or a live server are left out: seconds per mutant, not minutes), with
 ``-x -q -p no:cacheprovider``; mutmut runs for each mutant only the tests that reached the mutated
@@ -32,9 +38,9 @@ function. A mutant counts as
   run cannot reach).
 
 A listed entry is either ``"kind": "equivalent"`` or ``"kind": "unreachable"``: a mutant that is not
-equivalent but that this run cannot reach, named with why (code that runs only on the native engine, whose
-core this run does not build, or code that runs at import time, before mutmut switches a mutant on). Both
-are reported; only equivalent mutants leave the denominator of the score:
+equivalent but that this run cannot reach, named with why (code that runs only on a GPU, or code that runs
+at import time, before mutmut switches a mutant on). Both are reported; only equivalent mutants leave the
+denominator of the score:
 
 score = (killed + timeout) / (total - equivalent). Goal (issue 17): >= 90 % in each module.
 score_reachable = (killed + timeout) / (total - equivalent - unreachable), beside it.
@@ -86,10 +92,12 @@ MODULES: dict[str, dict] = {
                # test_losses.py but its training test (it needs the trained tiny checkpoint)
                "tests": ["tests/test_losses.py", "tests/test_mutants_losses.py"],
                "extra": ["-k", "not decreases"]},
+    # the session runs on both engines: the C++ core (the installed libsdedge.so) and the trained tiny bundle,
+    # built once before the run (``assets``), so its native-engine paths are tested, not just listed
     "session": {"sources": ["runtime/session.py"],
                 "tests": ["tests/test_deadline_policy.py", "tests/test_scheduling.py", "tests/test_session_options.py",
-                          "tests/test_mutants_session.py"],
-                "extra": ["-k", f"not ({' or '.join(REAL_BUNDLE_TESTS)})"]},
+                          "tests/test_mutants_session.py", "tests/test_native_engine.py"],
+                "assets": ["native", "tiny_bundle"]},
 }
 ORDER = ["policies", "bundle", "manifest", "protocol", "losses", "session"]
 
@@ -161,10 +169,43 @@ def all_mutant_names(cwd: Path) -> list[str]:
     return names
 
 
+def native_library() -> Path:
+    """The installed core (``libsdedge.so``) the session module's native-engine tests load; exits if not built."""
+    from sdedge import native
+
+    lib = Path(native.library_path())
+    if not lib.is_file():
+        sys.exit(f"the session module needs the native core ({lib} does not exist): build it with "
+                 f"SDEDGE_BUILD_NATIVE=1 pip install -e . first")
+    return lib
+
+
+def tiny_bundle(workdir: Path) -> Path:
+    """The tests' tiny bundle (tests/conftest.py's builders), trained and exported once into ``workdir``."""
+    out = workdir / "_assets" / "tiny_bundle"
+    if (out / "manifest.json").is_file():
+        return out
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); import conftest as c; "
+            f"c.build_tiny_bundle(c.build_tiny_checkpoint(Path({str(workdir / '_assets' / 'run')!r})), "
+            f"Path({str(out)!r}))")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    return out
+
+
+def asset_env(spec: dict, workdir: Path) -> dict[str, str]:
+    """The environment a module's tests need: the core's path and the prebuilt bundle (see MODULES)."""
+    env = {}
+    if "native" in spec.get("assets", ()):
+        env["SDEDGE_NATIVE_LIBRARY"] = str(native_library())
+    if "tiny_bundle" in spec.get("assets", ()):
+        env["SDEDGE_TEST_TINY_BUNDLE"] = str(tiny_bundle(workdir))
+    return env
+
+
 def run_module(name: str, spec: dict, workdir: Path, max_children: int, max_mutants: int | None) -> dict:
     cwd = workdir / name
     stage(cwd, name, spec)
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **asset_env(spec, workdir))
     cmd = [mutmut_exe(), "run", "--max-children", str(max_children)]
     t0 = time.time()
     sampled = None
@@ -291,14 +332,9 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from sdedge.calibrate.benchmarking import versions as package_versions
 
-    out = {}
-    for pkg in ("mutmut", "pytest", "numpy", "onnxruntime", "torch", "hypothesis"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
+    out: dict = package_versions(("mutmut", "pytest", "numpy", "onnxruntime", "torch", "hypothesis"))
     try:
         out["sdedge_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                                               text=True).stdout.strip()
@@ -322,9 +358,10 @@ def markdown(report: dict) -> str:
          f"{' (plus uncommitted files in the working tree)' if report['versions'].get('working_tree_dirty') else ''}  ",
          f"Wall time: {report['seconds']} s", "",
          "score = (killed + timeout) / (total - equivalent); goal >= 90 % per module. score (reachable) also leaves "
-         "out the surviving mutants this run cannot reach (native-engine-only code, import-time registration; each "
-         "listed below with why). Each module runs only its focused tests (below), so a mutant that a slower suite "
-         "(trained bundle, live server) would kill can still count as surviving here.", ""]
+         "out the surviving mutants this run cannot reach (code that runs only on a GPU or whose effect this "
+         "platform cannot show, import-time registration; each listed below with why). Each module runs only its "
+         "focused tests (below), so a mutant that a slower suite (trained bundle, live server) would kill can still "
+         "count as surviving here.", ""]
     if any(m.get("sampled") for m in report["modules"].values()):
         L += ["**Sampled run**: `--max-mutants-per-module` was set; scores of sampled modules are estimates.", ""]
     L += ["| module | files | total | killed | timeout | survived | no tests | equivalent | unreachable | score | "

@@ -368,8 +368,8 @@ class AnytimeSession:
                 finite = np.isfinite(row_dl)
                 row_ns = np.zeros(row_dl.shape[0], np.int64)
                 row_ns[finite] = np.maximum(1, np.round(row_dl[finite] * 1e9 + offset_ns))
-        thresholds = pol.thresholds if row_thr is None else (None,) * pol.num_exits
-        row_mode = row_thr is not None or row_dl is not None
+        row_mode = row_thr is not None  # infer_rows passes both row_thr and row_dl, infer neither
+        thresholds = (None,) * pol.num_exits if row_mode else pol.thresholds
 
         def rows_of(idx: list[int], res: np.ndarray, probs: np.ndarray, conf: np.ndarray) -> list[InferenceResult]:
             out = self._results(probs[idx], res["confidence"][idx], res["exit_index"][idx].tolist(),

@@ -78,26 +78,44 @@ def digits_splits():
     return load_splits("digits")
 
 
+def build_tiny_checkpoint(out: Path) -> Path:
+    """Train the tiny 3-exit model (BYOT, a few epochs on the built-in digits) into ``out``; its best.pt."""
+    from sdedge.train import TrainConfig, train
+
+    cfg = TrainConfig(dataset="digits", backbone="tiny", method="byot", epochs=4, batch_size=64, lr=0.2,
+                      output=str(out), seed=0, device="cpu", progress=False, backbone_kwargs={"width": 8})
+    return Path(train(cfg).best_checkpoint)
+
+
+def build_tiny_bundle(checkpoint: Path, out: Path) -> Path:
+    """Export ``checkpoint`` to a verified bundle at ``out`` (FP32 sections + full.onnx)."""
+    from sdedge.export import ExportConfig, export_bundle
+
+    return Path(export_bundle(ExportConfig(checkpoint=str(checkpoint), output=str(out))).bundle_path)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny 3-exit model trained for a few epochs on the built-in digits (BYOT)."""
-    from sdedge.train import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("tiny_run")
-    cfg = TrainConfig(dataset="digits", backbone="tiny", method="byot", epochs=4, batch_size=64, lr=0.2,
-                      output=str(out), seed=0, device="cpu", progress=False, backbone_kwargs={"width": 8})
-    result = train(cfg)
-    return Path(result.best_checkpoint)
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint exported to a verified bundle (FP32 sections + full.onnx)."""
-    from sdedge.export import ExportConfig, export_bundle
+def tiny_bundle(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported to a verified bundle (FP32 sections + full.onnx).
 
+    ``SDEDGE_TEST_TINY_BUNDLE`` names a bundle built once by :func:`build_tiny_bundle` (the mutation run,
+    ``benchmarks/mutation.py``, sets it so each mutant's tests skip the training): it is copied, never used
+    in place, and verified like any other bundle by the tests that open it.
+    """
     out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
-    result = export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(out)))
-    return Path(result.bundle_path)
+    prebuilt = os.environ.get("SDEDGE_TEST_TINY_BUNDLE")
+    if prebuilt:
+        import shutil
+
+        shutil.copytree(prebuilt, out)
+        return out
+    return build_tiny_bundle(request.getfixturevalue("tiny_checkpoint"), out)
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,21 @@ def test_ce_term_defaults_to_every_exit_and_names_its_exits() -> None:
     z, yn = _z(out), y.numpy()
     assert build_term("ce", CTX)(LossBatch(out, y)).item() == pytest.approx(sum(_np_ce(v, yn) for v in z), rel=1e-6)
     assert "exits=shallow" in repr(build_term("hint", CTX))
-    assert "exits=all" in repr(build_term("ce", CTX))
+    assert repr(build_term("ce", CTX)) == "CrossEntropyTerm(exits=all)"  # no smoothing: not named
+    assert repr(build_term("ce", CTX, exits="shallow", label_smoothing=0.1)) == (
+        "CrossEntropyTerm(exits=shallow, label_smoothing=0.1)")
+
+
+def test_kl_term_takes_the_softmax_over_classes_without_a_warning() -> None:
+    import warnings
+
+    out, y = _random_output(seed=3)
+    teacher, _ = _random_output(seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when softmax has to guess its dim
+        v = build_term("kl", CTX, temperature=3.0)(LossBatch(out, y, teacher)).item()
+    z, zt = _z(out), _z(teacher)
+    assert v == pytest.approx(sum(_np_kl_t(z[i], zt[2], 3.0) for i in range(3)), rel=1e-6)
 
 
 def test_kl_term_defaults_are_the_teachers_deepest_exit_at_t4_on_every_exit() -> None:

@@ -221,3 +221,63 @@ def test_auto_picks_native_where_it_can(tiny_bundle: Path) -> None:
     s = AnytimeSession(tiny_bundle, clock=lambda: time.perf_counter(), **OPTS)  # a custom clock: Python
     assert s.engine == "python"
     s.close()
+
+
+# -- each test below opens its own sessions: mutation testing (benchmarks/mutation.py) credits the start of a
+# -- module-scoped session to the first test that used it only, so what the start sets up is checked here ---------
+def test_a_native_start_runs_in_the_core_and_reads_the_bundles_profile(calibrated_bundle: Path,
+                                                                        tmp_path: Path) -> None:
+    from sdedge.runtime.profile import make_profile, profile_relpath
+
+    require_engine("native")
+    dst = tmp_path / "bundle"
+    shutil.copytree(calibrated_bundle, dst)
+    py = AnytimeSession(dst, engine="python", **OPTS)
+    k, device = py.num_exits, py.device_name
+    py.close()
+    doc = make_profile(device, "onnxruntime", "fp32", 1, {1: [[0.5 + s] * 5 for s in range(k)]}, 0.25, 5)
+    update_bundle(dst, {profile_relpath(device): dump_json(doc)})
+    nat, py = AnytimeSession(dst, engine="native", **OPTS), AnytimeSession(dst, engine="python", **OPTS)
+    assert nat.engine == "native" and nat.profile is not None and nat.profile == py.profile
+    # the core reads the same profile: its figures are floors under its cost estimates
+    assert nat.section_cost_ms(k, 1) >= 0.5 + (k - 1)
+    with pytest.raises(AttributeError, match="AnytimeSession.estimator is not available on the native engine"):
+        nat.estimator
+    with pytest.raises(AttributeError, match="^'AnytimeSession' object has no attribute 'no_such_thing'$"):
+        nat.no_such_thing
+    nat.close()
+    py.close()
+
+
+def test_the_reference_backend_of_a_native_session_takes_its_options_and_closes_with_it(tiny_bundle: Path) -> None:
+    require_engine("native")
+    nat = AnytimeSession(tiny_bundle, engine="native", **OPTS)
+    be = nat.backend  # made on first access, with the session's backend options
+    assert be.options.intra_op_threads == 1 and be.options.max_batch == nat.max_batch
+    x = np.zeros((1, *nat.input_shape), np.float32)
+    assert len(be.run_chain(x)) == nat.num_exits
+    nat.close()
+    with pytest.raises(BackendError, match="backend is closed"):
+        be.run_chain(x)
+
+
+def test_rows_with_their_own_thresholds_and_deadlines_on_the_native_engine(calibrated_bundle: Path) -> None:
+    require_engine("native")
+    nat = AnytimeSession(calibrated_bundle, engine="native", **OPTS)
+    py = AnytimeSession(calibrated_bundle, engine="python", **OPTS)
+    k = nat.num_exits
+    raw = _images(nat.input_shape, 6, seed=26)
+    t = _off_ties(np.array([r.exit_confidences[0] for r in py.infer(raw)], np.float64), 0.5)
+    soon = time.perf_counter() + 60
+    thresholds = [None, t, [t] + [None] * (k - 2), None, t, None]
+    deadlines = [soon, soon, None, time.perf_counter() - 1.0, None, soon]  # row 3's deadline has passed
+    heard: list[int] = []
+    a = nat.infer_rows(raw, thresholds, deadlines, on_settled=lambda idx, rs: heard.extend(idx))
+    b = py.infer_rows(raw, thresholds, deadlines)
+    _assert_same(a, b)
+    assert sorted(heard) == list(range(6))
+    assert [r.deadline_met for r in a] == [True, True, None, False, None, True]
+    assert a[0].exit_index == a[5].exit_index == k and a[3].exit_index == 1 and a[3].stopped_by == "deadline"
+    assert all(0 < r.latency_ms < 60_000 for r in a)
+    nat.close()
+    py.close()

@@ -68,6 +68,8 @@ class Backend(abc.ABC):
         (``time.perf_counter`` around :meth:`run_section` alone: the upload and the callback are outside)
         and its features handle (``None`` after the last section).
         """
+        if self.num_sections < 1:  # close() drops the sections
+            raise BackendError(f"run_chain: the {self.name} backend is closed")
         last = self.num_sections if upto is None else upto
         if not 1 <= last <= self.num_sections:
             raise BackendError(f"run_chain: upto must be between 1 and {self.num_sections}, got {upto!r}")

@@ -206,7 +206,12 @@ class OnnxRuntimeBackend(Backend):
             return self._ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
         return x
 
+    def _closed(self) -> BackendError:
+        return BackendError("the onnxruntime backend is closed")
+
     def run_section(self, index: int, x: Any) -> tuple[Any | None, np.ndarray]:
+        if not self._sessions:
+            raise self._closed()
         sess = self._sessions[index - 1]
         last = index == len(self._sessions)
         if self.on_gpu:
@@ -261,6 +266,8 @@ class OnnxRuntimeBackend(Backend):
         return np.ascontiguousarray(x[rows])
 
     def run_reference(self, x: np.ndarray) -> np.ndarray:
+        if not self._sessions:
+            raise self._closed()
         if self._reference is None:
             if not self.bundle.has_full:
                 raise BackendError(f"bundle {self.bundle.path} has no full.onnx reference graph")

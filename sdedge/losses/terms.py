@@ -107,7 +107,7 @@ class Term(nn.Module):
     needs_teacher = False
     needs_preacts = False  # pre-ReLU section outputs of the student and the teacher
 
-    def __init__(self, ctx: TermContext, exits: str = "all") -> None:
+    def __init__(self, ctx: TermContext, exits: str) -> None:  # each term sets its own default exits
         super().__init__()
         self.exits = select_exits(exits, ctx.num_exits)
         self.exits_name = exits
