@@ -18,9 +18,10 @@ The repository itself is never written to (only the two results files).
 
 The session module's tests run on both engines: the installed C++ core (``SDEDGE_NATIVE_LIBRARY`` set to
 the ``libsdedge.so`` of ``SDEDGE_BUILD_NATIVE=1 pip install -e .``; the run refuses to start without it) and
-the tests' tiny trained bundle, built once per run under ``--workdir`` by ``tests/conftest.py``'s builders
-and handed to every mutant's tests through ``SDEDGE_TEST_TINY_BUNDLE`` (a copy each time), so no mutant
-waits for a training.
+the tests' tiny trained bundle, built once per run under ``--workdir`` by
+``native/tests/make_fixture_bundle.py`` (the settings of ``tests/conftest.py``'s fixture) and handed to
+every mutant's tests through ``SDEDGE_TEST_TINY_BUNDLE`` (a copy each time), so no mutant waits for a
+training.
 
 Each module runs with a focused pytest command: only the test files that exercise it (the suites that
 need a trained checkpoint or a live server are left out: seconds per mutant, not minutes), with
@@ -181,15 +182,11 @@ def native_library() -> Path:
 
 
 def tiny_bundle(workdir: Path) -> Path:
-    """The tests' tiny bundle (tests/conftest.py's builders), trained and exported once into ``workdir``."""
-    out = workdir / "_assets" / "tiny_bundle"
-    if (out / "manifest.json").is_file():
-        return out
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); import conftest as c; "
-            f"c.build_tiny_bundle(c.build_tiny_checkpoint(Path({str(workdir / '_assets' / 'run')!r})), "
-            f"Path({str(out)!r}))")
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
-    return out
+    """The tests' tiny bundle, trained and exported once into ``workdir`` (``make_fixture_bundle.py --reuse``)."""
+    out = subprocess.run([sys.executable, str(REPO / "native" / "tests" / "make_fixture_bundle.py"),
+                          str(workdir / "_assets" / "tiny_bundle"), "--reuse"], check=True, capture_output=True,
+                         text=True).stdout
+    return Path(out.strip())
 
 
 def asset_env(spec: dict, workdir: Path) -> dict[str, str]:

@@ -78,35 +78,33 @@ def digits_splits():
     return load_splits("digits")
 
 
-def build_tiny_checkpoint(out: Path) -> Path:
-    """Train the tiny 3-exit model (BYOT, a few epochs on the built-in digits) into ``out``; its best.pt."""
-    from sdedge.train import TrainConfig, train
+def _fixture_bundle_module():
+    """``native/tests/make_fixture_bundle.py``: the one place that says how the tiny model is trained."""
+    import importlib.util
 
-    cfg = TrainConfig(dataset="digits", backbone="tiny", method="byot", epochs=4, batch_size=64, lr=0.2,
-                      output=str(out), seed=0, device="cpu", progress=False, backbone_kwargs={"width": 8})
-    return Path(train(cfg).best_checkpoint)
-
-
-def build_tiny_bundle(checkpoint: Path, out: Path) -> Path:
-    """Export ``checkpoint`` to a verified bundle at ``out`` (FP32 sections + full.onnx)."""
-    from sdedge.export import ExportConfig, export_bundle
-
-    return Path(export_bundle(ExportConfig(checkpoint=str(checkpoint), output=str(out))).bundle_path)
+    spec = importlib.util.spec_from_file_location("make_fixture_bundle",
+                                                  REPO / "native" / "tests" / "make_fixture_bundle.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny 3-exit model trained for a few epochs on the built-in digits (BYOT)."""
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))
+    from sdedge.train import TrainConfig, train
+
+    cfg = TrainConfig(epochs=4, output=str(tmp_path_factory.mktemp("tiny_run")), **_fixture_bundle_module().TINY)
+    return Path(train(cfg).best_checkpoint)
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
     """The tiny checkpoint exported to a verified bundle (FP32 sections + full.onnx).
 
-    ``SDEDGE_TEST_TINY_BUNDLE`` names a bundle built once by :func:`build_tiny_bundle` (the mutation run,
-    ``benchmarks/mutation.py``, sets it so each mutant's tests skip the training): it is copied, never used
-    in place, and verified like any other bundle by the tests that open it.
+    ``SDEDGE_TEST_TINY_BUNDLE`` names the same bundle built once by ``native/tests/make_fixture_bundle.py``
+    (the mutation run, ``benchmarks/mutation.py``, sets it so each mutant's tests skip the training): it is
+    copied, never used in place, and verified like any other bundle by the tests that open it.
     """
     out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
     prebuilt = os.environ.get("SDEDGE_TEST_TINY_BUNDLE")
@@ -115,7 +113,10 @@ def tiny_bundle(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
 
         shutil.copytree(prebuilt, out)
         return out
-    return build_tiny_bundle(request.getfixturevalue("tiny_checkpoint"), out)
+    from sdedge.export import ExportConfig, export_bundle
+
+    checkpoint = request.getfixturevalue("tiny_checkpoint")
+    return Path(export_bundle(ExportConfig(checkpoint=str(checkpoint), output=str(out))).bundle_path)
 
 
 @pytest.fixture(scope="session")

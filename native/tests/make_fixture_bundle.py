@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# the same settings as tests/conftest.py's tiny_checkpoint fixture
+# the tiny model's training settings (tests/conftest.py's tiny_checkpoint fixture reads them from here)
 TINY = dict(dataset="digits", backbone="tiny", method="byot", batch_size=64, lr=0.2, seed=0, device="cpu",
             progress=False, backbone_kwargs={"width": 8})
 
