@@ -13,8 +13,9 @@ preloaded, preprocessed float inputs, interleaved call by call in a shuffled ord
   computed, never stopping): ``AnytimeSession.infer`` on each engine, entry to return.
 
 Printed: p50/p99 of each, and each session contender over ``full`` and over ``chain`` (p50). Then the
-native core's own time by its own clock (:func:`core_own_time`), and each engine's decision overhead (:func:`sdedge.calibrate.benchmarking.decision_overhead`: per section and per
-call, from ``infer`` forced to stop at each exit beside the chain to that exit). The two engines load the
+native core's own time by its own clock (:func:`core_own_time`), and each engine's decision overhead
+(:func:`sdedge.calibrate.benchmarking.decision_overhead`: per section and per call, from ``infer`` forced
+to stop at each exit beside the chain to that exit). The two engines load the
 same ONNX Runtime library (the wheel's), so the graphs cost the same under both. Goals (issue 12): the
 deadline-only policy at the deepest exit <= 1.03 x ``full.onnx``, the confidence policy <= 1.15 x;
 decision overhead <= 3 us per section and <= 10 us per call.
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sdedge.calibrate import benchmarking as B
-from sdedge.runtime import AnytimeSession
+from sdedge.runtime import AnytimeSession, open_bundle
 
 
 def profile_free_copy(bundle: str, dest: Path) -> Path:
@@ -56,16 +57,17 @@ def core_own_time(bundle: str, xs: list[np.ndarray], threads: int, runs: int, wa
     ``warmup`` calls; its median own time is read back. The core's figure is the window's quantile raised to
     the last two samples (so a slowdown is felt at once): read after each of 200 more calls, the smallest
     reading is the median itself (any two consecutive calls at or under it). A least-squares line through the
-    K medians gives the own time per section and per call. This counts the decisions and bookkeeping, not the backend's wrapper
-    round a run (binding the tensors, reading the shapes, copying the logits), which falls inside the timed run.
+    K medians gives the own time per section and per call. This counts the decisions and bookkeeping, not
+    the backend's wrapper round a run (binding the tensors, reading the shapes, copying the logits), which
+    falls inside the timed run.
     """
     with tempfile.TemporaryDirectory() as tmp:
         root = profile_free_copy(bundle, Path(tmp) / "bundle")
+        n = open_bundle(root).manifest.num_exits
         per_exit = []
-        for k in range(1, 100):
+        for k in range(1, n + 1):
             s = AnytimeSession(root, engine="native", intra_op_threads=threads, warmup=5, latency_quantile=0.5,
                                latency_window=runs)
-            n = s.num_exits
             thr = [1.0] * (k - 1) + ([0.0] if k < n else []) + [1.0] * max(0, n - 1 - k)
             got, readings = [], []
             for i in range(warmup + runs + 200):
@@ -75,8 +77,6 @@ def core_own_time(bundle: str, xs: list[np.ndarray], threads: int, runs: int, wa
             per_exit.append({"exit": k, "own_us_p50": min(readings) * 1e3,
                              "stopped_elsewhere": int(sum(e != k for e in got))})
             s.close()
-            if k == n:
-                break
     slope, intercept = np.polyfit([e["exit"] for e in per_exit], [e["own_us_p50"] for e in per_exit], 1)
     return {"per_exit": per_exit, "per_section_us": float(slope), "per_call_us": float(intercept)}
 
