@@ -178,6 +178,29 @@ def _best_within(points: list[dict[str, Any]], limit: float) -> dict[str, Any] |
     return max(ok, key=lambda p: (p["accuracy"], -p["mean_latency_ms"])) if ok else None
 
 
+def anytime_auc(points: Sequence[dict[str, Any]], horizon_ms: float) -> float:
+    """Normalised area under an anytime curve: the mean, over latency limits from 0 to ``horizon_ms``, of
+    the best accuracy among ``points`` whose ``mean_latency_ms`` fits the limit (0 while none fits).
+
+    1.0 means every answer right at no cost; a model with the same accuracies at lower latency scores higher.
+    Computed exactly on the step function (points: dicts with ``mean_latency_ms`` and ``accuracy``, as in
+    every series of a :class:`CurveSet`).
+    """
+    horizon = float(horizon_ms)
+    if not math.isfinite(horizon) or horizon <= 0:
+        raise ValueError(f"horizon_ms must be a positive number, got {horizon_ms!r}")
+    steps = sorted((float(p["mean_latency_ms"]), float(p["accuracy"])) for p in points
+                   if p.get("mean_latency_ms") is not None and math.isfinite(float(p["mean_latency_ms"])))
+    area, best, at = 0.0, 0.0, 0.0
+    for lat, acc in steps:
+        if lat >= horizon:
+            break
+        lat = max(lat, 0.0)
+        area += best * (lat - at)
+        best, at = max(best, acc), lat
+    return (area + best * (horizon - at)) / horizon
+
+
 def accuracy_at_fractions(cs: CurveSet, fractions: Sequence[float] = FRACTIONS) -> list[dict[str, Any]]:
     """Per fraction of the full latency: accuracy of each policy within it (None where nothing fits)."""
     full = cs.full_latency_ms

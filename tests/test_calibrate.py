@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from sdedge.calibrate.api import CalibrationConfig, calibrate_bundle
-from sdedge.calibrate.curves import accuracy_at_fractions, offline_curves, simulate_deadline_exit
+from sdedge.calibrate.curves import accuracy_at_fractions, anytime_auc, offline_curves, simulate_deadline_exit
 from sdedge.calibrate.metrics import ece, nll
 from sdedge.calibrate.temperature import fit_temperature, fit_temperatures
 from sdedge.calibrate.thresholds import ExitCosts, ReplayTable, Target, fit_heldout_split, select_thresholds
@@ -348,6 +348,23 @@ def test_curves_summary_at_latency_fractions() -> None:
     assert last["fixed_exit"]["accuracy"] == pytest.approx(ReplayTable(z, y, (1, 1, 1)).exit_accuracies()[-1])
     assert last["confidence"]["accuracy"] >= last["fixed_exit"]["accuracy"]
     assert rows[0]["fixed_exit"] is None  # 0.75 ms: not even exit 1 fits
+
+
+def test_anytime_auc_is_the_exact_area_under_the_best_accuracy_that_fits() -> None:
+    pts = [{"mean_latency_ms": 1.0, "accuracy": 0.5}, {"mean_latency_ms": 3.0, "accuracy": 0.9},
+           {"mean_latency_ms": 2.0, "accuracy": 0.4}]  # unsorted; the 2 ms point is dominated by the 1 ms one
+    # 0 on [0, 1), 0.5 on [1, 3), 0.9 on [3, 4]: (0 + 1.0 + 0.9) / 4
+    assert anytime_auc(pts, 4.0) == pytest.approx(1.9 / 4)
+    assert anytime_auc(pts, 2.0) == pytest.approx(0.5 / 2)  # points beyond the horizon do not count
+    cheaper = [dict(p, mean_latency_ms=p["mean_latency_ms"] / 2) for p in pts]
+    assert anytime_auc(cheaper, 4.0) > anytime_auc(pts, 4.0)  # same accuracies, faster: a larger area
+    assert anytime_auc([], 4.0) == 0.0
+    with pytest.raises(ValueError, match="horizon"):
+        anytime_auc(pts, 0.0)
+    z, y = synth(1000, seed=7)
+    cs = offline_curves(ReplayTable(z, y, (1.0, 1.0, 1.0)), COSTS)
+    full = cs.series["fixed_exit"][-1]
+    assert anytime_auc(cs.series["fixed_exit"], full["mean_latency_ms"]) < full["accuracy"]
 
 
 # -- interruptions, permissions ------------------------------------------------------------------------------------------
