@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -65,12 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdedge.checkpoint import load_checkpoint
     from sdedge.export import ExportConfig, export_bundle
-    from sdedge.common.hostinfo import available_cpus, cpu_model
+    from sdedge.calibrate.benchmarking import machine as describe_machine
 
-    machine = {"cpu": cpu_model(), "cpus": available_cpus(), "python": platform.python_version(),
-               "threads": args.threads}
-    print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs available, ONNX Runtime threads "
-          f"{args.threads or 'default'}")
+    machine = {"machine": describe_machine(), "threads": args.threads}
+    print(f"machine: {machine['machine']}; ONNX Runtime threads {args.threads or 'default'}")
     results = []
     with tempfile.TemporaryDirectory(prefix="sdedge-export-bench-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)

@@ -55,7 +55,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -316,18 +315,6 @@ def _natural(key: str) -> tuple:
     return (m.group(1), int(m.group(2))) if m else (key, 0)
 
 
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    try:
-        from sdedge.common import hostinfo
-
-        info["cpu"] = hostinfo.cpu_model()
-        info["available_cpus"] = hostinfo.available_cpus()
-    except Exception as e:  # pragma: no cover - the report still names the platform
-        info["cpu"] = f"unknown ({e})"
-    return info
-
-
 def versions() -> dict:
     from sdedge.calibrate.benchmarking import versions as package_versions
 
@@ -348,8 +335,7 @@ def markdown(report: dict) -> str:
          f"Tool: mutmut {report['versions'].get('mutmut')} (pytest {report['versions'].get('pytest')}, "
          f"numpy {report['versions'].get('numpy')}, onnxruntime {report['versions'].get('onnxruntime')}, "
          f"torch {report['versions'].get('torch')})  ",
-         f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('available_cpus')} CPUs available, "
-         f"{report['machine']['platform']}, Python {report['machine']['python']}  ",
+         f"Machine: {report['machine']}  ",
          f"Date: {report['date']}  ",
          f"Commit: {report['versions'].get('sdedge_commit')}"
          f"{' (plus uncommitted files in the working tree)' if report['versions'].get('working_tree_dirty') else ''}  ",
@@ -440,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     if REPO.resolve() in [workdir.resolve(), *workdir.resolve().parents]:
         sys.exit("--workdir must be outside the repository (the staged copies are mutated)")
     equivalents = load_equivalents()
+    from sdedge.calibrate.benchmarking import machine
+
     t0 = time.time()
     modules = {}
     for name in [m for m in ORDER if m in a.modules]:
