@@ -268,13 +268,15 @@ def markdown(rec: dict) -> str:
              f"Machine: {rec['machine']}; load average at start {rec['load_average']}.  ",
              f"Versions: {json.dumps(rec['versions'])}.  ",
              f"Settings: {json.dumps({k: v for k, v in rec['settings'].items() if k not in ('json', 'md', 'quiet')})}.", "",
-             "| row | prec | MACs kept | params | MACs/exit (M) | p50 ms/exit | latency ÷ unpruned | test acc/exit | Δ pp/exit | ens | deadline AUC | calibrated AUC | calibrated: test acc @ mean ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | prec | MACs kept | params | MACs/exit (M) | p50 ms/exit | latency ÷ unpruned | latency ratio ÷ MAC ratio | test acc/exit | Δ pp/exit | ens | deadline AUC | calibrated AUC | calibrated: test acc @ mean ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rec["rows"]:
         macs = "/".join(f"{m / 1e6:.2f}" if m else "-" for m in r["macs_per_exit"])
         lines.append(f"| {r['row']} | {r['precision']} | {r['macs_kept']:.3f} | {r['params'] or '-'} | {macs} | "
                      + "/".join(f"{v:.3f}" for v in r["p50_ms_per_exit"]) + " | "
                      + "/".join(f"{v:.2f}" for v in r["latency_ratio_per_exit"]) + " | "
+                     + "/".join(f"{a / m:.2f}" if m else "-" for a, m in zip(r["latency_ratio_per_exit"],
+                                                                           r["mac_ratio_per_exit"])) + " | "
                      + "/".join(f"{a:.4f}" for a in r["test_accuracy_per_exit"]) + " | "
                      + "/".join(f"{d:+.2f}" for d in r["accuracy_change_pp"]) + f" | {r['test_ensemble']:.4f} | "
                      f"{r['anytime_auc']:.4f} | {r['calibrated']['anytime_auc']:.4f} | "
