@@ -54,27 +54,8 @@ from typing import Any
 import numpy as np
 
 from sdedge.calibrate import benchmarking as B
-from sdedge.common.hostinfo import available_cpus, cpu_model
+from sdedge.common.hostinfo import available_cpus, cpu_flags, cpu_model
 from sdedge.common.jsonio import write_json_atomic
-
-FLAG_NAMES = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
-              "amx_tile", "asimddp", "i8mm")
-
-
-def cpu_flags() -> dict[str, bool]:
-    """Which of the SIMD features MLAS's integer kernels use the CPU reports (``/proc/cpuinfo``)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return {}
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-            break
-    return {f: f in flags for f in FLAG_NAMES}
-
 
 def all_versions() -> dict[str, str | None]:
     out = B.versions(("sdedge", "numpy", "onnxruntime", "onnx"))

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from sdedge.common.hostinfo import available_cpus, cpu_model
+from sdedge.common.hostinfo import available_cpus, cpu_flags, cpu_model
 from sdedge.runtime.backends.base import Backend, BackendOptions
 from sdedge.runtime.policies import ConfidencePolicy, replay, softmax
 
@@ -56,8 +56,12 @@ def versions(names: Sequence[str] = ("sdedge", "numpy", "onnxruntime")) -> dict[
 
 
 def machine() -> str:
-    """The machine a figure was measured on: CPU model, CPUs this process may use, OS, Python."""
-    return (f"{cpu_model()}, {available_cpus()} CPUs available to this process, {platform.system()} "
+    """The machine a figure was measured on: CPU model, its SIMD features, CPUs this process may use, OS, Python.
+
+    (Virtual machines that report the same CPU model can differ in SIMD features, which decide e.g.
+    whether INT8 kernels beat float ones.)"""
+    simd = " ".join(f for f, on in cpu_flags().items() if on) or "unknown"
+    return (f"{cpu_model()} (SIMD: {simd}), {available_cpus()} CPUs available to this process, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}")
 
 

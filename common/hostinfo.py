@@ -27,6 +27,27 @@ def cpu_model() -> str:
     return board_model() or platform.processor() or platform.machine() or "unknown"
 
 
+# SIMD features ONNX Runtime's (MLAS's) float and integer kernels use: whether INT8 beats FP32 depends on them
+SIMD_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+              "amx_tile", "asimddp", "i8mm")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> dict[str, bool]:
+    """Which of :data:`SIMD_FLAGS` the CPU reports (``cpuinfo``; ``{}`` where it cannot be read)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+            break
+    return {f: f in flags for f in SIMD_FLAGS}
+
+
 def board_model() -> str | None:
     """The board's name from the device tree (Jetson, Raspberry Pi), or None elsewhere."""
     for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):

@@ -350,6 +350,18 @@ def test_curves_summary_at_latency_fractions() -> None:
     assert rows[0]["fixed_exit"] is None  # 0.75 ms: not even exit 1 fits
 
 
+def test_cpu_flags_name_the_simd_features_int8_speed_depends_on(tmp_path: Path) -> None:
+    from sdedge.common.hostinfo import SIMD_FLAGS, cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    got = cpu_flags(str(info))
+    assert set(got) == set(SIMD_FLAGS)
+    assert [f for f, on in got.items() if on] == ["avx2", "avx512f", "avx512_vnni"]  # the first CPU's line
+    assert cpu_flags(str(tmp_path / "missing")) == {}
+
+
 def test_anytime_auc_is_the_exact_area_under_the_best_accuracy_that_fits() -> None:
     pts = [{"mean_latency_ms": 1.0, "accuracy": 0.5}, {"mean_latency_ms": 3.0, "accuracy": 0.9},
            {"mean_latency_ms": 2.0, "accuracy": 0.4}]  # unsorted; the 2 ms point is dominated by the 1 ms one
