@@ -5,7 +5,8 @@ Rows: the unpruned FP32 model; pruned to each ``--targets`` fraction of the MACs
 images synthesised from the teacher, no data read); each also as INT8 sections (``sdedge export --int8``).
 Columns: parameters, MACs per exit, p50 latency per exit (ONNX Runtime CPU, 1 thread, batch 1: the sum
 of the section p50s along the chain (MACs likewise: each section with its exit head), sections timed
-interleaved across all rows), test accuracy per exit and of the ensemble (ONNX Runtime on the exported
+interleaved across all rows; ``latency ratio ÷ MAC ratio`` per exit against the unpruned FP32 row: 1.00
+when latency falls in proportion to MACs), test accuracy per exit and of the ensemble (ONNX Runtime on the exported
 sections), and two areas under an anytime curve (:func:`sdedge.calibrate.curves.anytime_auc`: the mean,
 over latency limits from 0 to the unpruned FP32 model's deepest-exit latency, of the best accuracy that fits
 the limit; 0 before exit 1 fits; a cheaper model with the same accuracy scores higher):
