@@ -11,7 +11,7 @@ Contract
   backward, SGD (momentum 0.9, weight decay 5e-4) update. Data loading and augmentation are *not*
   timed: every contender gets the same preloaded, already normalised synthetic batch (seeded), so
   the ratio isolates what the method costs.
-* channels_last on (the trainer default); fp32 on CPU, AMP (bf16 where supported) on CUDA, with a
+* the trainer's default memory format (``default_channels_last``: channels_last on CUDA and AVX-512 CPUs); fp32 on CPU, AMP (bf16 where supported) on CUDA, with a
   device synchronise before every clock read.
 * Warm-up: 2 steps per method (not timed). Then ``--steps`` timed steps per method, interleaved one
   step at a time (plain, dsn, byot, plain, ...), so a neighbour's load on a shared machine hits all
@@ -61,7 +61,10 @@ class Contender:
         torch.manual_seed(seed)
         mcfg = ModelConfig(cfg["backbone"], cfg["classes"], cfg["channels"], (cfg["size"], cfg["size"]),
                            backbone_kwargs={"width": cfg["width"]})
-        self.net = build_model(mcfg).to(device).to(memory_format=torch.channels_last)
+        from sdedge.train.config import default_channels_last
+
+        fmt = torch.channels_last if default_channels_last(device) else torch.contiguous_format
+        self.net = build_model(mcfg).to(device).to(memory_format=fmt)
         self.loss = build_method_loss(method, get_method(method).resolve(), self.net.num_exits, cfg["classes"],
                                       self.net.section_channels).to(device)
         deepest_only = self.loss.exits_used == [self.net.num_exits - 1]
@@ -73,7 +76,7 @@ class Contender:
         self.opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(batch, cfg["channels"], cfg["size"], cfg["size"], generator=g).to(device).contiguous(
-            memory_format=torch.channels_last)
+            memory_format=fmt)
         self.y = torch.randint(0, cfg["classes"], (batch,), generator=g).to(device)
         self.device, self.amp = device, amp
         self.times: list[float] = []
@@ -144,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         machine = f"{cpu_model()}, {torch.get_num_threads()} torch threads"
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     methods = list(dict.fromkeys(["plain", *args.methods]))
-    print(f"train step time: {machine}; torch {torch.__version__}; channels_last; "
+    from sdedge.train.config import default_channels_last
+
+    fmt = "channels_last" if default_channels_last(device) else "NCHW"
+    print(f"train step time: {machine}; torch {torch.__version__}; {fmt}; "
           f"{'AMP ' + str(amp).replace('torch.', '') if amp else 'fp32'}; "
           f"{args.steps} interleaved timed steps per method after 2 warm-up steps")
     out = []

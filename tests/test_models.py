@@ -248,10 +248,14 @@ def test_unknown_backbone_kwarg_is_a_type_error():
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_trains_with_preacts_in_channels_last(name):
-    # Training mode, channels_last (what the trainer uses), preacts captured: every weight gets a gradient.
-    model = _tiny_model(name, 3, 32, 32, 10).train().to(memory_format=torch.channels_last)
-    x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)
+def test_trains_with_preacts_in_the_trainers_memory_format(name):
+    # Training mode, the memory format the trainer picks on this CPU (channels_last where it is sound: see
+    # sdedge.train.config.default_channels_last), preacts captured: every weight gets a gradient.
+    from sdedge.train.config import default_channels_last
+
+    fmt = torch.channels_last if default_channels_last("cpu") else torch.contiguous_format
+    model = _tiny_model(name, 3, 32, 32, 10).train().to(memory_format=fmt)
+    x = torch.randn(4, 3, 32, 32).to(memory_format=fmt)
     out = model(x, return_preacts=True)
     loss = sum(nn.functional.cross_entropy(lg, torch.arange(4)) for lg in out.logits)
     loss = loss + sum(p.pow(2).mean() for p in out.preacts)
@@ -285,3 +289,16 @@ def test_new_families_export_to_onnx_sections(name):
         torch.testing.assert_close(torch.from_numpy(logits), ref[k], rtol=1e-4, atol=1e-4)
         if k < model.num_exits - 1:
             feed = next(v for n, v in outs.items() if n.startswith("features"))
+
+
+def test_channels_last_is_the_default_only_where_it_is_sound(monkeypatch):
+    import sdedge.common.hostinfo as hostinfo
+    from sdedge.train.config import default_channels_last
+
+    assert default_channels_last(torch.device("cuda", 0)) and default_channels_last("cuda")
+    monkeypatch.setattr(hostinfo, "cpu_flags", lambda *a: {"avx2": True, "avx512f": False})
+    assert not default_channels_last(torch.device("cpu"))  # oneDNN's AVX2 channels_last backward crashed
+    monkeypatch.setattr(hostinfo, "cpu_flags", lambda *a: {"avx2": True, "avx512f": True})
+    assert default_channels_last("cpu")
+    monkeypatch.setattr(hostinfo, "cpu_flags", lambda *a: {})  # unknown CPU (no /proc/cpuinfo): the safe format
+    assert not default_channels_last("cpu")

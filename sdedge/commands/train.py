@@ -174,8 +174,9 @@ def add_trainer_arguments(p: argparse.ArgumentParser, epochs: int = 200, lr: flo
     g.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N")
     g.add_argument("--amp", type=_bool, default=None, metavar="on|off",
                    help="mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); default on for CUDA")
-    g.add_argument("--channels-last", type=_bool, default=True, metavar="on|off",
-                   help="channels_last memory format (default on; faster on CPU and tensor cores)")
+    g.add_argument("--channels-last", type=_bool, default=None, metavar="on|off",
+                   help="channels_last memory format (default: on for CUDA and for CPUs with AVX-512; off on other "
+                        "CPUs, where torch's oneDNN AVX2 kernels crashed with it)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--eval-batch-size", type=int, default=512, help="batch size of the validation/test passes")
     g.add_argument("--no-resume", dest="resume", action="store_false",

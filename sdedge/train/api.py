@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from ..models import ModelConfig, build_model
 from ..common.jsonio import write_json_atomic
 from ..common.errors import CheckpointError
 from . import ddp
-from .config import TrainConfig, TrainConfigError, TrainResult
+from .config import TrainConfig, TrainConfigError, TrainResult, default_channels_last
 from .evaluate import as_tensor, evaluate_arrays, format_table, normalized_batches
 from .loop import EpochInputs, TrainForward, run_epoch
 from .schedule import StepSchedule, lr_at, onecycle, steps_per_epoch
@@ -80,10 +80,12 @@ def _check_fits_data(what: str, cfg: ModelConfig, num_classes: int, in_channels:
 
 class _Run:
     def __init__(self, cfg: TrainConfig, dist: ddp.DistInfo, splits=None) -> None:
+        self.dev = dist.device
+        if cfg.channels_last is None:
+            cfg = replace(cfg, channels_last=default_channels_last(self.dev))
         self.cfg = cfg
         self.given_splits = splits
         self.dist = dist
-        self.dev = dist.device
         self.out = Path(cfg.output)
         self.best_path = self.out / "best.pt"
         self.last_path = self.out / "last.pt"

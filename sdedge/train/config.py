@@ -24,6 +24,21 @@ RUN_ONLY_FIELDS = frozenset({"output", "data", "download", "device", "amp", "cha
                              "resume", "stop_after", "eval_batch_size", "threads"})
 
 
+def default_channels_last(device: Any) -> bool:
+    """Whether training uses the channels_last memory format when the config leaves it open: on for CUDA
+    (tensor cores) and for CPUs with AVX-512 (oneDNN's NHWC kernels), off on other CPUs.
+
+    Why not on every CPU: with torch 2.14.1 on an AVX2-only machine, oneDNN's AVX2 kernel for the weight
+    gradients of 1x1 convolutions in channels_last crashed (segmentation fault) or hung in a few of 40
+    backward passes of a width-4 ResNet-18 (``tests/test_models.py``); contiguous NCHW ran them all.
+    """
+    if str(getattr(device, "type", device)).startswith("cuda"):
+        return True
+    from ..common.hostinfo import cpu_flags
+
+    return bool(cpu_flags().get("avx512f"))
+
+
 class TrainConfigError(SdedgeError, ValueError):
     """A training option is out of range, inconsistent with the method, or with a resumed run."""
 
@@ -78,7 +93,7 @@ class TrainConfig:
     select: str = "auto"  # best.pt criterion on validation: mean of exits | deepest | ensemble | auto
     device: str = "auto"
     amp: bool | None = None  # None: on for CUDA (bf16 where supported, else fp16 + GradScaler); off on CPU
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: default_channels_last(device)
     threads: int | None = None  # torch intra-op threads (None: leave torch's default)
     eval_batch_size: int = 512
     output: str = "runs/run"
