@@ -53,7 +53,7 @@ def cpu_model() -> str:
 
 class Contender:
     def __init__(self, method: str, cfg: dict, batch: int, device: torch.device, amp: torch.dtype | None,
-                 seed: int = 0) -> None:
+                 fmt: torch.memory_format, seed: int = 0) -> None:
         from sdedge.losses import build_method_loss, get_method
         from sdedge.models import ModelConfig, build_model
         from sdedge.train.loop import TrainForward
@@ -61,9 +61,6 @@ class Contender:
         torch.manual_seed(seed)
         mcfg = ModelConfig(cfg["backbone"], cfg["classes"], cfg["channels"], (cfg["size"], cfg["size"]),
                            backbone_kwargs={"width": cfg["width"]})
-        from sdedge.train.config import default_channels_last
-
-        fmt = torch.channels_last if default_channels_last(device) else torch.contiguous_format
         self.net = build_model(mcfg).to(device).to(memory_format=fmt)
         self.loss = build_method_loss(method, get_method(method).resolve(), self.net.num_exits, cfg["classes"],
                                       self.net.section_channels).to(device)
@@ -104,9 +101,9 @@ class Contender:
 
 
 def run_config(name: str, methods: list[str], batch: int, steps: int, device: torch.device,
-               amp: torch.dtype | None) -> dict:
+               amp: torch.dtype | None, fmt: torch.memory_format) -> dict:
     cfg = CONFIGS[name]
-    contenders = {m: Contender(m, cfg, batch, device, amp) for m in methods}
+    contenders = {m: Contender(m, cfg, batch, device, amp, fmt) for m in methods}
     for c in contenders.values():
         c.timed(2)
         c.times.clear()
@@ -149,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     methods = list(dict.fromkeys(["plain", *args.methods]))
     from sdedge.train.config import default_channels_last
 
-    fmt = "channels_last" if default_channels_last(device) else "NCHW"
-    print(f"train step time: {machine}; torch {torch.__version__}; {fmt}; "
+    fmt = torch.channels_last if default_channels_last(device) else torch.contiguous_format
+    print(f"train step time: {machine}; torch {torch.__version__}; "
+          f"{'channels_last' if fmt == torch.channels_last else 'NCHW'}; "
           f"{'AMP ' + str(amp).replace('torch.', '') if amp else 'fp32'}; "
           f"{args.steps} interleaved timed steps per method after 2 warm-up steps")
     out = []
     for name in (["full", "preset"] if args.config == "both" else [args.config]):
-        r = run_config(name, methods, args.batch_size, args.steps, device, amp)
+        r = run_config(name, methods, args.batch_size, args.steps, device, amp, fmt)
         out.append(r)
         print(f"\n{name}: {r['backbone']} width {r['width']}, {r['channels']}x{r['size']}x{r['size']}, "
               f"{r['classes']} classes, batch {r['batch_size']}")

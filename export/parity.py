@@ -33,10 +33,14 @@ class ExitParity:
         return asdict(self)
 
 
-def ort_session(path_or_bytes: str | os.PathLike | bytes, threads: int | None = None) -> Any:
+def ort_session(path_or_bytes: str | os.PathLike | bytes, threads: int | None = None, optimize: bool = True) -> Any:
+    """An ONNX Runtime CPU session; ``optimize=False`` turns graph optimisations off, so a QDQ graph runs as the
+    ONNX spec defines it (QuantizeLinear, DequantizeLinear, float ops) rather than through integer kernels."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1

@@ -198,15 +198,12 @@ def _run(path, x: np.ndarray) -> list:
 
 
 def _run_as_specified(path, x: np.ndarray) -> list:
-    """Run a QDQ graph as the ONNX spec defines it (QuantizeLinear, DequantizeLinear, float ops), with ONNX
-    Runtime's graph optimisations off: no integer kernels, so no dependence on the CPU's instructions (on
-    x86 without VNNI, MLAS's u8 x s8 kernels saturate int16 pair sums, which symmetric int8 activations hit)."""
-    import onnxruntime as ort
+    """A QDQ graph run as the ONNX spec defines it (no integer kernels, so no dependence on the CPU's
+    instructions: on x86 without VNNI, MLAS's u8 x s8 kernels saturate int16 pair sums, which symmetric int8
+    activations hit)."""
+    from sdedge.export.parity import ort_session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    s = ort_session(path, 1, optimize=False)
     return s.run(None, {s.get_inputs()[0].name: x})
 
 
