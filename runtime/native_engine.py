@@ -33,7 +33,7 @@ log = logging.getLogger("sdedge.native")
 __all__ = ["NativeSession", "NativeUnavailable", "available", "library", "unavailable_reason", "onnxruntime_library",
            "ABI_VERSION", "STOP_REASONS"]
 
-ABI_VERSION = 3  # the ABI this binding is written for (sdedge.h SDEDGE_ABI_VERSION); older libraries are refused
+ABI_VERSION = 4  # the ABI this binding is written for (sdedge.h SDEDGE_ABI_VERSION); older libraries are refused
 STOP_REASONS = {1: "confidence", 2: "deadline", 3: "last"}  # SDEDGE_STOP_*
 
 _c_double_p = ctypes.POINTER(ctypes.c_double)
@@ -41,12 +41,13 @@ _c_float_p = ctypes.POINTER(ctypes.c_float)
 
 
 class SessionOptionsC(ctypes.Structure):
-    """``sdedge_session_options`` (ABI version 2)."""
+    """``sdedge_session_options`` (ABI version 4)."""
 
     _fields_ = [("struct_size", ctypes.c_uint32), ("backend", ctypes.c_char_p), ("providers", ctypes.c_char_p),
                 ("intra_op_threads", ctypes.c_int32), ("max_batch", ctypes.c_int32), ("warmup", ctypes.c_int32),
                 ("onnxruntime_library", ctypes.c_char_p), ("answer", ctypes.c_char_p), ("criterion", ctypes.c_char_p),
-                ("verify", ctypes.c_int32), ("latency_window", ctypes.c_int32), ("latency_quantile", ctypes.c_double)]
+                ("verify", ctypes.c_int32), ("latency_window", ctypes.c_int32), ("latency_quantile", ctypes.c_double),
+                ("full_graph", ctypes.c_int32)]
 
 
 class InferOptionsC(ctypes.Structure):
@@ -201,6 +202,7 @@ class NativeSession:
         o.max_batch, o.warmup = options.max_batch, options.warmup
         o.verify = 1 if options.verify else 0
         o.latency_window, o.latency_quantile = options.latency_window, options.latency_quantile
+        o.full_graph = 1 if options.full_graph else 0
         h = ctypes.c_void_p()
         st = lib.sdedge_session_create(os.fsencode(bundle_dir), ctypes.byref(o), ctypes.byref(h))
         if st:
@@ -247,19 +249,20 @@ class NativeSession:
 
     def infer(self, xb: np.ndarray, request: tuple[InferOptionsC, Any], deadline_ns: int,
               row_thresholds: np.ndarray | None = None, row_deadlines_ns: np.ndarray | None = None,
-              on_rows: Callable[[list[int], np.ndarray, np.ndarray, np.ndarray], None] | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              on_rows: Callable[[list[int], np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+              exit_confidences: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Run a validated float32 C-contiguous NCHW batch under ``request`` (from :meth:`request`) and an
         absolute deadline on ``sdedge_now_ns()``'s clock (0: none): (results as ``RESULT_DTYPE`` rows,
         probabilities [B, C], exit confidences [B, K], NaN past each row's exit). ``row_thresholds``
         (float32 [B, K], NaN: none) and ``row_deadlines_ns`` (int64 [B], 0: none) give each row its own
         (ABI 3); the request then carries only the criterion. ``on_rows(indices, results, probabilities,
         exit_confidences)`` is called as rows settle (row mode), with the arrays whose rows at ``indices`` are
-        final; an exception in it is logged, never raised through the core."""
+        final; an exception in it is logged, never raised through the core. ``exit_confidences=False``: none
+        asked for (None comes back), which lets a call with no policy run the bundle's full graph."""
         n = xb.shape[0]
         res = np.empty(n, RESULT_DTYPE)
         probs = np.empty((n, self.num_classes), np.float32)
-        conf = np.empty((n, self.num_exits), np.float32)
+        conf = np.empty((n, self.num_exits), np.float32) if exit_confidences else None
         io = request[0]
         if deadline_ns or row_thresholds is not None or row_deadlines_ns is not None:
             io = InferOptionsC.from_buffer_copy(io)  # a private copy: the cached options are shared by concurrent calls
@@ -281,7 +284,7 @@ class NativeSession:
             relay = ON_ROWS(relay_rows)  # held in this frame for the whole call
             io.on_rows = ctypes.cast(relay, ctypes.c_void_p).value
         st = self._infer(self._handle(), xb.ctypes.data, n, ctypes.byref(io), res.ctypes.data, probs.ctypes.data,
-                         conf.ctypes.data)
+                         _ptr(conf))
         if st:
             _raise(self._lib, st)
         return res, probs, conf

@@ -47,7 +47,10 @@ class SessionOptions:
     :class:`~sdedge.runtime.policies.LatencyEstimator`); ``backend_options``: backend-specific extras
     (e.g. ``{"allow_spinning": True}``); ``engine``: ``"native"`` (the C++ core, ``libsdedge.so``, through
     its C ABI), ``"python"`` (the pure-Python session), or ``"auto"`` (native when the core is installed
-    and the request can run there: ONNX Runtime in fp32 without backend options, else python).
+    and the request can run there: ONNX Runtime in fp32 without backend options, else python);
+    ``full_graph``: load the bundle's ``full.onnx`` when it has one (ONNX Runtime, fp32), so that a call with
+    no policy (no threshold, no budget or deadline, answer "last") runs that one graph to the deepest exit
+    instead of the sections, whose intermediate exit heads it would not use (False: never load it, less memory).
     """
 
     backend: str | Backend = "auto"
@@ -63,6 +66,7 @@ class SessionOptions:
     latency_window: int = 256
     backend_options: Mapping[str, Any] | None = None
     engine: str = "auto"
+    full_graph: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, (str, Backend)):
@@ -86,6 +90,8 @@ class SessionOptions:
         check_criterion(self.criterion)
         if self.engine not in ENGINES:
             raise PolicyError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not isinstance(self.full_graph, bool):
+            raise PolicyError(f"full_graph must be True or False, got {self.full_graph!r}")
         if self.backend_options is not None:
             if not isinstance(self.backend_options, Mapping):
                 raise PolicyError(f"backend_options must be a mapping, got {type(self.backend_options).__name__}")
@@ -122,7 +128,7 @@ class SessionOptions:
     def for_backend(self) -> BackendOptions:
         """The options a backend is created with (the backend interface's own record)."""
         return BackendOptions(precision=self.precision, intra_op_threads=self.intra_op_threads,
-                              providers=self.providers, max_batch=self.max_batch,
+                              providers=self.providers, max_batch=self.max_batch, full_graph=self.full_graph,
                               extra=dict(self.backend_options or {}))
 
 

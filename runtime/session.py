@@ -27,6 +27,11 @@ Decisions (see :mod:`sdedge.runtime.policies` for the criteria and the deadline 
   deadline applies to the whole call.
 * Calls are serialized by a lock: concurrent calls on one device would only slow each other down and
   spoil each other's latency estimates.
+* A call with no policy (no budget or deadline, no threshold before the deepest exit, ``answer="last"``)
+  runs the bundle's ``full.onnx`` when the session loaded it (``full_graph=True``, the default; ONNX Runtime,
+  fp32): one graph to the deepest exit, without the intermediate exit heads the chain of sections would run
+  (the same answer within float tolerance: export checks the two agree). Such a call teaches the deadline
+  policy nothing; its ``exit_confidences``, if read, run the sections then on the call's input.
 * ``answer="last"`` (default) answers with the last exit run; ``"ensemble"`` with the mean of the
   softmax of the exits run so far. Measured on Fashion-MNIST (ResNet-18 width 16, BYOT, 10 000 test
   images, ``benchmarks/runtime_bench.py``), "last" was as good or better at every exit (exit 2:
@@ -88,9 +93,14 @@ class InferenceResult:
 
     @property
     def exit_confidences(self) -> list[float]:
-        """Confidence of the answer at every exit run, shallow first (computed on first access)."""
+        """Confidence of the answer at every exit run, shallow first (computed on first access; after a call
+        that ``full.onnx`` answered, by running the sections on the call's input then)."""
         if self._exit_conf is None:
             trace, row, pol, answer = self._trace  # type: ignore[misc]
+            if callable(trace):  # the full graph answered: every exit's logits of the batch, computed now
+                _, conf = exit_answers(trace()[:, row:row + 1], pol, answer)
+                self._exit_conf = [float(c) for c in conf[:self.exit_index, 0]]
+                return self._exit_conf
             if trace is None:  # the native core computed them
                 self._exit_conf = [float(c) for c in row[:self.exit_index]]
                 return self._exit_conf
@@ -214,6 +224,14 @@ class AnytimeSession:
         return {"engine": self.engine, "backend": self.backend_name, "precision": self.precision,
                 "device": self.device_name}
 
+    @property
+    def full_graph(self) -> bool:
+        """Whether a call with no policy runs the bundle's ``full.onnx`` (loaded: ``full_graph=True``, the bundle
+        has one, ONNX Runtime in fp32) rather than the chain of sections."""
+        if self._native is not None:
+            return bool(self._native.description.get("full_graph", False))
+        return self.backend.has_full
+
     def section_cost_ms(self, section: int, rows: int = 1) -> float:
         """The deadline policy's predicted time of 1-based ``section`` on ``rows`` rows in ms (section 0: the
         runtime's own per-call overhead); 0 while nothing is known. On either engine (the native core keeps its
@@ -262,8 +280,12 @@ class AnytimeSession:
         for rows in counts:
             x = np.zeros((rows,) + self.input_shape, np.float32)
             self.backend.run_chain(x)
-            for _ in range(n):
-                self.infer(x)
+            if self.backend.has_full:
+                self.backend.run_full(self.backend.upload(x))
+            for _ in range(n):  # as infer(x) does, on the sections (the full graph would time none of them)
+                t0 = self.clock()
+                with self._lock:
+                    self._run(x, self._default_policy, None, t0, (self.clock() - t0) * 1e3, full=False)
         self.estimator.settle()
 
     # -- policies -----------------------------------------------------------------------------------------
@@ -300,13 +322,16 @@ class AnytimeSession:
         stop_at = self._deadline(t0, budget_ms, deadline)
         pol = self.policy(threshold, criterion)
         prep = self._prep(x)
-        if self._native is not None:
-            results = self._run_native(prep.batch, pol, stop_at, t0)
-            return results[0] if prep.single else results
-        prep_ms = (clock() - t0) * 1e3
-        with self._lock:  # time spent waiting here counts against the deadline, not as overhead
-            results = self._run(prep.batch, pol, stop_at, t0, prep_ms)
+        results = self._call(prep.batch, pol, stop_at, t0)
         return results[0] if prep.single else results
+
+    def _call(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float) -> list[InferenceResult]:
+        """One call of a prepared batch under one policy and deadline, on the session's engine."""
+        if self._native is not None:
+            return self._run_native(xb, pol, stop_at, t0)
+        prep_ms = (self.clock() - t0) * 1e3
+        with self._lock:  # time spent waiting here counts against the deadline, not as overhead
+            return self._run(xb, pol, stop_at, t0, prep_ms)
 
     def infer_rows(self, x: Any, thresholds: Any = None, deadlines: Any = None, criterion: str | None = None,
                    on_settled: Callable[[list[int], list[InferenceResult]], None] | None = None
@@ -342,6 +367,11 @@ class AnytimeSession:
                 raise PolicyError(f"the rows of one infer_rows call must share a criterion; got {pol.criterion!r} "
                                   f"and {p.criterion!r} (\"calibrated\" rows use the calibration's)")
         row_dl = np.array([math.inf if d is None else self._deadline(t0, None, d) for d in dls], np.float64)
+        if self.answer == "last" and all(d is None for d in dls) and not any(p.active for p in pols):
+            results = self._call(xb, pol, None, t0)  # no row has a policy: one call with none (full.onnx)
+            if on_settled is not None:
+                on_settled(list(range(n)), results)
+            return results
         row_thr = np.array([[math.nan if t is None else t for t in p.thresholds32] for p in pols], np.float32)
         if self._native is not None:
             results = self._run_native(xb, pol, None, t0, row_thr, row_dl, on_settled)
@@ -383,6 +413,10 @@ class AnytimeSession:
 
         relay = None if on_settled is None else lambda idx, res, probs, conf: on_settled(idx, rows_of(idx, res, probs,
                                                                                                       conf))
+        if not row_mode and stop_at is None and not pol.active and self.answer == "last":
+            # no policy: the core may answer from full.onnx, and the exit confidences wait until read
+            res, probs, _ = nat.infer(xb, nat.request(pol.criterion, thresholds), 0, exit_confidences=False)
+            return self._full_results(xb, pol, probs, res["confidence"], t0)
         res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns, relay)
         results = rows_of(list(range(xb.shape[0])), res, probs, conf)
         if not row_mode:
@@ -407,8 +441,8 @@ class AnytimeSession:
 
     def _run(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
              prep_ms: float, row_thr: np.ndarray | None = None, row_dl: np.ndarray | None = None,
-             on_settled: Callable[[list[int], list[InferenceResult]], None] | None = None
-             ) -> list[InferenceResult]:
+             on_settled: Callable[[list[int], list[InferenceResult]], None] | None = None,
+             full: bool = True) -> list[InferenceResult]:
         """The decision loop: run section after section, stop each row at its exit, shrink the batch.
 
         After section k (k < K) the rows that are confident enough stop (:meth:`ConfidencePolicy.step`);
@@ -422,6 +456,9 @@ class AnytimeSession:
         clock = self.clock
         t1 = clock()
         backend, record, K = self.backend, self.estimator.record, self.num_exits
+        if (full and stop_at is None and row_thr is None and row_dl is None and not pol.active
+                and self.answer == "last" and backend.has_full):
+            return self._run_full(xb, pol, t0)
         should_stop = self.deadline_policy.should_stop
         n_all = xb.shape[0]
         acc = np.zeros((n_all, len(self.classes)), np.float32) if self.answer == "ensemble" else None
@@ -539,6 +576,25 @@ class AnytimeSession:
         self._finish(results, t0, stop_at, t_end)
         return results
 
+    def _run_full(self, xb: np.ndarray, pol: ConfidencePolicy, t0: float) -> list[InferenceResult]:
+        """A call with no policy on the full graph: every row answers at the deepest exit."""
+        K = self.num_exits
+        probs = pol.probs(K, self.backend.run_full(self.backend.upload(xb)))
+        if not np.isfinite(probs).all():
+            i = int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])
+            raise _non_finite(K, xb[i:i + 1], "the input" if xb.shape[0] == 1 else f"image {i} of the batch")
+        return self._full_results(xb, pol, probs, confidence(probs, pol.criterion), t0)
+
+    def _full_results(self, xb: np.ndarray, pol: ConfidencePolicy, probs: np.ndarray, conf: np.ndarray,
+                      t0: float) -> list[InferenceResult]:
+        """The results of a no-policy call (both engines), whose exit confidences are computed when first read."""
+        n = xb.shape[0]
+        later = _AllExits(self, xb)
+        results = self._results(probs, np.asarray(conf), [self.num_exits] * n, ["last"] * n,
+                                [(later, i, pol, self.answer) for i in range(n)])
+        self._finish(results, t0, None, self.clock())
+        return results
+
     def infer_all_exits(self, x: Any) -> np.ndarray:
         """Every exit's raw logits ``[K, B, C]`` (no temperature) for one image or a batch of any size.
 
@@ -552,6 +608,20 @@ class AnytimeSession:
             outs = [np.stack(self.backend.run_chain(xb[i:i + self.max_batch]))
                     for i in range(0, xb.shape[0], self.max_batch)]
         return np.concatenate(outs, axis=1)
+
+
+class _AllExits:
+    """Every exit's logits ``[K, B, C]`` of one call's batch, run on first use (a copy of the batch is kept:
+    the caller may reuse its buffer)."""
+
+    def __init__(self, session: AnytimeSession, xb: np.ndarray) -> None:
+        self._session, self._xb, self._logits = session, np.array(xb, np.float32, copy=True), None
+
+    def __call__(self) -> np.ndarray:
+        if self._logits is None:
+            self._logits = self._session.infer_all_exits(self._xb)
+            self._xb = None
+        return self._logits
 
 
 def _choose_engine(opts: SessionOptions, clock: Callable[[], float]) -> str:

@@ -26,6 +26,7 @@ from sdedge import native
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = REPO / "native" / "include" / "sdedge" / "sdedge.h"
+ABI = int(re.search(r"#define SDEDGE_ABI_VERSION (\d+)", HEADER.read_text(encoding="utf-8")).group(1))
 
 needs_core = pytest.mark.skipif(not native.is_installed(),
                                 reason=f"the native core is not installed ({native.build_status().get('status')})")
@@ -106,7 +107,7 @@ def test_header_declares_the_design_api():
         # ABI version 3: the policy's cost figures (the infer options gained per-row fields and on_rows)
         "sdedge_session_section_cost_ms"}
     text = HEADER.read_text(encoding="utf-8")
-    assert "#define SDEDGE_ABI_VERSION 3" in text
+    assert "#define SDEDGE_ABI_VERSION 4" in text
     assert 'extern "C"' in text
 
 
@@ -189,7 +190,7 @@ def test_c_program_builds_with_python_m_sdedge_native_flags(tmp_path):
     # exactly what a user types: cc prog.c $(python -m sdedge.native --cflags --libs)
     flags = _flags("--cflags", "--libs").split()
     _run([cc, "-std=c99", "-Wall", "-Werror", str(src), *flags, "-lm", "-o", str(exe)])
-    assert _run([str(exe)]).stdout.startswith("abi 3 now 1")
+    assert _run([str(exe)]).stdout.startswith(f"abi {ABI} now 1")
 
 
 @needs_core
@@ -201,7 +202,7 @@ def test_c_program_builds_with_pkg_config(tmp_path):
     env = dict(os.environ, PKG_CONFIG_PATH=str(native.pkgconfig_dir()))
     flags = _run([pkg_config, "--cflags", "--libs", "sdedge"], env=env).stdout.split()
     _run([cc, str(src), *flags, "-lm", "-o", str(exe)])
-    assert _run([str(exe)]).stdout.startswith("abi 3")
+    assert _run([str(exe)]).stdout.startswith(f"abi {ABI}")
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +224,7 @@ def consumer(tmp_path_factory) -> Path:
 
 
 def test_cmake_consumer_links_sdedge_target(consumer):
-    assert _run([str(consumer)]).stdout.startswith("sdedge ABI 3")
+    assert _run([str(consumer)]).stdout.startswith(f"sdedge ABI {ABI}")
 
 
 def test_cmake_consumer_answers_a_real_bundle(consumer, tiny_bundle):

@@ -540,3 +540,33 @@ def test_sdedge_run_prints_class_confidence_exit_and_latency(session: AnytimeSes
     bad = subprocess.run([sys.executable, "-m", "sdedge.cli", "run", str(tiny_bundle), str(npy), "--threshold", "1.5"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "[0, 1]" in bad.stderr
+
+
+def test_a_call_with_no_policy_runs_full_onnx_and_answers_as_the_chain(tiny_bundle: Path, engine: str) -> None:
+    """Issue 12 item 5: no policy -> full.onnx (no intermediate exit heads); the answer is the chain's."""
+    opts = dict(engine=engine, backend="onnxruntime", intra_op_threads=1, warmup=2)
+    with AnytimeSession(tiny_bundle, **opts) as s, AnytimeSession(tiny_bundle, full_graph=False, **opts) as c:
+        assert s.full_graph and not c.full_graph
+        raw = images(s, 6, seed=5)
+        a, b = s.infer(raw), c.infer(raw)
+        k = s.num_exits
+        assert [(r.exit_index, r.stopped_by, r.deadline_met) for r in a] == [(k, "last", None)] * 6
+        assert [r.label for r in a] == [r.label for r in b]
+        for ra, rb in zip(a, b):
+            np.testing.assert_allclose(ra.probabilities, rb.probabilities, rtol=1e-4, atol=1e-6)
+            assert ra.confidence == pytest.approx(rb.confidence, abs=1e-5)
+            np.testing.assert_allclose(ra.exit_confidences, rb.exit_confidences, rtol=1e-4, atol=1e-6)
+            assert len(ra.exit_confidences) == k
+        settled: list[list[int]] = []
+        rows = s.infer_rows(raw, on_settled=lambda idx, res: settled.append(idx))  # no row has a policy
+        assert settled == [list(range(6))] and [r.label for r in rows] == [r.label for r in a]
+        if engine == "python":  # which graphs ran: the sections only when a policy needs them
+            calls: list[int] = []
+            run = s.backend.run_section
+            s.backend.run_section = lambda i, x: calls.append(i) or run(i, x)  # type: ignore[method-assign]
+            s.infer(raw[0])
+            assert calls == []
+            s.infer(raw[0], budget_ms=60_000)
+            assert calls == list(range(1, k + 1))
+            # the warm-up timed the sections although no-policy calls skip them
+            assert all(s.estimator.count(i, 1) > 0 for i in range(1, k + 1))

@@ -40,7 +40,10 @@ def test_replace_checks_again_and_names_unknown_options() -> None:
         SessionOptions.resolve({"warmup": 0})  # type: ignore[arg-type]
     assert SessionOptions.split_overrides({"criterion": "margin", "seed": 3}) == ({"criterion": "margin"}, {"seed": 3})
     be = SessionOptions(precision="int8", intra_op_threads=2, max_batch=16, backend_options={"x": 1}).for_backend()
-    assert be == BackendOptions(precision="int8", intra_op_threads=2, providers=None, max_batch=16, extra={"x": 1})
+    assert be == BackendOptions(precision="int8", intra_op_threads=2, providers=None, max_batch=16, full_graph=True,
+                                extra={"x": 1})
+    with pytest.raises(PolicyError, match="full_graph"):
+        SessionOptions(full_graph=1)  # type: ignore[arg-type]
 
 
 def test_session_takes_options_and_keyword_overrides(tiny_bundle) -> None:

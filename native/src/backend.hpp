@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "errors.hpp"
+
 namespace sdedge {
 
 // A batch living where the backend keeps it (host memory for ORT on CPU). Opaque to the session.
@@ -30,6 +32,13 @@ class Backend {
   virtual TensorPtr run_section(int k, const DeviceTensor &in, std::vector<float> &logits) = 0;
   // The rows `keep` (ascending indices) of `t`, as a new tensor.
   virtual TensorPtr take_rows(const DeviceTensor &t, const std::vector<std::int64_t> &keep) = 0;
+  // The bundle's full.onnx (every section to the deepest exit in one graph, no intermediate exit heads),
+  // when the backend loaded it: a call with no policy answers from it.
+  virtual bool has_full() const { return false; }
+  // Run the full graph on `in` (an upload()ed batch); write the deepest exit's logits (rows x classes).
+  virtual void run_full(const DeviceTensor &, std::vector<float> &) {
+    fail(Code::Internal, "run_full: the " + name() + " backend has no full graph");
+  }
 };
 
 }  // namespace sdedge

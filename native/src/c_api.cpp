@@ -25,6 +25,20 @@ struct session_options_v1 {
   int32_t warmup;
   const char *onnxruntime_library;
 };
+struct session_options_v2 {  // ABI versions 2 and 3
+  uint32_t struct_size;
+  const char *backend;
+  const char *providers;
+  int32_t intra_op_threads;
+  int32_t max_batch;
+  int32_t warmup;
+  const char *onnxruntime_library;
+  const char *answer;
+  const char *criterion;
+  int32_t verify;
+  int32_t latency_window;
+  double latency_quantile;
+};
 struct infer_options_v1 {
   uint32_t struct_size;
   double threshold;
@@ -52,6 +66,9 @@ static_assert(offsetof(sdedge_session_options, onnxruntime_library) == offsetof(
 static_assert(offsetof(sdedge_infer_options, deadline_ns) == offsetof(infer_options_v1, deadline_ns),
               "ABI v1 prefix of sdedge_infer_options");
 static_assert(sizeof(session_options_v1) < sizeof(sdedge_session_options), "appended fields");
+static_assert(offsetof(sdedge_session_options, latency_quantile) == offsetof(session_options_v2, latency_quantile),
+              "ABI v2 prefix of sdedge_session_options");
+static_assert(sizeof(session_options_v2) < sizeof(sdedge_session_options), "appended fields (v4)");
 static_assert(sizeof(infer_options_v1) < sizeof(sdedge_infer_options), "appended fields");
 
 static_assert(SDEDGE_E_ARGUMENT == static_cast<int>(sdedge::Code::Argument), "status codes");
@@ -213,6 +230,7 @@ SDEDGE_API void sdedge_session_options_init(sdedge_session_options *o) {
   o->verify = 1;
   o->latency_window = 0;
   o->latency_quantile = 0.0;
+  o->full_graph = 1;
 }
 
 SDEDGE_API void sdedge_infer_options_init(sdedge_infer_options *o) {
@@ -240,7 +258,10 @@ SDEDGE_API sdedge_status sdedge_session_create(const char *bundle_dir, const sde
     if (!bundle_dir) arg_error("bundle_dir is NULL");
     sdedge::SessionConfig c;
     if (o) {
-      const bool v2 = check_struct<sdedge_session_options, session_options_v1>(o, "sdedge_session_options",
+      // the sizes of ABI versions 4 (this header), 2/3 and 1: a smaller struct's missing fields take their defaults
+      const bool v4 = o->struct_size == sizeof(sdedge_session_options);
+      const bool v2 = v4 || o->struct_size == sizeof(session_options_v2) ||
+                      check_struct<sdedge_session_options, session_options_v1>(o, "sdedge_session_options",
                                                                               "sdedge_session_options_init");
       c.backend = o->backend ? o->backend : "auto";
       c.providers = o->providers ? o->providers : "";
@@ -259,6 +280,10 @@ SDEDGE_API sdedge_status sdedge_session_create(const char *bundle_dir, const sde
         if (o->latency_window < 0) arg_error("latency_window must be >= 0 (0 = 256), got " + std::to_string(o->latency_window));
         if (o->latency_window > 0) c.latency_window = static_cast<std::size_t>(o->latency_window);
         if (o->latency_quantile != 0.0) c.latency_quantile = o->latency_quantile;
+      }
+      if (v4) {
+        if (o->full_graph != 0 && o->full_graph != 1) arg_error("full_graph must be 0 or 1, got " + std::to_string(o->full_graph));
+        c.full_graph = o->full_graph == 1;
       }
     }
     auto core = std::make_unique<sdedge::Session>(bundle_dir, c);
@@ -330,6 +355,7 @@ SDEDGE_API sdedge_status sdedge_session_describe(const sdedge_session *s, char *
     d["criterion"] = c.default_criterion();
     d["has_profile"] = c.has_profile();
     d["has_calibration"] = c.has_calibration();
+    d["full_graph"] = c.has_full_graph();
     d["bundle_dir"] = c.bundle().path;
     const std::string text = d.dump(-1, ' ', false, sdedge::Json::error_handler_t::replace);
     const uint64_t size = static_cast<uint64_t>(text.size()) + 1;

@@ -28,6 +28,13 @@ struct ConfidencePolicy {
   std::vector<std::optional<float>> thresholds32;  // the same rounded to float32: what rows are compared with
   std::vector<double> temperatures;               // per exit
 
+  // Whether a threshold can stop a row before the deepest exit (ConfidencePolicy.active in Python).
+  bool stops_early() const {
+    for (std::size_t i = 0; i + 1 < thresholds.size(); ++i)
+      if (thresholds[i]) return true;
+    return false;
+  }
+
   // No threshold (threshold NaN) or one threshold at every exit but the last; `calibrated` takes
   // calibration.json's thresholds where enabled, under its criterion (`criterion` must then be null or
   // match). Temperatures from the calibration whenever there is one. PolicyError on bad values.

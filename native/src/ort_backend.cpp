@@ -95,17 +95,30 @@ OrtBackend::OrtBackend(const Bundle &bundle, const OrtBackendOptions &o)
   lib_->check(api.CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &mi), "onnxruntime CreateCpuMemoryInfo");
   cpu_ = lib_->own(mi);
 
-  for (const SectionSpec &spec : bundle.manifest.sections) {
-    auto so = session_options(providers, spec, bundle);
-    const std::string path = bundle.file(spec.file);
-    OrtSession *s = nullptr;
-    lib_->check(api.CreateSession(env_.get(), path.c_str(), so.get(), &s), "onnxruntime could not load " + path);
-    sessions_.push_back(lib_->own(s));
-    check_section_io(s, spec);
-    in_names_.push_back(input_name(spec.index));
-    feat_names_.push_back(spec.features ? features_name(spec.index) : "");
-    logit_names_.push_back(logits_name(spec.index));
+  for (const SectionSpec &spec : bundle.manifest.sections) load(providers, spec, bundle);
+  num_sections_ = static_cast<int>(sessions_.size());
+  if (o.full_graph && bundle.manifest.has_file("full.onnx") && num_sections_ > 0) {
+    // image -> the deepest exit's logits: the first section's input, the last section's logits
+    SectionSpec full;
+    full.index = 0;
+    full.file = "full.onnx";
+    full.input = bundle.manifest.sections.front().input;
+    full.logits = bundle.manifest.sections.back().logits;
+    load(providers, full, bundle);
   }
+}
+
+void OrtBackend::load(const std::vector<std::string> &providers, const SectionSpec &spec, const Bundle &bundle) {
+  auto so = session_options(providers, spec, bundle);
+  const std::string path = bundle.file(spec.file);
+  OrtSession *s = nullptr;
+  lib_->check(lib_->api().CreateSession(env_.get(), path.c_str(), so.get(), &s), "onnxruntime could not load " + path);
+  sessions_.push_back(lib_->own(s));
+  check_section_io(s, spec);
+  const bool full = spec.index == 0;
+  in_names_.push_back(spec.input.name);
+  feat_names_.push_back(spec.features && !full ? features_name(spec.index) : "");
+  logit_names_.push_back(spec.logits.name);
 }
 
 OrtBackend::~OrtBackend() {
@@ -136,7 +149,7 @@ OrtPtr<OrtSessionOptions> OrtBackend::session_options(const std::vector<std::str
       // explicit shapes 1..max_batch: a shrinking batch never rebuilds an engine; engines cached in the bundle
       const std::string cache = join_path(bundle.path, "engines");
       ::mkdir(cache.c_str(), 0755);
-      const std::string name = input_name(spec.index);
+      const std::string name = spec.input.name;
       const std::string mn = shape_arg(name, spec, 1), mx = shape_arg(name, spec, max_batch_);
       const char *keys[] = {"trt_engine_cache_enable", "trt_engine_cache_path", "trt_profile_min_shapes",
                             "trt_profile_opt_shapes", "trt_profile_max_shapes"};
@@ -157,7 +170,8 @@ OrtPtr<OrtSessionOptions> OrtBackend::session_options(const std::vector<std::str
 
 void OrtBackend::check_section_io(OrtSession *s, const SectionSpec &spec) const {
   const OrtApi &api = lib_->api();
-  const std::string where = "section " + std::to_string(spec.index) + " (" + spec.file + ")";
+  const std::string where = spec.index == 0 ? "the full graph (" + spec.file + ")"
+                                            : "section " + std::to_string(spec.index) + " (" + spec.file + ")";
   OrtAllocator *alloc = nullptr;
   lib_->check(api.GetAllocatorWithDefaultOptions(&alloc), "onnxruntime GetAllocatorWithDefaultOptions");
   for (int kind = 0; kind < 2; ++kind) {
@@ -248,10 +262,20 @@ TensorPtr OrtBackend::upload(const float *x, std::int64_t rows) {
   return t;
 }
 
-TensorPtr OrtBackend::run_section(int k, const DeviceTensor &in_base, std::vector<float> &logits) {
+TensorPtr OrtBackend::run_section(int k, const DeviceTensor &in, std::vector<float> &logits) {
+  if (k < 1 || k > num_sections_) fail(Code::Internal, "run_section: no section " + std::to_string(k));
+  return run_graph(static_cast<std::size_t>(k - 1), in, logits, "section " + std::to_string(k));
+}
+
+void OrtBackend::run_full(const DeviceTensor &in, std::vector<float> &logits) {
+  if (!has_full()) fail(Code::Internal, "run_full: full.onnx is not loaded");
+  run_graph(static_cast<std::size_t>(num_sections_), in, logits, "the full graph");
+}
+
+TensorPtr OrtBackend::run_graph(std::size_t i, const DeviceTensor &in_base, std::vector<float> &logits,
+                                const std::string &what) {
   const OrtApi &api = lib_->api();
   const auto &in = static_cast<const OrtTensor &>(in_base);
-  const auto i = static_cast<std::size_t>(k - 1);
   const bool last = feat_names_[i].empty();
   const char *in_name = in_names_[i].c_str();
   const char *out_names[2] = {last ? logit_names_[i].c_str() : feat_names_[i].c_str(), logit_names_[i].c_str()};
@@ -260,7 +284,7 @@ TensorPtr OrtBackend::run_section(int k, const DeviceTensor &in_base, std::vecto
   const OrtValue *inputs[1] = {in.value.get()};
   OrtStatus *st = api.Run(sessions_[i].get(), nullptr, &in_name, inputs, 1, out_names, n_out, outs);
   OrtPtr<OrtValue> o0 = lib_->own(outs[0]), o1 = lib_->own(outs[1]);
-  lib_->check(st, "onnxruntime failed running section " + std::to_string(k));
+  lib_->check(st, "onnxruntime failed running " + what);
   OrtValue *lv = last ? o0.get() : o1.get();
   float *ld = nullptr;
   lib_->check(api.GetTensorMutableData(lv, reinterpret_cast<void **>(&ld)), "onnxruntime GetTensorMutableData");
@@ -271,7 +295,7 @@ TensorPtr OrtBackend::run_section(int k, const DeviceTensor &in_base, std::vecto
   std::size_t count = 0;
   lib_->check(api.GetTensorShapeElementCount(linfo, &count), "onnxruntime GetTensorShapeElementCount");
   if (count != static_cast<std::size_t>(rows * num_classes_))  // never read past what the graph returned
-    fail(Code::Backend, "section " + std::to_string(k) + " returned " + std::to_string(count) + " logits for " +
+    fail(Code::Backend, what + " returned " + std::to_string(count) + " logits for " +
                             std::to_string(rows) + " rows of " + std::to_string(num_classes_) + " classes");
   logits.assign(ld, ld + rows * num_classes_);
   if (last) return nullptr;
@@ -286,7 +310,7 @@ TensorPtr OrtBackend::run_section(int k, const DeviceTensor &in_base, std::vecto
   float *fd = nullptr;
   lib_->check(api.GetTensorMutableData(o0.get(), reinterpret_cast<void **>(&fd)), "onnxruntime GetTensorMutableData");
   if (nd < 1 || f->shape[0] != rows)
-    fail(Code::Backend, "section " + std::to_string(k) + " returned features of shape " + dims_str(f->shape) +
+    fail(Code::Backend, what + " returned features of shape " + dims_str(f->shape) +
                             " for " + std::to_string(rows) + " rows");
   f->data = fd;
   f->value = std::move(o0);

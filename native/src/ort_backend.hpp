@@ -18,6 +18,7 @@ struct OrtBackendOptions {
   std::string providers;    // comma list ("cpu", "cuda", "tensorrt" or full ORT names); "" = CPU
   int intra_op_threads = 0;  // 0 = the CPUs this process may use
   int max_batch = 64;        // TensorRT optimisation-profile shapes: 1..max_batch
+  bool full_graph = true;    // also load the bundle's full.onnx when it has one (Backend::run_full)
 };
 
 class OrtBackend : public Backend {
@@ -28,20 +29,26 @@ class OrtBackend : public Backend {
   std::string name() const override { return "onnxruntime"; }
   std::string device_name() const override { return device_name_; }
   std::string runtime_version() const override;
-  int num_sections() const override { return static_cast<int>(sessions_.size()); }
+  int num_sections() const override { return num_sections_; }
   TensorPtr upload(const float *x, std::int64_t rows) override;
   TensorPtr run_section(int k, const DeviceTensor &in, std::vector<float> &logits) override;
   TensorPtr take_rows(const DeviceTensor &t, const std::vector<std::int64_t> &keep) override;
+  bool has_full() const override { return static_cast<int>(sessions_.size()) > num_sections_; }
+  void run_full(const DeviceTensor &in, std::vector<float> &logits) override;
 
  private:
   OrtPtr<OrtSessionOptions> session_options(const std::vector<std::string> &providers, const SectionSpec &spec,
                                             const Bundle &bundle) const;
   void check_section_io(OrtSession *session, const SectionSpec &spec) const;
+  void load(const std::vector<std::string> &providers, const SectionSpec &spec, const Bundle &bundle);
+  // Run graph `i` (0-based: sections, then the full graph); `what` names it in errors.
+  TensorPtr run_graph(std::size_t i, const DeviceTensor &in, std::vector<float> &logits, const std::string &what);
 
   std::unique_ptr<OrtLibrary> lib_;  // first member: released last
   OrtPtr<OrtEnv> env_;
   OrtPtr<OrtMemoryInfo> cpu_;
-  std::vector<OrtPtr<OrtSession>> sessions_;
+  std::vector<OrtPtr<OrtSession>> sessions_;  // the sections, then full.onnx when loaded
+  int num_sections_ = 0;
   std::vector<std::string> in_names_, feat_names_, logit_names_;
   int threads_ = 1;
   int max_batch_ = 64;

@@ -48,7 +48,8 @@ Bundle open_checked(const std::string &dir, const SessionConfig &c) {
 Session::Session(const std::string &bundle_dir, const SessionConfig &config) : bundle_(open_checked(bundle_dir, config)) {
   calibration_ = load_calibration(bundle_);
   backend_ = std::make_unique<OrtBackend>(
-      bundle_, OrtBackendOptions{config.ort_library, config.providers, config.intra_op_threads, config.max_batch});
+      bundle_, OrtBackendOptions{config.ort_library, config.providers, config.intra_op_threads, config.max_batch,
+                                  config.full_graph});
   init(config);
 }
 
@@ -77,7 +78,7 @@ void Session::init(const SessionConfig &config) {
 }
 
 // Seeds the latency figures at 1 row and at max_batch rows (runtime/session.py _warmup): one untimed
-// run of every section, then `n` calls timed as live calls are (no budget, the default policy); every
+// run of every section (and of the full graph), then `n` calls timed as live calls are (no budget, the default policy); every
 // (section, rows) cell then keeps the lower median of its samples (rule 5). Counts in between borrow
 // pessimistically (rule 3) until live calls measure them.
 void Session::warmup(int n) {
@@ -87,13 +88,16 @@ void Session::warmup(int n) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       TensorPtr h = backend_->upload(x.data(), rows);
+      if (backend_->has_full()) backend_->run_full(*h, logits_);
       for (int k = 1; k <= num_exits(); ++k) {
         TensorPtr next = backend_->run_section(k, *h, logits_);
         h = std::move(next);
       }
     }
     std::vector<RowResult> r(static_cast<std::size_t>(rows));
-    for (int rep = 0; rep < n; ++rep) infer_f32(x.data(), rows, InferRequest{}, r.data(), nullptr);
+    // exit confidences asked for: the calls run the sections (the full graph would time none of them)
+    std::vector<float> conf(static_cast<std::size_t>(rows * num_exits()));
+    for (int rep = 0; rep < n; ++rep) infer_f32(x.data(), rows, InferRequest{}, r.data(), nullptr, conf.data());
   }
   std::lock_guard<std::mutex> lock(mu_);
   deadline_->settle();
@@ -257,6 +261,27 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
   if (exit_conf) std::fill(exit_conf, exit_conf + n_all * K, std::numeric_limits<float>::quiet_NaN());
 
   TensorPtr h = backend_->upload(x, n_all);
+  // No policy (no deadline, no confidence stop before the deepest exit, answer "last") and no exit
+  // confidences wanted: the deepest exit's answer from full.onnx, without the intermediate exit heads.
+  // Its time is not a section's: the latency figures learn nothing from it.
+  if (backend_->has_full() && !d && row_dl.empty() && !row_thr && !ensemble && !exit_conf && !pol.stops_early()) {
+    backend_->run_full(*h, logits_);
+    const double temp = pol.temperatures[static_cast<std::size_t>(K - 1)];
+    softmax_rows(logits_.data(), n_all, C, temp, out_probs.data());
+    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
+      out_conf[r] = confidence_of(out_probs.data() + r * nc, C, pol.criterion);
+      out_exit[r] = K;
+      out_why[r] = kStopLast;
+    }
+    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) check_finite_row(r);
+    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) write_row(r);
+    const double latency = (clock() - t0) * 1e3;
+    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
+      results[r].latency_ms = latency;
+      results[r].deadline_met = -1;
+    }
+    return;
+  }
   for (int k = 1; k <= K; ++k) {
     const auto n = static_cast<std::int64_t>(rows.size());
     const auto un = static_cast<std::size_t>(n);

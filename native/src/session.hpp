@@ -1,7 +1,8 @@
 // session.hpp: the anytime session (runtime/session.py AnytimeSession): a verified bundle on a backend,
 // the decision loop with per-row early exit (the batch shrinks, results in input order), confidence
 // policies with calibrated temperatures, the deadline rule, answer modes, and every exit's logits.
-// Calls on one session are serialized by its mutex.
+// Calls on one session are serialized by its mutex. A call with no policy answers from full.onnx (see
+// SessionConfig::full_graph).
 #pragma once
 
 #include <cmath>
@@ -37,6 +38,10 @@ struct SessionConfig {
   bool verify = true;
   std::size_t latency_window = 256;  // samples per (section, rows) cell (DeadlinePolicy)
   double latency_quantile = 0.99;    // the tail quantile over them
+  // Load the bundle's full.onnx when it has one: a call with no policy (no deadline, no threshold at any
+  // exit, answer "last") that asks for no exit confidences then runs that one graph instead of the
+  // chain of sections, whose intermediate exit heads it would not use.
+  bool full_graph = true;
   // The clock (seconds) that times sections and deadlines; empty = CLOCK_MONOTONIC (now_ns()). Tests
   // pass a scripted one (Python: AnytimeSession(clock=...)); InferRequest::deadline_ns is read on it.
   std::function<double()> clock;
@@ -80,6 +85,7 @@ class Session {
   const std::string &device_name() const { return device_name_; }
   bool has_profile() const { return has_profile_; }
   bool has_calibration() const { return calibration_.has_value(); }
+  bool has_full_graph() const { return backend_->has_full(); }  // no-policy calls run full.onnx
   const Bundle &bundle() const { return bundle_; }
   std::string backend_name() const { return backend_->name(); }
   std::string runtime_version() const { return backend_->runtime_version(); }

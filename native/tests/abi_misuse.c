@@ -63,7 +63,16 @@ int main(void) {
     bad.struct_size = (uint32_t)v1_so + 8;
     CHECK_STATUS(sdedge_session_create("/nonexistent/bundle", &bad, &s), SDEDGE_E_ARGUMENT, "struct_size");
     CHECK(v1_io < sizeof io); /* the infer options' sizes are checked on a real session: unit_real_bundle */
+    /* ABI versions 2 and 3: the struct up to latency_quantile; full_graph (version 4) is not read */
+    size_t v2_so = offsetof(sdedge_session_options, latency_quantile) + sizeof(double);
+    bad = so;
+    bad.struct_size = (uint32_t)v2_so;
+    bad.full_graph = 7;
+    CHECK_STATUS(sdedge_session_create("/nonexistent/bundle", &bad, &s), SDEDGE_E_BUNDLE, "does not exist");
+    bad.struct_size = (uint32_t)sizeof so;
+    CHECK_STATUS(sdedge_session_create("/nonexistent/bundle", &bad, &s), SDEDGE_E_ARGUMENT, "full_graph");
   }
+  CHECK(so.full_graph == 1);
   bad = so;
   bad.verify = 2;
   CHECK_STATUS(sdedge_session_create("/nonexistent", &bad, &s), SDEDGE_E_ARGUMENT, "verify");

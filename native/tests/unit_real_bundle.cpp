@@ -155,6 +155,36 @@ int main() {
     CHECK(r.confidence > 0.0f && r.confidence <= 1.0f && r.latency_ms > 0.0);
   }
 
+  // no policy runs full.onnx (fixture bundles have it): the same answer as the chain of sections, which runs
+  // when exit confidences are asked for, and as a session that never loads full.onnx
+  {
+    std::vector<float> p_full(static_cast<size_t>(B * C)), p_chain(static_cast<size_t>(B * C)), ec(static_cast<size_t>(B * K));
+    std::vector<sdedge_result> r_chain(static_cast<size_t>(B));
+    CHECK_STATUS(sdedge_session_infer_f32_ex(s.s, input.data(), B, nullptr, res.data(), p_full.data(), nullptr), SDEDGE_OK, nullptr);
+    CHECK_STATUS(sdedge_session_infer_f32_ex(s.s, input.data(), B, nullptr, r_chain.data(), p_chain.data(), ec.data()),
+                 SDEDGE_OK, nullptr);
+    std::vector<double> chain(p_chain.begin(), p_chain.end());
+    CHECK(close_all(p_full.data(), chain, 1e-4, "full.onnx vs chain probabilities"));
+    for (int64_t i = 0; i < B; ++i) {
+      CHECK(res[static_cast<size_t>(i)].exit_index == K && r_chain[static_cast<size_t>(i)].exit_index == K);
+      CHECK(!std::isnan(ec[static_cast<size_t>(i * K)]));  // the chain ran exit 1
+    }
+    char desc[4096];
+    CHECK_STATUS(sdedge_session_describe(s.s, desc, sizeof desc, nullptr), SDEDGE_OK, nullptr);
+    CHECK(nlohmann::json::parse(desc)["full_graph"] == true);
+    sdedge_session_options o;
+    sdedge_session_options_init(&o);
+    o.intra_op_threads = 1;
+    o.warmup = 0;
+    o.full_graph = 0;
+    Session nf;
+    CHECK_STATUS(sdedge_session_create(bundle.c_str(), &o, &nf.s), SDEDGE_OK, nullptr);
+    CHECK_STATUS(sdedge_session_describe(nf.s, desc, sizeof desc, nullptr), SDEDGE_OK, nullptr);
+    CHECK(nlohmann::json::parse(desc)["full_graph"] == false);
+    CHECK_STATUS(sdedge_session_infer_f32(nf.s, input.data(), B, nullptr, r_chain.data(), p_chain.data()), SDEDGE_OK, nullptr);
+    CHECK(close_all(p_full.data(), std::vector<double>(p_chain.begin(), p_chain.end()), 1e-4, "full_graph=0 probabilities"));
+  }
+
   // budgets and deadlines: exit 1 is the floor; a generous budget reaches the last exit in time
   sdedge_infer_options io;
   sdedge_infer_options_init(&io);

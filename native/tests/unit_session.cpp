@@ -35,8 +35,20 @@ struct FakeBackend : Backend {
   std::vector<double> sleep_ms = {0, 0, 0};
   std::vector<std::vector<int>> seen;  // the row ids each run_section call saw
   std::int64_t image = 1;
+  bool full = false;                            // has a full graph: its logits are full_table[row]
+  std::vector<std::vector<float>> full_table;  // [row][class]
+  int full_runs = 0;
 
   std::string name() const override { return "fake"; }
+  bool has_full() const override { return full; }
+  void run_full(const DeviceTensor &in, std::vector<float> &logits) override {
+    ++full_runs;
+    logits.clear();
+    for (float id : static_cast<const FakeTensor &>(in).ids) {
+      const auto &row = full_table[static_cast<std::size_t>(id)];
+      logits.insert(logits.end(), row.begin(), row.end());
+    }
+  }
   std::string device_name() const override { return "fake-device"; }
   int num_sections() const override { return kK; }
   TensorPtr upload(const float *x, std::int64_t rows) override {
@@ -234,6 +246,44 @@ int main() {
       threw = e.code() == Code::Policy && std::string(e.what()).find("row_thresholds[1]") != std::string::npos;
     }
     CHECK(threw);
+  }
+
+  // ---- no policy: the full graph answers (no section runs); anything that needs a section's logits or time runs them
+  {
+    auto fb = std::make_unique<FakeBackend>();
+    FakeBackend *be = fb.get();
+    be->table = {{peaked(1, 0.95), peaked(2, 0.5)}, {peaked(1, 0.95), peaked(2, 0.93)}, {peaked(1, 0.9), peaked(2, 0.9)}};
+    be->full = true;
+    be->full_table = {peaked(3, 0.8), peaked(0, 0.7)};  // unlike any section: which graph answered shows
+    SessionConfig cfg;
+    cfg.warmup = 0;
+    Session s(fake_bundle(), std::move(fb), cfg);
+    const float x[2] = {0, 1};
+    RowResult r[2];
+    float probs[2 * kC], conf[2 * kK];
+    s.infer_f32(x, 2, InferRequest{}, r, probs);
+    CHECK(be->full_runs == 1 && be->seen.empty());
+    CHECK(r[0].label == 3 && r[1].label == 0 && r[0].exit_index == kK && r[1].stopped_by == kStopLast);
+    CHECK(std::fabs(probs[3] - 0.8f) < 1e-5f && std::fabs(r[1].confidence - 0.7f) < 1e-5f && r[0].deadline_met == -1);
+    s.infer_f32(x, 2, InferRequest{}, r, probs, conf);  // exit confidences wanted: every section runs
+    CHECK(be->full_runs == 1 && be->seen.size() == 3 && r[0].label == 1 && std::fabs(conf[0] - 0.95f) < 1e-5f);
+    InferRequest thr;
+    thr.threshold = 0.99;  // a threshold no row meets still needs every exit's logits
+    s.infer_f32(x, 2, thr, r, probs);
+    CHECK(be->full_runs == 1 && be->seen.size() == 6 && r[0].label == 1);
+    InferRequest budget;
+    budget.budget_ms = 1e6;  // a deadline: the sections are timed
+    s.infer_f32(x, 2, budget, r, probs);
+    CHECK(be->full_runs == 1 && be->seen.size() == 9 && r[0].deadline_met == 1);
+    cfg.answer = Answer::Ensemble;  // the ensemble answer needs every exit
+    auto fb2 = std::make_unique<FakeBackend>();
+    FakeBackend *be2 = fb2.get();
+    be2->table = be->table;
+    be2->full = true;
+    be2->full_table = be->full_table;
+    Session e(fake_bundle(), std::move(fb2), cfg);
+    e.infer_f32(x, 2, InferRequest{}, r, probs);
+    CHECK(be2->full_runs == 0 && be2->seen.size() == 3 && r[0].label == 1);
   }
 
   // ---- answer mode "ensemble": the mean of the exits' softmax so far

@@ -9,7 +9,9 @@ shrinks a device handle to the rows still going on. Only logits ever come back t
 
 :meth:`Backend.run_chain` is the one loop that runs sections back to back without deciding anything
 (warm-up, profiling, every exit's logits, parity probes, benchmarks); the session's decision loop
-(:mod:`sdedge.runtime.session`) is the only other caller of :meth:`Backend.run_section`.
+(:mod:`sdedge.runtime.session`) is the only other caller of :meth:`Backend.run_section`. A backend may also
+load the bundle's ``full.onnx`` (:attr:`Backend.has_full`, :meth:`Backend.run_full`): the session answers a
+call with no policy from it.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class BackendOptions:
     intra_op_threads: int | None = None  # None = backend default
     providers: Sequence[str] | None = None  # ONNX Runtime execution providers, in order of preference
     max_batch: int = 64
+    full_graph: bool = False  # also load the bundle's full.onnx where the backend can (Backend.run_full)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,6 +62,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def take_rows(self, x: Any, rows: np.ndarray) -> Any:
         """Keep only ``rows`` (int indices) of the batch held by handle ``x``."""
+
+    @property
+    def has_full(self) -> bool:
+        """Whether the backend loaded the bundle's ``full.onnx`` (``BackendOptions.full_graph``)."""
+        return False
+
+    def run_full(self, x: Any) -> np.ndarray:
+        """The deepest exit's host logits from the full graph, on an :meth:`upload` handle (when :attr:`has_full`)."""
+        raise BackendError(f"the {self.name} backend has no full graph loaded")
 
     def run_chain(self, x: np.ndarray, upto: int | None = None,
                   on_section: Callable[[int, float, Any], None] | None = None) -> list[np.ndarray]:

@@ -173,6 +173,12 @@ class OnnxRuntimeBackend(Backend):
             self._sessions.append(sess)
         self._reference = None
         self._io_out: dict[tuple[int, int], tuple[Any, dict[str, np.ndarray]]] = {}
+        # full.onnx (image -> the deepest exit's logits, the first section's input): fp32 only, there is no
+        # full graph of the other precisions
+        self._full_loaded = bool(opts.full_graph and bundle.has_full and opts.precision == "fp32")
+        if self._full_loaded:
+            self._reference = self._load(bundle.file("full.onnx"), bundle.manifest.sections[0])
+            self._full_io = (self._reference.get_inputs()[0].name, self._reference.get_outputs()[0].name)
 
     def _load(self, path: Any, spec: SectionSpec | None = None) -> Any:
         providers: list[Any] = list(self.providers)
@@ -265,6 +271,25 @@ class OnnxRuntimeBackend(Backend):
             return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x.numpy()[rows]), "cuda", 0)
         return np.ascontiguousarray(x[rows])
 
+    @property
+    def has_full(self) -> bool:
+        return self._full_loaded and bool(self._sessions)
+
+    def run_full(self, x: Any) -> np.ndarray:
+        if not self.has_full:
+            raise self._closed() if not self._sessions else BackendError("the onnxruntime backend has no full graph loaded")
+        sess, (name_in, name_out) = self._reference, self._full_io
+        try:
+            if self.on_gpu:
+                io = sess.io_binding()
+                io.bind_ortvalue_input(name_in, x)
+                io.bind_output(name_out, "cpu")
+                sess.run_with_iobinding(io)
+                return io.get_outputs()[0].numpy()
+            return sess.run([name_out], {name_in: x})[0]
+        except Exception as e:
+            raise BackendError(f"onnxruntime failed running the full graph (full.onnx): {e}") from None
+
     def run_reference(self, x: np.ndarray) -> np.ndarray:
         if not self._sessions:
             raise self._closed()
@@ -278,4 +303,5 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._sessions = []
         self._reference = None
+        self._full_loaded = False
         self._io_out.clear()

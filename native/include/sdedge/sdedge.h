@@ -11,7 +11,9 @@
  *
  * ABI versions: 1 = DESIGN §5b as first written; 2 appended the session options' answer, criterion,
  * verify, latency_window and latency_quantile, the infer options' per-exit thresholds, and added
- * sdedge_session_describe and sdedge_session_infer_f32_ex / sdedge_session_infer_u8_ex.
+ * sdedge_session_describe and sdedge_session_infer_f32_ex / sdedge_session_infer_u8_ex; 3 appended the infer
+ * options' per-row thresholds and deadlines (row_thresholds, row_deadlines_ns, on_rows); 4 appended the
+ * session options' full_graph.
  *
  * Rules that hold for every function:
  *   - No C++ exception crosses the ABI. Misuse (NULL pointers, a wrong struct_size, a batch above
@@ -44,7 +46,7 @@
 #endif
 
 /* The ABI version this header describes; compare with sdedge_abi_version() at run time. */
-#define SDEDGE_ABI_VERSION 3
+#define SDEDGE_ABI_VERSION 4
 
 #ifdef __cplusplus
 extern "C" {
@@ -87,6 +89,13 @@ typedef struct {
   int32_t verify;                  /**< 1 (default): check every file's sha256 at open; 0: skip */
   int32_t latency_window;          /**< online latency samples per (section, rows) cell; 0 = 256 */
   double latency_quantile;         /**< the tail quantile of the online estimate, in (0, 1]; 0 = 0.99 */
+  /* appended in ABI version 4 */
+  int32_t full_graph;              /**< 1 (default): load the bundle's full.onnx when it has one; a call with no
+                                        policy (no threshold, no budget or deadline, answer "last") and NULL
+                                        exit_confidences then runs that one graph to the deepest exit instead of
+                                        the sections, skipping the intermediate exit heads it would not use
+                                        (same answer within float tolerance; its time teaches the deadline policy
+                                        nothing). 0: never load it (less memory) */
 } sdedge_session_options;
 
 /** Options of one inference call. Initialise with sdedge_infer_options_init (no policy: deepest exit). */
