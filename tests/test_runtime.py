@@ -570,3 +570,16 @@ def test_a_call_with_no_policy_runs_full_onnx_and_answers_as_the_chain(tiny_bund
             assert calls == list(range(1, k + 1))
             # the warm-up timed the sections although no-policy calls skip them
             assert all(s.estimator.count(i, 1) > 0 for i in range(1, k + 1))
+
+
+def test_a_full_graph_that_is_not_the_network_is_refused_naming_it(tiny_bundle: Path, tmp_path: Path,
+                                                                  engine: str) -> None:
+    """full.onnx is checked as a section is (its input is the image, its output the deepest exit's logits)."""
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dst)
+    update_bundle(dst, {"full.onnx": (dst / "sections" / "s1.onnx").read_bytes()})  # checksummed, but section 1
+    with pytest.raises(BundleError, match=r"full graph \(full\.onnx\).*outputs"):
+        AnytimeSession(dst, engine=engine, backend="onnxruntime", intra_op_threads=1, warmup=0)
+    with AnytimeSession(dst, engine=engine, backend="onnxruntime", intra_op_threads=1, warmup=0,
+                        full_graph=False) as s:  # never loaded: the sections still answer
+        assert not s.full_graph and s.infer(images(s, 1)[0]).exit_index == s.num_exits

@@ -25,6 +25,8 @@ by default.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,7 +106,7 @@ def check_section_io(sess: Any, spec: SectionSpec, rel: str) -> None:
     so a bundle whose sections were swapped or whose manifest shapes were edited fails at load, naming the
     section, instead of failing (or silently computing on the wrong tensors) at the first call.
     """
-    where = f"section {spec.index} ({rel})"
+    where = f"the full graph ({rel})" if spec.index == 0 else f"section {spec.index} ({rel})"
     wanted: list[tuple[str, list[TensorSpec], list[Any]]] = [
         ("input", [spec.input], sess.get_inputs()),
         ("output", ([spec.features] if spec.features else []) + [spec.logits], sess.get_outputs())]
@@ -176,9 +178,12 @@ class OnnxRuntimeBackend(Backend):
         # full.onnx (image -> the deepest exit's logits, the first section's input): fp32 only, there is no
         # full graph of the other precisions
         self._full_loaded = bool(opts.full_graph and bundle.has_full and opts.precision == "fp32")
-        if self._full_loaded:
-            self._reference = self._load(bundle.file("full.onnx"), bundle.manifest.sections[0])
-            self._full_io = (self._reference.get_inputs()[0].name, self._reference.get_outputs()[0].name)
+        if self._full_loaded:  # checked as a section is: the first section's input, the last section's logits
+            secs = bundle.manifest.sections
+            spec = dataclasses.replace(secs[-1], index=0, file="full.onnx", input=secs[0].input, features=None)
+            self._reference = self._load(bundle.file("full.onnx"), secs[0])
+            check_section_io(self._reference, spec, "full.onnx")
+            self._full_io = (spec.input.name, spec.logits.name)
 
     def _load(self, path: Any, spec: SectionSpec | None = None) -> Any:
         providers: list[Any] = list(self.providers)
