@@ -653,9 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     contract["versions"].update(client_versions())
     contract["busiest_processes_at_start"] = busiest()
     contract["machine_note"] = (
-        "clients, the server under test and other work share the CPUs above: during this run a niced (nice 19) "
-        "mutation-testing job (mutmut, 2 children) ran beside it (see busiest_processes_at_start); figures are as "
-        "measured under that sharing")
+        "clients, the server under test and any other work share the CPUs above: cpu_use gives the CPU seconds "
+        "other processes took during the run (niced and not), busiest_processes_at_start what ran at its start")
     print(f"# serve_bench: {contract['machine']}; load avg {os.getloadavg()[0]:.2f}; {n_img} {dataset} test images; "
           f"clients {client_counts}; {args.requests} timed requests per client", flush=True)
     res: dict[str, Any] = {"contract": contract, "contract_text": __doc__,

@@ -25,14 +25,8 @@ struct session_options_v1 {
   int32_t warmup;
   const char *onnxruntime_library;
 };
-struct session_options_v2 {  // ABI versions 2 and 3
-  uint32_t struct_size;
-  const char *backend;
-  const char *providers;
-  int32_t intra_op_threads;
-  int32_t max_batch;
-  int32_t warmup;
-  const char *onnxruntime_library;
+struct session_options_v2 {  // ABI versions 2 and 3: version 1's fields, then these
+  session_options_v1 v1;
   const char *answer;
   const char *criterion;
   int32_t verify;
@@ -47,13 +41,8 @@ struct infer_options_v1 {
   double budget_ms;
   int64_t deadline_ns;
 };
-struct infer_options_v2 {
-  uint32_t struct_size;
-  double threshold;
-  int32_t calibrated;
-  const char *criterion;
-  double budget_ms;
-  int64_t deadline_ns;
+struct infer_options_v2 {  // version 1's fields, then these
+  infer_options_v1 v1;
   const double *thresholds;
   int32_t num_thresholds;
 };
