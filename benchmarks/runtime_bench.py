@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out["decision_overhead"] = do
     per = do["per_section_us"]
     print(f"4. decision overhead per section: {'n/a' if per is None else f'{per:.1f}'} us (both policies active; "
-          f"goal <= 20 us) + {do['fixed_per_call_us'] or float('nan'):.1f} us fixed per call; plain call, no policy: "
+          f"goal <= 20 us) + {do['fixed_per_call_us'] or float('nan'):.1f} us fixed per call; plain call (generous budget, no threshold): "
           f"{do['plain_overhead_us_per_section']:.1f} us per section all included")
     for e in do["per_exit"]:
         print(f"     stop at exit {e['exit']}: chain {e['chain_p50_ms']:.4f} ms, infer "
