@@ -325,6 +325,11 @@ class AnytimeSession:
         results = self._call(prep.batch, pol, stop_at, t0)
         return results[0] if prep.single else results
 
+    def _no_policy(self, pol: ConfidencePolicy, stop_at: float | None) -> bool:
+        """Whether a call runs every row to the deepest exit and answers there alone: no deadline, no confidence
+        stop before the deepest exit, answer "last" (such a call may run ``full.onnx``)."""
+        return stop_at is None and not pol.active and self.answer == "last"
+
     def _call(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float) -> list[InferenceResult]:
         """One call of a prepared batch under one policy and deadline, on the session's engine."""
         if self._native is not None:
@@ -367,7 +372,7 @@ class AnytimeSession:
                 raise PolicyError(f"the rows of one infer_rows call must share a criterion; got {pol.criterion!r} "
                                   f"and {p.criterion!r} (\"calibrated\" rows use the calibration's)")
         row_dl = np.array([math.inf if d is None else self._deadline(t0, None, d) for d in dls], np.float64)
-        if self.answer == "last" and all(d is None for d in dls) and not any(p.active for p in pols):
+        if all(d is None for d in dls) and all(self._no_policy(p, None) for p in pols):
             results = self._call(xb, pol, None, t0)  # no row has a policy: one call with none (full.onnx)
             if on_settled is not None:
                 on_settled(list(range(n)), results)
@@ -413,7 +418,7 @@ class AnytimeSession:
 
         relay = None if on_settled is None else lambda idx, res, probs, conf: on_settled(idx, rows_of(idx, res, probs,
                                                                                                       conf))
-        if not row_mode and stop_at is None and not pol.active and self.answer == "last":
+        if not row_mode and self._no_policy(pol, stop_at):
             # no policy: the core may answer from full.onnx, and the exit confidences wait until read
             res, probs, _ = nat.infer(xb, nat.request(pol.criterion, thresholds), 0, exit_confidences=False)
             return self._full_results(xb, pol, probs, res["confidence"], t0)
@@ -456,8 +461,7 @@ class AnytimeSession:
         clock = self.clock
         t1 = clock()
         backend, record, K = self.backend, self.estimator.record, self.num_exits
-        if (full and stop_at is None and row_thr is None and row_dl is None and not pol.active
-                and self.answer == "last" and backend.has_full):
+        if full and row_thr is None and row_dl is None and self._no_policy(pol, stop_at) and backend.has_full:
             return self._run_full(xb, pol, t0)
         should_stop = self.deadline_policy.should_stop
         n_all = xb.shape[0]
@@ -566,9 +570,7 @@ class AnytimeSession:
                 out_probs[done], out_conf[done] = p, c
                 for i in done.tolist():
                     out_exit[i], out_why[i] = k, why
-        if not np.isfinite(out_probs).all():
-            i = int(np.flatnonzero(~np.isfinite(out_probs).all(axis=1))[0])
-            raise _non_finite(out_exit[i], xb[i:i + 1], "the input" if n_all == 1 else f"image {i} of the batch")
+        _check_finite(out_probs, out_exit, xb)
         results = self._results(out_probs, np.asarray(out_conf), out_exit, out_why,
                                 [(trace, i, pol, answer_mode) for i in range(n_all)])
         t_end = clock()
@@ -580,9 +582,7 @@ class AnytimeSession:
         """A call with no policy on the full graph: every row answers at the deepest exit."""
         K = self.num_exits
         probs = pol.probs(K, self.backend.run_full(self.backend.upload(xb)))
-        if not np.isfinite(probs).all():
-            i = int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])
-            raise _non_finite(K, xb[i:i + 1], "the input" if xb.shape[0] == 1 else f"image {i} of the batch")
+        _check_finite(probs, [K] * xb.shape[0], xb)
         return self._full_results(xb, pol, probs, confidence(probs, pol.criterion), t0)
 
     def _full_results(self, xb: np.ndarray, pol: ConfidencePolicy, probs: np.ndarray, conf: np.ndarray,
@@ -637,6 +637,13 @@ def _choose_engine(opts: SessionOptions, clock: Callable[[], float]) -> str:
     if opts.engine == "native":
         raise NativeUnavailable(f"engine='native' cannot run this session: {why}")
     return "python"
+
+
+def _check_finite(probs: np.ndarray, exits: list[int], xb: np.ndarray) -> None:
+    """Raise :func:`_non_finite` for the first row of ``probs`` (answered at ``exits[row]``) that is not finite."""
+    if not np.isfinite(probs).all():
+        i = int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])
+        raise _non_finite(exits[i], xb[i:i + 1], "the input" if xb.shape[0] == 1 else f"image {i} of the batch")
 
 
 def _non_finite(exit_index: int, x: np.ndarray, what: str = "the input") -> InputError:

@@ -190,20 +190,13 @@ def section_inputs(int8_export):
     return b, inputs, logits
 
 
-def _run(path, x: np.ndarray) -> list:
+def _run(path, x: np.ndarray, optimize: bool = True) -> list:
+    """``optimize=False``: a QDQ graph run as the ONNX spec defines it (no integer kernels, so no dependence on
+    the CPU's instructions: on x86 without VNNI, MLAS's u8 x s8 kernels saturate int16 pair sums, which
+    symmetric int8 activations hit)."""
     from sdedge.export.parity import ort_session
 
-    s = ort_session(path, 1)
-    return s.run(None, {s.get_inputs()[0].name: x})
-
-
-def _run_as_specified(path, x: np.ndarray) -> list:
-    """A QDQ graph run as the ONNX spec defines it (no integer kernels, so no dependence on the CPU's
-    instructions: on x86 without VNNI, MLAS's u8 x s8 kernels saturate int16 pair sums, which symmetric int8
-    activations hit)."""
-    from sdedge.export.parity import ort_session
-
-    s = ort_session(path, 1, optimize=False)
+    s = ort_session(path, 1, optimize=optimize)
     return s.run(None, {s.get_inputs()[0].name: x})
 
 
@@ -246,7 +239,7 @@ def test_tensorrt_conversion_is_symmetric_int8_and_computes_the_same(section_inp
         onnx.save(m, str(tmp_path / f"s{s.index}.onnx"))
         x = inputs[s.index - 1]
         # TensorRT executes QDQ graphs with these semantics (it has no u8 x s8 pair saturation to mimic)
-        ref, got = _run_as_specified(src, x)[-1], _run_as_specified(tmp_path / f"s{s.index}.onnx", x)[-1]
+        ref, got = _run(src, x, optimize=False)[-1], _run(tmp_path / f"s{s.index}.onnx", x, optimize=False)[-1]
         _close_to(ref, got, f"section {s.index} converted to symmetric int8")
         again = tensorrt_qdq(m)  # already symmetric: nothing to change
         assert again.graph.SerializeToString() == m.graph.SerializeToString()
@@ -297,7 +290,7 @@ def test_tensorrt_target_and_per_tensor_weights(section_inputs, tmp_path: Path) 
     assert "Relu" in optimized_graph(dst).ops
     assert settings.to_json()["activations"] == "int8 symmetric"
     # computed as TensorRT would (the spec's QDQ semantics), not by MLAS's CPU-dependent integer kernels
-    _close_to(logits[0], _run_as_specified(dst, inputs[0])[-1], "tensorrt layout, section 1")
+    _close_to(logits[0], _run(dst, inputs[0], optimize=False)[-1], "tensorrt layout, section 1")
 
 
 def test_bad_quantization_settings_are_refused(section_inputs, tmp_path: Path) -> None:

@@ -115,9 +115,8 @@ void OrtBackend::load(const std::vector<std::string> &providers, const SectionSp
   lib_->check(lib_->api().CreateSession(env_.get(), path.c_str(), so.get(), &s), "onnxruntime could not load " + path);
   sessions_.push_back(lib_->own(s));
   check_section_io(s, spec);
-  const bool full = spec.index == 0;
   in_names_.push_back(spec.input.name);
-  feat_names_.push_back(spec.features && !full ? features_name(spec.index) : "");
+  feat_names_.push_back(spec.features ? spec.features->name : "");
   logit_names_.push_back(spec.logits.name);
 }
 

@@ -263,26 +263,19 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
   TensorPtr h = backend_->upload(x, n_all);
   // No policy (no deadline, no confidence stop before the deepest exit, answer "last") and no exit
   // confidences wanted: the deepest exit's answer from full.onnx, without the intermediate exit heads.
-  // Its time is not a section's: the latency figures learn nothing from it.
-  if (backend_->has_full() && !d && row_dl.empty() && !row_thr && !ensemble && !exit_conf && !pol.stops_early()) {
+  // Its time is not a section's nor the runtime's own: the latency figures learn nothing from it.
+  const bool full = backend_->has_full() && !d && row_dl.empty() && !row_thr && !ensemble && !exit_conf &&
+                    !pol.stops_early();
+  if (full) {
     backend_->run_full(*h, logits_);
-    const double temp = pol.temperatures[static_cast<std::size_t>(K - 1)];
-    softmax_rows(logits_.data(), n_all, C, temp, out_probs.data());
+    softmax_rows(logits_.data(), n_all, C, pol.temperatures[static_cast<std::size_t>(K - 1)], out_probs.data());
     for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
       out_conf[r] = confidence_of(out_probs.data() + r * nc, C, pol.criterion);
       out_exit[r] = K;
       out_why[r] = kStopLast;
     }
-    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) check_finite_row(r);
-    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) write_row(r);
-    const double latency = (clock() - t0) * 1e3;
-    for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {
-      results[r].latency_ms = latency;
-      results[r].deadline_met = -1;
-    }
-    return;
   }
-  for (int k = 1; k <= K; ++k) {
+  for (int k = 1; !full && k <= K; ++k) {
     const auto n = static_cast<std::int64_t>(rows.size());
     const auto un = static_cast<std::size_t>(n);
     const double ts = clock();
@@ -399,11 +392,8 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
     for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) write_row(r);
   }
   const double t_end = clock();
-  if (row_mode) {  // every row was answered as it settled
-    deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - section_ms);
-    return;
-  }
-  deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - section_ms);
+  if (!full) deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - section_ms);
+  if (row_mode) return;  // every row was answered as it settled
   const double latency = (t_end - t0) * 1e3;
   const std::int32_t met = d ? (t_end <= *d ? 1 : 0) : -1;
   for (std::size_t r = 0; r < static_cast<std::size_t>(n_all); ++r) {

@@ -177,8 +177,9 @@ class OnnxRuntimeBackend(Backend):
         self._io_out: dict[tuple[int, int], tuple[Any, dict[str, np.ndarray]]] = {}
         # full.onnx (image -> the deepest exit's logits, the first section's input): fp32 only, there is no
         # full graph of the other precisions
-        self._full_loaded = bool(opts.full_graph and bundle.has_full and opts.precision == "fp32")
-        if self._full_loaded:  # checked as a section is: the first section's input, the last section's logits
+        self._full_io: tuple[str, str] | None = None  # (input, output) names once full.onnx is loaded for run_full
+        if opts.full_graph and bundle.has_full and opts.precision == "fp32":
+            # checked as a section is: the first section's input, the last section's logits
             secs = bundle.manifest.sections
             spec = dataclasses.replace(secs[-1], index=0, file="full.onnx", input=secs[0].input, features=None)
             self._reference = self._load(bundle.file("full.onnx"), secs[0])
@@ -278,7 +279,7 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def has_full(self) -> bool:
-        return self._full_loaded and bool(self._sessions)
+        return self._full_io is not None and bool(self._sessions)
 
     def run_full(self, x: Any) -> np.ndarray:
         if not self.has_full:
@@ -308,5 +309,4 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._sessions = []
         self._reference = None
-        self._full_loaded = False
         self._io_out.clear()
