@@ -39,8 +39,10 @@ Contract:
   is opened whenever none is idle, so requests wait in the server, not in the client). Every request
   carries ``budget_ms``: alternately tight (``--tight-x`` x the median single-request latency measured above,
   batching server, 1 client, deepest) and loose (``--loose-x`` x it), no threshold (the deadline alone
-  picks the exit). The same arrival times, images and budgets go to a batching server with
-  ``--queue-order edf`` and one with ``--queue-order fifo`` (both up together), ``--chunk-s`` seconds
+  picks the exit). The same arrival times, images and budgets go to four batching servers (all up
+  together): ``--queue-order edf`` and ``fifo``, each as served by default (shedding, while others wait,
+  the requests that can no longer reach their first exit) and with ``--no-shed-infeasible`` (only the
+  expired ones), ``--chunk-s`` seconds
   of arrivals at a time in turns, the order alternating, each chunk answered in full before the next
   (so drift hits both alike; each chunk starts on an empty queue). Reported per class: share answered
   200 with ``deadline_met`` true (the server's verdict, from its arrival stamp), share also read by the
@@ -592,6 +594,13 @@ def busiest() -> list[str]:
         return []
 
 
+# the overload contenders: the queue order, each with and without shedding the requests that can no longer reach
+# their first exit while others wait (the server's default; --no-shed-infeasible: only the expired ones)
+OVERLOAD_CONTENDERS = {"edf": ["--queue-order", "edf"], "fifo": ["--queue-order", "fifo"],
+                       "edf-no-shed": ["--queue-order", "edf", "--no-shed-infeasible"],
+                       "fifo-no-shed": ["--queue-order", "fifo", "--no-shed-infeasible"]}
+
+
 def start_server(bundle: Path, extra: list[str]) -> ServerProcess:
     srv = ServerProcess(bundle, ["--threads", "1", "--log-level", "warning", *extra], model=MODEL)
     srv.wait_ready(180)
@@ -732,8 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                "policy": "no threshold; the budget picks the exit", "by_factor": {}})
     servers = {}
     try:
-        for order in ("edf", "fifo"):
-            servers[order] = start_server(args.bundle, ["--queue-order", order])
+        for order, flags in OVERLOAD_CONTENDERS.items():
+            servers[order] = start_server(args.bundle, flags)
         for factor in [float(f) for f in args.overload_factor.split(",")]:
             rate = factor * capacity
             rng = np.random.default_rng(args.seed)
@@ -750,14 +759,15 @@ def main(argv: list[str] | None = None) -> int:
             for order, r in runs.items():
                 fo[order] = r
                 a = r["all"]
-                print(f"{order:<5} all: met {a['met_share']:.3f} (client {a['client_met_share']:.3f}) late "
+                print(f"{order:<12} all: met {a['met_share']:.3f} (client {a['client_met_share']:.3f}) late "
                       f"{a['late_share']:.3f} 504 "
                       f"{a['expired_504_share']:.3f} 503 {a['queue_full_503_share']:.3f} other "
                       f"{a['other_failure_share']:.3f} acc(answered) {a['accuracy_of_answered']}; tight met "
                       f"{r['tight']['met_share']:.3f}, loose met {r['loose']['met_share']:.3f}; answered "
                       f"{r['answered_200_per_s']}/s; sender {r['sender']}", flush=True)
-            fo["edf_met_over_fifo_met"] = (round(fo["edf"]["all"]["met_share"] / fo["fifo"]["all"]["met_share"], 3)
-                                           if fo["fifo"]["all"]["met_share"] else None)
+            for a, b in (("edf", "fifo"), ("edf", "edf-no-shed"), ("fifo", "fifo-no-shed")):
+                fo[f"{a}_met_over_{b}_met"] = (round(fo[a]["all"]["met_share"] / fo[b]["all"]["met_share"], 3)
+                                               if fo[b]["all"]["met_share"] else None)
     finally:
         for srv in servers.values():
             srv.stop()
@@ -854,7 +864,7 @@ def markdown(res: dict[str, Any], client_counts: list[int]) -> str:
               "| load | order | class | met (200, deadline_met) | client met | 200 late | 504 | 503 | other | "
               "accuracy of answered | mean exit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for f, fo in ov["by_factor"].items():
-        for order in ("edf", "fifo"):
+        for order in OVERLOAD_CONTENDERS:
             for cls in ("all", "tight", "loose"):
                 r = fo[order][cls]
                 lines.append(f"| {f}x ({fo['rate_rps']} req/s) | {order} | {cls} | {r['met_share']:.4f} | "
@@ -864,7 +874,7 @@ def markdown(res: dict[str, Any], client_counts: list[int]) -> str:
                              f"{r['mean_exit_of_answered']} |")
     lines.append("")
     for f, fo in ov["by_factor"].items():
-        for order in ("edf", "fifo"):
+        for order in OVERLOAD_CONTENDERS:
             s = fo[order]["sender"]
             lines.append(f"- {f}x {order}: answered {fo[order]['answered_200_per_s']} req/s; sender achieved "
                          f"{s['achieved_offered_rps']} req/s offered, lag p50/p99 {s['sender_lag_p50_ms']}/"

@@ -30,7 +30,7 @@ pytest.importorskip("prometheus_client")
 
 from sdedge.runtime.server import (BackgroundServer, ServerConfig, ServerConfigError, SessionOptions,  # noqa: E402
                                    build_app)
-from sdedge.runtime.server.worker import InferencePool, Overloaded, ShuttingDown  # noqa: E402
+from sdedge.runtime.server.worker import DeadlineExceeded, InferencePool, Overloaded, ShuttingDown  # noqa: E402
 
 MAX_BODY_MB = 0.05  # 52 428 bytes
 
@@ -442,6 +442,40 @@ def test_worker_pool_queue_bound_errors_and_drain():
     asyncio.run(main())
 
 
+class Costed(Blocking):
+    """A session whose first exit, by its own figures, takes 100 s (per-call overhead 1 s)."""
+
+    def section_cost_ms(self, section, rows=1):
+        return 1e3 if section == 0 else 1e5 * rows
+
+
+def test_worker_pool_sheds_a_request_that_cannot_reach_its_first_exit_only_while_others_wait():
+    async def main(shed):
+        s = Costed()
+        pool = InferencePool([s], shed_infeasible=shed)
+        events = PoolEvents(pool)
+        running = asyncio.ensure_future(pool.run("a"))
+        await asyncio.to_thread(events.wait, "started", 1)  # the worker is busy with "a"
+        hopeless = asyncio.ensure_future(pool.run("hopeless", deadline=pool.clock() + 50.0))  # 50 s < 101 s
+        far = pool.clock() + 3600.0
+        behind = asyncio.ensure_future(pool.run("b", deadline=far))  # after "hopeless" in the queue
+        await asyncio.to_thread(events.wait, "queued", 3)
+        s.go.set()
+        assert (await running).results == ["a"] and (await behind).results == ["b"]
+        if shed:
+            with pytest.raises(DeadlineExceeded, match=r"less than the first exit needs \(about 101000.000 ms\)"):
+                await hopeless
+            assert events.counts["expired"] == 1 and s.seen == [("a", None), ("b", far)]
+        else:
+            assert (await hopeless).results == ["hopeless"] and events.counts["expired"] == 0
+        # alone in the queue, the same request runs (the session answers at its floor, late)
+        assert (await pool.run("alone", deadline=pool.clock() + 50.0)).results == ["alone"]
+        await asyncio.to_thread(pool.close, 10)
+
+    asyncio.run(main(True))
+    asyncio.run(main(False))
+
+
 # -- configuration, CLI, shutdown ---------------------------------------------------------------------------------
 def test_bad_settings_are_refused(session):
     for make, needle in ((lambda: ServerConfig(session=SessionOptions(max_batch=0)), "max_batch"),
@@ -451,7 +485,8 @@ def test_bad_settings_are_refused(session):
                          (lambda: ServerConfig(threshold=3), "threshold"),
                          (lambda: ServerConfig(session=SessionOptions(intra_op_threads=0)), "intra_op_threads"),
                          (lambda: ServerConfig(session=SessionOptions(warmup=-1)), "warmup"),
-                         (lambda: ServerConfig(session={"max_batch": 4}), "SessionOptions")):
+                         (lambda: ServerConfig(session={"max_batch": 4}), "SessionOptions"),
+                         (lambda: ServerConfig(shed_infeasible="no"), "shed_infeasible")):
         with pytest.raises((ServerConfigError, ValueError), match=needle):
             make()
     assert ServerConfig().host == "127.0.0.1"
@@ -479,7 +514,8 @@ def test_cli_builds_the_session_options():
     cfg = config_from_args(args)
     assert cfg.session == SessionOptions(backend="onnxruntime", intra_op_threads=2, warmup=0, max_batch=4,
                                          answer="ensemble")
-    assert cfg.budget_ms == 5.0 and cfg.criterion is None
+    assert cfg.budget_ms == 5.0 and cfg.criterion is None and cfg.shed_infeasible is True
+    assert config_from_args(build_parser().parse_args(["serve", "b/", "--no-shed-infeasible"])).shed_infeasible is False
 
 
 def test_cli_defaults_and_help():

@@ -44,7 +44,9 @@ class ServerConfig:
     Scheduling (:mod:`.scheduler`): earliest deadline first (``queue_order="fifo"``: arrival order); a request without a deadline yields to those
     with one for at most ``no_deadline_wait_ms``; ``batching`` runs the compatible requests waiting
     together as one batch of up to ``session.max_batch`` rows, each row with its own threshold and
-    deadline, waiting up to ``max_queue_delay_us`` for more (0: only what already waits).
+    deadline, waiting up to ``max_queue_delay_us`` for more (0: only what already waits); ``shed_infeasible``:
+    while other requests wait, one that can no longer reach even its first exit by its deadline is
+    answered "deadline exceeded" (504) instead of run (False: only those whose deadline passed).
     Capacity: ``workers`` sessions, each on its own inference thread with ``session.intra_op_threads``
     ORT intra-op threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
     ``max_queue`` requests (more: 503). Safety caps: ``max_body_mb`` MiB per body (after decompression
@@ -69,6 +71,7 @@ class ServerConfig:
     max_queue_delay_us: int = 0
     no_deadline_wait_ms: float = 1000.0
     queue_order: str = "edf"
+    shed_infeasible: bool = True
     body_timeout_s: float = 30.0
     max_header_kb: int = 16
     limit_concurrency: int | None = 512
@@ -102,8 +105,9 @@ class ServerConfig:
             raise ServerConfigError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if self.queue_order not in ("edf", "fifo"):
             raise ServerConfigError(f"queue_order must be 'edf' or 'fifo', got {self.queue_order!r}")
-        if not isinstance(self.batching, bool):
-            raise ServerConfigError(f"batching must be true or false, got {self.batching!r}")
+        for name in ("batching", "shed_infeasible"):
+            if not isinstance(getattr(self, name), bool):
+                raise ServerConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("workers", "max_queue", "max_header_kb", "timeout_keep_alive"):
             _positive_int(self, name)
         if self.limit_concurrency is not None:

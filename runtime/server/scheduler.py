@@ -14,6 +14,14 @@ Order (:meth:`EdfQueue.take`):
   in the ``expired`` list of :meth:`take` (answered "deadline exceeded" at once: HTTP 504, gRPC
   ``DEADLINE_EXCEEDED``), unless it asked for the floor answer (``late=True``: it runs, and the session
   answers at its first exit).
+* **Shedding under contention** (``floor_s``, on in the server by default: ``ServerConfig.shed_infeasible``):
+  a request whose deadline has not passed yet but is too close for even its first exit (``now +
+  floor_s(job) > deadline``, ``floor_s`` the session's own cost figure of exit 1 on its rows) is answered
+  "deadline exceeded" the same way **when other requests wait** (its answer would come late, and running it
+  would make the feasible ones behind it late too: the "domino effect" that makes plain EDF worse than
+  FIFO under overload). Alone in the queue it runs (nothing else wants the worker) and the session answers
+  at its first exit, late, as it does in-process. This goes beyond DESIGN section 6's "deadline passed" rule,
+  for the same reason that rule exists: the device must not be spent on answers nobody can use.
 * **Batches**: the head request is taken, then, while rows remain (``max_rows``), every further request
   in queue order that ``compatible(head, other)`` says can share its run (same input dtype and image
   shape, same criterion); the others keep their places. With ``max_delay_s`` > 0 and room left, the
@@ -35,7 +43,7 @@ import heapq
 import itertools
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from ...common.errors import SdedgeError
 
@@ -63,7 +71,7 @@ class EdfQueue:
     """
 
     def __init__(self, max_queue: int, clock: Callable[[], float], promote_after_s: float = 1.0,
-                 order: str = "edf") -> None:
+                 order: str = "edf", floor_s: Callable[[Any], float] | None = None) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if order not in QUEUE_ORDERS:
@@ -72,6 +80,7 @@ class EdfQueue:
         self.max_queue = int(max_queue)
         self.clock = clock
         self.promote_after_s = float(promote_after_s)
+        self.floor_s = floor_s  # seconds a job needs at least (its first exit); None: shed only the expired
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -131,7 +140,7 @@ class EdfQueue:
                 job = heapq.heappop(self._heap)[3]
                 if job.cancelled():
                     continue
-                if self._expired(job, now):
+                if self._expired(job, now, contended=bool(self._heap)):
                     expired.append(job)
                 else:
                     batch.append(job)
@@ -150,8 +159,19 @@ class EdfQueue:
                         rows = self._gather(batch, rows, max_rows, compatible, expired, self.clock(), admit)
             return expired, batch
 
-    def _expired(self, job: Any, now: float) -> bool:
-        return job.deadline is not None and now >= job.deadline and not job.late
+    def _expired(self, job: Any, now: float, contended: bool = True) -> bool:
+        """Whether ``job`` is shed: its deadline passed, or (``contended``: others wait) it cannot reach its
+        first exit by it (module docstring); never a ``late`` job or one without a deadline."""
+        if job.deadline is None or job.late:
+            return False
+        if now >= job.deadline:
+            return True
+        if not contended or self.floor_s is None:
+            return False
+        try:
+            return now + self.floor_s(job) > job.deadline
+        except Exception:  # noqa: BLE001 - no cost figure: shed only what has expired
+            return False
 
     def _gather(self, batch: list, rows: int, max_rows: int, compatible: Callable[[Any, Any], bool],
                 expired: list, now: float, admit: Callable[[list, Any, int, float], bool] | None = None) -> int:

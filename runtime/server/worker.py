@@ -13,7 +13,8 @@ How the server handles concurrency, and why:
 * Requests wait in **one queue** of at most ``max_queue`` entries, served earliest deadline first
   (:mod:`.scheduler`); when it is full the server answers 503 at once instead of queueing work that
   would only miss its deadline. A request whose deadline passed while it waited is answered "deadline
-  exceeded" (504) without running, unless it asked for the floor answer (``late``). Waiting is
+  exceeded" (504) without running, unless it asked for the floor answer (``late``); so, while other
+  requests wait, is one that can no longer reach even its first exit in time (``shed_infeasible``). Waiting is
   *visible*: each answer and ``/metrics`` report ``queue_ms``, and since the deadline counts from the
   request's arrival (``deadline = arrival + budget``), time spent queued is taken off the budget.
 * **Dynamic batching** (``ServerConfig.batching``, on by default): a worker runs the requests waiting
@@ -95,6 +96,12 @@ def _compatible(a: _Job, b: _Job) -> bool:
     return a.kind() == b.kind()
 
 
+def _first_exit_s(session: Any, rows: int) -> float:
+    """The session's predicted time, in seconds, of its first exit on ``rows`` rows (section 1 and the
+    runtime's per-call overhead): the least any request needs."""
+    return (session.section_cost_ms(1, rows) + session.section_cost_ms(0, rows)) * 1e-3
+
+
 def _slack_admission(session: Any) -> Callable[[list, _Job, int, float], bool]:
     """Admit a request into a forming batch only while the batch's first section, with the runtime's
     per-call overhead, on all its rows still ends by the tightest deadline in it (the session's cost
@@ -104,10 +111,10 @@ def _slack_admission(session: Any) -> Callable[[list, _Job, int, float], bool]:
         if not deadlines:
             return True
         try:
-            cost_ms = session.section_cost_ms(1, rows_after) + session.section_cost_ms(0, rows_after)
+            cost_s = _first_exit_s(session, rows_after)
         except Exception:  # noqa: BLE001 - no figure: batch as without admission, never stop the worker
             return True
-        return now + cost_ms * 1e-3 <= min(deadlines)
+        return now + cost_s <= min(deadlines)
     return admit
 
 
@@ -127,12 +134,14 @@ class InferencePool:
     ``time.perf_counter``); ``batching``: run waiting requests together (module docstring), at most
     ``max_batch`` rows (default: the smallest session ``max_batch``), waiting up to ``max_delay_s`` for
     more; ``no_deadline_wait_s``: when a request without a deadline stops yielding to those with one
-    (:mod:`.scheduler`); ``queue_order``: ``"edf"`` or ``"fifo"``; ``observer``: the test hook of the module docstring (None: off).
+    (:mod:`.scheduler`); ``queue_order``: ``"edf"`` or ``"fifo"``; ``shed_infeasible``: under contention,
+    answer "deadline exceeded" for a request that cannot reach its first exit by its deadline (the session's
+    cost figures; :mod:`.scheduler`); ``observer``: the test hook of the module docstring (None: off).
     """
 
     def __init__(self, sessions: Sequence[Any], max_queue: int = 256, clock: Callable[[], float] | None = None,
                  batching: bool = True, max_batch: int | None = None, max_delay_s: float = 0.0,
-                 no_deadline_wait_s: float = 1.0, queue_order: str = "edf") -> None:
+                 no_deadline_wait_s: float = 1.0, queue_order: str = "edf", shed_infeasible: bool = True) -> None:
         if not sessions:
             raise ValueError("InferencePool needs at least one session")
         self.sessions = list(sessions)
@@ -142,7 +151,11 @@ class InferencePool:
         caps = [int(getattr(s, "max_batch", 1)) for s in self.sessions]
         self.max_batch = int(max_batch) if max_batch is not None else min(caps)
         self.max_delay_s = float(max_delay_s)
-        self._q = EdfQueue(self.max_queue, self.clock, no_deadline_wait_s, queue_order)
+        floor = self.sessions[0]
+        self._floor_s: Callable[[_Job], float] | None = (
+            (lambda job: _first_exit_s(floor, job.rows)) if shed_infeasible and hasattr(floor, "section_cost_ms")
+            else None)
+        self._q = EdfQueue(self.max_queue, self.clock, no_deadline_wait_s, queue_order, self._floor_s)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -210,13 +223,26 @@ class InferencePool:
             for job in expired:
                 if self.observer is not None:
                     self.observer("expired", job)
-                waited_ms = (self.clock() - job.t_enqueued) * 1e3
-                self._answer(job, False, DeadlineExceeded(
-                    f"deadline exceeded: the request's deadline passed after {waited_ms:.3f} ms in the queue, before "
-                    f"an inference worker could start it; it was not run (send parameters.late=\"answer\" to get "
-                    f"the first exit's answer anyway, or a larger budget_ms)"))
+                self._answer(job, False, self._shed_error(job))
             if batch:
                 self._run(session, batch)
+
+    def _shed_error(self, job: _Job) -> DeadlineExceeded:
+        """The "deadline exceeded" answer of a request the queue shed (:mod:`.scheduler`), saying why."""
+        now = self.clock()
+        waited_ms, left_ms = (now - job.t_enqueued) * 1e3, (job.deadline - now) * 1e3
+        how = "send parameters.late=\"answer\" to get the first exit's answer anyway, or a larger budget_ms"
+        if left_ms <= 0:
+            return DeadlineExceeded(f"deadline exceeded: the request's deadline passed after {waited_ms:.3f} ms in the "
+                                    f"queue, before an inference worker could start it; it was not run ({how})")
+        try:
+            need = f"about {self._floor_s(job) * 1e3:.3f} ms" if self._floor_s is not None else "more"
+        except Exception:  # noqa: BLE001 - the figure is only for the message
+            need = "more"
+        return DeadlineExceeded(
+            f"deadline exceeded: after {waited_ms:.3f} ms in the queue only {left_ms:.3f} ms of the budget were left, "
+            f"less than the first exit needs ({need}), while other requests waited for the worker; it was not run "
+            f"({how})")
 
     def _run(self, session: Any, batch: list[_Job]) -> None:
         if self.observer is not None:

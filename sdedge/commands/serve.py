@@ -72,6 +72,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "with one for at most this long (default 1000)")
     c.add_argument("--queue-order", choices=["edf", "fifo"], default="edf",
                    help="edf: earliest deadline first (default); fifo: arrival order (a baseline for comparisons)")
+    c.add_argument("--no-shed-infeasible", dest="shed_infeasible", action="store_false",
+                   help="run every request whose deadline has not passed yet (default: while other requests wait, "
+                        "one that can no longer reach even its first exit by its deadline is answered 504 "
+                        "'deadline exceeded' at once instead of run, so it does not make the others late too)")
     c.add_argument("--max-body-mb", type=float, default=16.0,
                    help="largest request body in MiB, also after decompression (more: 413, refused on Content-Length "
                         "before reading; default 16)")
@@ -140,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         host=args.host, port=args.port, grpc_port=8001 if args.grpc_port == DEFAULT_GRPC else args.grpc_port,
         batching=args.batching,
         max_queue_delay_us=args.max_queue_delay_us, no_deadline_wait_ms=args.no_deadline_wait_ms,
-        queue_order=args.queue_order,
+        queue_order=args.queue_order, shed_infeasible=args.shed_infeasible,
         model_name=args.model_name, model_version=args.model_version,
         budget_ms=args.budget_ms, threshold=_threshold(args.threshold), criterion=args.criterion,
         session=session, workers=args.workers, max_body_mb=args.max_body_mb, max_queue=args.max_queue,
