@@ -27,11 +27,12 @@ Contract:
   same ``uint8`` images.
 * **gRPC vs HTTP** (part 3): the batching server, deepest exit, the largest client count, one run each
   back to back on the same server.
-* **Capacity probe**: the batching server's HTTP capacity at the deepest exit, no budget, measured with
-  a light client (``--sat-conns`` keep-alive connections from one asyncio loop, each sending the next
-  pre-built binary request as soon as the last is answered, ``--sat-s`` seconds after an untimed
-  second): the ``tritonclient.http`` threads above share one Python process and its GIL, so their
-  closed-loop rate is bounded by the client as much as by the server.
+* **Capacity probe**: the batching server's HTTP capacity, no budget, at the deepest exit and with calibrated
+  thresholds, measured with a light client (``--sat-conns`` keep-alive connections from one asyncio loop,
+  each sending the next pre-built binary request as soon as the last is answered, ``--sat-s`` seconds after
+  an untimed second), and its ratio to the best in-process rate of part 1 for the same policy: the
+  ``tritonclient.http`` threads above share one Python process and its GIL, so their closed-loop rate is
+  bounded by the client as much as by the server. The deepest-exit probe sets the overload's capacity.
 * **Overload** (part 2): open-loop Poisson arrivals (seeded) at ``--overload-factor`` x the probe's
   capacity (a comma list runs each in turn: 1.5 x is issue 14's figure, 1.0 x is context), for
   ``--overload-s`` seconds each, sent by an asyncio sender over a pool of keep-alive HTTP/1.1
@@ -192,13 +193,14 @@ def grpc_caller(port: int, clients: int, images: np.ndarray, params: dict | None
 
 
 # -- open loop (overload) -----------------------------------------------------------------------------------------------
-def raw_request(port: int, image: np.ndarray, budget_ms: float | None) -> bytes:
+def raw_request(port: int, image: np.ndarray, budget_ms: float | None, threshold: Any = None) -> bytes:
     """One KServe v2 binary-tensor HTTP/1.1 request (outputs as JSON, so the answer is plain JSON)."""
+    params = {k: v for k, v in (("budget_ms", budget_ms), ("threshold", threshold)) if v is not None}
     head = json.dumps({"inputs": [{"name": "image", "shape": [1, *image.shape], "datatype": "UINT8",
                                    "parameters": {"binary_data_size": image.nbytes}}],
                        "outputs": [{"name": "label", "parameters": {"binary_data": False}},
                                    {"name": "exit_index", "parameters": {"binary_data": False}}],
-                       **({} if budget_ms is None else {"parameters": {"budget_ms": budget_ms}})},
+                       **({"parameters": params} if params else {})},
                       separators=(",", ":")).encode()
     body = head + image.tobytes()
     return (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -326,9 +328,11 @@ async def _saturate(port: int, reqs: list[bytes], conns: int, seconds: float) ->
     return done[0], elapsed, lat
 
 
-def saturation(port: int, images: np.ndarray, labels: np.ndarray, conns: int, seconds: float) -> dict[str, Any]:
-    """The server's HTTP capacity with a light client: deepest exit, no budget, ``conns`` requests in flight."""
-    reqs = [raw_request(port, images[i], None) for i in range(len(images))]
+def saturation(port: int, images: np.ndarray, labels: np.ndarray, conns: int, seconds: float,
+               threshold: Any = None) -> dict[str, Any]:
+    """The server's HTTP capacity with a light client: no budget, ``threshold`` (None: the deepest exit),
+    ``conns`` requests in flight."""
+    reqs = [raw_request(port, images[i], None, threshold) for i in range(len(images))]
     n, elapsed, lat = asyncio.run(_saturate(port, reqs, conns, seconds))
     a = np.array(lat) * 1e3
     return {"throughput_rps": round(n / elapsed, 2), "n": n, "connections": conns, "seconds": round(elapsed, 3),
@@ -719,9 +723,13 @@ def main(argv: list[str] | None = None) -> int:
             print(fmt_row(f"{proto} batching deepest x{top} (part 3)", s), flush=True)
         res["grpc_vs_http"]["grpc_over_http"] = round(res["grpc_vs_http"]["grpc"]["throughput_rps"]
                                                       / res["grpc_vs_http"]["http"]["throughput_rps"], 3)
-        res["capacity_probe"] = saturation(srv.port, images, labels, args.sat_conns, args.sat_s)
-        print(f"capacity probe (light asyncio client, {args.sat_conns} in flight, deepest): "
-              f"{res['capacity_probe']}", flush=True)
+        best_in_process = {pol: max(closed[f"in-process/{pol}/{n}"]["throughput_rps"] for n in client_counts)
+                           for pol in POLICIES}
+        for pol, thr in POLICIES.items():
+            cp = saturation(srv.port, images, labels, args.sat_conns, args.sat_s, thr)
+            cp["served_over_best_in_process"] = round(cp["throughput_rps"] / best_in_process[pol], 3)
+            res["capacity_probe" if pol == "deepest" else f"capacity_probe_{pol}"] = cp
+            print(f"capacity probe (light asyncio client, {args.sat_conns} in flight, {pol}): {cp}", flush=True)
     finally:
         for srv in servers.values():
             srv.stop()
@@ -855,8 +863,11 @@ def markdown(res: dict[str, Any], client_counts: list[int]) -> str:
               f"{g['grpc']['throughput_rps']:.1f} req/s (p50 {g['grpc']['p50_ms']:.2f} ms): gRPC/HTTP "
               f"{g['grpc_over_http']}.", ""]
     cp = res["capacity_probe"]
-    lines += [f"Capacity probe (batching server, deepest, HTTP, {cp['connections']} requests in flight from a light "
-              f"asyncio client): {cp['throughput_rps']} req/s, p50 {cp['p50_ms']} ms, p99 {cp['p99_ms']} ms.", ""]
+    for pol in POLICIES:
+        cp = res["capacity_probe" if pol == "deepest" else f"capacity_probe_{pol}"]
+        lines += [f"Capacity probe (batching server, {pol}, HTTP, {cp['connections']} requests in flight from a light "
+                  f"asyncio client): {cp['throughput_rps']} req/s, p50 {cp['p50_ms']} ms, p99 {cp['p99_ms']} ms; "
+                  f"÷ the best in-process rate: {cp['served_over_best_in_process']}.", ""]
     ov = res["overload"]
     lines += [f"## EDF vs FIFO: open-loop Poisson arrivals at a factor x capacity {ov['capacity_rps']} req/s "
               f"(batching server, deepest, light client); budgets tight {ov['tight_budget_ms']} ms / loose "
