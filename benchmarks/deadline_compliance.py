@@ -19,7 +19,8 @@ scenarios (for ``batches``, at one row and at ``--max-rows`` rows, linearly betw
 sequence goes to every contender.
 
 Contenders, interleaved call by call in a shuffled order so that drift and the neighbour hit them alike:
-``new`` (the session as it is: :mod:`sdedge.runtime.policies`, rules 1-7), ``old`` (the same session with
+``new`` (the session as it is: :mod:`sdedge.runtime.policies`, rules 1-7), ``p99_prior`` (the same rules
+with the profile's p99 as rule 6's prior instead of its p90: what they were before), ``old`` (the same session with
 the estimator before issue 12: power-of-two batch buckets, a p99 ring refreshed every 16 samples, figures
 forgotten after 60 s without a sample; ``--no-old`` leaves it out) and ``trace`` (a third session running
 every section with no budget, its section times kept: the trace). The *oracle* of a call is the deepest
@@ -107,15 +108,17 @@ class OldEstimator:
 
 def open_sessions(bundle: Any, args: argparse.Namespace) -> dict[str, AnytimeSession]:
     """The contenders and the trace session, each on its own ONNX Runtime backend, warmed up."""
-    opts = SessionOptions(backend="onnxruntime", intra_op_threads=args.threads, max_batch=args.max_rows, warmup=0)
+    opts = SessionOptions(backend="onnxruntime", precision="fp32", intra_op_threads=args.threads, max_batch=args.max_rows, warmup=0)
     out: dict[str, AnytimeSession] = {}
-    for name in ("new", "old", "trace"):
+    for name in ("new", "p99_prior", "old", "trace"):
         if name == "old" and args.no_old:
             continue
         be = create_backend(bundle, "onnxruntime", opts.for_backend())
         s = AnytimeSession(bundle, opts, backend=B.TracingBackend(be) if name == "trace" else be)
         if args.no_profile:
             s.profile = s.deadline_policy.profile = None
+        if name == "p99_prior":  # the new rules with the profile's p99 as the prior (before rule 6 took its p90)
+            s.deadline_policy.profile_quantile = "p99_ms"
         if name == "old":
             s.estimator = s.deadline_policy.estimator = OldEstimator(s.num_exits)  # type: ignore[assignment]
         s._warmup(args.warmup)
@@ -193,14 +196,14 @@ def print_scenario(res: dict) -> None:
     lo, hi = res["budget_ms"]
     print(f"\n{res['scenario']}: {res['calls']} calls of {res['rows'][0]}-{res['rows'][1]} rows, budgets "
           f"{lo:.3f}..{hi:.3f} ms; oracle exits (0 = exit 1 does not fit) {res['oracle_exit_histogram']}")
-    print(f"  {'policy':6}  {'admitted':>8}  {'met (admitted)':>14}  {'misses':>6}  {'floor':>5}  {'mean exit':>9}  "
+    print(f"  {'policy':9}  {'admitted':>8}  {'met (admitted)':>14}  {'misses':>6}  {'floor':>5}  {'mean exit':>9}  "
           f"{'oracle':>6}  {'depth/oracle':>12}  {'worst over ms':>13}  exits")
-    for n in ("new", "old"):
+    for n in ("new", "p99_prior", "old"):
         if n not in res:
             continue
         r = res[n]
         share = r.get("met_share_admitted")
-        print(f"  {n:6}  {r.get('admitted_calls', 0):8d}  {'n/a' if share is None else f'{100 * share:.3f} %':>14}  "
+        print(f"  {n:9}  {r.get('admitted_calls', 0):8d}  {'n/a' if share is None else f'{100 * share:.3f} %':>14}  "
               f"{r.get('misses_admitted', 0):6d}  {r['floor_misses']:5d}  {r['mean_exit']:9.3f}  "
               f"{r.get('oracle_mean_exit', float('nan')):6.3f}  {r.get('depth_vs_oracle', float('nan')):12.3f}  "
               f"{r['worst_overrun_ms']:13.3f}  {r['exit_histogram']}"

@@ -87,14 +87,14 @@ def confidence_points(table: ReplayTable, costs: ExitCosts, num: int = 60) -> li
 def simulate_deadline_exit(costs: ExitCosts, budget_ms: float) -> int:
     """The exit the runtime's deadline rule reaches at batch 1 for a budget, from the profile."""
     mean = costs.section_mean_ms or ()
-    p99 = costs.section_p99_ms or ()
+    prior = costs.section_prior_ms or ()
     if not mean:
         raise ValueError("deadline simulation needs per-section times (a latency profile)")
     elapsed = mean[0] + costs.overhead_ms
     allowance = costs.overhead_ms + costs.fixed_ms  # the runtime's allowance for its own work
     k = 1
     while k < len(mean):
-        if elapsed + p99[k] + allowance > budget_ms:
+        if elapsed + prior[k] + allowance > budget_ms:
             break
         elapsed += mean[k] + costs.overhead_ms
         k += 1

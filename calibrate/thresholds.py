@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sdedge.common.errors import InputError, PolicyError
-from sdedge.runtime.policies import ConfidencePolicy, check_criterion, exit_answers
+from sdedge.runtime.policies import PROFILE_PRIOR_QUANTILE, ConfidencePolicy, check_criterion, exit_answers
 
 METHOD = "shared-sweep+greedy"
 OFF = math.inf  # internal "never stop here on confidence"
@@ -64,7 +64,7 @@ class ExitCosts:
     cumulative: tuple[float, ...]  # cost of exiting at exit k (1-based k -> index k-1)
     unit: str  # "ms" or "mac_share" (proxy when no profile)
     source: str  # where the numbers came from
-    section_p99_ms: tuple[float, ...] | None = None  # per-section tail times (deadline simulation)
+    section_prior_ms: tuple[float, ...] | None = None  # per-section figures the runtime's deadline rule charges
     section_mean_ms: tuple[float, ...] | None = None
     overhead_ms: float = 0.0  # per section
     fixed_ms: float = 0.0  # per call
@@ -93,12 +93,12 @@ def exit_costs_from_profile(profile: dict, num_exits: int, batch: int = 1, stat:
         raise InputError(f"profile section {s.get('index')} has no latency figure")
 
     mean = [pick(s, stat) for s in secs]
-    p99 = [pick(s, "p99_ms") for s in secs]
+    prior = [pick(s, PROFILE_PRIOR_QUANTILE) for s in secs]  # what the runtime's deadline rule charges
     per_section = float(profile.get("decision_overhead_ms") or 0.0)
     fixed = float(profile.get("fixed_per_call_ms") or 0.0)
     cum = np.cumsum(mean) + per_section * np.arange(1, num_exits + 1) + fixed
     return ExitCosts(tuple(float(c) for c in cum), "ms", f"profile {profile.get('device')} batch {b} {stat}",
-                     tuple(p99), tuple(mean), per_section, fixed)
+                     tuple(prior), tuple(mean), per_section, fixed)
 
 
 def exit_costs_from_macs(mac_shares: Sequence[float | None]) -> ExitCosts:

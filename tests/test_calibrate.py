@@ -57,7 +57,7 @@ def synth(n: int, seed: int = 0, accs=(0.55, 0.75, 0.9), c: int = 10, scale: flo
     return (scale * z).astype(np.float32), y
 
 
-COSTS = ExitCosts((1.0, 2.0, 3.0), "ms", "synthetic", section_p99_ms=(1.2, 1.2, 1.2), section_mean_ms=(1.0, 1.0, 1.0))
+COSTS = ExitCosts((1.0, 2.0, 3.0), "ms", "synthetic", section_prior_ms=(1.2, 1.2, 1.2), section_mean_ms=(1.0, 1.0, 1.0))
 
 
 def test_temperature_lowers_nll_on_heldout_generated_logits() -> None:
@@ -197,8 +197,8 @@ def test_target_arguments_are_checked() -> None:
 
 def test_deadline_simulation_follows_the_runtime_rule() -> None:
     prof = {"format": "sdedge-profile", "format_version": 1, "device": "x", "batch_sizes": {"1": {"sections": [
-        {"index": i, "p50_ms": m, "p90_ms": m, "p99_ms": p, "mean_ms": m} for i, (m, p) in
-        enumerate([(1.0, 1.5), (2.0, 4.0), (1.0, 1.2)], start=1)]}}, "decision_overhead_ms": 0.1,
+        {"index": i, "p50_ms": m, "p90_ms": q, "p99_ms": p, "mean_ms": m} for i, (m, q, p) in
+        enumerate([(1.0, 1.3, 1.5), (2.0, 3.0, 4.0), (1.0, 1.1, 1.2)], start=1)]}}, "decision_overhead_ms": 0.1,
         "fixed_per_call_ms": 0.05}
     from sdedge.calibrate.thresholds import exit_costs_from_profile
 
@@ -206,7 +206,7 @@ def test_deadline_simulation_follows_the_runtime_rule() -> None:
     assert costs.cumulative == pytest.approx((1.15, 3.25, 4.35))
     pol = DeadlinePolicy(LatencyEstimator(3), LatencyProfile.from_json(prof, 3))
     for budget in np.linspace(0.5, 8.0, 40):
-        # the runtime: stop before section k+1 if now + p99(k+1) + overhead > deadline, now = time spent so far
+        # the runtime: stop before section k+1 if now + p90(k+1) + overhead > deadline, now = time spent so far
         k, now = 1, 1.0 + 0.1
         while k < 3 and not pol.should_stop(k + 1, 1, now * 1e-3, budget * 1e-3):
             now += [1.0, 2.0, 1.0][k] + 0.1
@@ -297,11 +297,11 @@ def test_the_profile_is_written_and_used_by_the_deadline_policy(calibrated, tmp_
     assert prof["device"] == res.device and prof["runs"] == FAST["profile_runs"]
     with AnytimeSession(dst, backend="onnxruntime", intra_op_threads=1, warmup=0, engine="python") as s:  # reads its rule
         assert s.device_name == res.device and s.profile is not None
-        for k in range(1, s.num_exits + 1):  # nothing measured online yet: the cost is the profile's p99
+        for k in range(1, s.num_exits + 1):  # nothing measured online yet: the cost is the profile's p90
             assert s.deadline_policy.section_cost_ms(k, 1) == pytest.approx(
-                prof["batch_sizes"]["1"]["sections"][k - 1]["p99_ms"])
+                prof["batch_sizes"]["1"]["sections"][k - 1]["p90_ms"])
     # a profile that says section 2 takes 10 s makes any budget below that stop at exit 1
-    prof["batch_sizes"]["1"]["sections"][1]["p99_ms"] = 10_000.0
+    prof["batch_sizes"]["1"]["sections"][1].update(p90_ms=10_000.0, p99_ms=10_000.0)
     update_bundle(dst, {f"profiles/{res.device}.json": dump_json(prof)})
     with AnytimeSession(dst, backend="onnxruntime", intra_op_threads=1, warmup=2) as s:
         x = np.zeros(s.input_shape, np.float32)

@@ -266,15 +266,18 @@ def _profile(samples: list[float], overhead_ms: float = 0.0) -> LatencyProfile:
     return LatencyProfile.from_json(make_profile("dev", "scripted", "fp32", 1, {1: [samples]}, overhead_ms, 5), 1)
 
 
-def test_the_profile_figure_is_its_p99_by_default_or_the_quantile_asked_for() -> None:
+def test_the_profile_figure_is_its_p90_by_default_or_the_quantile_asked_for() -> None:
     prof = _profile([1.0, 1.0, 1.0, 1.0, 10.0])
-    p99, p50 = prof.section_ms(1, 1, "p99_ms"), prof.section_ms(1, 1, "p50_ms")
-    assert p99 > 9 and p50 == 1.0
-    assert DeadlinePolicy(LatencyEstimator(1), prof).section_cost_ms(1, 1) == p99
+    p99, p90, p50 = (prof.section_ms(1, 1, q) for q in ("p99_ms", "p90_ms", "p50_ms"))
+    assert p99 > p90 > 6 and p50 == 1.0
+    assert DeadlinePolicy(LatencyEstimator(1), prof).section_cost_ms(1, 1) == p90
     assert DeadlinePolicy(LatencyEstimator(1), prof, profile_quantile="p50_ms").section_cost_ms(1, 1) == p50
-    # and the decision follows that figure: 5 ms of slack fits the p50, not the p99
+    assert DeadlinePolicy(LatencyEstimator(1), prof, profile_quantile="p99_ms").section_cost_ms(1, 1) == p99
+    # and the decision follows that figure: 5 ms of slack fits the p50, not the p90; 8 ms the p90, not the p99
     assert not DeadlinePolicy(LatencyEstimator(1), prof, profile_quantile="p50_ms").should_stop(1, 1, 0.0, 5e-3)
     assert DeadlinePolicy(LatencyEstimator(1), prof).should_stop(1, 1, 0.0, 5e-3)
+    assert not DeadlinePolicy(LatencyEstimator(1), prof).should_stop(1, 1, 0.0, 8e-3)
+    assert DeadlinePolicy(LatencyEstimator(1), prof, profile_quantile="p99_ms").should_stop(1, 1, 0.0, 8e-3)
 
 
 def test_margin_adds_to_the_overhead() -> None:

@@ -147,7 +147,7 @@ DeadlinePolicy::DeadlinePolicy(int num_sections, std::optional<LatencyProfile> p
 
 std::optional<double> DeadlinePolicy::prior(int section, std::int64_t rows) const {
   if (!profile_) return std::nullopt;
-  return profile_->section_ms(section, rows, Quantile::P99);
+  return profile_->section_ms(section, rows, Quantile::P90);  // rule 6: the p90 is the prior (policies.py)
 }
 
 double DeadlinePolicy::section_cost_ms(int section, std::int64_t rows) const {
