@@ -94,16 +94,18 @@ def test_expired_requests_come_back_unrun_unless_they_asked_for_the_floor():
 
 def test_under_contention_a_request_that_cannot_reach_its_first_exit_is_shed():
     clock = Clock()
-    q = EdfQueue(16, clock, floor_s=lambda job: 0.5 * job.rows)  # exit 1 takes 0.5 s a row
+    q = EdfQueue(16, clock)
+    floor = lambda job: 0.5 * job.rows  # noqa: E731 - exit 1 takes 0.5 s a row
     q.put(Job("hopeless", 100.3, clock()))  # 0.3 s left < 0.5 s: its answer would come late
     q.put(Job("floor", 100.2, clock(), late=True))  # asked for the floor answer: runs anyway
     q.put(Job("fine", 100.6, clock()))
     q.put(Job("wide", 100.9, clock(), rows=2))  # 1.0 s for its 2 rows > 0.9 s left
     q.put(Job("loose", 110.0, clock()))
-    assert drain(q) == [["floor"], ["!hopeless", "fine"], ["!wide", "loose"]]
+    assert drain(q, floor_s=floor) == [["floor"], ["!hopeless", "fine"], ["!wide", "loose"]]
+    assert not len(q)
     # the same request alone in the queue runs (nothing else wants the worker; the session answers late)
     q.put(Job("alone", 100.3, clock()))
-    assert drain(q) == [["alone"]]
+    assert drain(q, floor_s=floor) == [["alone"]]
     # shed while a batch forms too: a request joins the head's batch only if it can still reach exit 1
     q.put(Job("head", 100.6, clock()))
     q.put(Job("wide2", 101.0, clock(), rows=2))
@@ -111,7 +113,7 @@ def test_under_contention_a_request_that_cannot_reach_its_first_exit_is_shed():
     clock.t = 100.05
     # "tight" would head the queue (0.35 s left < 0.5 s: shed); "head" runs, and "wide2" (0.95 s left < 1 s
     # for its 2 rows) is shed as it would join head's batch
-    assert drain(q, max_rows=4, compatible=lambda a, b: True) == [["!tight", "!wide2", "head"]]
+    assert drain(q, max_rows=4, compatible=lambda a, b: True, floor_s=floor) == [["!tight", "!wide2", "head"]]
 
 
 def test_without_a_cost_figure_only_the_expired_are_shed():
@@ -119,10 +121,10 @@ def test_without_a_cost_figure_only_the_expired_are_shed():
     def no_figure(job):
         raise RuntimeError("no profile yet")
     for floor in (None, no_figure):
-        q = EdfQueue(16, clock, floor_s=floor)
+        q = EdfQueue(16, clock)
         q.put(Job("tight", clock() + 1e-6, clock()))
         q.put(Job("other", clock() + 10.0, clock()))
-        assert drain(q) == [["tight"], ["other"]]
+        assert drain(q, floor_s=floor) == [["tight"], ["other"]]
 
 
 def test_batches_take_compatible_requests_in_queue_order_up_to_max_rows():

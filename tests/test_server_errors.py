@@ -476,6 +476,51 @@ def test_worker_pool_sheds_a_request_that_cannot_reach_its_first_exit_only_while
     asyncio.run(main(False))
 
 
+class Tracked(Costed):
+    """Records a cost figure asked of it while it runs an inference: in the native core that call waits for
+    the session's lock, and the queue asks with its own lock held (every other request would wait too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.busy = False
+        self.asked_while_busy = 0
+
+    def infer(self, x, threshold=None, criterion=None, deadline=None):
+        self.busy = True
+        try:
+            return super().infer(x, threshold, criterion, deadline)
+        finally:
+            self.busy = False
+
+    def section_cost_ms(self, section, rows=1):
+        self.asked_while_busy += self.busy
+        return super().section_cost_ms(section, rows)
+
+
+def test_each_worker_sheds_by_its_own_sessions_figures():
+    async def main():
+        first, second = Tracked(), Tracked()
+        pool = InferencePool([first, second])
+        events = PoolEvents(pool)
+        running = [asyncio.ensure_future(pool.run(v)) for v in ("a1", "a2")]
+        await asyncio.to_thread(events.wait, "started", 2)  # both sessions are busy
+        far = pool.clock() + 3600.0
+        hopeless = asyncio.ensure_future(pool.run("hopeless", deadline=pool.clock() + 50.0))  # 50 s < 101 s
+        behind = [asyncio.ensure_future(pool.run(v, deadline=far)) for v in ("b", "c")]
+        await asyncio.to_thread(events.wait, "queued", 5)
+        second.go.set()  # the second worker goes on and sheds "hopeless" while "first" is still inside "a1"/"a2"
+        with pytest.raises(DeadlineExceeded, match="less than the first exit needs"):
+            await hopeless
+        assert [(await f).results for f in behind] == [["b"], ["c"]]
+        first.go.set()
+        done = [(await f).results for f in running]
+        assert done == [["a1"], ["a2"]]
+        assert first.asked_while_busy == second.asked_while_busy == 0
+        await asyncio.to_thread(pool.close, 10)
+
+    asyncio.run(main())
+
+
 # -- configuration, CLI, shutdown ---------------------------------------------------------------------------------
 def test_bad_settings_are_refused(session):
     for make, needle in ((lambda: ServerConfig(session=SessionOptions(max_batch=0)), "max_batch"),

@@ -14,7 +14,7 @@ Order (:meth:`EdfQueue.take`):
   in the ``expired`` list of :meth:`take` (answered "deadline exceeded" at once: HTTP 504, gRPC
   ``DEADLINE_EXCEEDED``), unless it asked for the floor answer (``late=True``: it runs, and the session
   answers at its first exit).
-* **Shedding under contention** (``floor_s``, on in the server by default: ``ServerConfig.shed_infeasible``):
+* **Shedding under contention** (``take``'s ``floor_s``, on in the server by default: ``ServerConfig.shed_infeasible``):
   a request whose deadline has not passed yet but is too close for even its first exit (``now +
   floor_s(job) > deadline``, ``floor_s`` the session's own cost figure of exit 1 on its rows) is answered
   "deadline exceeded" the same way **when other requests wait** (its answer would come late, and running it
@@ -71,7 +71,7 @@ class EdfQueue:
     """
 
     def __init__(self, max_queue: int, clock: Callable[[], float], promote_after_s: float = 1.0,
-                 order: str = "edf", floor_s: Callable[[Any], float] | None = None) -> None:
+                 order: str = "edf") -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if order not in QUEUE_ORDERS:
@@ -80,7 +80,6 @@ class EdfQueue:
         self.max_queue = int(max_queue)
         self.clock = clock
         self.promote_after_s = float(promote_after_s)
-        self.floor_s = floor_s  # seconds a job needs at least (its first exit); None: shed only the expired
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -121,14 +120,19 @@ class EdfQueue:
 
     def take(self, max_rows: int = 1, compatible: Callable[[Any, Any], bool] | None = None,
              max_delay_s: float = 0.0, timeout: float | None = None,
-             admit: Callable[[list, Any, int, float], bool] | None = None) -> tuple[list, list] | None:
+             admit: Callable[[list, Any, int, float], bool] | None = None,
+             floor_s: Callable[[Any], float] | None = None) -> tuple[list, list] | None:
         """Block for work: ``(expired, batch)`` (either may be empty, not both), or None once closed and
         drained (or ``timeout`` s passed with nothing queued).
 
         ``batch`` is the head job plus the compatible jobs that fit in ``max_rows`` rows, in queue order;
         ``expired`` the jobs met on the way whose deadline passed (they are removed and not run).
         ``admit(batch, job, rows_after, now)`` (optional) may refuse a compatible job that would make the
-        batch too slow for a deadline in it (it keeps its place for the next batch).
+        batch too slow for a deadline in it (it keeps its place for the next batch). ``floor_s(job)``
+        (optional): the seconds ``job`` needs at least (its first exit, by the taking worker's own session:
+        called with the queue locked, it must not wait for another thread's inference); a job that cannot
+        have them before its deadline while others wait is shed (module docstring). None: shed only the
+        expired.
         """
         with self._cond:
             if not self._cond.wait_for(lambda: self._heap or self._closed, timeout):
@@ -140,7 +144,7 @@ class EdfQueue:
                 job = heapq.heappop(self._heap)[3]
                 if job.cancelled():
                     continue
-                if self._expired(job, now, contended=bool(self._heap)):
+                if self._expired(job, now, floor_s, contended=bool(self._heap)):
                     expired.append(job)
                 else:
                     batch.append(job)
@@ -148,7 +152,7 @@ class EdfQueue:
                 return (expired, batch) if expired or not self._closed else None
             rows = batch[0].rows
             if compatible is not None and rows < max_rows:
-                rows = self._gather(batch, rows, max_rows, compatible, expired, now, admit)
+                rows = self._gather(batch, rows, max_rows, compatible, expired, now, admit, floor_s)
                 if max_delay_s > 0 and rows < max_rows:
                     end = time.monotonic() + max_delay_s
                     while rows < max_rows and not self._closed:
@@ -156,25 +160,28 @@ class EdfQueue:
                         if left <= 0:
                             break
                         self._cond.wait(left)
-                        rows = self._gather(batch, rows, max_rows, compatible, expired, self.clock(), admit)
+                        rows = self._gather(batch, rows, max_rows, compatible, expired, self.clock(), admit,
+                                            floor_s)
             return expired, batch
 
-    def _expired(self, job: Any, now: float, contended: bool = True) -> bool:
+    def _expired(self, job: Any, now: float, floor_s: Callable[[Any], float] | None = None,
+                 contended: bool = True) -> bool:
         """Whether ``job`` is shed: its deadline passed, or (``contended``: others wait) it cannot reach its
         first exit by it (module docstring); never a ``late`` job or one without a deadline."""
         if job.deadline is None or job.late:
             return False
         if now >= job.deadline:
             return True
-        if not contended or self.floor_s is None:
+        if not contended or floor_s is None:
             return False
         try:
-            return now + self.floor_s(job) > job.deadline
+            return now + floor_s(job) > job.deadline
         except Exception:  # noqa: BLE001 - no cost figure: shed only what has expired
             return False
 
     def _gather(self, batch: list, rows: int, max_rows: int, compatible: Callable[[Any, Any], bool],
-                expired: list, now: float, admit: Callable[[list, Any, int, float], bool] | None = None) -> int:
+                expired: list, now: float, admit: Callable[[list, Any, int, float], bool] | None = None,
+                floor_s: Callable[[Any], float] | None = None) -> int:
         """Move compatible jobs that fit into ``batch`` (queue order); returns the rows now in it."""
         kept: list = []
         head = batch[0]
@@ -183,7 +190,7 @@ class EdfQueue:
             job = entry[3]
             if job.cancelled():
                 continue
-            if self._expired(job, now):
+            if self._expired(job, now, floor_s):
                 expired.append(job)
             elif rows + job.rows <= max_rows and compatible(head, job) and (
                     admit is None or admit(batch, job, rows + job.rows, now)):

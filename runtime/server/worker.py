@@ -151,11 +151,8 @@ class InferencePool:
         caps = [int(getattr(s, "max_batch", 1)) for s in self.sessions]
         self.max_batch = int(max_batch) if max_batch is not None else min(caps)
         self.max_delay_s = float(max_delay_s)
-        floor = self.sessions[0]
-        self._floor_s: Callable[[_Job], float] | None = (
-            (lambda job: _first_exit_s(floor, job.rows)) if shed_infeasible and hasattr(floor, "section_cost_ms")
-            else None)
-        self._q = EdfQueue(self.max_queue, self.clock, no_deadline_wait_s, queue_order, self._floor_s)
+        self.shed_infeasible = bool(shed_infeasible)
+        self._q = EdfQueue(self.max_queue, self.clock, no_deadline_wait_s, queue_order)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -213,21 +210,23 @@ class InferencePool:
 
     def _work(self, session: Any) -> None:
         can_batch = self.batching and self.max_batch > 1 and hasattr(session, "infer_rows")
-        admit = _slack_admission(session) if can_batch and hasattr(session, "section_cost_ms") else None
+        costed = hasattr(session, "section_cost_ms")
+        admit = _slack_admission(session) if can_batch and costed else None
+        floor_s = (lambda job: _first_exit_s(session, job.rows)) if self.shed_infeasible and costed else None
         while True:
             got = self._q.take(self.max_batch if can_batch else 1, _compatible if can_batch else None,
-                               self.max_delay_s, admit=admit)
+                               self.max_delay_s, admit=admit, floor_s=floor_s)
             if got is None:
                 return
             expired, batch = got
             for job in expired:
                 if self.observer is not None:
                     self.observer("expired", job)
-                self._answer(job, False, self._shed_error(job))
+                self._answer(job, False, self._shed_error(job, floor_s))
             if batch:
                 self._run(session, batch)
 
-    def _shed_error(self, job: _Job) -> DeadlineExceeded:
+    def _shed_error(self, job: _Job, floor_s: Callable[[_Job], float] | None) -> DeadlineExceeded:
         """The "deadline exceeded" answer of a request the queue shed (:mod:`.scheduler`), saying why."""
         now = self.clock()
         waited_ms, left_ms = (now - job.t_enqueued) * 1e3, (job.deadline - now) * 1e3
@@ -236,7 +235,7 @@ class InferencePool:
             return DeadlineExceeded(f"deadline exceeded: the request's deadline passed after {waited_ms:.3f} ms in the "
                                     f"queue, before an inference worker could start it; it was not run ({how})")
         try:
-            need = f"about {self._floor_s(job) * 1e3:.3f} ms" if self._floor_s is not None else "more"
+            need = f"about {floor_s(job) * 1e3:.3f} ms" if floor_s is not None else "more"
         except Exception:  # noqa: BLE001 - the figure is only for the message
             need = "more"
         return DeadlineExceeded(
