@@ -169,6 +169,14 @@ void estimator_tests() {
     const double now = 100.0;
     CHECK(!pol.should_stop(2, 1, now, now + 0.006) && pol.should_stop(2, 1, now, now + 0.004));
   }
+  {  // rule 6: the prior is the profile's p90, not its p99 (policies.PROFILE_PRIOR_QUANTILE)
+    LatencyProfile p;
+    p.device = "dev-x";
+    p.sections[1].push_back(SectionQuantiles{0.5, 1.0, 9.0, 0.6});
+    DeadlinePolicy pol(1, p, 16);
+    CHECK(near(pol.section_cost_ms(1, 1), 1.0));
+    CHECK(!pol.should_stop(1, 1, 100.0, 100.002) && pol.should_stop(1, 1, 100.0, 100.0009));
+  }
   {  // never forgotten; comes down by trimming after kProbeFirst charged stops
     DeadlinePolicy pol(2, std::nullopt, 16);
     const LatencyEstimator &est = pol.estimator();
