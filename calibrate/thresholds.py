@@ -51,6 +51,7 @@ import numpy as np
 
 from sdedge.common.errors import InputError, PolicyError
 from sdedge.runtime.policies import PROFILE_PRIOR_QUANTILE, ConfidencePolicy, check_criterion, exit_answers
+from sdedge.runtime.profile import LatencyProfile
 
 METHOD = "shared-sweep+greedy"
 OFF = math.inf  # internal "never stop here on confidence"
@@ -93,7 +94,9 @@ def exit_costs_from_profile(profile: dict, num_exits: int, batch: int = 1, stat:
         raise InputError(f"profile section {s.get('index')} has no latency figure")
 
     mean = [pick(s, stat) for s in secs]
-    prior = [pick(s, PROFILE_PRIOR_QUANTILE) for s in secs]  # what the runtime's deadline rule charges
+    # what the runtime's deadline rule charges: the runtime's own lookup, so the simulation cannot drift from it
+    prior_ms = LatencyProfile.from_json(profile, num_exits).section_ms
+    prior = [prior_ms(k, batch, PROFILE_PRIOR_QUANTILE) for k in range(1, num_exits + 1)]
     per_section = float(profile.get("decision_overhead_ms") or 0.0)
     fixed = float(profile.get("fixed_per_call_ms") or 0.0)
     cum = np.cumsum(mean) + per_section * np.arange(1, num_exits + 1) + fixed

@@ -202,16 +202,20 @@ def test_deadline_simulation_follows_the_runtime_rule() -> None:
         "fixed_per_call_ms": 0.05}
     from sdedge.calibrate.thresholds import exit_costs_from_profile
 
-    costs = exit_costs_from_profile(prof, 3)
-    assert costs.cumulative == pytest.approx((1.15, 3.25, 4.35))
-    pol = DeadlinePolicy(LatencyEstimator(3), LatencyProfile.from_json(prof, 3))
-    for budget in np.linspace(0.5, 8.0, 40):
-        # the runtime: stop before section k+1 if now + p90(k+1) + overhead > deadline, now = time spent so far
-        k, now = 1, 1.0 + 0.1
-        while k < 3 and not pol.should_stop(k + 1, 1, now * 1e-3, budget * 1e-3):
-            now += [1.0, 2.0, 1.0][k] + 0.1
-            k += 1
-        assert simulate_deadline_exit(costs, budget) == k
+    assert exit_costs_from_profile(prof, 3).cumulative == pytest.approx((1.15, 3.25, 4.35))
+    no_p90 = json.loads(json.dumps(prof))  # a profile without the prior's quantile: the runtime falls back (p99)
+    for s in no_p90["batch_sizes"]["1"]["sections"]:
+        del s["p90_ms"]
+    for doc in (prof, no_p90):
+        costs = exit_costs_from_profile(doc, 3)
+        pol = DeadlinePolicy(LatencyEstimator(3), LatencyProfile.from_json(doc, 3))
+        for budget in np.linspace(0.5, 8.0, 40):
+            # the runtime: stop before section k+1 if now + p90(k+1) + overhead > deadline, now = time spent so far
+            k, now = 1, 1.0 + 0.1
+            while k < 3 and not pol.should_stop(k + 1, 1, now * 1e-3, budget * 1e-3):
+                now += [1.0, 2.0, 1.0][k] + 0.1
+                k += 1
+            assert simulate_deadline_exit(costs, budget) == k
 
 
 # -- the real bundle -------------------------------------------------------------------------------------------
