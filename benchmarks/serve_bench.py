@@ -598,6 +598,11 @@ def busiest() -> list[str]:
         return []
 
 
+def probe_key(policy: str) -> str:
+    """Where the capacity probe under ``policy`` is kept in the results (the deepest exit's under its old name)."""
+    return "capacity_probe" if policy == "deepest" else f"capacity_probe_{policy}"
+
+
 # the overload contenders: the queue order, each with and without shedding the requests that can no longer reach
 # their first exit while others wait (the server's default; --no-shed-infeasible: only the expired ones)
 OVERLOAD_CONTENDERS = {"edf": ["--queue-order", "edf"], "fifo": ["--queue-order", "fifo"],
@@ -728,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         for pol, thr in POLICIES.items():
             cp = saturation(srv.port, images, labels, args.sat_conns, args.sat_s, thr)
             cp["served_over_best_in_process"] = round(cp["throughput_rps"] / best_in_process[pol], 3)
-            res["capacity_probe" if pol == "deepest" else f"capacity_probe_{pol}"] = cp
+            res[probe_key(pol)] = cp
             print(f"capacity probe (light asyncio client, {args.sat_conns} in flight, {pol}): {cp}", flush=True)
     finally:
         for srv in servers.values():
@@ -864,7 +869,7 @@ def markdown(res: dict[str, Any], client_counts: list[int]) -> str:
               f"{g['grpc_over_http']}.", ""]
     cp = res["capacity_probe"]
     for pol in POLICIES:
-        cp = res["capacity_probe" if pol == "deepest" else f"capacity_probe_{pol}"]
+        cp = res[probe_key(pol)]
         lines += [f"Capacity probe (batching server, {pol}, HTTP, {cp['connections']} requests in flight from a light "
                   f"asyncio client): {cp['throughput_rps']} req/s, p50 {cp['p50_ms']} ms, p99 {cp['p99_ms']} ms; "
                   f"÷ the best in-process rate: {cp['served_over_best_in_process']}.", ""]
