@@ -51,10 +51,10 @@ sequence of samples and decisions (no clock enters them; the C++ core repeats th
    0 when neither does. The profile is the prior; the online figure catches a device slower now than
    when profiled (thermal throttling, a busy neighbour) and carries the tail. The prior is the p90, not
    the p99: a profile's p99 over a few hundred runs records the scheduler's pre-emptions (on the 2-core
-   VM here 4.7 ms against a p50 of 0.57 ms per section), and since nothing lowers a profile figure (rule 4
-   forgives online samples only), a p99 prior kept every call at exit 1 under budgets up to the full
-   network's p50 (``benchmarks/deadline_compliance.py``: depth 0.52 of the oracle's, against 0.69 with the
-   p90 prior).
+   VM here 4.6-4.8 ms against p50s of 0.46-0.67 ms per section: ``benchmarks/results/fm16_bundle_profile.json``),
+   and since nothing lowers a profile figure (rule 4 forgives online samples only), a p99 prior kept every
+   call at exit 1 under budgets up to the full network's p50 (``benchmarks/results/deadline_compliance.json``,
+   steady frames: depth 0.360 of the oracle's with the p99 prior, 0.712 with the p90 prior).
 7. *The overhead* is the online figure of cell (0, n) or, when larger, the profile's
    ``decision_overhead_ms + fixed_per_call_ms``.
 
