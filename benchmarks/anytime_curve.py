@@ -16,7 +16,8 @@ Contract
 * Policies, at 25/50/75/100 % of the full latency:
   - fixed exit: the deepest exit whose latency fits;
   - deadline policy: a per-call budget of that size, simulated with the runtime's rule from the profile
-    (go on only if the p99 of the next section fits); with ``--live N`` also measured live on N test
+    (go on only if the next section's prior, the
+    profile's p90 as rule 6 of ``runtime/policies.py`` charges, fits); with ``--live N`` also measured live on N test
     images (``AnytimeSession.infer(x, budget_ms=...)`` end to end, batch 1), the budgets then being
     fractions of the full network's *end-to-end* ``infer`` p50 (which includes the runtime's per-call
     time: input checks, the answer), and the confidence policy at 8 shared thresholds likewise;
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--criterion", default="max_prob", choices=["max_prob", "entropy", "margin"])
     ap.add_argument("--live", type=int, default=0, metavar="N", help="also measure the policies live on N test images")
     ap.add_argument("--no-calibrate", action="store_true", help="use the bundle's calibration and profile as they are")
+    ap.add_argument("--json", help="also write the figures here, with the command, machine and versions")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -162,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                "calibrated": calibrated, "target": cal["target"], "files": files,
                "wall_s": round(time.perf_counter() - t0, 1)}
     (out / "figures.json").write_text(json.dumps(figures, indent=1, default=float))
+    if args.json:
+        from sdedge.calibrate import benchmarking as B
+
+        record = {"contract": B.contract(args.threads, 0, args.profile_runs, extra=(
+            "latencies: the bundle's profile (model only) plus the decision overhead; accuracies on the official "
+            "test split; calibration on the validation split")), "figures": figures, "profile": prof}
+        Path(args.json).write_text(json.dumps(record, indent=1, default=float))
     print("\n" + ", ".join(files.values()) + f", {out / 'figures.json'}")
     return 0
 

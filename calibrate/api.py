@@ -55,7 +55,7 @@ from sdedge.runtime.profile import profile_relpath
 from .curves import CurveSet, accuracy_at_fractions, offline_curves
 from .datasets import LabelledImages, load_calibration_split
 from .metrics import ece, nll
-from .profile import ProfileConfig, measure_profile
+from .profile import DEFAULT_BATCH_SIZES, ProfileConfig, measure_profile
 from .temperature import DEFAULT_BOUNDS, TemperatureFit, fit_temperatures
 from .thresholds import (ReplayTable, Target, ThresholdResult, exit_costs_from_macs, exit_costs_from_profile,
                          fit_heldout_split, select_thresholds)
@@ -85,7 +85,7 @@ class CalibrationConfig:
     heldout_fraction: float = 0.5  # share of the calibration data kept for evaluation (0: evaluate on the fit data)
     seed: int = 0
     profile_threads: tuple[int | None, ...] = ()  # more thread settings to profile besides session.intra_op_threads
-    batch_sizes: tuple[int, ...] = (1,)
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     profile_runs: int = 200  # 0: no new profile (use the bundle's profile for this device, if any)
     profile_warmup: int = 20
     overhead_runs: int = 200

@@ -8,7 +8,8 @@ Series (the ``series`` names in every CSV/JSON table and plot legend):
 * ``calibrated``: the per-exit thresholds chosen by the calibration (one point);
 * ``deadline``: the deadline policy with a per-call budget, swept, simulated from the latency profile
   the way the runtime decides with a profile (go on to section ``k+1`` only if the elapsed time (mean
-  figures) plus section ``k+1``'s p99 plus the profile's overhead allowance (per section + per call) fit
+  figures) plus section ``k+1``'s prior (the profile figure rule 6 of
+  :mod:`sdedge.runtime.policies` charges: its p90) plus the profile's overhead allowance (per section + per call) fit
   in the budget; exit 1 always answers; online measurements, which the live runtime also uses, are
   not simulated): every
   sample of a budget exits at the same exit, so its accuracy is that exit's;

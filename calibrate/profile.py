@@ -10,6 +10,16 @@ timer). Statistics (p50/p90/p99/mean) and the file format are those of
 split by a least-squares line into a fixed cost per call and a cost per section): the profile stores
 the per-section part as ``decision_overhead_ms`` and the fixed part as ``fixed_per_call_ms``.
 
+Batch sizes: by default 1, 2, 4, 8 and 16 (:data:`DEFAULT_BATCH_SIZES`). The runtime's deadline rule
+charges a batch of n rows the profile's figure at the nearest profiled size at or above n, or the
+largest one scaled linearly (rule 6 of :mod:`sdedge.runtime.policies`), and its cost is the larger of
+that prior and the online figure, so a profile of batch 1 alone charges every batch n times one row,
+whatever batching saves. On this project's 2-core CPU that was close to the truth (the fm16 bundle:
+section 1's p90 at 8 rows 4.73 ms against 8 x 0.62 ms,
+``benchmarks/results/anytime_curve_profile.json``),
+but on an accelerator, where a batch can cost little more than one row, it would stop batched calls and the server's
+batch admission many times too early.
+
 The file name is the session's ``device_name`` (backend, device, precision and threads), so a profile
 is only ever used by the configuration it was measured with; profile several thread counts or
 backends by measuring one session per configuration.
@@ -26,9 +36,12 @@ from sdedge.common.errors import InputError
 from sdedge.runtime.profile import LatencyProfile, make_profile, profile_relpath
 
 
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
+
+
 @dataclass
 class ProfileConfig:
-    batch_sizes: tuple[int, ...] = (1,)
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     runs: int = 200  # timed passes per batch size
     warmup: int = 20
     overhead_runs: int = 200  # calls per contender when measuring the decision overhead (0: skip)

@@ -304,6 +304,17 @@ def test_the_profile_is_written_and_used_by_the_deadline_policy(calibrated, tmp_
         for k in range(1, s.num_exits + 1):  # nothing measured online yet: the cost is the profile's p90
             assert s.deadline_policy.section_cost_ms(k, 1) == pytest.approx(
                 prof["batch_sizes"]["1"]["sections"][k - 1]["p90_ms"])
+    # by default batches up to 16 rows are profiled, so a batch is charged a measured figure (the profiled
+    # size at or above its row count), not n times the one-row figure; beyond 16, the 16-row one scaled
+    assert sorted(map(int, prof["batch_sizes"])) == [1, 2, 4, 8, 16]
+    with AnytimeSession(dst, backend="onnxruntime", intra_op_threads=1, warmup=0, engine="python",
+                        max_batch=32) as s:
+        p90 = {int(b): [e["p90_ms"] for e in v["sections"]] for b, v in prof["batch_sizes"].items()}
+        for k in range(1, s.num_exits + 1):
+            cost = s.deadline_policy.section_cost_ms
+            assert cost(k, 8) == pytest.approx(p90[8][k - 1]) and cost(k, 5) == pytest.approx(p90[8][k - 1])
+            assert cost(k, 3) == pytest.approx(p90[4][k - 1])
+            assert cost(k, 24) == pytest.approx(p90[16][k - 1] * 24 / 16)
     # a profile that says section 2 takes 10 s makes any budget below that stop at exit 1
     prof["batch_sizes"]["1"]["sections"][1].update(p90_ms=10_000.0, p99_ms=10_000.0)
     update_bundle(dst, {f"profiles/{res.device}.json": dump_json(prof)})
