@@ -55,7 +55,7 @@ from sdedge.runtime.profile import profile_relpath
 from .curves import CurveSet, accuracy_at_fractions, offline_curves
 from .datasets import LabelledImages, load_calibration_split
 from .metrics import ece, nll
-from .profile import DEFAULT_BATCH_SIZES, ProfileConfig, measure_profile
+from .profile import ProfileConfig, default_batch_sizes, measure_profile
 from .temperature import DEFAULT_BOUNDS, TemperatureFit, fit_temperatures
 from .thresholds import (ReplayTable, Target, ThresholdResult, exit_costs_from_macs, exit_costs_from_profile,
                          fit_heldout_split, select_thresholds)
@@ -72,6 +72,8 @@ class CalibrationConfig:
     ``session``: how the calibration's session is opened (:class:`~sdedge.runtime.options.SessionOptions`):
     its ``criterion`` and ``answer`` are those the thresholds are chosen for, its ``intra_op_threads`` the
     first thread setting profiled, its ``max_batch`` raised to the largest of ``batch_sizes`` when smaller.
+    ``batch_sizes``: the batch sizes profiled (None: 1, 2, 4, 8, 16 up to the session's ``max_batch``,
+    :func:`~sdedge.calibrate.profile.default_batch_sizes`).
     ``profile_threads``: further intra-op thread settings to profile (one profile each).
     """
 
@@ -85,7 +87,7 @@ class CalibrationConfig:
     heldout_fraction: float = 0.5  # share of the calibration data kept for evaluation (0: evaluate on the fit data)
     seed: int = 0
     profile_threads: tuple[int | None, ...] = ()  # more thread settings to profile besides session.intra_op_threads
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    batch_sizes: tuple[int, ...] | None = None
     profile_runs: int = 200  # 0: no new profile (use the bundle's profile for this device, if any)
     profile_warmup: int = 20
     overhead_runs: int = 200
@@ -127,7 +129,7 @@ class CalibrationConfig:
         if not 0.0 <= self.confidence_z <= 5.0:
             raise PolicyError(f"confidence_z must be in [0, 5] standard errors, got {self.confidence_z}")
         if self.profile_runs:
-            ProfileConfig(tuple(self.batch_sizes), self.profile_runs, self.profile_warmup, self.overhead_runs).check()
+            ProfileConfig(self.batch_sizes and tuple(self.batch_sizes), self.profile_runs, self.profile_warmup, self.overhead_runs).check()
 
 
 @dataclass
@@ -217,7 +219,7 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
                         "estimate (use the validation split)")
     _log(progress, f"calibration data: {n} images from {lab.source}")
 
-    options = cfg.session.replace(max_batch=max(cfg.session.max_batch, max(cfg.batch_sizes)))
+    options = cfg.session.replace(max_batch=max(cfg.session.max_batch, max(cfg.batch_sizes or (1,))))
     sessions: list[Any] = []
     try:
         session = AnytimeSession(b, options)
@@ -229,14 +231,14 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
         # -- latency profiles (one per thread setting) ---------------------------------------------------------
         profiles: dict[str, dict] = {}
         if cfg.profile_runs:
-            pcfg = ProfileConfig(tuple(sorted(set(cfg.batch_sizes))), cfg.profile_runs, cfg.profile_warmup,
-                                 cfg.overhead_runs)
+            pcfg = ProfileConfig(cfg.batch_sizes and tuple(sorted(set(cfg.batch_sizes))), cfg.profile_runs,
+                                 cfg.profile_warmup, cfg.overhead_runs)
             for i, threads in enumerate(cfg.thread_settings()):
                 s = session if i == 0 else AnytimeSession(b, options, intra_op_threads=threads)
                 if i:
                     sessions.append(s)
                 _log(progress, f"profiling {s.device_name}: {cfg.profile_runs} runs per batch size "
-                               f"{list(pcfg.batch_sizes)}")
+                               f"{list(pcfg.batch_sizes or default_batch_sizes(s.max_batch))}")
                 prof = measure_profile(s, profile_inputs, pcfg)
                 profiles[prof["device"]] = prof
         if cfg.profile_only:

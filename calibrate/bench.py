@@ -198,7 +198,8 @@ def _curves(session: Any, b: Any, labelled: LabelledImages, budgets: Sequence[fl
 
         notes.append(f"no profile for {session.device_name} in the bundle: measured one for the simulated curves "
                      "(not written; run `sdedge calibrate` to store one)")
-        prof = measure_profile(session, _inputs(session, labelled, 32), ProfileConfig(runs=100, warmup=10, overhead_runs=100))
+        prof = measure_profile(session, _inputs(session, labelled, 32), ProfileConfig((1,), runs=100, warmup=10,
+                                                                                      overhead_runs=100))
     costs = exit_costs_from_profile(prof, session.num_exits)
     cs = offline_curves(table, costs)
     full = costs.cumulative[-1]

@@ -10,7 +10,8 @@ timer). Statistics (p50/p90/p99/mean) and the file format are those of
 split by a least-squares line into a fixed cost per call and a cost per section): the profile stores
 the per-section part as ``decision_overhead_ms`` and the fixed part as ``fixed_per_call_ms``.
 
-Batch sizes: by default 1, 2, 4, 8 and 16 (:data:`DEFAULT_BATCH_SIZES`). The runtime's deadline rule
+Batch sizes: by default 1, 2, 4, 8 and 16 (:data:`DEFAULT_BATCH_SIZES`), those up to the session's
+``max_batch`` and ``max_batch`` itself when it is smaller than 16 (:func:`default_batch_sizes`). The runtime's deadline rule
 charges a batch of n rows the profile's figure at the nearest profiled size at or above n, or the
 largest one scaled linearly (rule 6 of :mod:`sdedge.runtime.policies`), and its cost is the larger of
 that prior and the online figure, so a profile of batch 1 alone charges every batch n times one row,
@@ -39,15 +40,20 @@ from sdedge.runtime.profile import LatencyProfile, make_profile, profile_relpath
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
 
 
+def default_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes profiled when none are given, for a session of at most ``max_batch`` rows."""
+    return tuple(sorted({b for b in DEFAULT_BATCH_SIZES if b <= max_batch} | {min(max_batch, DEFAULT_BATCH_SIZES[-1])}))
+
+
 @dataclass
 class ProfileConfig:
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    batch_sizes: tuple[int, ...] | None = None  # None: default_batch_sizes(session.max_batch)
     runs: int = 200  # timed passes per batch size
     warmup: int = 20
     overhead_runs: int = 200  # calls per contender when measuring the decision overhead (0: skip)
 
     def check(self) -> None:
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+        if self.batch_sizes is not None and (not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes)):
             raise InputError(f"batch sizes must be positive integers, got {self.batch_sizes!r}")
         if self.runs < 5:
             raise InputError(f"profile runs must be at least 5 (percentiles need samples), got {self.runs}")
@@ -79,9 +85,10 @@ def measure_profile(session: Any, inputs: np.ndarray, config: ProfileConfig | No
         raise InputError(f"profile inputs must be float [N, {', '.join(map(str, session.input_shape))}], "
                          f"got {list(inputs.shape)}")
     be = session.backend
-    if any(b > session.max_batch for b in cfg.batch_sizes):
-        raise InputError(f"batch sizes {list(cfg.batch_sizes)} exceed the session's max_batch {session.max_batch}")
-    per_batch = {b: time_sections(be, _batch(inputs, b), cfg.runs, cfg.warmup) for b in sorted(set(cfg.batch_sizes))}
+    sizes = sorted(set(cfg.batch_sizes or default_batch_sizes(session.max_batch)))
+    if any(b > session.max_batch for b in sizes):
+        raise InputError(f"batch sizes {sizes} exceed the session's max_batch {session.max_batch}")
+    per_batch = {b: time_sections(be, _batch(inputs, b), cfg.runs, cfg.warmup) for b in sizes}
     per_section_ms, fixed_ms, ovh = 0.0, 0.0, None
     if cfg.overhead_runs:
         ovh = benchmarking.decision_overhead(session, inputs[: min(len(inputs), 64)], runs=cfg.overhead_runs,

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from sdedge.calibrate.api import CalibrationConfig, calibrate_bundle
+from sdedge.calibrate.profile import default_batch_sizes
 from sdedge.calibrate.curves import accuracy_at_fractions, anytime_auc, offline_curves, simulate_deadline_exit
 from sdedge.calibrate.metrics import ece, nll
 from sdedge.calibrate.temperature import fit_temperature, fit_temperatures
@@ -307,6 +308,8 @@ def test_the_profile_is_written_and_used_by_the_deadline_policy(calibrated, tmp_
     # by default batches up to 16 rows are profiled, so a batch is charged a measured figure (the profiled
     # size at or above its row count), not n times the one-row figure; beyond 16, the 16-row one scaled
     assert sorted(map(int, prof["batch_sizes"])) == [1, 2, 4, 8, 16]
+    assert default_batch_sizes(64) == (1, 2, 4, 8, 16) and default_batch_sizes(6) == (1, 2, 4, 6)
+    assert default_batch_sizes(1) == (1,)
     with AnytimeSession(dst, backend="onnxruntime", intra_op_threads=1, warmup=0, engine="python",
                         max_batch=32) as s:
         p90 = {int(b): [e["p90_ms"] for e in v["sections"]] for b, v in prof["batch_sizes"].items()}

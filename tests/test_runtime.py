@@ -324,6 +324,12 @@ def test_measured_profile_roundtrips_through_the_bundle(bundle_copy: Path) -> No
     s2 = AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=0, engine="python")  # reads its rule
     prior = parsed.section_ms(2, 1, PROFILE_PRIOR_QUANTILE)  # rule 6: the profile's figure is the prior
     assert s2.profile is not None and s2.deadline_policy.section_cost_ms(2, 1) >= prior
+    # without batch sizes: 1, 2, 4, 8, 16 up to the session's max_batch (never a size it cannot run)
+    small = AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=0, max_batch=6)
+    auto = measure_profile(small, floats(small, 4), ProfileConfig(runs=5, warmup=0, overhead_runs=0))
+    assert LatencyProfile.from_json(auto, small.num_exits).batch_sizes == [1, 2, 4, 6]
+    with pytest.raises(InputError, match="exceed the session's max_batch"):
+        measure_profile(small, floats(small, 4), ProfileConfig(batch_sizes=(8,), runs=5, warmup=0, overhead_runs=0))
 
 
 def calibrate(bundle: Path, k: int, drop: tuple[str, ...] = (), **fields) -> None:

@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     r.add_argument("--profile-warmup", type=int, default=20, help="untimed warm-up runs")
     r.add_argument("--overhead-runs", type=int, default=200, help="calls per contender to measure the decision overhead")
     r.add_argument("--batch-sizes", type=positive_list(int, "integers"), default=None,
-                   help="batch sizes to profile (default 1,2,4,8,16: a batch of n rows is charged the profiled "
+                   help="batch sizes to profile (default 1,2,4,8,16 up to the session's max batch: a batch of n rows is charged the profiled "
                         "size at or above n, beyond the largest one scaled linearly)")
     r.add_argument("--latency-stat", choices=["mean", "p50", "p90", "p99"], default="mean",
                    help="per-section statistic behind expected latencies (default mean; p50 ignores a noisy machine's "
@@ -76,7 +76,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..calibrate.api import CalibrationConfig, calibrate_bundle
     from ..calibrate.datasets import optional_arrays
-    from ..calibrate.profile import DEFAULT_BATCH_SIZES
     from ..runtime.options import SessionOptions
 
     images, labels = optional_arrays(args.images, args.labels)
@@ -87,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         session=session, profile_threads=threads[1:], target_accuracy=args.target_accuracy,
         max_accuracy_drop=args.max_accuracy_drop, target_latency_ms=args.target_latency_ms, data=args.data,
         split=args.split, max_samples=args.max_samples, heldout_fraction=args.heldout_fraction, seed=args.seed,
-        batch_sizes=tuple(args.batch_sizes or DEFAULT_BATCH_SIZES), profile_runs=args.profile_runs, profile_warmup=args.profile_warmup,
+        batch_sizes=tuple(args.batch_sizes) if args.batch_sizes else None, profile_runs=args.profile_runs,
+        profile_warmup=args.profile_warmup,
         overhead_runs=args.overhead_runs, confidence_z=args.confidence_z, temperature=not args.no_temperature,
         latency_stat=f"{args.latency_stat}_ms", profile_only=args.profile_only, plot=args.plot,
         write=not args.dry_run)
