@@ -9,10 +9,13 @@ Steps, each printed when ``progress`` is on:
    tolerance the export fails with :class:`ExportError` and nothing is written;
 4. with ``int8``: QDQ sections calibrated on training images, FP32 vs INT8 accuracy on the validation
    split (:mod:`.quantize`);
-5. the manifest, validated by the runtime's own schema, then the staged folder is opened with
+5. with ``format_version=2``: every section but the last split into its trunk and its exit head
+   (:func:`.onnx_sections.split_head`; ``heads/h<k>.onnx``), each exit of the split graphs checked
+   against the unsplit ones on probe inputs;
+6. the manifest, validated by the runtime's own schema, then the staged folder is opened with
    :func:`sdedge.runtime.open_bundle` (every checksum) and a probe batch runs through the runtime's
    ONNX Runtime backend, chained sections against ``full.onnx``: a disagreement refuses the bundle;
-6. the staged folder ``<out>.tmp-<random>`` is renamed into place, or swapped atomically with the old
+7. the staged folder ``<out>.tmp-<random>`` is renamed into place, or swapped atomically with the old
    bundle under ``force``. An export that fails or is killed at any step leaves the old bundle (or
    nothing) at ``<out>``; a killed export's leftover staging folder is removed by the next export.
 """
@@ -57,6 +60,7 @@ class ExportConfig:
     full: bool = True  # also write full.onnx (the single-graph reference)
     name: str | None = None  # model name in the manifest (default: <backbone>-<dataset>-<method>)
     threads: int | None = None  # ONNX Runtime intra-op threads for the checks (None: its default)
+    format_version: int = 1  # bundle format: 1 (each section with its exit head) | 2 (exit heads as graphs of their own)
     progress: bool | Callable[[str], None] = False  # print each step (True: to stderr)
 
 
@@ -165,6 +169,14 @@ def _validate(cfg: ExportConfig) -> None:
     if cfg.opset < MIN_OPSET:
         raise ExportError(f"opset {cfg.opset} is not supported: the exporter emits opset >= {MIN_OPSET}; "
                           f"use --opset {MIN_OPSET} or higher")
+    from ..runtime.manifest import FORMAT_VERSIONS
+
+    if cfg.format_version not in FORMAT_VERSIONS:
+        raise ExportError(f"bundle format version must be one of {', '.join(map(str, FORMAT_VERSIONS))}, "
+                          f"got {cfg.format_version!r}")
+    if cfg.format_version == 2 and (cfg.int8 or cfg.fp16):
+        raise ExportError("INT8 and fp16 copies are not written for format version 2 bundles yet (their exit heads "
+                          "would need their own quantized graphs); export with --format-version 1 for --int8/--fp16")
     if not (cfg.parity_tolerance > 0):
         raise ExportError(f"parity tolerance must be positive, got {cfg.parity_tolerance}")
     if cfg.int8:
@@ -303,6 +315,46 @@ def _half(cfg: ExportConfig, tmp: Path, staged: _Staged, say: Callable[[str], No
         staged.sections[k - 1].fp16_file = rel
 
 
+def _split_heads(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessions: list,
+                 say: Callable[[str], None]) -> None:
+    """Format version 2: sections 1..K-1 rewritten as trunks, their exit heads under heads/; every exit of the
+    split graphs must give the unsplit sections' logits (``sessions``) on probe inputs."""
+    import onnx
+
+    from ..common.digest import sha256_bytes
+    from . import macs
+    from .manifest_build import HeadInfo
+    from .onnx_sections import save_model, split_head
+    from .parity import chain_logits, compare, ort_session
+
+    k_total = src.num_exits
+    say(f"format version 2: splitting the exit heads of sections 1..{k_total - 1} into graphs of their own")
+    (tmp / "heads").mkdir()
+    pairs: list[tuple[Any, Any]] = []
+    for k in range(1, k_total):
+        info = staged.sections[k - 1]
+        trunk, head = split_head(onnx.load(str(staged.paths[k - 1])), k, k_total)
+        data = save_model(trunk, staged.paths[k - 1])
+        info.sha256 = sha256_bytes(data)
+        rel = f"heads/h{k}.onnx"
+        hdata = save_model(head, tmp / rel)
+        cost = macs.count(head)
+        info.head = HeadInfo(rel, sha256_bytes(hdata), info.features_shape, info.logits_shape, cost.macs,  # type: ignore[arg-type]
+                             cost.params)
+        pairs.append((ort_session(data, cfg.threads), ort_session(hdata, cfg.threads)))
+        share = f" of the section's {info.macs:,}" if info.macs is not None and cost.macs is not None else ""
+        say(f"  exit head {k}: " + (f"{cost.macs:,} MACs{share}" if cost.macs is not None else "MACs unknown"))
+    staged.sizes["sections"] = sum(p.stat().st_size for p in staged.paths)
+    staged.sizes["heads"] = sum((tmp / f"heads/h{k}.onnx").stat().st_size for k in range(1, k_total))
+    x = np.random.default_rng(2).standard_normal((8, *src.shape)).astype(np.float32)
+    want, _ = chain_logits(sessions, x)
+    got, _ = chain_logits([*pairs, sessions[-1]], x)
+    for row in compare(want, got):
+        if row.max_abs_diff > cfg.parity_tolerance:
+            raise ExportError(f"the split graphs of exit {row.index} disagree with the unsplit section by "
+                              f"{row.max_abs_diff:.3e} (tolerance {cfg.parity_tolerance:g}); no bundle was written")
+
+
 def _quantize(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessions: list,
               say: Callable[[str], None]) -> tuple[list[Int8ExitReport], int, dict]:
     """QDQ sections under int8/, and FP32 vs INT8 on the validation split."""
@@ -382,12 +434,16 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
             t = time.perf_counter()
             _half(cfg, tmp, staged, say)
             timings["fp16"] = time.perf_counter() - t
+        if cfg.format_version == 2:
+            t = time.perf_counter()
+            _split_heads(src, cfg, tmp, staged, sessions, say)
+            timings["split_heads"] = time.perf_counter() - t
         del sessions
 
         t = time.perf_counter()
         raw = build_manifest(src.meta, cfg.name or _default_name(src.meta), Path(cfg.checkpoint).name, src.sha256,
                              staged.sections, staged.files, staged.full, parity_record, int8_record,
-                             staged.export_info)
+                             staged.export_info, cfg.format_version)
         (tmp / MANIFEST_NAME).write_bytes(dump_json(raw))
         say("verifying the bundle (checksums, then a probe through the runtime's ONNX Runtime backend)")
         try:

@@ -1,4 +1,4 @@
-"""Assemble ``manifest.json`` (format version 1) from the checkpoint metadata and the export's results.
+"""Assemble ``manifest.json`` (format version 1 or 2) from the checkpoint metadata and the export's results.
 
 The schema belongs to :mod:`sdedge.runtime.manifest`; this module only fills it in and always passes
 the result through :func:`~sdedge.runtime.manifest.validate_manifest` before anyone writes it.
@@ -16,11 +16,23 @@ from typing import Any, Sequence
 
 from ..common.errors import DataError, ExportError
 from ..data import checkpoint_data_spec
-from ..runtime.manifest import (FORMAT, FORMAT_VERSION, SectionSpec, TensorSpec, features_name, input_name,
-                                logits_name, validate_manifest)
+from ..runtime.manifest import (FORMAT, FORMAT_VERSION, HeadSpec, SectionSpec, TensorSpec, features_name,
+                                input_name, logits_name, validate_manifest)
 
 # checkpoint meta keys represented elsewhere in the manifest (not copied into model.training)
 _NOT_TRAINING = ("model", "data", "classes")
+
+
+@dataclass
+class HeadInfo:
+    """A section's exit head as a graph of its own (format version 2)."""
+
+    file: str
+    sha256: str
+    features_shape: list[int | None]
+    logits_shape: list[int | None]
+    macs: int | None
+    params: int
 
 
 @dataclass
@@ -35,6 +47,7 @@ class SectionInfo:
     params: int
     int8_file: str | None = None
     fp16_file: str | None = None
+    head: HeadInfo | None = None  # format version 2: the head split off (macs/params above still include it)
 
 
 def versions() -> dict[str, str]:
@@ -62,7 +75,7 @@ def _accuracies(meta: dict, split: str, k: int) -> list[float | None]:
 def build_manifest(meta: dict[str, Any], name: str, checkpoint_file: str, checkpoint_sha256: str,
                    sections: Sequence[SectionInfo], files: dict[str, str], full: dict[str, Any] | None,
                    parity: dict[str, Any] | None, int8: dict[str, Any] | None,
-                   export_info: dict[str, Any]) -> dict[str, Any]:
+                   export_info: dict[str, Any], format_version: int = FORMAT_VERSION) -> dict[str, Any]:
     """The manifest as a JSON-able dict, already validated."""
     mcfg = meta.get("model") or {}
     dmeta = meta.get("data") or {}
@@ -84,11 +97,15 @@ def build_manifest(meta: dict[str, Any], name: str, checkpoint_file: str, checkp
                   "raw_dtype": "uint8", "raw_layout": "HWC"}
     specs = []
     for s in sections:
+        head = None
+        if s.head is not None:
+            head = HeadSpec(s.head.file, s.head.sha256, TensorSpec(features_name(s.index), tuple(s.head.features_shape)),
+                            TensorSpec(logits_name(s.index), tuple(s.head.logits_shape)), s.head.macs, s.head.params)
         specs.append(SectionSpec(
             s.index, s.file, s.sha256, TensorSpec(input_name(s.index), tuple(s.input_shape)),
             TensorSpec(features_name(s.index), tuple(s.features_shape)) if s.features_shape is not None else None,
             TensorSpec(logits_name(s.index), tuple(s.logits_shape)), s.macs, s.params, s.int8_file,
-            s.fp16_file).to_json())
+            s.fp16_file, head).to_json())
     val, test = _accuracies(meta, "val", k), _accuracies(meta, "test", k)
     exits = []
     for i in range(k):
@@ -100,7 +117,7 @@ def build_manifest(meta: dict[str, Any], name: str, checkpoint_file: str, checkp
         exits.append(e)
     raw: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "sdedge_version": versions()["sdedge"],
         "model": {

@@ -146,32 +146,52 @@ def export_graphs(model: Any, image_shape: tuple[int, int, int], opset: int = DE
     k_total = len(model.sections)
     extractor = Extractor(proto)
     ir = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
-
-    def cut(inputs: list[str], outputs: list[str], doc: str) -> Any:
-        try:
-            sub = extractor.extract_model(inputs, outputs)
-        except Exception as e:
-            raise ExportError(f"could not cut {doc} out of the exported graph: {e}") from None
-        sub.ir_version = min(proto.ir_version, max(ir, 3))
-        sub.producer_name, sub.producer_version = proto.producer_name, proto.producer_version
-        sub.graph.name = doc.replace(" ", "_")
-        sub.doc_string = f"sdedge {doc}"
-        del sub.functions[:]
-        try:
-            onnx.checker.check_model(sub, full_check=True)
-        except Exception as e:
-            raise ExportError(f"onnx.checker rejected {doc}: {e}") from None
-        if sub.ByteSize() > MAX_PROTO_BYTES:
-            raise ExportError(f"{doc} is larger than 2 GiB, the limit of one ONNX file without external data")
-        return sub
-
     sections = []
     for k in range(1, k_total + 1):
         outs = ([features_name(k)] if k < k_total else []) + [logits_name(k)]
-        sections.append(cut([input_name(k)], outs, f"section {k} of {k_total}"))
-    full = cut([input_name(1)], [logits_name(k_total)], f"full network to exit {k_total}")
+        sections.append(_cut(extractor, proto, ir, [input_name(k)], outs, f"section {k} of {k_total}"))
+    full = _cut(extractor, proto, ir, [input_name(1)], [logits_name(k_total)], f"full network to exit {k_total}")
     remaining = sum(1 for s in sections for n in s.graph.node if n.op_type == "BatchNormalization")
     return OnnxGraphs(sections, full, opset, remaining)
+
+
+def _cut(extractor: Any, proto: Any, ir: int, inputs: list[str], outputs: list[str], doc: str) -> Any:
+    """The nodes of ``proto`` between ``inputs`` and ``outputs`` as a checked model of their own."""
+    import onnx
+
+    try:
+        sub = extractor.extract_model(inputs, outputs)
+    except Exception as e:
+        raise ExportError(f"could not cut {doc} out of the exported graph: {e}") from None
+    sub.ir_version = min(proto.ir_version, max(ir, 3))
+    sub.producer_name, sub.producer_version = proto.producer_name, proto.producer_version
+    sub.graph.name = doc.replace(" ", "_")
+    sub.doc_string = f"sdedge {doc}"
+    del sub.functions[:]
+    try:
+        onnx.checker.check_model(sub, full_check=True)
+    except Exception as e:
+        raise ExportError(f"onnx.checker rejected {doc}: {e}") from None
+    if sub.ByteSize() > MAX_PROTO_BYTES:
+        raise ExportError(f"{doc} is larger than 2 GiB, the limit of one ONNX file without external data")
+    return sub
+
+
+def split_head(section: Any, index: int, num_sections: int) -> tuple[Any, Any]:
+    """Section ``index`` (< K, with its exit head, as :func:`export_graphs` cut it) as two graphs: the trunk
+    (``input -> features_k``) and the exit head (``features_k -> logits_k``), bundle format version 2."""
+    import onnx
+    from onnx.utils import Extractor
+
+    if not 1 <= index < num_sections:
+        raise ExportError(f"only sections 1..{num_sections - 1} have a head to split off, not section {index}")
+    extractor = Extractor(section)
+    ir = onnx.helper.find_min_ir_version_for(list(section.opset_import), ignore_unknown=True)
+    trunk = _cut(extractor, section, ir, [input_name(index)], [features_name(index)],
+                 f"section {index} of {num_sections} without its exit head")
+    head = _cut(extractor, section, ir, [features_name(index)], [logits_name(index)],
+                f"exit head {index} of {num_sections}")
+    return trunk, head
 
 
 def tensor_shape(model: Any, name: str) -> list[int | None]:

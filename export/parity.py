@@ -55,7 +55,9 @@ class GraphChain(Backend):
     Export checks and quantizes the staged graphs before any bundle (manifest, checksums) exists, so it
     cannot open them with :class:`~sdedge.runtime.backends.onnxruntime.OnnxRuntimeBackend`; this runner
     gives those graphs the same :meth:`~sdedge.runtime.backends.base.Backend.run_chain`. Outputs are
-    positional, as the exporter writes them: ``(features, logits)``, the last section ``(logits,)``.
+    positional, as the exporter writes them: ``(features, logits)``, the last section ``(logits,)``. A
+    section given as a ``(trunk, head)`` pair of sessions (format version 2) runs both: ``(features,)``,
+    then ``(logits,)`` from the features.
     """
 
     name = "onnxruntime-graphs"
@@ -72,6 +74,10 @@ class GraphChain(Backend):
 
     def run_section(self, index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         sess = self._sessions[index - 1]
+        if isinstance(sess, tuple):
+            trunk, head = sess
+            feats = trunk.run(None, {trunk.get_inputs()[0].name: x})[0]
+            return feats, head.run(None, {head.get_inputs()[0].name: feats})[0]
         outs = sess.run(None, {sess.get_inputs()[0].name: x})
         return (None if index == len(self._sessions) else outs[0]), outs[-1]
 

@@ -114,6 +114,9 @@ def build_engines(bundle: str | Path, precision: str = "fp16", min_batch: int = 
         raise ExportError(f"workspace must be at least 1 MB, got {workspace_mb}")
     b = open_bundle(bundle)  # never build from files that fail their checksums
     man = b.manifest
+    if man.split_heads:
+        raise ExportError(f"{b.path} is a format version 2 bundle (exit heads as graphs of their own), which the "
+                          f"TensorRT engine builder does not build yet; export with --format-version 1 for TensorRT")
     trt = import_tensorrt()
     typed_fp16 = precision == "fp16" and tensorrt_major(trt) >= 11
     if typed_fp16 and not all(s.fp16_file for s in man.sections):

@@ -45,6 +45,24 @@ class Bundle:
             raise BundleError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
         return self.file(spec.file)
 
+    def head_path(self, index: int, precision: str = "fp32") -> Path | None:
+        """Path of section ``index``'s exit-head graph (format version 2; None where the head is inside the
+        section's graph); ``precision='int8'`` picks the QDQ copy, ``'fp16-graph'`` the float16 one."""
+        head = self.manifest.sections[index - 1].head
+        if head is None:
+            return None
+        if precision == "int8":
+            if not head.int8_file:
+                raise BundleError(f"bundle {self.path} has no INT8 sections; export with --int8")
+            return self.file(head.int8_file)
+        if precision == "fp16-graph":
+            if not head.fp16_file:
+                raise BundleError(f"bundle {self.path} has no fp16 section graphs; export with --fp16")
+            return self.file(head.fp16_file)
+        if precision not in ("fp32", "fp16"):
+            raise BundleError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
+        return self.file(head.file)
+
     def fp16_section_path(self, index: int) -> Path:
         """Path of section ``index``'s float16 graph (float32 I/O), written by ``sdedge export --fp16``: what
         TensorRT 11, whose networks are strongly typed, builds fp16 engines from."""
@@ -115,6 +133,8 @@ def open_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     if verify:
         for s in manifest.sections:
             _verify(root, s.file, s.sha256)
+            if s.head is not None:
+                _verify(root, s.head.file, s.head.sha256)
         for rel, sha in manifest.files.items():
             _verify(root, rel, sha)
     return Bundle(root, manifest)

@@ -1,4 +1,4 @@
-"""The bundle manifest (format version 1): schema, validation and typed views.
+"""The bundle manifest (format versions 1 and 2): schema, validation and typed views.
 
 ``manifest.json`` is the only entry point of a bundle (see ``shared/DESIGN.md`` section 4). The exporter
 builds it through :func:`validate_manifest`, the runtime reads it through the same function, so both
@@ -7,6 +7,21 @@ stays inside the bundle folder; checksums are checked by :mod:`sdedge.runtime.bu
 
 Tensor naming (fixed by this module): section ``k`` (1-based) takes ``image`` (k = 1) or
 ``features_{k-1}`` and returns ``features_k`` (all but the last section) and ``logits_k``.
+
+Version 2 differs in one way: every section but the last is a *trunk* graph that returns
+``features_k`` only, and its exit head is its own graph (``head``: ``features_k`` -> ``logits_k``, under
+``heads/``), so a runtime runs a head only when its policy needs that exit's logits. The last section
+keeps its head inside (its logits are always the answer). A section's ``macs`` and ``params`` mean the
+same in both versions (the section with its exit head: what an exit costs); ``head.macs`` is the head's
+share of them. INT8 and fp16 copies follow the same split (``head.int8_file``, ``head.fp16_file``)::
+
+    {"index": 1, "file": "sections/s1.onnx", "sha256": "...",
+     "inputs": [{"name": "image", "shape": [null, 1, 28, 28]}],
+     "outputs": [{"name": "features_1", "shape": [null, 16, 28, 28]}],
+     "macs": 1234, "params": 56,
+     "head": {"file": "heads/h1.onnx", "sha256": "...",
+              "inputs": [{"name": "features_1", "shape": [null, 16, 28, 28]}],
+              "outputs": [{"name": "logits_1", "shape": [null, 10]}], "macs": 210, "params": 12}}
 """
 from __future__ import annotations
 
@@ -19,7 +34,8 @@ from ..common.errors import BundleError
 from ..common.formats import check_format
 
 FORMAT = "sdedge-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what the exporter writes unless asked for another
+FORMAT_VERSIONS = (1, 2)  # what the readers accept
 MANIFEST_NAME = "manifest.json"
 
 
@@ -59,6 +75,29 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """A separate exit-head graph (format version 2): ``features_k`` -> ``logits_k``."""
+
+    file: str
+    sha256: str
+    input: TensorSpec
+    logits: TensorSpec
+    macs: int | None = None
+    params: int | None = None
+    int8_file: str | None = None
+    fp16_file: str | None = None
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {"file": self.file, "sha256": self.sha256, "inputs": [self.input.to_json()],
+                             "outputs": [self.logits.to_json()], "macs": self.macs, "params": self.params}
+        if self.int8_file:
+            d["int8_file"] = self.int8_file
+        if self.fp16_file:
+            d["fp16_file"] = self.fp16_file
+        return d
+
+
+@dataclass(frozen=True)
 class SectionSpec:
     index: int  # 1-based
     file: str
@@ -70,6 +109,15 @@ class SectionSpec:
     params: int | None = None
     int8_file: str | None = None
     fp16_file: str | None = None  # float16 graph with float32 I/O (`sdedge export --fp16`; TensorRT 11 fp16 engines)
+    head: HeadSpec | None = None  # format version 2: the exit head's own graph (the file then returns features only)
+
+    @property
+    def file_outputs(self) -> list[TensorSpec]:
+        """The outputs of the section's own file: features and logits (version 1, or the last section),
+        features only (a version-2 trunk), logits only (the last section)."""
+        if self.head is not None:
+            return [self.features]  # type: ignore[list-item]
+        return ([self.features] if self.features else []) + [self.logits]
 
     def to_json(self) -> dict:
         d: dict[str, Any] = {
@@ -77,7 +125,7 @@ class SectionSpec:
             "file": self.file,
             "sha256": self.sha256,
             "inputs": [self.input.to_json()],
-            "outputs": ([self.features.to_json()] if self.features else []) + [self.logits.to_json()],
+            "outputs": [t.to_json() for t in self.file_outputs],
             "macs": self.macs,
             "params": self.params,
         }
@@ -85,6 +133,8 @@ class SectionSpec:
             d["int8_file"] = self.int8_file
         if self.fp16_file:
             d["fp16_file"] = self.fp16_file
+        if self.head is not None:
+            d["head"] = self.head.to_json()
         return d
 
 
@@ -116,6 +166,15 @@ class Manifest:
     @property
     def num_exits(self) -> int:
         return len(self.sections)
+
+    @property
+    def format_version(self) -> int:
+        return int(self.raw["format_version"])
+
+    @property
+    def split_heads(self) -> bool:
+        """Whether the exit heads are graphs of their own (format version 2)."""
+        return any(s.head is not None for s in self.sections)
 
     @property
     def num_classes(self) -> int:
@@ -174,13 +233,39 @@ def _hex64(v: Any, where: str) -> str:
     return v
 
 
+def _count(d: dict, key: str, where: str) -> int | None:
+    v = d.get(key)
+    _require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+             f"{where}.{key} must be a non-negative integer or null")
+    return v
+
+
+def _head(h: Any, where: str, features: TensorSpec) -> HeadSpec:
+    """A version-2 section's ``head`` entry: its own graph from the section's features to its logits."""
+    _require(isinstance(h, dict), f"{where} must be an object")
+    file = check_relpath(_get(h, "file", str, where), f"{where}.file")
+    sha = _hex64(_get(h, "sha256", str, where), f"{where}.sha256")
+    ins, outs = _get(h, "inputs", list, where), _get(h, "outputs", list, where)
+    _require(len(ins) == 1 and len(outs) == 1, f"{where} must have exactly one input (features) and one output (logits)")
+    t_in = TensorSpec.from_json(ins[0], f"{where}.inputs[0]")
+    _require(t_in.name == features.name and t_in.shape == features.shape,
+             f"{where}: input must be the section's features {features.name!r} {list(features.shape)}, "
+             f"got {t_in.name!r} {list(t_in.shape)}")
+    logits = TensorSpec.from_json(outs[0], f"{where}.outputs[0]")
+    extra = {}
+    for key in ("int8_file", "fp16_file"):
+        if h.get(key) is not None:
+            extra[key] = check_relpath(h[key], f"{where}.{key}")
+    return HeadSpec(file, sha, t_in, logits, _count(h, "macs", where), _count(h, "params", where), **extra)
+
+
 def validate_manifest(raw: Any) -> Manifest:
-    """Check ``raw`` (parsed JSON) against format version 1 and return the typed view.
+    """Check ``raw`` (parsed JSON) against format version 1 or 2 and return the typed view.
 
     Raises :class:`FormatVersionError` for another format version and :class:`BundleError` naming the
     first problem otherwise.
     """
-    check_format(raw, FORMAT, (FORMAT_VERSION,), "bundle", "manifest", "re-export the bundle")
+    version = check_format(raw, FORMAT, FORMAT_VERSIONS, "bundle", "manifest", "re-export the bundle")
 
     _require(isinstance(raw.get("model", {}), dict), "manifest.model must be an object (name, backbone, method, ...)")
     inp = _get(raw, "input", dict, "manifest")
@@ -222,10 +307,18 @@ def validate_manifest(raw: Any) -> Manifest:
         _require(t_in.shape[1:] == prev_out.shape[1:],
                  f"{where}: input shape {list(t_in.shape)} does not match the previous output {list(prev_out.shape)}")
         last = i == len(secs)
-        _require(len(outs) == (1 if last else 2),
-                 f"{where}.outputs must hold {'logits' if last else 'features and logits'}")
+        split = version == 2 and not last  # a version-2 trunk: features out, the head in its own graph
+        _require(len(outs) == (1 if last or split else 2),
+                 f"{where}.outputs must hold {'logits' if last else 'features' if split else 'features and logits'}")
         feats = None if last else TensorSpec.from_json(outs[0], f"{where}.outputs[0]")
-        logits = TensorSpec.from_json(outs[-1], f"{where}.outputs[-1]")
+        head = None
+        if split:
+            _require("head" in s, f"{where}: a format version 2 section other than the last must have a head")
+            head = _head(s["head"], f"{where}.head", feats)  # type: ignore[arg-type]
+            logits = head.logits
+        else:
+            _require("head" not in s, f"{where}: only format version 2 sections other than the last have a head")
+            logits = TensorSpec.from_json(outs[-1], f"{where}.outputs[-1]")
         if feats is not None:
             _require(feats.name == features_name(i), f"{where}: features output must be named {features_name(i)!r}")
             _require(len(feats.shape) >= 2 and feats.shape[0] is None, f"{where}: features shape must start with a dynamic batch")
@@ -233,15 +326,13 @@ def validate_manifest(raw: Any) -> Manifest:
         _require(logits.name == logits_name(i), f"{where}: logits output must be named {logits_name(i)!r}")
         _require(list(logits.shape) == [None, len(classes)],
                  f"{where}: logits shape must be [null, {len(classes)}], got {list(logits.shape)}")
-        macs, params = s.get("macs"), s.get("params")
-        for key, v in (("macs", macs), ("params", params)):
-            _require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), f"{where}.{key} must be a non-negative integer or null")
+        macs, params = _count(s, "macs", where), _count(s, "params", where)
         int8, fp16 = s.get("int8_file"), s.get("fp16_file")
         if int8 is not None:
             int8 = check_relpath(int8, f"{where}.int8_file")
         if fp16 is not None:
             fp16 = check_relpath(fp16, f"{where}.fp16_file")
-        sections.append(SectionSpec(i, file, sha, t_in, feats, logits, macs, params, int8, fp16))
+        sections.append(SectionSpec(i, file, sha, t_in, feats, logits, macs, params, int8, fp16, head))
 
     files_raw = raw.get("files", {})
     _require(isinstance(files_raw, dict), "files must be an object mapping relative paths to {sha256}")
@@ -251,7 +342,14 @@ def validate_manifest(raw: Any) -> Manifest:
         sha = info.get("sha256") if isinstance(info, dict) else info
         files[norm] = _hex64(sha, f"files[{rel!r}].sha256")
     for s in sections:
-        for key, rel in (("int8_file", s.int8_file), ("fp16_file", s.fp16_file)):
+        extra = [("int8_file", s.int8_file), ("fp16_file", s.fp16_file)]
+        if s.head is not None:
+            extra += [("head.int8_file", s.head.int8_file), ("head.fp16_file", s.head.fp16_file)]
+            _require((s.int8_file is None) == (s.head.int8_file is None),
+                     f"sections[{s.index - 1}]: int8_file and head.int8_file must be given together")
+            _require((s.fp16_file is None) == (s.head.fp16_file is None),
+                     f"sections[{s.index - 1}]: fp16_file and head.fp16_file must be given together")
+        for key, rel in extra:
             if rel:
                 _require(rel in files, f"sections[{s.index - 1}].{key} {rel!r} is not listed in files")
     exits = raw.get("exits", [])

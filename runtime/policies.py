@@ -57,6 +57,12 @@ sequence of samples and decisions (no clock enters them; the C++ core repeats th
    steady frames: depth 0.360 of the oracle's with the p99 prior, 0.712 with the p90 prior).
 7. *The overhead* is the online figure of cell (0, n) or, when larger, the profile's
    ``decision_overhead_ms + fixed_per_call_ms``.
+8. *Heads of their own* (bundle format version 2: the exit heads of sections 1..K-1 are graphs apart from
+   their trunks, and a call runs a head only where it needs that exit's logits: a confidence threshold
+   there, the ensemble answer, or a stop). Trunk and head are timed apart, each into its own cells by
+   rules 1-3 and 5 (rule 4 trims trunk cells only); a section's online figure is its trunk's plus its
+   head's (a head not measured yet adds nothing), since going on to section s must leave time to stop
+   there. The profile's figure stays the section with its head (``sdedge calibrate`` times both).
 
 :func:`replay` evaluates the confidence policy on precomputed logits of every exit (array code, for
 calibration and evaluation) and decides exactly what :class:`~sdedge.runtime.session.AnytimeSession`
@@ -339,10 +345,18 @@ class LatencyEstimator:
             raise PolicyError(f"latency window must hold at least 8 samples, got {window!r}")
         self.num_sections, self.window, self.quantile = num_sections, window, float(quantile)
         self._cells: list[dict[int, _Cell]] = [dict() for _ in range(num_sections + 1)]
+        # format version 2: the exit heads of sections 1..K-1 timed apart from their trunks (rule 8)
+        self._heads: list[dict[int, _Cell]] = [dict() for _ in range(num_sections + 1)]
 
     def record(self, section: int, batch: int, ms: float) -> None:
         """Record one run of 1-based ``section`` (0 = the runtime's own time) on ``batch`` rows taking ``ms``."""
-        cells = self._cells[section]
+        self._add(self._cells[section], batch, ms)
+
+    def record_head(self, section: int, batch: int, ms: float) -> None:
+        """Record one run of the exit head of ``section`` (a graph of its own: rule 8) on ``batch`` rows."""
+        self._add(self._heads[section], batch, ms)
+
+    def _add(self, cells: dict[int, _Cell], batch: int, ms: float) -> None:
         cell = cells.get(batch)
         if cell is None:
             cell = cells[batch] = _Cell(self.window, self.quantile)
@@ -357,7 +371,7 @@ class LatencyEstimator:
 
     def settle(self) -> None:
         """Replace every cell's samples by their lower median (after the warm-up: rule 5)."""
-        for cells in self._cells:
+        for cells in (*self._cells, *self._heads):
             for cell in cells.values():
                 cell.settle()
 
@@ -366,6 +380,7 @@ class LatencyEstimator:
         on request: the estimator itself never forgets)."""
         for i in range(self.num_sections + 1) if section is None else (section,):
             self._cells[i].clear()
+            self._heads[i].clear()
 
     def count(self, section: int, batch: int) -> int:
         """Samples held for ``section`` at exactly ``batch`` rows."""
@@ -373,8 +388,15 @@ class LatencyEstimator:
         return 0 if cell is None else len(cell.order)
 
     def estimate(self, section: int, batch: int) -> float | None:
-        """The figure (ms) of ``section`` on ``batch`` rows (rules 2-3); None only before its first sample."""
-        cells = self._cells[section]
+        """The figure (ms) of ``section`` on ``batch`` rows (rules 2-3), with its exit head's where that is
+        timed apart (rule 8); None only before its first sample."""
+        trunk = self._figure(self._cells[section], batch)
+        if trunk is None or not self._heads[section]:
+            return trunk
+        return trunk + (self._figure(self._heads[section], batch) or 0.0)
+
+    @staticmethod
+    def _figure(cells: dict[int, _Cell], batch: int) -> float | None:
         cell = cells.get(batch)
         if cell is not None:
             return cell.fig

@@ -104,6 +104,10 @@ class InferenceResult:
             if trace is None:  # the native core computed them
                 self._exit_conf = [float(c) for c in row[:self.exit_index]]
                 return self._exit_conf
+            if any(lg is None for _, lg in trace[:self.exit_index]):  # an exit head the call did not run
+                _, conf = exit_answers(trace.recompute()[:, row:row + 1], pol, answer)
+                self._exit_conf = [float(c) for c in conf[:self.exit_index, 0]]
+                return self._exit_conf
             # each section's (rows still running, their logits); rows stay sorted as the batch shrinks
             logits = [lg[np.searchsorted(rows, row)] for rows, lg in trace[:self.exit_index]]
             _, conf = exit_answers(np.stack(logits)[:, None, :], pol, answer)
@@ -130,7 +134,7 @@ class AnytimeSession:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=opts.verify)
         # precision "auto": the best engines built for this device where the backend may be TensorRT, else fp32
         opts = opts.replace(precision=resolve_precision(self.bundle, opts.backend, opts.precision))
-        self.engine = _choose_engine(opts, clock)
+        self.engine = _choose_engine(opts, clock, self.bundle)
         self.options = opts
         self.precision = opts.precision
         self.criterion = opts.criterion
@@ -285,7 +289,8 @@ class AnytimeSession:
             for _ in range(n):  # as infer(x) does, on the sections (the full graph would time none of them)
                 t0 = self.clock()
                 with self._lock:
-                    self._run(x, self._default_policy, None, t0, (self.clock() - t0) * 1e3, full=False)
+                    self._run(x, self._default_policy, None, t0, (self.clock() - t0) * 1e3, full=False,
+                              all_heads=True)
         self.estimator.settle()
 
     # -- policies -----------------------------------------------------------------------------------------
@@ -447,7 +452,7 @@ class AnytimeSession:
     def _run(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float,
              prep_ms: float, row_thr: np.ndarray | None = None, row_dl: np.ndarray | None = None,
              on_settled: Callable[[list[int], list[InferenceResult]], None] | None = None,
-             full: bool = True) -> list[InferenceResult]:
+             full: bool = True, all_heads: bool = False) -> list[InferenceResult]:
         """The decision loop: run section after section, stop each row at its exit, shrink the batch.
 
         After section k (k < K) the rows that are confident enough stop (:meth:`ConfidencePolicy.step`);
@@ -457,6 +462,9 @@ class AnytimeSession:
         With ``row_thr`` ([rows, K] float32, NaN: none) and ``row_dl`` ([rows] absolute seconds, inf: none)
         each row has its own threshold and deadline (:meth:`infer_rows`) instead of the call's, and is
         answered the moment it settles (``on_settled(indices, results)``; its own latency and deadline_met).
+        On a backend whose exit heads are graphs of their own (:attr:`Backend.split_heads`, format version 2)
+        a section's head runs only where its logits are needed: a confidence threshold at that exit, the
+        ensemble answer, rows stopping there, or ``all_heads`` (the warm-up, which times every head).
         """
         clock = self.clock
         t1 = clock()
@@ -466,7 +474,10 @@ class AnytimeSession:
         should_stop = self.deadline_policy.should_stop
         n_all = xb.shape[0]
         acc = np.zeros((n_all, len(self.classes)), np.float32) if self.answer == "ensemble" else None
-        trace: list[tuple[np.ndarray, np.ndarray]] = []  # per section: (rows it ran, their logits)
+        trace = _Trace(self, xb)  # per section: (rows it ran, their logits or None where its head did not run)
+        split = backend.split_heads
+        record_head = self.estimator.record_head
+        thr32 = pol.thresholds32
         groups: list[tuple[np.ndarray, int, np.ndarray, np.ndarray, str]] = []  # (rows, exit, probs, conf, why)
 
         def settle(k: int, rows: np.ndarray, logits: np.ndarray, answer: np.ndarray | None,
@@ -506,14 +517,37 @@ class AnytimeSession:
         rows = np.arange(n_all)
         section_ms = 0.0
         h = backend.upload(xb)
+        def head(k: int) -> np.ndarray:
+            """Exit ``k``'s logits on the rows still running, its head run now (split heads)."""
+            nonlocal section_ms
+            ts = clock()
+            lg = backend.run_head(k, h)
+            dt = (clock() - ts) * 1e3
+            record_head(k, rows.size, dt)
+            section_ms += dt
+            trace[-1] = (rows, lg)
+            return lg
+
         for k in range(1, K + 1):
             n = rows.size
             ts = clock()
-            h, logits = backend.run_section(k, h)
-            dt = (clock() - ts) * 1e3
-            record(k, n, dt)
-            section_ms += dt
-            trace.append((rows, logits))
+            if split and k < K:
+                h = backend.run_trunk(k, h)
+                dt = (clock() - ts) * 1e3
+                record(k, n, dt)
+                section_ms += dt
+                trace.append((rows, None))
+                if all_heads or acc is not None or (thr32[k - 1] is not None if row_thr is None
+                                                    else not np.isnan(row_thr[rows, k - 1]).all()):
+                    logits = head(k)
+                else:  # no confidence decision here: the head runs only if rows stop at this exit
+                    logits = None
+            else:
+                h, logits = backend.run_section(k, h)
+                dt = (clock() - ts) * 1e3
+                record(k, n, dt)
+                section_ms += dt
+                trace.append((rows, logits))
             answer = None
             if acc is not None:
                 acc[rows] += pol.probs(k, logits)
@@ -521,7 +555,7 @@ class AnytimeSession:
             if k == K:
                 settle(k, rows, logits, answer, None, "last")
                 break
-            decided = pol.step(k, logits, answer) if row_thr is None else \
+            decided = None if logits is None else pol.step(k, logits, answer) if row_thr is None else \
                 pol.step_rows(k, logits, row_thr[rows, k - 1], answer)
             n_stop = 0
             if decided is not None:
@@ -535,6 +569,8 @@ class AnytimeSession:
                 if n_stop:
                     settle(k, rows, logits, answer, stop, "confidence", conf)
                 if late.any():
+                    if logits is None:
+                        logits = head(k)
                     settle(k, rows, logits, answer, late, "deadline")
                     going &= ~late
                 if not going.any():
@@ -545,6 +581,8 @@ class AnytimeSession:
                     rows = rows[keep]
                 continue
             if stop_at is not None and should_stop(k + 1, n - n_stop, clock(), stop_at):
+                if logits is None:
+                    logits = head(k)
                 if n_stop:
                     settle(k, rows, logits, answer, stop, "confidence", conf)
                     settle(k, rows, logits, answer, ~stop, "deadline")
@@ -610,6 +648,25 @@ class AnytimeSession:
         return np.concatenate(outs, axis=1)
 
 
+class _Trace(list):
+    """One call's ``(rows, logits)`` per section run, for :attr:`InferenceResult.exit_confidences`; where an exit
+    head did not run (split heads) its logits are None and :meth:`recompute` runs every exit on a copy of the
+    call's input, taken only then."""
+
+    def __init__(self, session: "AnytimeSession", xb: np.ndarray) -> None:
+        super().__init__()
+        self._session, self._xb, self._all = session, xb, None
+
+    def append(self, item: tuple) -> None:
+        if item[1] is None and self._all is None:
+            self._all = _AllExits(self._session, self._xb)  # the caller may reuse its buffer after the call
+        super().append(item)
+
+    def recompute(self) -> np.ndarray:
+        assert self._all is not None
+        return self._all()
+
+
 class _AllExits:
     """Every exit's logits ``[K, B, C]`` of one call's batch, run on first use (a copy of the batch is kept:
     the caller may reuse its buffer)."""
@@ -624,14 +681,14 @@ class _AllExits:
         return self._logits
 
 
-def _choose_engine(opts: SessionOptions, clock: Callable[[], float]) -> str:
+def _choose_engine(opts: SessionOptions, clock: Callable[[], float], bundle: Bundle | None = None) -> str:
     """``"native"`` or ``"python"`` for ``opts.engine`` (see the module doc); ``engine="native"`` where the core
     cannot run the session is a ``BackendError`` saying why."""
     if opts.engine == "python":
         return "python"
     from .native_engine import NativeUnavailable, refusal
 
-    why = refusal(opts, clock is time.perf_counter)
+    why = refusal(opts, clock is time.perf_counter, bundle)
     if why is None:
         return "native"
     if opts.engine == "native":

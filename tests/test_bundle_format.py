@@ -123,8 +123,8 @@ def test_missing_file_is_refused_naming_it(bundle: Path) -> None:
 
 
 def test_unknown_format_version(bundle: Path) -> None:
-    rewrite(bundle, lambda m: m.__setitem__("format_version", 2))
-    with pytest.raises(FormatVersionError, match="format_version 2"):
+    rewrite(bundle, lambda m: m.__setitem__("format_version", 3))
+    with pytest.raises(FormatVersionError, match=r"format_version 3, .*reads version 1, 2\); upgrade sdedge"):
         open_bundle(bundle)
 
 

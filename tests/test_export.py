@@ -244,9 +244,9 @@ def test_missing_file_is_refused(tiny_export, tmp_path: Path) -> None:
 def test_wrong_format_version_is_refused(tiny_export, tmp_path: Path) -> None:
     b = _copy(tiny_export.bundle_path, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
-    m["format_version"] = 2
+    m["format_version"] = 3
     (b / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(FormatVersionError, match="format_version 2"):
+    with pytest.raises(FormatVersionError, match="format_version 3"):
         open_bundle(b)
 
 

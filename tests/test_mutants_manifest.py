@@ -134,7 +134,7 @@ def test_another_format_version_names_the_manifest_and_the_fix() -> None:
     m["format_version"] = 0
     with pytest.raises(FormatVersionError) as e:
         validate_manifest(m)
-    assert str(e.value) == ("manifest has format_version 0, not supported by this sdedge (reads version 1); "
+    assert str(e.value) == ("manifest has format_version 0, not supported by this sdedge (reads version 1, 2); "
                             "re-export the bundle")
 
 

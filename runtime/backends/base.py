@@ -9,7 +9,10 @@ shrinks a device handle to the rows still going on. Only logits ever come back t
 
 :meth:`Backend.run_chain` is the one loop that runs sections back to back without deciding anything
 (warm-up, profiling, every exit's logits, parity probes, benchmarks); the session's decision loop
-(:mod:`sdedge.runtime.session`) is the only other caller of :meth:`Backend.run_section`. A backend may also
+(:mod:`sdedge.runtime.session`) is the only other caller of :meth:`Backend.run_section`. On a bundle whose
+exit heads are graphs of their own (format version 2) a backend says :attr:`Backend.split_heads`, and the
+decision loop then runs :meth:`Backend.run_trunk` and, only where it needs that exit's logits,
+:meth:`Backend.run_head`; :meth:`Backend.run_section` still runs both. A backend may also
 load the bundle's ``full.onnx`` (:attr:`Backend.has_full`, :meth:`Backend.run_full`): the session answers a
 call with no policy from it.
 """
@@ -58,6 +61,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def run_section(self, index: int, x: Any) -> tuple[Any | None, np.ndarray]:
         """Run 1-based section ``index`` on handle ``x``; return (features handle or None, host logits)."""
+
+    @property
+    def split_heads(self) -> bool:
+        """Whether the exit heads of sections 1..K-1 run apart from their trunks (:meth:`run_trunk`,
+        :meth:`run_head`): a format version 2 bundle on a backend that loads its head graphs."""
+        return False
+
+    def run_trunk(self, index: int, x: Any) -> Any:
+        """Section ``index`` (< K) without its exit head: its features handle (when :attr:`split_heads`)."""
+        raise BackendError(f"the {self.name} backend runs every section with its exit head (no split heads)")
+
+    def run_head(self, index: int, features: Any) -> np.ndarray:
+        """Exit ``index``'s head on the features handle :meth:`run_trunk` returned: host logits (when
+        :attr:`split_heads`)."""
+        raise BackendError(f"the {self.name} backend runs every section with its exit head (no split heads)")
 
     @abc.abstractmethod
     def take_rows(self, x: Any, rows: np.ndarray) -> Any:

@@ -107,9 +107,18 @@ def check_section_io(sess: Any, spec: SectionSpec, rel: str) -> None:
     section, instead of failing (or silently computing on the wrong tensors) at the first call.
     """
     where = f"the full graph ({rel})" if spec.index == 0 else f"section {spec.index} ({rel})"
+    check_graph_io(sess, [spec.input], spec.file_outputs if spec.index else [spec.logits], where)
+
+
+def check_head_io(sess: Any, spec: SectionSpec, rel: str) -> None:
+    """:func:`check_section_io` for a section's own exit-head graph (format version 2)."""
+    assert spec.head is not None
+    check_graph_io(sess, [spec.head.input], [spec.head.logits], f"the exit head of section {spec.index} ({rel})")
+
+
+def check_graph_io(sess: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], where: str) -> None:
     wanted: list[tuple[str, list[TensorSpec], list[Any]]] = [
-        ("input", [spec.input], sess.get_inputs()),
-        ("output", ([spec.features] if spec.features else []) + [spec.logits], sess.get_outputs())]
+        ("input", inputs, sess.get_inputs()), ("output", outputs, sess.get_outputs())]
     for kind, want, got in wanted:
         got_names, want_names = [g.name for g in got], [w.name for w in want]
         if sorted(got_names) != sorted(want_names):
@@ -168,11 +177,19 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = 3
         self._so = so
         self._sessions = []
+        self._heads: list[Any] = []  # per section: its exit head's session (format version 2), or None
+        graphs = "int8" if opts.precision == "int8" else "fp32"
         for spec in bundle.manifest.sections:
-            path = bundle.section_path(spec.index, "int8" if opts.precision == "int8" else "fp32")
+            path = bundle.section_path(spec.index, graphs)
             sess = self._load(path, spec)
             check_section_io(sess, spec, path.relative_to(bundle.path).as_posix())
             self._sessions.append(sess)
+            head_path = bundle.head_path(spec.index, graphs)
+            head = None
+            if head_path is not None:
+                head = self._load(head_path, dataclasses.replace(spec, input=spec.head.input))
+                check_head_io(head, spec, head_path.relative_to(bundle.path).as_posix())
+            self._heads.append(head)
         self._reference = None
         self._io_out: dict[tuple[int, int], tuple[Any, dict[str, np.ndarray]]] = {}
         # full.onnx (image -> the deepest exit's logits, the first section's input): fp32 only, there is no
@@ -221,9 +238,48 @@ class OnnxRuntimeBackend(Backend):
     def _closed(self) -> BackendError:
         return BackendError("the onnxruntime backend is closed")
 
+    @property
+    def split_heads(self) -> bool:
+        return any(h is not None for h in self._heads)
+
+    def run_trunk(self, index: int, x: Any) -> Any:
+        if not self._sessions:
+            raise self._closed()
+        if self._heads[index - 1] is None:
+            raise BackendError(f"section {index} has its exit head inside its graph: run_section runs it")
+        sess = self._sessions[index - 1]
+        if self.on_gpu:
+            return self._run_gpu(sess, index, x, False, logits=False)[0]
+        if self.io_binding:
+            return self._run_bound(sess, index, x, False)[0]
+        try:
+            return sess.run([features_name(index)], {input_name(index): x})[0]
+        except Exception as e:
+            raise BackendError(f"onnxruntime failed running section {index}: {e}") from None
+
+    def run_head(self, index: int, features: Any) -> np.ndarray:
+        if not self._sessions:
+            raise self._closed()
+        head = self._heads[index - 1]
+        if head is None:
+            raise BackendError(f"section {index} has its exit head inside its graph: run_section runs it")
+        try:
+            if self.on_gpu:
+                io = head.io_binding()
+                io.bind_ortvalue_input(features_name(index), features)
+                io.bind_output(logits_name(index), "cpu")
+                head.run_with_iobinding(io)
+                return io.get_outputs()[0].numpy()
+            return head.run([logits_name(index)], {features_name(index): features})[0]
+        except Exception as e:
+            raise BackendError(f"onnxruntime failed running the exit head of section {index}: {e}") from None
+
     def run_section(self, index: int, x: Any) -> tuple[Any | None, np.ndarray]:
         if not self._sessions:
             raise self._closed()
+        if self._heads[index - 1] is not None:
+            feats = self.run_trunk(index, x)
+            return feats, self.run_head(index, feats)
         sess = self._sessions[index - 1]
         last = index == len(self._sessions)
         if self.on_gpu:
@@ -256,21 +312,24 @@ class OnnxRuntimeBackend(Backend):
             sess.run_with_iobinding(io)
         except Exception as e:
             raise BackendError(f"onnxruntime failed running section {index}: {e}") from None
-        logits = bufs[logits_name(index)].copy()  # the buffer is reused by the next call
-        return (None if last else bufs[features_name(index)]), logits
+        out = bufs.get(logits_name(index))  # a version-2 trunk has none
+        logits = None if out is None else out.copy()  # the buffer is reused by the next call
+        return (None if last else bufs[features_name(index)]), logits  # type: ignore[return-value]
 
-    def _run_gpu(self, sess: Any, index: int, x: Any, last: bool) -> tuple[Any | None, np.ndarray]:
+    def _run_gpu(self, sess: Any, index: int, x: Any, last: bool, logits: bool = True
+                 ) -> tuple[Any | None, np.ndarray]:
         io = sess.io_binding()
         io.bind_ortvalue_input(input_name(index), x)
         if not last:
             io.bind_output(features_name(index), "cuda", 0)
-        io.bind_output(logits_name(index), "cpu")
+        if logits:
+            io.bind_output(logits_name(index), "cpu")
         try:
             sess.run_with_iobinding(io)
         except Exception as e:
             raise BackendError(f"onnxruntime failed running section {index}: {e}") from None
         outs = io.get_outputs()
-        return (None if last else outs[0]), outs[-1].numpy()
+        return (None if last else outs[0]), (outs[-1].numpy() if logits else None)  # type: ignore[return-value]
 
     def take_rows(self, x: Any, rows: np.ndarray) -> Any:
         if self.on_gpu:  # through the host: ONNX Runtime offers no device-side gather from Python
@@ -308,5 +367,6 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self._sessions = []
+        self._heads = []
         self._reference = None
         self._io_out.clear()

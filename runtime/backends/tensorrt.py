@@ -274,6 +274,10 @@ class TensorRTBackend(Backend):
         self.options = opts = options or BackendOptions()
         if opts.precision not in ("fp32", "fp16", "int8"):
             raise BackendError(f"the tensorrt backend runs precision fp32, fp16 or int8, not {opts.precision!r}")
+        if bundle.manifest.split_heads:
+            raise BackendError(f"{bundle.path} is a format version 2 bundle (exit heads as graphs of their own), which "
+                               f"the tensorrt backend does not run yet; export with --format-version 1 for TensorRT, "
+                               f"or use backend='onnxruntime'")
         trt = import_tensorrt()
         self._cuda = cuda = import_cuda()
         self.bundle = bundle

@@ -48,6 +48,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default 18, the minimum)")
     p.add_argument("--no-full", dest="full", action="store_false",
                    help="do not write full.onnx (the single-graph reference used by benchmarks)")
+    p.add_argument("--format-version", type=int, choices=[1, 2], default=1,
+                   help="bundle format: 1 (default; each section graph returns its features and its exit's logits) or "
+                        "2 (each exit head a graph of its own under heads/, so a runtime runs a head only where its "
+                        "policy needs that exit: a deadline-only call runs one head; not yet with --int8/--fp16, the "
+                        "native core or TensorRT, which the Python engine's ONNX Runtime backend stands in for)")
     p.add_argument("--name", default=None, help="model name in the manifest (default <backbone>-<dataset>-<method>)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime threads for the checks (default: all cores)")
@@ -64,13 +69,14 @@ def run(args: argparse.Namespace) -> int:
                        int8_eval_samples=args.int8_eval_samples, parity=args.parity,
                        parity_tolerance=args.parity_tolerance, parity_samples=args.parity_samples, data=args.data,
                        opset=args.opset, full=args.full, name=args.name, threads=args.threads,
-                       progress=not args.quiet)
+                       format_version=args.format_version, progress=not args.quiet)
     result = export_bundle(cfg)
     print(result.parity_table())
     if result.int8:
         print(result.int8_table())
     s = result.sizes
     print(f"bundle {result.bundle_path}: {s.get('bundle', 0) / 1e6:.2f} MB (sections {s.get('sections', 0) / 1e6:.2f} MB"
+          + (f", heads {s['heads'] / 1e6:.2f} MB" if s.get("heads") else "")
           + (f", int8 {s['int8'] / 1e6:.2f} MB" if s.get("int8") else "") + f"), exported in "
           f"{result.timings.get('total', 0):.1f} s", file=sys.stdout)
     return 0
