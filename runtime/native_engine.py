@@ -322,7 +322,7 @@ class NativeSession:
             pass
 
 
-def refusal(options: Any, default_clock: bool, bundle: Any = None) -> str | None:
+def refusal(options: Any, default_clock: bool) -> str | None:
     """Why the native engine cannot run a session with these ``SessionOptions`` (None: it can).
 
     The core runs ONNX Runtime in fp32 on the CPU or on execution providers named explicitly; TensorRT,
@@ -331,9 +331,6 @@ def refusal(options: Any, default_clock: bool, bundle: Any = None) -> str | None
     Python engine, so it stays there too.
     """
     backend = options.backend
-    if bundle is not None and bundle.manifest.split_heads:
-        return ("a format version 2 bundle (exit heads as graphs of their own) runs on the Python engine only "
-                "(the core reads version 1)")
     if not isinstance(backend, str):
         return "a ready Backend object runs on the Python engine only"
     if backend not in ("auto", "onnxruntime"):

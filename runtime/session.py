@@ -134,7 +134,7 @@ class AnytimeSession:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=opts.verify)
         # precision "auto": the best engines built for this device where the backend may be TensorRT, else fp32
         opts = opts.replace(precision=resolve_precision(self.bundle, opts.backend, opts.precision))
-        self.engine = _choose_engine(opts, clock, self.bundle)
+        self.engine = _choose_engine(opts, clock)
         self.options = opts
         self.precision = opts.precision
         self.criterion = opts.criterion
@@ -411,10 +411,16 @@ class AnytimeSession:
         row_mode = row_thr is not None  # infer_rows passes both row_thr and row_dl, infer neither
         thresholds = (None,) * pol.num_exits if row_mode else pol.thresholds
 
-        def rows_of(idx: list[int], res: np.ndarray, probs: np.ndarray, conf: np.ndarray) -> list[InferenceResult]:
+        later: list[_AllExits] = []
+
+        def rows_of(idx: list[int], res: np.ndarray, probs: np.ndarray, conf: np.ndarray | None
+                    ) -> list[InferenceResult]:
+            if conf is None and not later:
+                later.append(_AllExits(self, xb))
             out = self._results(probs[idx], res["confidence"][idx], res["exit_index"][idx].tolist(),
                                 [nat.STOPS[s] for s in res["stopped_by"][idx].tolist()],
-                                [(None, conf[i], None, None) for i in idx])
+                                [(None, conf[i], None, None) if conf is not None else (later[0], i, pol, self.answer)
+                                 for i in idx])
             if row_mode:  # each row answered as it settled: the core's own latency and deadline per row
                 for r, i in zip(out, idx):
                     met = int(res["deadline_met"][i])
@@ -427,7 +433,11 @@ class AnytimeSession:
             # no policy: the core may answer from full.onnx, and the exit confidences wait until read
             res, probs, _ = nat.infer(xb, nat.request(pol.criterion, thresholds), 0, exit_confidences=False)
             return self._full_results(xb, pol, probs, res["confidence"], t0)
-        res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns, relay)
+        # exit heads of their own (format version 2): asking the core for every exit's confidence would run every
+        # head; they are computed when first read instead, from a copy of the input
+        split = self.manifest.split_heads
+        res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns, relay,
+                                     exit_confidences=not split)
         results = rows_of(list(range(xb.shape[0])), res, probs, conf)
         if not row_mode:
             self._finish(results, t0, stop_at, self.clock())
@@ -681,14 +691,14 @@ class _AllExits:
         return self._logits
 
 
-def _choose_engine(opts: SessionOptions, clock: Callable[[], float], bundle: Bundle | None = None) -> str:
+def _choose_engine(opts: SessionOptions, clock: Callable[[], float]) -> str:
     """``"native"`` or ``"python"`` for ``opts.engine`` (see the module doc); ``engine="native"`` where the core
     cannot run the session is a ``BackendError`` saying why."""
     if opts.engine == "python":
         return "python"
     from .native_engine import NativeUnavailable, refusal
 
-    why = refusal(opts, clock is time.perf_counter, bundle)
+    why = refusal(opts, clock is time.perf_counter)
     if why is None:
         return "native"
     if opts.engine == "native":

@@ -30,6 +30,16 @@ class Backend {
   // Run 1-based section `k` on `in`; write its logits (rows x classes) into `logits` (resized) and
   // return its features (nullptr for the last section).
   virtual TensorPtr run_section(int k, const DeviceTensor &in, std::vector<float> &logits) = 0;
+  // Format version 2: sections 1..K-1 run without their exit heads (run_trunk) and a head runs only where
+  // the session needs that exit's logits (run_head on the features run_trunk returned); run_section still
+  // runs both.
+  virtual bool split_heads() const { return false; }
+  virtual TensorPtr run_trunk(int k, const DeviceTensor &) {
+    fail(Code::Internal, "run_trunk: the " + name() + " backend runs section " + std::to_string(k) + " with its head");
+  }
+  virtual void run_head(int k, const DeviceTensor &, std::vector<float> &) {
+    fail(Code::Internal, "run_head: the " + name() + " backend runs section " + std::to_string(k) + " with its head");
+  }
   // The rows `keep` (ascending indices) of `t`, as a new tensor.
   virtual TensorPtr take_rows(const DeviceTensor &t, const std::vector<std::int64_t> &keep) = 0;
   // The bundle's full.onnx (every section to the deepest exit in one graph, no intermediate exit heads),

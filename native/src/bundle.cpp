@@ -52,7 +52,10 @@ Bundle open_bundle(const std::string &path, bool verify) {
   Bundle b{path, validate_manifest(read_manifest(path))};
   if (verify) {
     const std::string root_real = resolve(path);
-    for (const SectionSpec &s : b.manifest.sections) verify_file(path, root_real, s.file, s.sha256);
+    for (const SectionSpec &s : b.manifest.sections) {
+      verify_file(path, root_real, s.file, s.sha256);
+      if (s.head) verify_file(path, root_real, s.head->file, s.head->sha256);
+    }
     for (const auto &f : b.manifest.files) verify_file(path, root_real, f.first, f.second);
   }
   return b;

@@ -72,6 +72,7 @@ LatencyEstimator::LatencyEstimator(int num_sections, std::size_t window, double 
   if (window < 8) fail(Code::Policy, "latency window must hold at least 8 samples, got " + std::to_string(window));
   if (num_sections < 1) fail(Code::Internal, "a latency estimator needs at least one section");
   cells_.resize(static_cast<std::size_t>(num_sections) + 1);
+  heads_.resize(static_cast<std::size_t>(num_sections) + 1);
 }
 
 std::map<std::int64_t, LatencyCell> &LatencyEstimator::cells_of(int section) {
@@ -84,11 +85,17 @@ const std::map<std::int64_t, LatencyCell> &LatencyEstimator::cells_of(int sectio
   return const_cast<LatencyEstimator *>(this)->cells_of(section);
 }
 
-void LatencyEstimator::record(int section, std::int64_t rows, double ms) {
-  auto &cells = cells_of(section);
+void LatencyEstimator::add(Cells &cells, std::int64_t rows, double ms) {
   auto it = cells.find(rows);
   if (it == cells.end()) it = cells.emplace(rows, LatencyCell(window_, quantile_)).first;
   it->second.add(ms);
+}
+
+void LatencyEstimator::record(int section, std::int64_t rows, double ms) { add(cells_of(section), rows, ms); }
+
+void LatencyEstimator::record_head(int section, std::int64_t rows, double ms) {
+  cells_of(section);  // the range check
+  add(heads_[static_cast<std::size_t>(section)], rows, ms);
 }
 
 void LatencyEstimator::skipped(int section, std::int64_t rows) {
@@ -98,15 +105,18 @@ void LatencyEstimator::skipped(int section, std::int64_t rows) {
 }
 
 void LatencyEstimator::settle() {
-  for (auto &cells : cells_)
-    for (auto &kv : cells) kv.second.settle();
+  for (auto *all : {&cells_, &heads_})
+    for (auto &cells : *all)
+      for (auto &kv : cells) kv.second.settle();
 }
 
 void LatencyEstimator::reset(std::optional<int> section) {
   if (section) {
     cells_of(*section).clear();
+    heads_[static_cast<std::size_t>(*section)].clear();
   } else {
     for (auto &cells : cells_) cells.clear();
+    for (auto &cells : heads_) cells.clear();
   }
 }
 
@@ -122,7 +132,13 @@ std::size_t LatencyEstimator::count(int section, std::int64_t rows) const {
 }
 
 std::optional<double> LatencyEstimator::estimate(int section, std::int64_t rows) const {
-  const auto &cells = cells_of(section);
+  const std::optional<double> trunk = figure(cells_of(section), rows);
+  const Cells &head = heads_[static_cast<std::size_t>(section)];
+  if (!trunk || head.empty()) return trunk;
+  return *trunk + figure(head, rows).value_or(0.0);  // rule 8
+}
+
+std::optional<double> LatencyEstimator::figure(const Cells &cells, std::int64_t rows) {
   auto above = cells.lower_bound(rows);
   if (above != cells.end() && above->first == rows) return above->second.figure();
   // rule 3: the smallest larger count's figure (more rows never cost less) or the largest smaller

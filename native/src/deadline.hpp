@@ -1,11 +1,13 @@
 // deadline.hpp: the deadline rule, a port of runtime/policies.py (_Cell, LatencyEstimator, DeadlinePolicy).
 //
-// The rules are those of the module docstring of runtime/policies.py (rules 1-7): per (section, exact row
+// The rules are those of the module docstring of runtime/policies.py (rules 1-8): per (section, exact row
 // count) cells that never age out; a cell's figure = max("higher" q-quantile, the larger of its last two
 // samples); a row count never measured borrows pessimistically from the measured ones; a stop charged to
 // a cell (its figure, not the profile's, made the cost not fit) trims the cell's largest sample every
 // `interval` stops (16, doubling up to 2048 while the trims prove wrong); the warm-up keeps each cell's
-// lower median (settle); cost = max(profile, online); overhead = max(online cell (0, n), the profile's).
+// lower median (settle); cost = max(profile, online); overhead = max(online cell (0, n), the profile's);
+// exit heads of their own (bundle format version 2) are timed in cells of their own and a section's
+// online figure is its trunk's plus its head's (rule 8).
 // Everything here is deterministic in the sequence of record / should_stop / settle calls (no clock is
 // read), and the same sequence gives the same figures and decisions as the Python classes, bit for bit:
 // native/tests/unit_deadline.cpp replays traces the Python classes wrote (native/tests/vectors/).
@@ -61,23 +63,29 @@ class LatencyEstimator {
   // window >= 8 samples per cell, quantile in [0.5, 1] (Code::Policy otherwise, as PolicyError in Python)
   explicit LatencyEstimator(int num_sections, std::size_t window = 256, double quantile = 0.99);
   void record(int section, std::int64_t rows, double ms);
+  void record_head(int section, std::int64_t rows, double ms);  // the exit head of `section`, run apart (rule 8)
   void skipped(int section, std::int64_t rows);  // a stop charged to cell (section, rows), if it exists
   void settle();                                 // every cell keeps its lower median (after the warm-up)
   void reset(std::optional<int> section = std::nullopt);  // forget one section's cells (0 = overhead) or all
   std::size_t count(int section, std::int64_t rows) const;
-  // The figure (ms) of `section` on `rows` rows (rules 2-3); nullopt only before the section's first sample.
+  // The figure (ms) of `section` on `rows` rows (rules 2-3), plus its head's where that runs apart (rule 8);
+  // nullopt only before the section's first sample.
   std::optional<double> estimate(int section, std::int64_t rows) const;
   // The cell (section, rows) itself, or nullptr (tests, diagnostics).
   const LatencyCell *cell(int section, std::int64_t rows) const;
   int num_sections() const { return static_cast<int>(cells_.size()) - 1; }
 
  private:
-  std::map<std::int64_t, LatencyCell> &cells_of(int section);
-  const std::map<std::int64_t, LatencyCell> &cells_of(int section) const;
+  using Cells = std::map<std::int64_t, LatencyCell>;
+  Cells &cells_of(int section);
+  const Cells &cells_of(int section) const;
+  static std::optional<double> figure(const Cells &cells, std::int64_t rows);  // rules 2-3 on one set of cells
+  void add(Cells &cells, std::int64_t rows, double ms);
 
   std::size_t window_;
   double quantile_;
-  std::vector<std::map<std::int64_t, LatencyCell>> cells_;  // [section 0..K] rows -> cell
+  std::vector<Cells> cells_;  // [section 0..K] rows -> cell
+  std::vector<Cells> heads_;  // [section 0..K] rows -> the exit head's cell (rule 8; empty for version 1)
 };
 
 // Decides before each next section whether it still fits before the deadline (rules 6-7).
@@ -88,6 +96,7 @@ class DeadlinePolicy {
 
   // One run of 1-based `section` (0 = the runtime's own per-call time) on `rows` rows took `ms`.
   void record(int section, std::int64_t rows, double ms) { estimator_.record(section, rows, ms); }
+  void record_head(int section, std::int64_t rows, double ms) { estimator_.record_head(section, rows, ms); }
   void settle() { estimator_.settle(); }
   // True when section `next_section` on `rows` rows, started at `now_s`, would end after `deadline_s`
   // (seconds on the session's clock). A stop that the online figure alone causes (the profile's figure,

@@ -11,8 +11,8 @@ namespace sdedge {
 
 namespace {
 
-// The one place that says which bundle format versions this core reads (version 2 joins here).
-const std::initializer_list<int> kBundleVersions = {1};
+// The one place that says which bundle format versions this core reads (runtime/manifest.py FORMAT_VERSIONS).
+const std::initializer_list<int> kBundleVersions = {1, 2};
 
 void require(bool cond, const std::string &msg) {
   if (!cond) bundle_error("malformed manifest: " + msg);
@@ -101,6 +101,43 @@ bool same_tail(const std::vector<std::int64_t> &a, const std::vector<std::int64_
   return std::equal(a.begin() + 1, a.end(), b.begin() + 1);
 }
 
+std::optional<std::int64_t> count(const Json &d, const char *key, const std::string &where) {
+  auto v = d.find(key);
+  bool ok = v == d.end() || v->is_null() || (v->is_number_unsigned() || (v->is_number_integer() && v->get<std::int64_t>() >= 0));
+  require(ok, where + "." + key + " must be a non-negative integer or null");
+  if (v == d.end() || v->is_null()) return std::nullopt;
+  return v->get<std::int64_t>();
+}
+
+std::string optional_path(const Json &d, const char *key, const std::string &where) {
+  auto v = d.find(key);
+  if (v == d.end() || v->is_null()) return "";
+  require(v->is_string(), where + "." + key + ": file path must be a non-empty string");
+  return check_relpath(v->get<std::string>(), where + "." + key);
+}
+
+// A version-2 section's "head": its own graph from the section's features to its logits (_head in Python).
+HeadSpec head_from_json(const Json &h, const std::string &where, const TensorSpec &features) {
+  require(h.is_object(), where + " must be an object");
+  HeadSpec head;
+  head.file = check_relpath(get(h, "file", Kind::Str, where).get<std::string>(), where + ".file");
+  head.sha256 = hex64(get(h, "sha256", Kind::Str, where), where + ".sha256");
+  const Json &ins = get(h, "inputs", Kind::List, where);
+  const Json &outs = get(h, "outputs", Kind::List, where);
+  require(ins.size() == 1 && outs.size() == 1,
+          where + " must have exactly one input (features) and one output (logits)");
+  head.input = tensor_from_json(ins[0], where + ".inputs[0]");
+  require(head.input.name == features.name && head.input.shape == features.shape,
+          where + ": input must be the section's features '" + features.name + "' " + shape_str(features.shape) +
+              ", got '" + head.input.name + "' " + shape_str(head.input.shape));
+  head.logits = tensor_from_json(outs[0], where + ".outputs[0]");
+  head.int8_file = optional_path(h, "int8_file", where);
+  head.fp16_file = optional_path(h, "fp16_file", where);
+  head.macs = count(h, "macs", where);
+  head.params = count(h, "params", where);
+  return head;
+}
+
 }  // namespace
 
 std::string input_name(int section) { return section == 1 ? "image" : "features_" + std::to_string(section - 1); }
@@ -176,10 +213,21 @@ Manifest validate_manifest(const Json &raw) {
     require(same_tail(sec.input.shape, prev), where + ": input shape " + shape_str(sec.input.shape) +
                                                   " does not match the previous output " + shape_str(prev));
     const bool last = i0 + 1 == secs.size();
-    require(outs.size() == (last ? 1u : 2u),
-            where + ".outputs must hold " + (last ? "logits" : "features and logits"));
-    if (!last) {
-      TensorSpec f = tensor_from_json(outs[0], where + ".outputs[0]");
+    const bool split = m.format_version == 2 && !last;  // a version-2 trunk: features out, its head apart
+    require(outs.size() == (last || split ? 1u : 2u),
+            where + ".outputs must hold " + (last ? "logits" : split ? "features" : "features and logits"));
+    std::optional<TensorSpec> feats;
+    if (!last) feats = tensor_from_json(outs[0], where + ".outputs[0]");
+    if (split) {
+      require(s.contains("head"), where + ": a format version 2 section other than the last must have a head");
+      sec.head = head_from_json(s["head"], where + ".head", *feats);
+      sec.logits = sec.head->logits;
+    } else {
+      require(!s.contains("head"), where + ": only format version 2 sections other than the last have a head");
+      sec.logits = tensor_from_json(outs.back(), where + ".outputs[-1]");
+    }
+    if (feats) {
+      const TensorSpec &f = *feats;
       require(f.name == features_name(i), where + ": features output must be named '" + features_name(i) + "'");
       require(f.shape.size() >= 2 && f.shape[0] < 0, where + ": features shape must start with a dynamic batch");
       for (std::size_t d = 1; d < f.shape.size(); ++d)  // not in Python: fixed feature dims are needed to size buffers
@@ -188,23 +236,13 @@ Manifest validate_manifest(const Json &raw) {
       prev = f.shape;
       sec.features = f;
     }
-    sec.logits = tensor_from_json(outs.back(), where + ".outputs[-1]");
     require(sec.logits.name == logits_name(i), where + ": logits output must be named '" + logits_name(i) + "'");
     require(sec.logits.shape == std::vector<std::int64_t>{-1, num_classes},
             where + ": logits shape must be [null, " + std::to_string(num_classes) + "], got " + shape_str(sec.logits.shape));
-    for (const char *key : {"macs", "params"}) {
-      auto v = s.find(key);
-      bool ok = v == s.end() || v->is_null() || (v->is_number_unsigned() || (v->is_number_integer() && v->get<std::int64_t>() >= 0));
-      require(ok, where + "." + key + " must be a non-negative integer or null");
-      if (v != s.end() && !v->is_null()) (std::string(key) == "macs" ? sec.macs : sec.params) = v->get<std::int64_t>();
-    }
-    for (const char *key : {"int8_file", "fp16_file"}) {
-      auto v = s.find(key);
-      if (v == s.end() || v->is_null()) continue;
-      require(v->is_string(), where + "." + key + ": file path must be a non-empty string");
-      (std::string(key) == "int8_file" ? sec.int8_file : sec.fp16_file) =
-          check_relpath(v->get<std::string>(), where + "." + key);
-    }
+    sec.macs = count(s, "macs", where);
+    sec.params = count(s, "params", where);
+    sec.int8_file = optional_path(s, "int8_file", where);
+    sec.fp16_file = optional_path(s, "fp16_file", where);
     m.sections.push_back(std::move(sec));
   }
 
@@ -224,12 +262,18 @@ Manifest validate_manifest(const Json &raw) {
     }
   }
   for (const SectionSpec &s : m.sections) {
-    if (!s.int8_file.empty())
-      require(m.has_file(s.int8_file), "sections[" + std::to_string(s.index - 1) + "].int8_file '" + s.int8_file +
-                                           "' is not listed in files");
-    if (!s.fp16_file.empty())
-      require(m.has_file(s.fp16_file), "sections[" + std::to_string(s.index - 1) + "].fp16_file '" + s.fp16_file +
-                                           "' is not listed in files");
+    const std::string where = "sections[" + std::to_string(s.index - 1) + "]";
+    std::vector<std::pair<std::string, std::string>> extra = {{"int8_file", s.int8_file}, {"fp16_file", s.fp16_file}};
+    if (s.head) {
+      extra.emplace_back("head.int8_file", s.head->int8_file);
+      extra.emplace_back("head.fp16_file", s.head->fp16_file);
+      require(s.int8_file.empty() == s.head->int8_file.empty(),
+              where + ": int8_file and head.int8_file must be given together");
+      require(s.fp16_file.empty() == s.head->fp16_file.empty(),
+              where + ": fp16_file and head.fp16_file must be given together");
+    }
+    for (const auto &[key, rel] : extra)
+      if (!rel.empty()) require(m.has_file(rel), where + "." + key + " '" + rel + "' is not listed in files");
   }
   auto exits = raw.find("exits");
   require(exits == raw.end() || exits->is_array(), "exits must be a list");

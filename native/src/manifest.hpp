@@ -26,6 +26,16 @@ struct TensorSpec {
   std::string dtype = "float32";
 };
 
+// A section's exit head as a graph of its own (format version 2): features_k -> logits_k.
+struct HeadSpec {
+  std::string file;
+  std::string sha256;
+  TensorSpec input;   // == the section's features
+  TensorSpec logits;
+  std::optional<std::int64_t> macs, params;
+  std::string int8_file, fp16_file;  // "" when none
+};
+
 struct SectionSpec {
   int index = 0;  // 1-based
   std::string file;
@@ -36,6 +46,9 @@ struct SectionSpec {
   std::optional<std::int64_t> macs, params;
   std::string int8_file;  // "" when none
   std::string fp16_file;  // "" when none (float16 graph, float32 I/O: sdedge export --fp16)
+  // Format version 2, every section but the last: the exit head's own graph (the section's file then
+  // returns features only). macs/params above stay the section with its head, as in version 1.
+  std::optional<HeadSpec> head;
 };
 
 // (pixel * scale - mean) / std per channel; channel_order "RGB", "BGR" or "L".
@@ -54,6 +67,7 @@ struct Manifest {
   std::vector<std::pair<std::string, std::string>> files;  // normalised relative path -> sha256, file order
 
   int num_exits() const { return static_cast<int>(sections.size()); }
+  bool split_heads() const { return sections.size() > 1 && sections.front().head.has_value(); }
   int num_classes() const { return static_cast<int>(classes.size()); }
   bool has_file(const std::string &rel) const;
 };

@@ -108,19 +108,41 @@ OrtBackend::OrtBackend(const Bundle &bundle, const OrtBackendOptions &o)
   }
 }
 
-void OrtBackend::load(const std::vector<std::string> &providers, const SectionSpec &spec, const Bundle &bundle) {
+OrtPtr<OrtSession> OrtBackend::open(const std::vector<std::string> &providers, const SectionSpec &spec,
+                                    const Bundle &bundle, const std::string &rel) {
   auto so = session_options(providers, spec, bundle);
-  const std::string path = bundle.file(spec.file);
+  const std::string path = bundle.file(rel);
   OrtSession *s = nullptr;
   lib_->check(lib_->api().CreateSession(env_.get(), path.c_str(), so.get(), &s), "onnxruntime could not load " + path);
-  sessions_.push_back(lib_->own(s));
-  check_section_io(s, spec);
+  return lib_->own(s);
+}
+
+void OrtBackend::load(const std::vector<std::string> &providers, const SectionSpec &spec, const Bundle &bundle) {
+  sessions_.push_back(open(providers, spec, bundle, spec.file));
+  const std::string where = spec.index == 0 ? "the full graph (" + spec.file + ")"
+                                            : "section " + std::to_string(spec.index) + " (" + spec.file + ")";
+  std::vector<const TensorSpec *> outs;
+  if (spec.features) outs.push_back(&*spec.features);
+  if (!spec.head) outs.push_back(&spec.logits);  // a version-2 trunk returns its features only
+  check_io(sessions_.back().get(), {&spec.input}, outs, where);
   in_names_.push_back(spec.input.name);
   feat_names_.push_back(spec.features ? spec.features->name : "");
-  logit_names_.push_back(spec.logits.name);
+  logit_names_.push_back(spec.head ? "" : spec.logits.name);
+  if (spec.index == 0) return;
+  if (spec.head) {
+    SectionSpec as_graph = spec;  // the head's own input shape for TensorRT's optimisation profile
+    as_graph.input = spec.head->input;
+    heads_.push_back(open(providers, as_graph, bundle, spec.head->file));
+    check_io(heads_.back().get(), {&spec.head->input}, {&spec.head->logits},
+             "the exit head of section " + std::to_string(spec.index) + " (" + spec.head->file + ")");
+    split_heads_ = true;
+  } else {
+    heads_.push_back(OrtPtr<OrtSession>(nullptr, nullptr));
+  }
 }
 
 OrtBackend::~OrtBackend() {
+  heads_.clear();
   sessions_.clear();
   cpu_.reset();
   env_.reset();
@@ -167,19 +189,13 @@ OrtPtr<OrtSessionOptions> OrtBackend::session_options(const std::vector<std::str
   return so;
 }
 
-void OrtBackend::check_section_io(OrtSession *s, const SectionSpec &spec) const {
+void OrtBackend::check_io(OrtSession *s, const std::vector<const TensorSpec *> &inputs,
+                          const std::vector<const TensorSpec *> &outputs, const std::string &where) const {
   const OrtApi &api = lib_->api();
-  const std::string where = spec.index == 0 ? "the full graph (" + spec.file + ")"
-                                            : "section " + std::to_string(spec.index) + " (" + spec.file + ")";
   OrtAllocator *alloc = nullptr;
   lib_->check(api.GetAllocatorWithDefaultOptions(&alloc), "onnxruntime GetAllocatorWithDefaultOptions");
   for (int kind = 0; kind < 2; ++kind) {
-    std::vector<const TensorSpec *> want;
-    if (kind == 0) want.push_back(&spec.input);
-    else {
-      if (spec.features) want.push_back(&*spec.features);
-      want.push_back(&spec.logits);
-    }
+    const std::vector<const TensorSpec *> &want = kind == 0 ? inputs : outputs;
     std::size_t n = 0;
     lib_->check(kind == 0 ? api.SessionGetInputCount(s, &n) : api.SessionGetOutputCount(s, &n), "onnxruntime I/O count");
     std::vector<std::string> got_names;
@@ -263,41 +279,58 @@ TensorPtr OrtBackend::upload(const float *x, std::int64_t rows) {
 
 TensorPtr OrtBackend::run_section(int k, const DeviceTensor &in, std::vector<float> &logits) {
   if (k < 1 || k > num_sections_) fail(Code::Internal, "run_section: no section " + std::to_string(k));
-  return run_graph(static_cast<std::size_t>(k - 1), in, logits, "section " + std::to_string(k));
+  const auto i = static_cast<std::size_t>(k - 1);
+  if (heads_[i]) {
+    TensorPtr f = run_graph(i, in, nullptr, "section " + std::to_string(k));
+    run_head(k, *f, logits);
+    return f;
+  }
+  return run_graph(i, in, &logits, "section " + std::to_string(k));
+}
+
+TensorPtr OrtBackend::run_trunk(int k, const DeviceTensor &in) {
+  if (k < 1 || k > num_sections_ || !heads_[static_cast<std::size_t>(k - 1)])
+    fail(Code::Internal, "run_trunk: section " + std::to_string(k) + " has no exit head of its own");
+  return run_graph(static_cast<std::size_t>(k - 1), in, nullptr, "section " + std::to_string(k));
+}
+
+void OrtBackend::run_head(int k, const DeviceTensor &features, std::vector<float> &logits) {
+  if (k < 1 || k > num_sections_ || !heads_[static_cast<std::size_t>(k - 1)])
+    fail(Code::Internal, "run_head: section " + std::to_string(k) + " has no exit head of its own");
+  run_graph(static_cast<std::size_t>(k - 1), features, &logits, "the exit head of section " + std::to_string(k), true);
 }
 
 void OrtBackend::run_full(const DeviceTensor &in, std::vector<float> &logits) {
   if (!has_full()) fail(Code::Internal, "run_full: full.onnx is not loaded");
-  run_graph(static_cast<std::size_t>(num_sections_), in, logits, "the full graph");
+  run_graph(static_cast<std::size_t>(num_sections_), in, &logits, "the full graph");
 }
 
-TensorPtr OrtBackend::run_graph(std::size_t i, const DeviceTensor &in_base, std::vector<float> &logits,
-                                const std::string &what) {
+TensorPtr OrtBackend::run_graph(std::size_t i, const DeviceTensor &in_base, std::vector<float> *logits_out,
+                                const std::string &what, bool head) {
   const OrtApi &api = lib_->api();
   const auto &in = static_cast<const OrtTensor &>(in_base);
-  const bool last = feat_names_[i].empty();
-  const char *in_name = in_names_[i].c_str();
-  const char *out_names[2] = {last ? logit_names_[i].c_str() : feat_names_[i].c_str(), logit_names_[i].c_str()};
-  const std::size_t n_out = last ? 1 : 2;
+  // a head: features_k -> logits_k; a trunk (no logits asked): -> features_k; else a section with its head
+  const std::string logit_name = head ? logits_name(static_cast<int>(i) + 1) : logit_names_[i];
+  const bool want_features = !head && !feat_names_[i].empty();
+  const bool want_logits = logits_out != nullptr;
+  if (want_logits && logit_name.empty()) fail(Code::Internal, what + " has no logits output");
+  const char *in_name = head ? feat_names_[i].c_str() : in_names_[i].c_str();
+  const char *out_names[2] = {nullptr, nullptr};
+  std::size_t n_out = 0;
+  if (want_features) out_names[n_out++] = feat_names_[i].c_str();
+  if (want_logits) out_names[n_out++] = logit_name.c_str();
   OrtValue *outs[2] = {nullptr, nullptr};
   const OrtValue *inputs[1] = {in.value.get()};
-  OrtStatus *st = api.Run(sessions_[i].get(), nullptr, &in_name, inputs, 1, out_names, n_out, outs);
+  OrtSession *session = head ? heads_[i].get() : sessions_[i].get();
+  OrtStatus *st = api.Run(session, nullptr, &in_name, inputs, 1, out_names, n_out, outs);
   OrtPtr<OrtValue> o0 = lib_->own(outs[0]), o1 = lib_->own(outs[1]);
   lib_->check(st, "onnxruntime failed running " + what);
-  OrtValue *lv = last ? o0.get() : o1.get();
-  float *ld = nullptr;
-  lib_->check(api.GetTensorMutableData(lv, reinterpret_cast<void **>(&ld)), "onnxruntime GetTensorMutableData");
   const std::int64_t rows = in.shape[0];
-  OrtTensorTypeAndShapeInfo *linfo = nullptr;
-  lib_->check(api.GetTensorTypeAndShape(lv, &linfo), "onnxruntime GetTensorTypeAndShape");
-  auto owned_linfo = lib_->own(linfo);
-  std::size_t count = 0;
-  lib_->check(api.GetTensorShapeElementCount(linfo, &count), "onnxruntime GetTensorShapeElementCount");
-  if (count != static_cast<std::size_t>(rows * num_classes_))  // never read past what the graph returned
-    fail(Code::Backend, what + " returned " + std::to_string(count) + " logits for " +
-                            std::to_string(rows) + " rows of " + std::to_string(num_classes_) + " classes");
-  logits.assign(ld, ld + rows * num_classes_);
-  if (last) return nullptr;
+  if (want_logits) {
+    OrtValue *lv = want_features ? o1.get() : o0.get();
+    read_logits(lv, rows, *logits_out, what);
+  }
+  if (!want_features) return nullptr;
   auto f = std::make_unique<OrtTensor>();
   OrtTensorTypeAndShapeInfo *info = nullptr;
   lib_->check(api.GetTensorTypeAndShape(o0.get(), &info), "onnxruntime GetTensorTypeAndShape");
@@ -314,6 +347,21 @@ TensorPtr OrtBackend::run_graph(std::size_t i, const DeviceTensor &in_base, std:
   f->data = fd;
   f->value = std::move(o0);
   return f;
+}
+
+void OrtBackend::read_logits(OrtValue *lv, std::int64_t rows, std::vector<float> &logits, const std::string &what) {
+  const OrtApi &api = lib_->api();
+  float *ld = nullptr;
+  lib_->check(api.GetTensorMutableData(lv, reinterpret_cast<void **>(&ld)), "onnxruntime GetTensorMutableData");
+  OrtTensorTypeAndShapeInfo *linfo = nullptr;
+  lib_->check(api.GetTensorTypeAndShape(lv, &linfo), "onnxruntime GetTensorTypeAndShape");
+  auto owned_linfo = lib_->own(linfo);
+  std::size_t count = 0;
+  lib_->check(api.GetTensorShapeElementCount(linfo, &count), "onnxruntime GetTensorShapeElementCount");
+  if (count != static_cast<std::size_t>(rows * num_classes_))  // never read past what the graph returned
+    fail(Code::Backend, what + " returned " + std::to_string(count) + " logits for " +
+                            std::to_string(rows) + " rows of " + std::to_string(num_classes_) + " classes");
+  logits.assign(ld, ld + rows * num_classes_);
 }
 
 TensorPtr OrtBackend::take_rows(const DeviceTensor &t_base, const std::vector<std::int64_t> &keep) {

@@ -32,6 +32,9 @@ class OrtBackend : public Backend {
   int num_sections() const override { return num_sections_; }
   TensorPtr upload(const float *x, std::int64_t rows) override;
   TensorPtr run_section(int k, const DeviceTensor &in, std::vector<float> &logits) override;
+  bool split_heads() const override { return split_heads_; }
+  TensorPtr run_trunk(int k, const DeviceTensor &in) override;
+  void run_head(int k, const DeviceTensor &features, std::vector<float> &logits) override;
   TensorPtr take_rows(const DeviceTensor &t, const std::vector<std::int64_t> &keep) override;
   bool has_full() const override { return static_cast<int>(sessions_.size()) > num_sections_; }
   void run_full(const DeviceTensor &in, std::vector<float> &logits) override;
@@ -39,10 +42,19 @@ class OrtBackend : public Backend {
  private:
   OrtPtr<OrtSessionOptions> session_options(const std::vector<std::string> &providers, const SectionSpec &spec,
                                             const Bundle &bundle) const;
-  void check_section_io(OrtSession *session, const SectionSpec &spec) const;
+  // Refuse a graph whose inputs/outputs (names, ranks, fixed dims, dtypes) are not the manifest's.
+  void check_io(OrtSession *session, const std::vector<const TensorSpec *> &inputs,
+                const std::vector<const TensorSpec *> &outputs, const std::string &where) const;
+  // Load section `spec`'s graph (and its exit head's, format version 2) or the full graph (index 0).
   void load(const std::vector<std::string> &providers, const SectionSpec &spec, const Bundle &bundle);
-  // Run graph `i` (0-based: sections, then the full graph); `what` names it in errors.
-  TensorPtr run_graph(std::size_t i, const DeviceTensor &in, std::vector<float> &logits, const std::string &what);
+  OrtPtr<OrtSession> open(const std::vector<std::string> &providers, const SectionSpec &spec, const Bundle &bundle,
+                          const std::string &rel);
+  // Run graph `i` (0-based: sections, then the full graph), or section i+1's head (`head`); `logits`
+  // null: features only (a trunk). `what` names it in errors.
+  TensorPtr run_graph(std::size_t i, const DeviceTensor &in, std::vector<float> *logits, const std::string &what,
+                      bool head = false);
+  // Copy `rows` x classes logits out of `value`, refusing any other element count.
+  void read_logits(OrtValue *value, std::int64_t rows, std::vector<float> &logits, const std::string &what);
 
   std::unique_ptr<OrtLibrary> lib_;  // first member: released last
   OrtPtr<OrtEnv> env_;
@@ -50,6 +62,8 @@ class OrtBackend : public Backend {
   std::vector<OrtPtr<OrtSession>> sessions_;  // the sections, then full.onnx when loaded
   int num_sections_ = 0;
   std::vector<std::string> in_names_, feat_names_, logit_names_;
+  std::vector<OrtPtr<OrtSession>> heads_;  // per section: its exit head's graph (format version 2), or null
+  bool split_heads_ = false;
   int threads_ = 1;
   int max_batch_ = 64;
   std::int64_t num_classes_ = 0;

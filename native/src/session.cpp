@@ -278,8 +278,18 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
   for (int k = 1; !full && k <= K; ++k) {
     const auto n = static_cast<std::int64_t>(rows.size());
     const auto un = static_cast<std::size_t>(n);
+    const std::optional<float> &thr = pol.thresholds32[static_cast<std::size_t>(k - 1)];
+    bool any_thr = k < K && thr.has_value();
+    if (row_thr && k < K) {  // per-row thresholds (ConfidencePolicy.step_rows): is there one among the rows running?
+      any_thr = false;
+      for (std::size_t i = 0; i < un && !any_thr; ++i)
+        any_thr = !std::isnan(row_thr[static_cast<std::size_t>(rows[i]) * static_cast<std::size_t>(K) +
+                                      static_cast<std::size_t>(k - 1)]);
+    }
+    // format version 2: the trunk alone, and the exit head only where its logits are needed (rule 8)
+    const bool split = k < K && backend_->split_heads();
     const double ts = clock();
-    TensorPtr next = backend_->run_section(k, *h, logits_);
+    TensorPtr next = split ? backend_->run_trunk(k, *h) : backend_->run_section(k, *h, logits_);
     const double dt = (clock() - ts) * 1e3;
     deadline_->record(k, n, dt);
     section_ms += dt;
@@ -287,19 +297,32 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
 
     // the answer's probabilities at this exit for the rows still running: softmax(z / T_k), or the
     // running mean of the exits' softmax under answer="ensemble"
-    answer_buf_.resize(un * nc);
-    softmax_rows(logits_.data(), n, C, temp, answer_buf_.data());
-    if (ensemble) {
-      for (std::size_t i = 0; i < un; ++i) {
-        float *acc = acc_.data() + static_cast<std::size_t>(rows[i]) * nc;
-        float *ans = answer_buf_.data() + i * nc;
-        for (std::size_t c = 0; c < nc; ++c) acc[c] += ans[c], ans[c] = acc[c] / static_cast<float>(k);
+    bool answered = false;
+    auto answer = [&] {
+      if (answered) return;
+      answered = true;
+      if (split) {  // the exit head, run now: its time goes to its own cell
+        const double th = clock();
+        backend_->run_head(k, *next, logits_);
+        const double dth = (clock() - th) * 1e3;
+        deadline_->record_head(k, n, dth);
+        section_ms += dth;
       }
-    }
-    if (exit_conf)  // every running row's answer confidence at this exit (InferenceResult.exit_confidences)
-      for (std::size_t i = 0; i < un; ++i)
-        exit_conf[static_cast<std::size_t>(rows[i]) * static_cast<std::size_t>(K) + static_cast<std::size_t>(k - 1)] =
-            confidence_of(answer_buf_.data() + i * nc, C, pol.criterion);
+      answer_buf_.resize(un * nc);
+      softmax_rows(logits_.data(), n, C, temp, answer_buf_.data());
+      if (ensemble) {
+        for (std::size_t i = 0; i < un; ++i) {
+          float *acc = acc_.data() + static_cast<std::size_t>(rows[i]) * nc;
+          float *ans = answer_buf_.data() + i * nc;
+          for (std::size_t c = 0; c < nc; ++c) acc[c] += ans[c], ans[c] = acc[c] / static_cast<float>(k);
+        }
+      }
+      if (exit_conf)  // every running row's answer confidence at this exit (InferenceResult.exit_confidences)
+        for (std::size_t i = 0; i < un; ++i)
+          exit_conf[static_cast<std::size_t>(rows[i]) * static_cast<std::size_t>(K) + static_cast<std::size_t>(k - 1)] =
+              confidence_of(answer_buf_.data() + i * nc, C, pol.criterion);
+    };
+    if (!split || ensemble || exit_conf || any_thr) answer();
     auto settle = [&](const char *only, char want, std::int32_t why, bool have_conf) {
       settled.clear();
       for (std::size_t i = 0; i < un; ++i) {
@@ -322,15 +345,7 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
       settle(nullptr, 0, kStopLast, false);
       break;
     }
-    const std::optional<float> &thr = pol.thresholds32[static_cast<std::size_t>(k - 1)];
     std::int64_t n_stop = 0;
-    bool any_thr = thr.has_value();
-    if (row_thr) {  // per-row thresholds (ConfidencePolicy.step_rows): is there one among the rows running?
-      any_thr = false;
-      for (std::size_t i = 0; i < un && !any_thr; ++i)
-        any_thr = !std::isnan(row_thr[static_cast<std::size_t>(rows[i]) * static_cast<std::size_t>(K) +
-                                      static_cast<std::size_t>(k - 1)]);
-    }
     if (any_thr) {  // a float32 confidence against the threshold rounded to float32 (ConfidencePolicy.step)
       conf_buf_.resize(un);
       stop.assign(un, 0);
@@ -353,7 +368,10 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
         for (std::size_t i = 0; i < un; ++i) going[i] = !stop[i];
       rows_out_of_time(k + 1, rows, row_dl, going, clock(), late);
       if (n_stop) settle(stop.data(), 1, kStopConfidence, true);
-      settle(late.data(), 1, kStopDeadline, false);
+      if (std::find(late.begin(), late.end(), 1) != late.end()) {
+        answer();
+        settle(late.data(), 1, kStopDeadline, false);
+      }
       std::vector<std::int64_t> keep, kept_rows;
       for (std::size_t i = 0; i < un; ++i)
         if (going[i] && !late[i]) keep.push_back(static_cast<std::int64_t>(i)), kept_rows.push_back(rows[i]);
@@ -367,6 +385,7 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
       continue;
     }
     if (d && deadline_->should_stop(k + 1, n - n_stop, clock(), *d)) {
+      answer();
       if (n_stop) {
         settle(stop.data(), 1, kStopConfidence, true);
         settle(stop.data(), 0, kStopDeadline, true);

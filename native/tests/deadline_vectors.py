@@ -36,8 +36,10 @@ ROWS = (1, 2, 3, 5, 8, 13)
 
 
 def trace(name: str, seed: int, calls: int, window: int, quantile: float, with_profile: bool,
-          digits: int = 4) -> dict:
-    """``digits``: the decimals of the section times (0: many equal samples, so ties are exercised)."""
+          digits: int = 4, heads: bool = False) -> dict:
+    """``digits``: the decimals of the section times (0: many equal samples, so ties are exercised);
+    ``heads``: sections 1..K-1 have exit heads timed apart (bundle format version 2, rule 8), run in the
+    warm-up and in about half the calls."""
     rng = random.Random(seed)
     prof_dict = None
     if with_profile:  # section 2's profile is pessimistic (stops it causes are not charged), 1 and 3 optimistic
@@ -56,6 +58,10 @@ def trace(name: str, seed: int, calls: int, window: int, quantile: float, with_p
         est.record(s, n, ms)
         ops.append(["r", s, n, ms] + cell(s, n))
 
+    def record_head(s: int, n: int, ms: float) -> None:
+        est.record_head(s, n, ms)
+        ops.append(["h", s, n, ms] + cell(s, n))
+
     def probe() -> None:
         s, n = rng.randrange(0, K + 1), rng.randrange(1, 20)
         cost = pol.section_cost_ms(s, n) if s else None
@@ -68,6 +74,8 @@ def trace(name: str, seed: int, calls: int, window: int, quantile: float, with_p
         for _ in range(3):
             for k in range(1, K + 1):
                 record(k, rows, round(base[k - 1] * (1 + rows) / 2 * rng.uniform(0.95, 1.1) * (3 if rng.random() < 0.1 else 1), digits))
+                if heads and k < K:
+                    record_head(k, rows, round(0.1 * base[k - 1] * rows * rng.uniform(0.9, 1.3), digits))
             record(0, rows, round(rng.uniform(0.01, 0.05), 5))
     est.settle()
     ops.append(["settle"])
@@ -88,6 +96,11 @@ def trace(name: str, seed: int, calls: int, window: int, quantile: float, with_p
             now += ms * 1e-3
             record(k, n, ms)
             section_ms += ms
+            if heads and k < K and rng.random() < 0.5:  # the head ran: a threshold there, or a stop
+                hms = round(0.1 * base[k - 1] * n * slow * rng.uniform(0.9, 1.3), digits)
+                now += hms * 1e-3
+                record_head(k, n, hms)
+                section_ms += hms
             if k == K:
                 break
             if rng.random() < 0.3 and n > 1:  # some rows stop on confidence
@@ -194,7 +207,8 @@ def main() -> None:
     traces = [trace("window 16, no profile", 1, 600, 16, 0.99, False),
               trace("window 256, profile", 2, 600, 256, 0.99, True),
               trace("window 8, p90", 3, 400, 8, 0.9, False),
-              trace("window 16, whole milliseconds (ties)", 5, 400, 16, 0.99, False, digits=0)]
+              trace("window 16, whole milliseconds (ties)", 5, 400, 16, 0.99, False, digits=0),
+              trace("window 16, exit heads of their own, profile", 6, 600, 16, 0.99, True, heads=True)]
     out.parent.mkdir(parents=True, exist_ok=True)
     session = session_trace(4, 1200, 8)
     out.write_text(json.dumps({"format": "sdedge-deadline-trace", "traces": traces, "session": session},

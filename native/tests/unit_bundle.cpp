@@ -120,11 +120,49 @@ int main() {
   CHECK(refused(dir, Code::Bundle, "top level must be an object, got list"));
   CHECK(manifest_refused(dir, [](Json &m) { m["format"] = "onnx-bundle"; }, "is not an sdedge bundle"));
   CHECK(manifest_refused(dir, [](Json &m) { m.erase("format"); }, "'format' is None"));
-  CHECK(manifest_refused(dir, [](Json &m) { m["format_version"] = 99; }, "format_version 99, not supported by this sdedge (reads version 1); upgrade sdedge"));
+  CHECK(manifest_refused(dir, [](Json &m) { m["format_version"] = 99; }, "format_version 99, not supported by this sdedge (reads version 1, 2); upgrade sdedge"));
   CHECK(manifest_refused(dir, [](Json &m) { m["format_version"] = 0; }, "re-export the bundle"));
   CHECK(manifest_refused(dir, [](Json &m) { m["format_version"] = "1"; }, "'format_version' must be an integer"));
   CHECK(manifest_refused(dir, [](Json &m) { m["format_version"] = true; }, "'format_version' must be an integer"));
   CHECK(manifest_refused(dir, [](Json &m) { m["format_version"] = 1.0; }, "'format_version' must be an integer"));
+
+  // format version 2: section 1's exit head as a graph of its own (heads/h1.onnx, checksummed)
+  {
+    auto to_v2 = [&dir](Json &m) {
+      write(dir / "heads/h1.onnx", "head one bytes");
+      m["format_version"] = 2;
+      Json &s1 = m["sections"][0];
+      Json logits = s1["outputs"][1];
+      s1["outputs"] = Json::array({s1["outputs"][0]});
+      s1["head"] = {{"file", "heads/h1.onnx"}, {"sha256", sdedge::sha256_file((dir / "heads/h1.onnx").string())},
+                    {"inputs", {s1["outputs"][0]}}, {"outputs", {logits}}, {"macs", 2}, {"params", 1}};
+    };
+    fs::remove_all(dir);
+    Json m = good_manifest(dir);
+    to_v2(m);
+    write(dir / "manifest.json", m.dump(2));
+    sdedge::Bundle b = sdedge::open_bundle(dir.string());
+    CHECK(b.manifest.format_version == 2 && b.manifest.split_heads());
+    CHECK(b.manifest.sections[0].head && b.manifest.sections[0].head->file == "heads/h1.onnx" &&
+          b.manifest.sections[0].head->macs == 2 && b.manifest.sections[0].logits.name == "logits_1");
+    CHECK(!b.manifest.sections[1].head && b.manifest.sections[0].macs == 10);
+    write(dir / "heads/h1.onnx", "head one bytes, altered");
+    CHECK(refused(dir, Code::Checksum, "heads/h1.onnx"));
+    CHECK(manifest_refused(dir, [&](Json &m) { to_v2(m); m["sections"][0].erase("head"); }, "must have a head"));
+    CHECK(manifest_refused(dir, [&](Json &m) { to_v2(m); m["sections"][1]["head"] = m["sections"][0]["head"]; },
+                           "only format version 2 sections other than the last have a head"));
+    CHECK(manifest_refused(dir, [&](Json &m) { to_v2(m); m["sections"][0]["head"]["inputs"][0]["name"] = "features_2"; },
+                           "input must be the section's features 'features_1'"));
+    CHECK(manifest_refused(dir, [&](Json &m) { to_v2(m); m["sections"][0]["head"]["outputs"][0]["name"] = "logits_9"; },
+                           "logits output must be named 'logits_1'"));
+    CHECK(manifest_refused(dir, [&](Json &m) { to_v2(m); m["sections"][0]["head"]["file"] = "../h.onnx"; }, "escapes"));
+    CHECK(manifest_refused(dir, [&](Json &m) { to_v2(m); m["sections"][0]["head"]["int8_file"] = "int8/h1.onnx"; },
+                           "int8_file and head.int8_file must be given together"));
+    CHECK(manifest_refused(dir, [&](Json &m) { to_v2(m); m["format_version"] = 1; }, "must hold features and logits"));
+    CHECK(manifest_refused(dir, [&](Json &m) { m["format_version"] = 2; }, "must hold features"));
+    fs::remove_all(dir);
+    good_manifest(dir);
+  }
 
   // schema
   CHECK(manifest_refused(dir, [](Json &m) { m.erase("sections"); }, "manifest: missing key 'sections'"));

@@ -1,4 +1,4 @@
-// unit_deadline.cpp: the deadline rule of the C++ core against the Python one (runtime/policies.py rules 1-7).
+// unit_deadline.cpp: the deadline rule of the C++ core against the Python one (runtime/policies.py rules 1-8).
 //
 // 1. Replays native/tests/vectors/deadline_trace.json (written by deadline_vectors.py from the Python classes):
 //    every should_stop decision, figure, sample count and trim interval must be equal, bit for bit.
@@ -72,6 +72,9 @@ void replay_traces() {
         const auto n = op[2].get<std::int64_t>();
         if (kind == "r") {
           pol.record(s, n, op[3].get<double>());
+          ok = cell_matches(op, 4, s, n);
+        } else if (kind == "h") {  // an exit head timed apart (rule 8)
+          pol.record_head(s, n, op[3].get<double>());
           ok = cell_matches(op, 4, s, n);
         } else if (kind == "q") {
           ok = pol.should_stop(s, n, op[3].get<double>(), op[4].get<double>()) == op[5].get<bool>() &&

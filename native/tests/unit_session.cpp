@@ -81,6 +81,30 @@ struct FakeBackend : Backend {
   }
 };
 
+// The same scripted model with its exit heads apart (format version 2): sections 1..K-1 run as trunks,
+// each head only when the session asks for it; every trunk and head run is logged as (kind, section).
+struct SplitBackend : FakeBackend {
+  std::vector<std::pair<char, int>> runs;  // ('t', k) trunk, ('h', k) head, ('s', k) a whole section
+  bool split_heads() const override { return true; }
+  TensorPtr run_trunk(int k, const DeviceTensor &in) override {
+    runs.emplace_back('t', k);
+    std::vector<float> unused;
+    return FakeBackend::run_section(k, in, unused);
+  }
+  void run_head(int k, const DeviceTensor &features, std::vector<float> &logits) override {
+    runs.emplace_back('h', k);
+    logits.clear();
+    for (float id : static_cast<const FakeTensor &>(features).ids) {
+      const auto &row = table[static_cast<std::size_t>(k - 1)][static_cast<std::size_t>(id)];
+      logits.insert(logits.end(), row.begin(), row.end());
+    }
+  }
+  TensorPtr run_section(int k, const DeviceTensor &in, std::vector<float> &logits) override {
+    runs.emplace_back('s', k);
+    return FakeBackend::run_section(k, in, logits);
+  }
+};
+
 Bundle fake_bundle(std::int64_t channels = 1) {
   Bundle b;
   b.path = "/nonexistent-fake-bundle";
@@ -187,6 +211,69 @@ int main() {
       threw = e.code() == Code::Policy;
     }
     CHECK(threw);
+  }
+
+  // ---- exit heads of their own (format version 2): a head runs only where its logits are needed, and the
+  // answers are those of the same model with its heads inside the sections
+  {
+    const std::vector<std::vector<std::vector<float>>> table = {
+        {peaked(1, 0.95), peaked(2, 0.5), peaked(0, 0.4), peaked(3, 0.97)},
+        {peaked(1, 0.95), peaked(2, 0.93), peaked(0, 0.5), peaked(3, 0.97)},
+        {peaked(1, 0.95), peaked(2, 0.93), peaked(0, 0.6), peaked(3, 0.97)}};
+    auto fb = std::make_unique<SplitBackend>();
+    SplitBackend *be = fb.get();
+    be->table = table;
+    auto ref_b = std::make_unique<FakeBackend>();
+    ref_b->table = table;
+    SessionConfig cfg;
+    cfg.warmup = 0;
+    Session s(fake_bundle(), std::move(fb), cfg);
+    Session ref(fake_bundle(), std::move(ref_b), cfg);
+    const float x[4] = {0, 1, 2, 3};
+    using Runs = std::vector<std::pair<char, int>>;
+    std::vector<RowResult> r(4), want(4);
+    std::vector<float> p(4 * kC), q(4 * kC);
+    InferRequest far;
+    far.budget_ms = 1e6;  // a deadline-only call to the deepest exit: no intermediate head
+    s.infer_f32(x, 4, far, r.data(), p.data());
+    CHECK(be->runs == (Runs{{'t', 1}, {'t', 2}, {'s', 3}}));
+    ref.infer_f32(x, 4, far, want.data(), q.data());
+    for (int i = 0; i < 4; ++i) CHECK(r[i].exit_index == 3 && r[i].label == want[i].label && r[i].confidence == want[i].confidence);
+    CHECK(p == q);
+    be->runs.clear();
+    InferRequest gone;
+    gone.deadline_ns = 1;  // long past: the call stops at exit 1, whose head then runs for the answer
+    s.infer_f32(x, 4, gone, r.data(), p.data());
+    CHECK(be->runs == (Runs{{'t', 1}, {'h', 1}}));
+    for (int i = 0; i < 4; ++i) CHECK(r[i].exit_index == 1 && r[i].stopped_by == kStopDeadline && r[i].deadline_met == 0);
+    ref.infer_f32(x, 4, gone, want.data(), q.data());
+    CHECK(p == q);
+    be->runs.clear();
+    const double at2[3] = {NAN, 0.9, NAN};  // a threshold at exit 2 only: head 2 runs, head 1 does not
+    InferRequest t2;
+    t2.thresholds = at2;
+    t2.num_thresholds = 3;
+    s.infer_f32(x, 4, t2, r.data(), p.data());
+    CHECK(be->runs == (Runs{{'t', 1}, {'t', 2}, {'h', 2}, {'s', 3}}));
+    ref.infer_f32(x, 4, t2, want.data(), q.data());
+    for (int i = 0; i < 4; ++i) CHECK(r[i].exit_index == want[i].exit_index && r[i].label == want[i].label);
+    CHECK(r[1].exit_index == 2 && r[0].exit_index == 2 && r[2].exit_index == 3);
+    be->runs.clear();
+    std::vector<float> conf(4 * kK), conf_ref(4 * kK);  // exit confidences asked for: every head runs
+    s.infer_f32(x, 4, far, r.data(), p.data(), conf.data());
+    ref.infer_f32(x, 4, far, want.data(), q.data(), conf_ref.data());
+    CHECK(be->runs == (Runs{{'t', 1}, {'h', 1}, {'t', 2}, {'h', 2}, {'s', 3}}) && conf == conf_ref);
+    // the heads were timed in their own cells: a section's figure is its trunk's plus its head's (rule 8)
+    const LatencyEstimator &est = s.deadline_policy().estimator();
+    CHECK(est.count(1, 4) == 4 && est.estimate(1, 4).has_value());
+    SessionConfig ens = cfg;
+    ens.answer = Answer::Ensemble;
+    auto eb = std::make_unique<SplitBackend>();
+    SplitBackend *ebp = eb.get();
+    eb->table = table;
+    Session e(fake_bundle(), std::move(eb), ens);
+    e.infer_f32(x, 4, far, r.data(), p.data());  // the ensemble answer needs every exit's probabilities
+    CHECK(ebp->runs == (Runs{{'t', 1}, {'h', 1}, {'t', 2}, {'h', 2}, {'s', 3}}));
   }
 
   // ---- per-row thresholds and deadlines (ABI 3: a server's dynamic batch), each row as it would go alone

@@ -210,7 +210,10 @@ SDEDGE_API sdedge_status sdedge_session_describe(const sdedge_session *s, char *
 /**
  * As sdedge_session_infer_f32, plus `exit_confidences`: NULL or batch * num_exits floats, row-major,
  * receiving each row's answer confidence (under the call's criterion and the session's answer mode) at
- * every exit it ran, shallow first, and NAN at the exits past the one that answered.
+ * every exit it ran, shallow first, and NAN at the exits past the one that answered. On a bundle of
+ * format version 2 (exit heads as graphs of their own) asking for them runs the head of every exit the
+ * call passes; without them a head runs only where the call needs that exit's logits (a threshold there,
+ * answer "ensemble", or a stop), so a deadline-only call runs one head.
  */
 SDEDGE_API sdedge_status sdedge_session_infer_f32_ex(sdedge_session *s, const float *nchw, int64_t batch,
                                                      const sdedge_infer_options *o, sdedge_result *results,
