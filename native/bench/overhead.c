@@ -1,7 +1,7 @@
 /*
  * overhead.c — what a C caller pays for the sdedge session over ONNX Runtime's C API alone.
  *
- *   sdedge_overhead BUNDLE ORT_LIBRARY [--runs N] [--warmup N] [--threads K] [--block B]
+ *   sdedge_overhead BUNDLE ORT_LIBRARY [--runs N] [--warmup N] [--threads K] [--block B] [--split BUNDLE2]
  *
  * One process, batch 1, the same preprocessed float32 input for every contender, in blocks: each round runs
  * every contender for --block consecutive calls (after one untimed call that warms the caches with its own
@@ -14,7 +14,9 @@
  *               features fed to the next and its logits read (the naive chain, no decision);
  *   none        sdedge_session_infer_f32 with no policy (every section, the deepest exit answers);
  *   deadline    the same with a 10 s budget (every deadline check made, never stopping);
- *   confidence  the same with threshold 1.0 at every exit (every confidence computed, never stopping).
+ *   confidence  the same with threshold 1.0 at every exit (every confidence computed, never stopping);
+ *   deadline_split, confidence_split (with --split BUNDLE2: the same model exported as bundle format version 2,
+ *               exit heads as graphs of their own) deadline and confidence on a session over BUNDLE2.
  * The graphs of full and chain get the session options the core gives its own sessions (intra-op threads
  * --threads, inter-op 1, sequential, every graph optimisation, thread spinning off), from the same
  * ONNX Runtime library (ORT_LIBRARY, loaded at run time as the core loads it). Prints one JSON object on
@@ -36,8 +38,9 @@
 #include <onnxruntime_c_api.h>
 #include <sdedge/sdedge.h>
 
-enum { FULL, CHAIN, NONE, DEADLINE, CONFIDENCE, NUM_CONTENDERS };
-static const char *const NAMES[NUM_CONTENDERS] = {"full", "chain", "none", "deadline", "confidence"};
+enum { FULL, CHAIN, NONE, DEADLINE, CONFIDENCE, DEADLINE_SPLIT, CONFIDENCE_SPLIT, NUM_CONTENDERS };
+static const char *const NAMES[NUM_CONTENDERS] = {"full", "chain", "none", "deadline", "confidence",
+                                                  "deadline_split", "confidence_split"};
 enum { MAX_SECTIONS = 16 };
 
 static const OrtApi *ort;
@@ -138,12 +141,14 @@ int main(int argc, char **argv) {
   }
   const char *bundle = argv[1], *ort_path = argv[2];
   long runs = 3000, warmup = 300, block = 20;
+  const char *split_bundle = NULL;
   int threads = 1;
   for (int i = 3; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--runs") == 0) runs = strtol(argv[i + 1], NULL, 10);
     else if (strcmp(argv[i], "--warmup") == 0) warmup = strtol(argv[i + 1], NULL, 10);
     else if (strcmp(argv[i], "--threads") == 0) threads = (int)strtol(argv[i + 1], NULL, 10);
     else if (strcmp(argv[i], "--block") == 0) block = strtol(argv[i + 1], NULL, 10);
+    else if (strcmp(argv[i], "--split") == 0) split_bundle = argv[i + 1];
     else die("unknown option", argv[i]);
   }
   if (runs < 1 || warmup < 0 || threads < 1 || block < 1)
@@ -160,6 +165,16 @@ int main(int argc, char **argv) {
   int64_t chw[3];
   if (sdedge_session_info(s, &k, &classes, chw) != SDEDGE_OK) die("sdedge_session_info", sdedge_last_error());
   if (k < 1 || k > MAX_SECTIONS) die("bundle", "unexpected number of exits");
+  sdedge_session *s2 = NULL;  /* --split: the same model, exit heads apart */
+  const int active = split_bundle ? NUM_CONTENDERS : DEADLINE_SPLIT;
+  if (split_bundle) {
+    if (sdedge_session_create(split_bundle, &so_sd, &s2) != SDEDGE_OK) die("sdedge_session_create", sdedge_last_error());
+    int32_t k2 = 0, classes2 = 0;
+    int64_t chw2[3];
+    if (sdedge_session_info(s2, &k2, &classes2, chw2) != SDEDGE_OK) die("sdedge_session_info", sdedge_last_error());
+    if (k2 != k || classes2 != classes || memcmp(chw, chw2, sizeof chw) != 0)
+      die("--split", "the second bundle is not the same model (exits, classes or input differ)");
+  }
 
   /* ONNX Runtime alone */
   void *lib = dlopen(ort_path, RTLD_NOW | RTLD_LOCAL);
@@ -213,19 +228,19 @@ int main(int argc, char **argv) {
   sdedge_infer_options_init(&confidence);
   confidence.threshold = 1.0;
   sdedge_result result;
-  const sdedge_infer_options *opts[NUM_CONTENDERS] = {NULL, NULL, &none, &deadline, &confidence};
+  const sdedge_infer_options *opts[NUM_CONTENDERS] = {NULL, NULL, &none, &deadline, &confidence, &deadline, &confidence};
   long deepest[NUM_CONTENDERS] = {0};
 
-  int64_t *t[NUM_CONTENDERS];
-  for (int c = 0; c < NUM_CONTENDERS; ++c) {
+  int64_t *t[NUM_CONTENDERS] = {NULL};
+  for (int c = 0; c < active; ++c) {
     t[c] = malloc((size_t)runs * sizeof(int64_t));
     if (!t[c]) die("malloc", "out of memory");
   }
-  int order[NUM_CONTENDERS] = {0, 1, 2, 3, 4};
+  int order[NUM_CONTENDERS] = {0, 1, 2, 3, 4, 5, 6};
   uint64_t rng = 2024;
   long done = -warmup;  /* calls per contender so far; timed from 0 */
   while (done < runs) {
-    for (int i = NUM_CONTENDERS - 1; i > 0; --i) {  /* Fisher-Yates with a fixed-seed LCG */
+    for (int i = active - 1; i > 0; --i) {  /* Fisher-Yates with a fixed-seed LCG */
       rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
       const int j = (int)((rng >> 33) % (uint64_t)(i + 1));
       const int tmp = order[i];
@@ -233,7 +248,7 @@ int main(int argc, char **argv) {
       order[j] = tmp;
     }
     const long n = done < 0 ? (-done < block ? -done : block) : (runs - done < block ? runs - done : block);
-    for (int i = 0; i < NUM_CONTENDERS; ++i) {
+    for (int i = 0; i < active; ++i) {
       const int c = order[i];
       for (long b = -1; b < n; ++b) {  /* b = -1: the untimed call that brings this contender's weights in */
         const int64_t t0 = now_ns();
@@ -241,7 +256,7 @@ int main(int argc, char **argv) {
           run_full(&full, input);
         } else if (c == CHAIN) {
           run_chain(sections, k, input);
-        } else if (sdedge_session_infer_f32(s, x, 1, opts[c], &result, NULL) != SDEDGE_OK) {
+        } else if (sdedge_session_infer_f32(c >= DEADLINE_SPLIT ? s2 : s, x, 1, opts[c], &result, NULL) != SDEDGE_OK) {
           die("sdedge_session_infer_f32", sdedge_last_error());
         }
         const int64_t dt = now_ns() - t0;
@@ -257,7 +272,7 @@ int main(int argc, char **argv) {
   printf("{\"bundle\": \"%s\", \"num_exits\": %d, \"threads\": %d, \"warmup_calls\": %ld, \"timed_calls\": %ld, "
          "\"block\": %ld, \"contenders\": {",
          bundle, k, threads, warmup, runs, block);
-  for (int c = 0; c < NUM_CONTENDERS; ++c) {
+  for (int c = 0; c < active; ++c) {
     double sum = 0;
     for (long i = 0; i < runs; ++i) sum += (double)t[c][i];
     qsort(t[c], (size_t)runs, sizeof(int64_t), cmp_i64);
@@ -284,5 +299,6 @@ int main(int argc, char **argv) {
   ort->ReleaseEnv(env);
   free(x);
   sdedge_session_free(s);
+  sdedge_session_free(s2);
   return 0;
 }
