@@ -63,6 +63,14 @@ sequence of samples and decisions (no clock enters them; the C++ core repeats th
    rules 1-3 and 5 (rule 4 trims trunk cells only); a section's online figure is its trunk's plus its
    head's (a head not measured yet adds nothing), since going on to section s must leave time to stop
    there. The profile's figure stays the section with its head (``sdedge calibrate`` times both).
+9. *The whole network at once.* A call with a deadline and nothing else (no confidence stop before the
+   deepest exit, answer "last", one deadline for all its rows) on a backend that loaded ``full.onnx``
+   runs that one graph when, at its start, the whole chain fits: ``now + (full + overhead) <= deadline``
+   with ``full`` the larger of the sum of every section's cost (rule 6, heads included) and the online
+   figure of the full graph itself (its own cells, rules 1-3 and 5: a slowdown of the whole graph is felt
+   as any section's is). It answers at the deepest exit, where the chain would have, without the
+   intermediate heads and the per-section runs; when the whole chain does not fit, the sections run and
+   decide as above.
 
 :func:`replay` evaluates the confidence policy on precomputed logits of every exit (array code, for
 calibration and evaluation) and decides exactly what :class:`~sdedge.runtime.session.AnytimeSession`
@@ -347,6 +355,7 @@ class LatencyEstimator:
         self._cells: list[dict[int, _Cell]] = [dict() for _ in range(num_sections + 1)]
         # format version 2: the exit heads of sections 1..K-1 timed apart from their trunks (rule 8)
         self._heads: list[dict[int, _Cell]] = [dict() for _ in range(num_sections + 1)]
+        self._full: dict[int, _Cell] = {}  # the full graph, run whole (rule 9)
 
     def record(self, section: int, batch: int, ms: float) -> None:
         """Record one run of 1-based ``section`` (0 = the runtime's own time) on ``batch`` rows taking ``ms``."""
@@ -355,6 +364,14 @@ class LatencyEstimator:
     def record_head(self, section: int, batch: int, ms: float) -> None:
         """Record one run of the exit head of ``section`` (a graph of its own: rule 8) on ``batch`` rows."""
         self._add(self._heads[section], batch, ms)
+
+    def record_full(self, batch: int, ms: float) -> None:
+        """Record one run of the whole network as one graph (rule 9) on ``batch`` rows."""
+        self._add(self._full, batch, ms)
+
+    def estimate_full(self, batch: int) -> float | None:
+        """The full graph's own figure on ``batch`` rows (rules 2-3), None before its first run."""
+        return self._figure(self._full, batch)
 
     def _add(self, cells: dict[int, _Cell], batch: int, ms: float) -> None:
         cell = cells.get(batch)
@@ -371,7 +388,7 @@ class LatencyEstimator:
 
     def settle(self) -> None:
         """Replace every cell's samples by their lower median (after the warm-up: rule 5)."""
-        for cells in (*self._cells, *self._heads):
+        for cells in (*self._cells, *self._heads, self._full):
             for cell in cells.values():
                 cell.settle()
 
@@ -381,6 +398,7 @@ class LatencyEstimator:
         for i in range(self.num_sections + 1) if section is None else (section,):
             self._cells[i].clear()
             self._heads[i].clear()
+        self._full.clear()
 
     def count(self, section: int, batch: int) -> int:
         """Samples held for ``section`` at exactly ``batch`` rows."""
@@ -436,6 +454,19 @@ class DeadlinePolicy:
         if prior is not None:
             est = prior if est is None else max(prior, est)
         return 0.0 if est is None else est
+
+    def full_cost_ms(self, batch: int) -> float:
+        """Predicted time of the whole network on ``batch`` rows (rule 9): the larger of the sum of every
+        section's cost and the full graph's own online figure."""
+        total = 0.0
+        for k in range(1, self.estimator.num_sections + 1):
+            total += self.section_cost_ms(k, batch)
+        own = self.estimator.estimate_full(batch)
+        return total if own is None else max(total, own)
+
+    def full_fits(self, batch: int, now: float, deadline: float) -> bool:
+        """Whether the whole network on ``batch`` rows, started at ``now``, ends by ``deadline`` (rule 9)."""
+        return now + (self.full_cost_ms(batch) + self.overhead_ms(batch)) * 1e-3 <= deadline
 
     def overhead_ms(self, batch: int) -> float:
         """The runtime's own time allowed before a next section (online, or the profile's when larger)."""

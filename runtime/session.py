@@ -433,11 +433,11 @@ class AnytimeSession:
             # no policy: the core may answer from full.onnx, and the exit confidences wait until read
             res, probs, _ = nat.infer(xb, nat.request(pol.criterion, thresholds), 0, exit_confidences=False)
             return self._full_results(xb, pol, probs, res["confidence"], t0)
-        # exit heads of their own (format version 2): asking the core for every exit's confidence would run every
-        # head; they are computed when first read instead, from a copy of the input
-        split = self.manifest.split_heads
+        # asking the core for every exit's confidence would run every exit head of a version-2 bundle, and keep a
+        # deadline-only call off the full graph (rule 9); they are computed when first read instead
+        lazy = self.manifest.split_heads or (not row_mode and not pol.active and self.answer == "last")
         res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns, relay,
-                                     exit_confidences=not split)
+                                     exit_confidences=not lazy)
         results = rows_of(list(range(xb.shape[0])), res, probs, conf)
         if not row_mode:
             self._finish(results, t0, stop_at, self.clock())
@@ -479,8 +479,10 @@ class AnytimeSession:
         clock = self.clock
         t1 = clock()
         backend, record, K = self.backend, self.estimator.record, self.num_exits
-        if full and row_thr is None and row_dl is None and self._no_policy(pol, stop_at) and backend.has_full:
-            return self._run_full(xb, pol, t0)
+        if full and row_thr is None and row_dl is None and backend.has_full and not pol.active and \
+                self.answer == "last" and (stop_at is None or self.deadline_policy.full_fits(xb.shape[0], clock(),
+                                                                                             stop_at)):
+            return self._run_full(xb, pol, t0, stop_at, prep_ms, t1)  # rule 9 under a deadline
         should_stop = self.deadline_policy.should_stop
         n_all = xb.shape[0]
         acc = np.zeros((n_all, len(self.classes)), np.float32) if self.answer == "ensemble" else None
@@ -626,21 +628,32 @@ class AnytimeSession:
         self._finish(results, t0, stop_at, t_end)
         return results
 
-    def _run_full(self, xb: np.ndarray, pol: ConfidencePolicy, t0: float) -> list[InferenceResult]:
-        """A call with no policy on the full graph: every row answers at the deepest exit."""
-        K = self.num_exits
-        probs = pol.probs(K, self.backend.run_full(self.backend.upload(xb)))
+    def _run_full(self, xb: np.ndarray, pol: ConfidencePolicy, t0: float, stop_at: float | None = None,
+                  prep_ms: float = 0.0, t1: float = 0.0) -> list[InferenceResult]:
+        """A call on the full graph, every row answering at the deepest exit: with no policy, or (``stop_at``)
+        under a deadline the whole network fits (policies rule 9: timed into the full graph's own cells)."""
+        K, clock = self.num_exits, self.clock
+        ts = clock()
+        logits = self.backend.run_full(self.backend.upload(xb))
+        if stop_at is not None:
+            t = clock()
+            self.estimator.record_full(xb.shape[0], (t - ts) * 1e3)
+        probs = pol.probs(K, logits)
         _check_finite(probs, [K] * xb.shape[0], xb)
-        return self._full_results(xb, pol, probs, confidence(probs, pol.criterion), t0)
+        results = self._full_results(xb, pol, probs, confidence(probs, pol.criterion), t0, stop_at)
+        if stop_at is not None:
+            self.estimator.record(0, xb.shape[0], prep_ms + (clock() - t1) * 1e3 - (t - ts) * 1e3)
+        return results
 
     def _full_results(self, xb: np.ndarray, pol: ConfidencePolicy, probs: np.ndarray, conf: np.ndarray,
-                      t0: float) -> list[InferenceResult]:
-        """The results of a no-policy call (both engines), whose exit confidences are computed when first read."""
+                      t0: float, stop_at: float | None = None) -> list[InferenceResult]:
+        """The results of a call the full graph answered (both engines), whose exit confidences are computed
+        when first read."""
         n = xb.shape[0]
         later = _AllExits(self, xb)
         results = self._results(probs, np.asarray(conf), [self.num_exits] * n, ["last"] * n,
                                 [(later, i, pol, self.answer) for i in range(n)])
-        self._finish(results, t0, None, self.clock())
+        self._finish(results, t0, stop_at, self.clock())
         return results
 
     def infer_all_exits(self, x: Any) -> np.ndarray:

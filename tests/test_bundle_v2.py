@@ -121,7 +121,12 @@ def test_rows_with_their_own_thresholds_and_deadlines_match_version_1(tiny_bundl
 # -- heads run only where they are needed ----------------------------------------------------------------------------
 def test_a_deadline_only_call_runs_only_the_head_where_it_stops(bundle_v2: Path) -> None:
     x = images(bundle_v2, 4)
-    with AnytimeSession(bundle_v2, **PY) as s:
+    with AnytimeSession(bundle_v2, **PY) as s:  # a budget the whole network fits: full.onnx (rule 9)
+        count = Counting(s)
+        r = s.infer(x, budget_ms=10_000.0)
+        assert all((v.exit_index, v.stopped_by, v.deadline_met) == (s.num_exits, "last", True) for v in r)
+        assert count.trunks == [] and count.heads == []
+    with AnytimeSession(bundle_v2, full_graph=False, **PY) as s:  # the sections, as when the whole does not fit
         k = s.num_exits
         count = Counting(s)
         r = s.infer(x, budget_ms=10_000.0)  # reaches the deepest exit: its head is inside the last section

@@ -574,10 +574,42 @@ def test_a_call_with_no_policy_runs_full_onnx_and_answers_as_the_chain(tiny_bund
             s.backend.run_section = lambda i, x: calls.append(i) or run(i, x)  # type: ignore[method-assign]
             s.infer(raw[0])
             assert calls == []
-            s.infer(raw[0], budget_ms=60_000)
+            s.infer(raw[0], threshold=1.0)
             assert calls == list(range(1, k + 1))
             # the warm-up timed the sections although no-policy calls skip them
             assert all(s.estimator.count(i, 1) > 0 for i in range(1, k + 1))
+
+
+def test_a_deadline_the_whole_network_fits_runs_full_onnx(tiny_bundle: Path, engine: str) -> None:
+    """Policies rule 9: a deadline-only call whose budget the whole chain fits runs full.onnx, timed into its own
+    cells; a tight budget, a threshold, the ensemble or per-row deadlines run the sections."""
+    opts = dict(engine=engine, backend="onnxruntime", intra_op_threads=1, warmup=2)
+    with AnytimeSession(tiny_bundle, **opts) as s, AnytimeSession(tiny_bundle, full_graph=False, **opts) as c:
+        raw = images(s, 4, seed=7)
+        k = s.num_exits
+        a, b = s.infer(raw, budget_ms=60_000), c.infer(raw, budget_ms=60_000)
+        assert [(r.exit_index, r.stopped_by, r.deadline_met) for r in a] == [(k, "last", True)] * 4
+        assert [r.label for r in a] == [r.label for r in b]
+        for ra, rb in zip(a, b):
+            np.testing.assert_allclose(ra.probabilities, rb.probabilities, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(ra.exit_confidences, rb.exit_confidences, rtol=1e-4, atol=1e-6)
+        tight = s.infer(raw[0], budget_ms=1e-6)  # nothing fits: the floor answers, as before
+        assert (tight.exit_index, tight.stopped_by, tight.deadline_met) == (1, "deadline", False)
+        if engine == "python":
+            full_runs: list[int] = []
+            run_full = s.backend.run_full
+            s.backend.run_full = lambda x: full_runs.append(1) or run_full(x)  # type: ignore[method-assign]
+            s.infer(raw[0], budget_ms=60_000)
+            assert full_runs == [1] and s.estimator.estimate_full(1) is not None
+            s.infer(raw[0], budget_ms=60_000, threshold=1.0)  # a confidence test at every exit needs the sections
+            s.infer_rows(raw[:2], deadlines=[s.clock() + 60.0] * 2)  # per-row deadlines: the sections
+            assert full_runs == [1]
+            pol = s.deadline_policy
+            assert pol.full_cost_ms(1) >= sum(pol.section_cost_ms(i, 1) for i in range(1, k + 1)) - 1e-12
+            s.estimator.record_full(1, 1e6)  # a full graph that has become slow is charged its own figure
+            assert pol.full_cost_ms(1) >= 1e6 and not pol.full_fits(1, 0.0, 100.0)
+            s.infer(raw[0], budget_ms=60_000)
+            assert full_runs == [1]  # so the sections run again
 
 
 def test_a_full_graph_that_is_not_the_network_is_refused_naming_it(tiny_bundle: Path, tmp_path: Path,

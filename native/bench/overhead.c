@@ -13,10 +13,14 @@
  *   chain       ONNX Runtime's C API running sections/s1.onnx .. sK.onnx back to back, each section's
  *               features fed to the next and its logits read (the naive chain, no decision);
  *   none        sdedge_session_infer_f32 with no policy (every section, the deepest exit answers);
- *   deadline    the same with a 10 s budget (every deadline check made, never stopping);
+ *   deadline    the same with a 10 s budget (the whole network fits it: full.onnx answers, policies rule 9);
  *   confidence  the same with threshold 1.0 at every exit (every confidence computed, never stopping);
+ *   deadline_sections  the 10 s budget on a session that did not load full.onnx (full_graph = 0): the
+ *               section loop with every deadline check made, never stopping (what a budget that does not
+ *               fit the whole network runs);
  *   deadline_split, confidence_split (with --split BUNDLE2: the same model exported as bundle format version 2,
- *               exit heads as graphs of their own) deadline and confidence on a session over BUNDLE2.
+ *               exit heads as graphs of their own) deadline and confidence on a session over BUNDLE2 without
+ *               full.onnx (full_graph = 0), so the deadline contender runs the trunks and one head.
  * The graphs of full and chain get the session options the core gives its own sessions (intra-op threads
  * --threads, inter-op 1, sequential, every graph optimisation, thread spinning off), from the same
  * ONNX Runtime library (ORT_LIBRARY, loaded at run time as the core loads it). Prints one JSON object on
@@ -38,9 +42,9 @@
 #include <onnxruntime_c_api.h>
 #include <sdedge/sdedge.h>
 
-enum { FULL, CHAIN, NONE, DEADLINE, CONFIDENCE, DEADLINE_SPLIT, CONFIDENCE_SPLIT, NUM_CONTENDERS };
+enum { FULL, CHAIN, NONE, DEADLINE, CONFIDENCE, DEADLINE_SECTIONS, DEADLINE_SPLIT, CONFIDENCE_SPLIT, NUM_CONTENDERS };
 static const char *const NAMES[NUM_CONTENDERS] = {"full", "chain", "none", "deadline", "confidence",
-                                                  "deadline_split", "confidence_split"};
+                                                  "deadline_sections", "deadline_split", "confidence_split"};
 enum { MAX_SECTIONS = 16 };
 
 static const OrtApi *ort;
@@ -165,10 +169,14 @@ int main(int argc, char **argv) {
   int64_t chw[3];
   if (sdedge_session_info(s, &k, &classes, chw) != SDEDGE_OK) die("sdedge_session_info", sdedge_last_error());
   if (k < 1 || k > MAX_SECTIONS) die("bundle", "unexpected number of exits");
-  sdedge_session *s2 = NULL;  /* --split: the same model, exit heads apart */
+  sdedge_session_options so_sections = so_sd;  /* no full.onnx: every call runs the sections */
+  so_sections.full_graph = 0;
+  sdedge_session *s_sections = NULL, *s2 = NULL;  /* s2 (--split): the same model, exit heads apart */
+  if (sdedge_session_create(bundle, &so_sections, &s_sections) != SDEDGE_OK)
+    die("sdedge_session_create", sdedge_last_error());
   const int active = split_bundle ? NUM_CONTENDERS : DEADLINE_SPLIT;
   if (split_bundle) {
-    if (sdedge_session_create(split_bundle, &so_sd, &s2) != SDEDGE_OK) die("sdedge_session_create", sdedge_last_error());
+    if (sdedge_session_create(split_bundle, &so_sections, &s2) != SDEDGE_OK) die("sdedge_session_create", sdedge_last_error());
     int32_t k2 = 0, classes2 = 0;
     int64_t chw2[3];
     if (sdedge_session_info(s2, &k2, &classes2, chw2) != SDEDGE_OK) die("sdedge_session_info", sdedge_last_error());
@@ -228,7 +236,9 @@ int main(int argc, char **argv) {
   sdedge_infer_options_init(&confidence);
   confidence.threshold = 1.0;
   sdedge_result result;
-  const sdedge_infer_options *opts[NUM_CONTENDERS] = {NULL, NULL, &none, &deadline, &confidence, &deadline, &confidence};
+  const sdedge_infer_options *opts[NUM_CONTENDERS] = {NULL, NULL, &none, &deadline, &confidence, &deadline, &deadline,
+                                                      &confidence};
+  sdedge_session *sessions[NUM_CONTENDERS] = {NULL, NULL, s, s, s, s_sections, s2, s2};
   long deepest[NUM_CONTENDERS] = {0};
 
   int64_t *t[NUM_CONTENDERS] = {NULL};
@@ -236,7 +246,7 @@ int main(int argc, char **argv) {
     t[c] = malloc((size_t)runs * sizeof(int64_t));
     if (!t[c]) die("malloc", "out of memory");
   }
-  int order[NUM_CONTENDERS] = {0, 1, 2, 3, 4, 5, 6};
+  int order[NUM_CONTENDERS] = {0, 1, 2, 3, 4, 5, 6, 7};
   uint64_t rng = 2024;
   long done = -warmup;  /* calls per contender so far; timed from 0 */
   while (done < runs) {
@@ -256,7 +266,7 @@ int main(int argc, char **argv) {
           run_full(&full, input);
         } else if (c == CHAIN) {
           run_chain(sections, k, input);
-        } else if (sdedge_session_infer_f32(c >= DEADLINE_SPLIT ? s2 : s, x, 1, opts[c], &result, NULL) != SDEDGE_OK) {
+        } else if (sdedge_session_infer_f32(sessions[c], x, 1, opts[c], &result, NULL) != SDEDGE_OK) {
           die("sdedge_session_infer_f32", sdedge_last_error());
         }
         const int64_t dt = now_ns() - t0;
@@ -299,6 +309,7 @@ int main(int argc, char **argv) {
   ort->ReleaseEnv(env);
   free(x);
   sdedge_session_free(s);
+  sdedge_session_free(s_sections);
   sdedge_session_free(s2);
   return 0;
 }

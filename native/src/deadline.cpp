@@ -98,6 +98,8 @@ void LatencyEstimator::record_head(int section, std::int64_t rows, double ms) {
   add(heads_[static_cast<std::size_t>(section)], rows, ms);
 }
 
+void LatencyEstimator::record_full(std::int64_t rows, double ms) { add(full_, rows, ms); }
+
 void LatencyEstimator::skipped(int section, std::int64_t rows) {
   auto &cells = cells_of(section);
   auto it = cells.find(rows);
@@ -108,6 +110,7 @@ void LatencyEstimator::settle() {
   for (auto *all : {&cells_, &heads_})
     for (auto &cells : *all)
       for (auto &kv : cells) kv.second.settle();
+  for (auto &kv : full_) kv.second.settle();
 }
 
 void LatencyEstimator::reset(std::optional<int> section) {
@@ -118,6 +121,7 @@ void LatencyEstimator::reset(std::optional<int> section) {
     for (auto &cells : cells_) cells.clear();
     for (auto &cells : heads_) cells.clear();
   }
+  full_.clear();
 }
 
 const LatencyCell *LatencyEstimator::cell(int section, std::int64_t rows) const {
@@ -171,6 +175,17 @@ double DeadlinePolicy::section_cost_ms(int section, std::int64_t rows) const {
   const std::optional<double> p = prior(section, rows);
   if (p) est = est ? std::max(*p, *est) : *p;
   return est.value_or(0.0);
+}
+
+double DeadlinePolicy::full_cost_ms(std::int64_t rows) const {
+  double total = 0.0;
+  for (int k = 1; k <= estimator_.num_sections(); ++k) total += section_cost_ms(k, rows);
+  const std::optional<double> own = estimator_.estimate_full(rows);
+  return own ? std::max(total, *own) : total;
+}
+
+bool DeadlinePolicy::full_fits(std::int64_t rows, double now_s, double deadline_s) const {
+  return now_s + rounded((full_cost_ms(rows) + overhead_ms(rows)) * 1e-3) <= deadline_s;
 }
 
 double DeadlinePolicy::overhead_ms(std::int64_t rows) const {

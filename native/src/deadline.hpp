@@ -7,7 +7,8 @@
 // `interval` stops (16, doubling up to 2048 while the trims prove wrong); the warm-up keeps each cell's
 // lower median (settle); cost = max(profile, online); overhead = max(online cell (0, n), the profile's);
 // exit heads of their own (bundle format version 2) are timed in cells of their own and a section's
-// online figure is its trunk's plus its head's (rule 8).
+// online figure is its trunk's plus its head's (rule 8); the whole network runs as one graph when it
+// fits whole (rule 9).
 // Everything here is deterministic in the sequence of record / should_stop / settle calls (no clock is
 // read), and the same sequence gives the same figures and decisions as the Python classes, bit for bit:
 // native/tests/unit_deadline.cpp replays traces the Python classes wrote (native/tests/vectors/).
@@ -64,6 +65,8 @@ class LatencyEstimator {
   explicit LatencyEstimator(int num_sections, std::size_t window = 256, double quantile = 0.99);
   void record(int section, std::int64_t rows, double ms);
   void record_head(int section, std::int64_t rows, double ms);  // the exit head of `section`, run apart (rule 8)
+  void record_full(std::int64_t rows, double ms);  // the whole network as one graph (rule 9)
+  std::optional<double> estimate_full(std::int64_t rows) const { return figure(full_, rows); }
   void skipped(int section, std::int64_t rows);  // a stop charged to cell (section, rows), if it exists
   void settle();                                 // every cell keeps its lower median (after the warm-up)
   void reset(std::optional<int> section = std::nullopt);  // forget one section's cells (0 = overhead) or all
@@ -86,6 +89,7 @@ class LatencyEstimator {
   double quantile_;
   std::vector<Cells> cells_;  // [section 0..K] rows -> cell
   std::vector<Cells> heads_;  // [section 0..K] rows -> the exit head's cell (rule 8; empty for version 1)
+  Cells full_;                // rows -> the full graph's cell (rule 9)
 };
 
 // Decides before each next section whether it still fits before the deadline (rules 6-7).
@@ -97,6 +101,11 @@ class DeadlinePolicy {
   // One run of 1-based `section` (0 = the runtime's own per-call time) on `rows` rows took `ms`.
   void record(int section, std::int64_t rows, double ms) { estimator_.record(section, rows, ms); }
   void record_head(int section, std::int64_t rows, double ms) { estimator_.record_head(section, rows, ms); }
+  void record_full(std::int64_t rows, double ms) { estimator_.record_full(rows, ms); }
+  // Rule 9: the whole network on `rows` rows (the sum of the sections' costs, or the full graph's own figure
+  // when larger), and whether it ends by `deadline_s` when started at `now_s`.
+  double full_cost_ms(std::int64_t rows) const;
+  bool full_fits(std::int64_t rows, double now_s, double deadline_s) const;
   void settle() { estimator_.settle(); }
   // True when section `next_section` on `rows` rows, started at `now_s`, would end after `deadline_s`
   // (seconds on the session's clock). A stop that the online figure alone causes (the profile's figure,

@@ -359,9 +359,18 @@ int main() {
     s.infer_f32(x, 2, thr, r, probs);
     CHECK(be->full_runs == 1 && be->seen.size() == 6 && r[0].label == 1);
     InferRequest budget;
-    budget.budget_ms = 1e6;  // a deadline: the sections are timed
+    budget.budget_ms = 1e6;  // a deadline the whole network fits: the full graph, timed in its own cells (rule 9)
     s.infer_f32(x, 2, budget, r, probs);
-    CHECK(be->full_runs == 1 && be->seen.size() == 9 && r[0].deadline_met == 1);
+    CHECK(be->full_runs == 2 && be->seen.size() == 6 && r[0].deadline_met == 1 && r[0].label == 3);
+    CHECK(r[0].exit_index == kK && r[0].stopped_by == kStopLast);
+    CHECK(s.deadline_policy().estimator().estimate_full(2).has_value());
+    be->sleep_ms = {2, 2, 2};  // a slow chain: a 3 ms budget no longer fits the whole network, so the sections run
+    s.infer_f32(x, 2, InferRequest{}, r, probs, conf);  // (timed: exit confidences keep it off the full graph)
+    InferRequest tight;
+    tight.budget_ms = 3.0;
+    s.infer_f32(x, 2, tight, r, probs);
+    CHECK(be->full_runs == 2 && be->seen.size() == 10 && r[0].exit_index == 1 && r[0].stopped_by == kStopDeadline);
+    be->sleep_ms = {0, 0, 0};
     cfg.answer = Answer::Ensemble;  // the ensemble answer needs every exit
     auto fb2 = std::make_unique<FakeBackend>();
     FakeBackend *be2 = fb2.get();
