@@ -417,10 +417,12 @@ class AnytimeSession:
                     ) -> list[InferenceResult]:
             if conf is None and not later:
                 later.append(_AllExits(self, xb))
-            out = self._results(probs[idx], res["confidence"][idx], res["exit_index"][idx].tolist(),
-                                [nat.STOPS[s] for s in res["stopped_by"][idx].tolist()],
-                                [(None, conf[i], None, None) if conf is not None else (later[0], i, pol, self.answer)
-                                 for i in idx])
+            sel = slice(None) if len(idx) == res.shape[0] else idx  # every row (in order): views, no copies
+            stops = nat.STOPS
+            out = self._results(probs[sel], res["confidence"][sel], res["exit_index"][sel].tolist(),
+                                [stops[s] for s in res["stopped_by"][sel].tolist()],
+                                [(None, conf[i], None, None) for i in idx] if conf is not None else
+                                [(later[0], i, pol, self.answer) for i in idx])
             if row_mode:  # each row answered as it settled: the core's own latency and deadline per row
                 for r, i in zip(out, idx):
                     met = int(res["deadline_met"][i])
