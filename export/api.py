@@ -11,7 +11,8 @@ Steps, each printed when ``progress`` is on:
    split (:mod:`.quantize`);
 5. with ``format_version=2``: every section but the last split into its trunk and its exit head
    (:func:`.onnx_sections.split_head`; ``heads/h<k>.onnx``), each exit of the split graphs checked
-   against the unsplit ones on probe inputs;
+   against the unsplit ones on probe inputs; INT8 and fp16 then convert trunks and heads apart
+   (``int8/h<k>.onnx``: a head calibrated on the features it reads);
 6. the manifest, validated by the runtime's own schema, then the staged folder is opened with
    :func:`sdedge.runtime.open_bundle` (every checksum) and a probe batch runs through the runtime's
    ONNX Runtime backend, chained sections against ``full.onnx``: a disagreement refuses the bundle;
@@ -174,9 +175,6 @@ def _validate(cfg: ExportConfig) -> None:
     if cfg.format_version not in FORMAT_VERSIONS:
         raise ExportError(f"bundle format version must be one of {', '.join(map(str, FORMAT_VERSIONS))}, "
                           f"got {cfg.format_version!r}")
-    if cfg.format_version == 2 and (cfg.int8 or cfg.fp16):
-        raise ExportError("INT8 and fp16 copies are not written for format version 2 bundles yet (their exit heads "
-                          "would need their own quantized graphs); export with --format-version 1 for --int8/--fp16")
     if not (cfg.parity_tolerance > 0):
         raise ExportError(f"parity tolerance must be positive, got {cfg.parity_tolerance}")
     if cfg.int8:
@@ -302,17 +300,21 @@ def _half(cfg: ExportConfig, tmp: Path, staged: _Staged, say: Callable[[str], No
     (tmp / "fp16").mkdir()
     say(f"fp16: converting {len(staged.paths)} sections (float16 inside, float32 I/O)")
     for k, path in enumerate(staged.paths, start=1):
-        rel = f"fp16/s{k}.onnx"
-        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
-        data = model.SerializeToString()
-        (tmp / rel).write_bytes(data)
-        try:
-            ort_session(tmp / rel, cfg.threads)  # it must load: a converter bug is an export error, not a later one
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-            raise ExportError(f"the fp16 copy of section {k} does not load in onnxruntime: {e}") from None
-        staged.sizes["fp16"] = staged.sizes.get("fp16", 0) + len(data)
-        staged.files[rel] = sha256_bytes(data)
-        staged.sections[k - 1].fp16_file = rel
+        info = staged.sections[k - 1]
+        graphs = [(path, f"fp16/s{k}.onnx", f"section {k}", info)]
+        if info.head is not None:  # format version 2: the exit head apart, converted alike
+            graphs.append((tmp / info.head.file, f"fp16/h{k}.onnx", f"exit head {k}", info.head))
+        for src_path, rel, what, owner in graphs:
+            model = convert_float_to_float16(onnx.load(str(src_path)), keep_io_types=True)
+            data = model.SerializeToString()
+            (tmp / rel).write_bytes(data)
+            try:
+                ort_session(tmp / rel, cfg.threads)  # it must load: a converter bug is an export error, not a later one
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+                raise ExportError(f"the fp16 copy of {what} does not load in onnxruntime: {e}") from None
+            staged.sizes["fp16"] = staged.sizes.get("fp16", 0) + len(data)
+            staged.files[rel] = sha256_bytes(data)
+            owner.fp16_file = rel
 
 
 def _split_heads(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessions: list,
@@ -372,15 +374,22 @@ def _quantize(src: _Source, cfg: ExportConfig, tmp: Path, staged: _Staged, sessi
     _, calib_inputs = chain_logits(sessions, calib, collect_inputs=True)  # section k sees features_{k-1}
     (tmp / "int8").mkdir()
     settings = QuantizeSettings(per_channel=True, method=cfg.int8_method, target=cfg.int8_target)
-    int8_sessions = []
+    int8_sessions: list[Any] = []
     for k, (path, inputs) in enumerate(zip(staged.paths, calib_inputs), start=1):
-        rel = f"int8/s{k}.onnx"
-        quantize_section(path, tmp / rel, input_name(k), inputs, settings)
-        data_bytes = (tmp / rel).read_bytes()
-        staged.sizes["int8"] += len(data_bytes)
-        staged.files[rel] = sha256_bytes(data_bytes)
-        staged.sections[k - 1].int8_file = rel
-        int8_sessions.append(ort_session(tmp / rel, cfg.threads))
+        info = staged.sections[k - 1]
+        # format version 2: the exit head apart, calibrated on the features it reads (the next section's input)
+        graphs = [(path, f"int8/s{k}.onnx", input_name(k), inputs, info)]
+        if info.head is not None:
+            graphs.append((tmp / info.head.file, f"int8/h{k}.onnx", features_name(k), calib_inputs[k], info.head))
+        pair = []
+        for src_path, rel, name, feed, owner in graphs:
+            quantize_section(src_path, tmp / rel, name, feed, settings)
+            data_bytes = (tmp / rel).read_bytes()
+            staged.sizes["int8"] += len(data_bytes)
+            staged.files[rel] = sha256_bytes(data_bytes)
+            owner.int8_file = rel
+            pair.append(ort_session(tmp / rel, cfg.threads))
+        int8_sessions.append(tuple(pair) if len(pair) == 2 else pair[0])
     n = len(data.val_images) if cfg.int8_eval_samples is None else cfg.int8_eval_samples
     idx = pick(len(data.val_images), n, seed=2)
     say(f"INT8: accuracy FP32 vs INT8 on {len(idx)} validation images")
@@ -425,6 +434,10 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
             t = time.perf_counter()
             rows, chain_full, desc, parity_record = _check_parity(src, cfg, tmp, sessions, say)
             timings["parity"] = time.perf_counter() - t
+        if cfg.format_version == 2:  # before INT8 and fp16, which then convert trunks and heads apart
+            t = time.perf_counter()
+            _split_heads(src, cfg, tmp, staged, sessions, say)
+            timings["split_heads"] = time.perf_counter() - t
         int8_rows, n_eval, int8_record = None, 0, None
         if cfg.int8:
             t = time.perf_counter()
@@ -434,10 +447,6 @@ def export_bundle(cfg: ExportConfig) -> ExportResult:
             t = time.perf_counter()
             _half(cfg, tmp, staged, say)
             timings["fp16"] = time.perf_counter() - t
-        if cfg.format_version == 2:
-            t = time.perf_counter()
-            _split_heads(src, cfg, tmp, staged, sessions, say)
-            timings["split_heads"] = time.perf_counter() - t
         del sessions
 
         t = time.perf_counter()

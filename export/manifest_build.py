@@ -33,6 +33,8 @@ class HeadInfo:
     logits_shape: list[int | None]
     macs: int | None
     params: int
+    int8_file: str | None = None
+    fp16_file: str | None = None
 
 
 @dataclass
@@ -100,7 +102,8 @@ def build_manifest(meta: dict[str, Any], name: str, checkpoint_file: str, checkp
         head = None
         if s.head is not None:
             head = HeadSpec(s.head.file, s.head.sha256, TensorSpec(features_name(s.index), tuple(s.head.features_shape)),
-                            TensorSpec(logits_name(s.index), tuple(s.head.logits_shape)), s.head.macs, s.head.params)
+                            TensorSpec(logits_name(s.index), tuple(s.head.logits_shape)), s.head.macs, s.head.params,
+                            s.head.int8_file, s.head.fp16_file)
         specs.append(SectionSpec(
             s.index, s.file, s.sha256, TensorSpec(input_name(s.index), tuple(s.input_shape)),
             TensorSpec(features_name(s.index), tuple(s.features_shape)) if s.features_shape is not None else None,

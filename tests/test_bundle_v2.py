@@ -258,14 +258,31 @@ def test_malformed_version_2_manifests(bundle_v2: Path, mutate, message) -> None
         validate_manifest(raw)
 
 
+def test_int8_and_fp16_copies_of_trunks_and_heads(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from sdedge.export import ExportConfig, export_bundle
+
+    res = export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(tmp_path / "b"), format_version=2,
+                                     int8=True, fp16=True, int8_samples=64, int8_eval_samples=64))
+    b = open_bundle(res.bundle_path)  # every copy checksummed
+    for s in b.manifest.sections:
+        assert s.int8_file == f"int8/s{s.index}.onnx" and s.fp16_file == f"fp16/s{s.index}.onnx"
+        if s.head is not None:
+            assert s.head.int8_file == f"int8/h{s.index}.onnx" and s.head.fp16_file == f"fp16/h{s.index}.onnx"
+            assert b.head_path(s.index, "int8").is_file() and b.head_path(s.index, "fp16-graph").is_file()
+    assert len(res.int8) == b.manifest.num_exits and all(r.top1_agreement > 0.5 for r in res.int8)
+    x = images(res.bundle_path, 16)
+    with AnytimeSession(res.bundle_path, precision="int8", **PY) as s:
+        count = Counting(s)
+        assert s.backend.split_heads
+        r = s.infer(x, threshold=0.0)  # every row stops at exit 1: trunk 1 and head 1 of the INT8 graphs
+        assert count.trunks == [1] and count.heads == [1] and all(v.exit_index == 1 for v in r)
+        assert np.isfinite(s.infer_all_exits(x)).all()
+
+
 def test_what_does_not_take_version_2_yet_says_so(tiny_checkpoint: Path, bundle_v2: Path, tmp_path: Path) -> None:
     from sdedge.export import ExportConfig, export_bundle
     from sdedge.runtime.backends.tensorrt import TensorRTBackend
 
-    for flags in (dict(int8=True), dict(fp16=True)):
-        with pytest.raises(ExportError, match="format version 2"):
-            export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(tmp_path / "x"), format_version=2,
-                                       **flags))
     with pytest.raises(ExportError, match="format version must be one of 1, 2"):
         export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(tmp_path / "x"), format_version=3))
     with pytest.raises(BackendError, match="format version 2.*--format-version 1"):
