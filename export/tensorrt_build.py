@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..runtime.engine_cache import import_tensorrt as _import_tensorrt
 from ..common.errors import ExportError
 from ..common.progress import reporter
-from ..runtime.manifest import input_name
+from ..runtime.manifest import features_name, input_name
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -102,7 +102,7 @@ def build_engines(bundle: str | Path, precision: str = "fp16", min_batch: int = 
     from ..common.atomic import staging_dir
     from ..common.hostinfo import gpu_name
     from ..runtime.bundle import open_bundle
-    from ..runtime.engine_cache import KEY_FILE, cached_engines, engine_cache_dir, engine_path
+    from ..runtime.engine_cache import KEY_FILE, cached_engines, engine_cache_dir, engine_path, head_engine_path
 
     say = reporter(progress, "[sdedge build-engines]")
     if precision not in PRECISIONS:
@@ -114,12 +114,10 @@ def build_engines(bundle: str | Path, precision: str = "fp16", min_batch: int = 
         raise ExportError(f"workspace must be at least 1 MB, got {workspace_mb}")
     b = open_bundle(bundle)  # never build from files that fail their checksums
     man = b.manifest
-    if man.split_heads:
-        raise ExportError(f"{b.path} is a format version 2 bundle (exit heads as graphs of their own), which the "
-                          f"TensorRT engine builder does not build yet; export with --format-version 1 for TensorRT")
     trt = import_tensorrt()
     typed_fp16 = precision == "fp16" and tensorrt_major(trt) >= 11
-    if typed_fp16 and not all(s.fp16_file for s in man.sections):
+    heads = [s.index for s in man.sections if s.head is not None]  # format version 2: head engines too
+    if typed_fp16 and not all(s.fp16_file and (s.head is None or s.head.fp16_file) for s in man.sections):
         raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks only (BuilderFlag.FP16 is gone): "
                           f"fp16 engines need the float16 section graphs of `sdedge export --fp16`, which {b.path} "
                           f"does not have; re-export with --fp16, or build --fp32 / --int8 engines")
@@ -132,31 +130,40 @@ def build_engines(bundle: str | Path, precision: str = "fp16", min_batch: int = 
             sha = man.files[s.int8_file] if precision == "int8" else s.sha256  # type: ignore[index]
         sources[f"s{s.index}"] = sha
         paths.append(path)
+    for k in heads:
+        h = man.sections[k - 1].head
+        assert h is not None
+        path = b.head_path(k, "fp16-graph" if typed_fp16 else precision)  # type: ignore[assignment]
+        sources[f"h{k}"] = (man.files[h.fp16_file] if typed_fp16 else man.files[h.int8_file]  # type: ignore[index]
+                            if precision == "int8" else h.sha256)
+        paths.append(path)
     gpu = gpu_name(device)
     folder = engine_cache_dir(b.path, precision, trt_version=str(trt.__version__), gpu=gpu)
     profile = {"min": min_batch, "opt": opt_batch, "max": max_batch}
     expect = {"profile": profile, "sources": sources}
-    cached = None if force else cached_engines(b.path, precision, man.num_exits, expect,
+    cached = None if force else cached_engines(b.path, precision, man.num_exits, expect, heads,
                                                trt_version=str(trt.__version__), gpu=gpu)
     key = {"key": folder.name, "tensorrt_version": str(trt.__version__), "gpu": gpu, "precision": precision,
            "profile": profile, "sources": sources, "workspace_mb": workspace_mb}
     if cached is not None:
         say(f"engines for {folder.name} are up to date in {folder}; nothing to build (use --force to rebuild)")
         return EngineBuildResult(b.path, precision, folder, cached, False, key)
-    say(f"building {man.num_exits} {precision} engines with TensorRT {trt.__version__} on {gpu} "
+    say(f"building {len(paths)} {precision} engines with TensorRT {trt.__version__} on {gpu} "
         f"(batch {min_batch}/{opt_batch}/{max_batch}) into {folder}")
     logger = trt.Logger(trt.Logger.WARNING)
     seconds = []
     with staging_dir(folder) as tmp:
-        for k, src in enumerate(paths, start=1):
+        targets = [(engine_path(tmp, k), f"section {k} ({input_name(k)})") for k in range(1, man.num_exits + 1)]
+        targets += [(head_engine_path(tmp, k), f"exit head {k} ({features_name(k)})") for k in heads]
+        for src, (dst, what) in zip(paths, targets):
             t = time.perf_counter()
             data = _build_one(trt, src, precision, (min_batch, opt_batch, max_batch), workspace_mb, logger)
-            engine_path(tmp, k).write_bytes(data)
+            dst.write_bytes(data)
             seconds.append(time.perf_counter() - t)
-            say(f"  section {k} ({input_name(k)}): {len(data) / 1e6:.2f} MB in {seconds[-1]:.1f} s")
+            say(f"  {what}: {len(data) / 1e6:.2f} MB in {seconds[-1]:.1f} s")
         key["built"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         key["build_seconds"] = [round(s, 3) for s in seconds]
         (tmp / KEY_FILE).write_text(json.dumps(key, indent=2, sort_keys=True) + "\n", "utf-8")
-    engines = [engine_path(folder, k) for k in range(1, man.num_exits + 1)]
+    engines = [engine_path(folder, k) for k in range(1, man.num_exits + 1)] + [head_engine_path(folder, k) for k in heads]
     say(f"done: {folder}")
     return EngineBuildResult(b.path, precision, folder, engines, True, key, seconds)

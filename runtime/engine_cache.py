@@ -1,7 +1,8 @@
 """Where a bundle's TensorRT engines live, so ``sdedge build-engines`` and the TensorRT backend agree.
 
 A TensorRT engine is only valid for the TensorRT version and GPU it was built with, so engines are cached
-inside the bundle under ``engines/<key>/s{k}.engine``, where the key names all three things that make
+inside the bundle under ``engines/<key>/s{k}.engine`` (and ``h{k}.engine`` for the exit heads of a format
+version 2 bundle), where the key names all three things that make
 an engine reusable::
 
     engines/trt10.3.0.30-nvidia-jetson-orin-nano-developer-kit-fp16/
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..common.hostinfo import gpu_name, slug
 from ..common.errors import BackendError
@@ -84,6 +85,11 @@ def engine_path(cache_dir: str | os.PathLike, section: int) -> Path:
     return Path(cache_dir) / f"s{section}.engine"
 
 
+def head_engine_path(cache_dir: str | os.PathLike, section: int) -> Path:
+    """The engine file of section ``section``'s exit head (bundle format version 2) in a cache folder."""
+    return Path(cache_dir) / f"h{section}.engine"
+
+
 def read_key(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The folder's ``key.json``, or None where it is missing or unreadable (treated as stale)."""
     p = Path(cache_dir) / KEY_FILE
@@ -95,10 +101,12 @@ def read_key(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def cached_engines(bundle_path: str | os.PathLike, precision: str, num_sections: int,
-                   expect: dict[str, Any] | None = None, **key_kw: Any) -> list[Path] | None:
+                   expect: dict[str, Any] | None = None, heads: Sequence[int] = (), **key_kw: Any) -> list[Path] | None:
     """The engine files when the cache is complete and its ``key.json`` matches ``expect``; else None.
 
     ``expect`` holds the fields that must equal those in ``key.json`` (e.g. ``profile`` and ``sources``).
+    ``heads``: the sections whose exit heads are graphs of their own (format version 2); their engines follow
+    the sections' in the list, in that order.
     """
     folder = engine_cache_dir(bundle_path, precision, **key_kw)
     key = read_key(folder)
@@ -107,5 +115,5 @@ def cached_engines(bundle_path: str | os.PathLike, precision: str, num_sections:
     for k, v in (expect or {}).items():
         if key.get(k) != v:
             return None
-    files = [engine_path(folder, k) for k in range(1, num_sections + 1)]
+    files = [engine_path(folder, k) for k in range(1, num_sections + 1)] + [head_engine_path(folder, k) for k in heads]
     return files if all(f.is_file() and f.stat().st_size > 0 for f in files) else None

@@ -263,3 +263,43 @@ def test_int8_engines_are_built_from_the_symmetric_int8_graph(tiny_checkpoint, t
         got, want = s.infer_all_exits(x), ref.infer_all_exits(x)
         spread = float(np.sqrt(np.mean((want - want.mean(-1, keepdims=True)) ** 2)))
         assert float(np.sqrt(np.mean((got - want) ** 2))) < 0.1 * spread  # same quantization grid, up to rounding
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_version_2_bundle_gets_head_engines_and_runs_them_only_where_needed(tiny_checkpoint, tmp_path, monkeypatch,
+                                                                            precision):
+    """Bundle format version 2 on TensorRT: build-engines builds an engine per exit head (``h{k}.engine``) beside
+    the trunks'; the backend runs a head only where the session needs that exit's logits, and answers as
+    ONNX Runtime does on the same bundle."""
+    from sdedge.export import ExportConfig, build_engines, export_bundle
+    from sdedge.runtime import AnytimeSession
+
+    trt = fake_tensorrt.install(monkeypatch)
+    bundle = Path(export_bundle(ExportConfig(checkpoint=str(tiny_checkpoint), output=str(tmp_path / "v2"),
+                                             format_version=2, int8=precision == "int8", int8_samples=64,
+                                             int8_eval_samples=32)).bundle_path)
+    res = build_engines(bundle, precision, max_batch=4)
+    k = res.key["sources"]
+    assert sorted(k) == ["h1", "h2", "s1", "s2", "s3"] and [p.name for p in res.engines] == \
+        ["s1.engine", "s2.engine", "s3.engine", "h1.engine", "h2.engine"]
+    assert not build_engines(bundle, precision, max_batch=4).built  # the cache counts the head engines too
+    opts = dict(backend="tensorrt", precision=precision, warmup=1, max_batch=4)
+    ref_opts = dict(backend="onnxruntime", precision=precision, warmup=0, engine="python")
+    with AnytimeSession(bundle, **opts) as s, AnytimeSession(bundle, **ref_opts) as ref:
+        assert s.backend.split_heads
+        x = images(s, 4, seed=3)
+        for kw in ({}, {"threshold": 0.5}, {"threshold": [None, 0.6]}, {"budget_ms": 60_000.0}):
+            ra, rb = s.infer(x, **kw), ref.infer(x, **kw)
+            assert [r.exit_index for r in ra] == [r.exit_index for r in rb]
+            if precision == "fp32":
+                assert [r.label for r in ra] == [r.label for r in rb]
+        heads = s.backend._head_contexts
+        before = [len(c.runs) for c in heads if c is not None]
+        s.infer(x, budget_ms=60_000.0)  # no full graph on TensorRT: the trunks and no intermediate head
+        assert [len(c.runs) for c in heads if c is not None] == before
+        s.infer(x[:1], budget_ms=1e-6)  # a stop at exit 1: its head runs once
+        assert [len(c.runs) for c in heads if c is not None] == [before[0] + 1, before[1]]
+    (res.cache_dir / "h2.engine").unlink()  # a head's engine missing: the cache is incomplete
+    with pytest.raises(BackendError, match="no complete TensorRT engine cache"):
+        AnytimeSession(bundle, **opts)
+    assert not trt.log

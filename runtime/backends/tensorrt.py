@@ -1,4 +1,5 @@
-"""TensorRT backend (TensorRT 10 Python API): one engine and one execution context per section.
+"""TensorRT backend (TensorRT 10 Python API): one engine and one execution context per section (and per exit
+head of a format version 2 bundle, ``h{k}.engine``: run only where the session needs that exit's logits).
 
 Engines are built on the target by ``sdedge build-engines`` and cached in the bundle under
 ``engines/<key>/s{k}.engine`` (:mod:`sdedge.runtime.engine_cache` names the folder after TensorRT
@@ -198,10 +199,12 @@ def gather_rows(cuda: Any, dst: int, src: int, row_bytes: int, rows: np.ndarray,
 
 # -- engines ----------------------------------------------------------------------------------------------
 def engine_files(bundle: Any, precision: str) -> list[Path]:
-    """The cached engine of every section for ``precision`` on this GPU and TensorRT version."""
+    """The cached engine of every section for ``precision`` on this GPU and TensorRT version, then those of the
+    exit heads of a format version 2 bundle (sections 1..K-1, in order)."""
     from ..engine_cache import cached_engines, engine_cache_dir
 
-    files = cached_engines(bundle.path, precision, bundle.manifest.num_exits)
+    heads = [s.index for s in bundle.manifest.sections if s.head is not None]
+    files = cached_engines(bundle.path, precision, bundle.manifest.num_exits, heads=heads)
     if files is None:
         folder = engine_cache_dir(bundle.path, precision)
         raise BackendError(f"no complete TensorRT engine cache for {precision} in {folder}; build the engines on "
@@ -224,19 +227,24 @@ def engines_ready(bundle: Any, precision: str) -> bool:
     return True
 
 
-def check_engine_io(trt: Any, engine: Any, manifest: Any, k: int, path: Path) -> None:
-    """Refuse an engine whose I/O tensors are not what the manifest says section ``k`` has: their number,
-    names, directions (input/output), float32 dtypes and non-batch dimensions; the error names the section,
-    the tensor and the engine file (as the ONNX Runtime backend does for graphs)."""
+def check_engine_io(trt: Any, engine: Any, manifest: Any, k: int, path: Path, head: bool = False) -> None:
+    """Refuse an engine whose I/O tensors are not what the manifest says section ``k`` (or, ``head``, its exit
+    head of format version 2) has: their number, names, directions (input/output), float32 dtypes and
+    non-batch dimensions; the error names the section, the tensor and the engine file (as the ONNX Runtime
+    backend does for graphs)."""
     last = k == manifest.num_exits
     spec = manifest.sections[k - 1]
-    want: dict[str, tuple[Any, tuple[int, ...]]] = {
-        input_name(k): (trt.TensorIOMode.INPUT, tuple(int(d) for d in spec.input.shape[1:]))}
-    if not last:
-        want[features_name(k)] = (trt.TensorIOMode.OUTPUT,
-                                  tuple(int(d) for d in spec.features.shape[1:]))  # type: ignore[union-attr]
-    want[logits_name(k)] = (trt.TensorIOMode.OUTPUT, (manifest.num_classes,))
-    where = f"section {k} ({path})"
+    feats = None if last else tuple(int(d) for d in spec.features.shape[1:])  # type: ignore[union-attr]
+    want: dict[str, tuple[Any, tuple[int, ...]]] = {}
+    if head:
+        want[features_name(k)] = (trt.TensorIOMode.INPUT, feats)  # type: ignore[assignment]
+    else:
+        want[input_name(k)] = (trt.TensorIOMode.INPUT, tuple(int(d) for d in spec.input.shape[1:]))
+        if not last:
+            want[features_name(k)] = (trt.TensorIOMode.OUTPUT, feats)  # type: ignore[assignment]
+    if head or spec.head is None:  # a version-2 trunk returns its features only
+        want[logits_name(k)] = (trt.TensorIOMode.OUTPUT, (manifest.num_classes,))
+    where = f"the exit head of section {k} ({path})" if head else f"section {k} ({path})"
     n = int(engine.num_io_tensors)
     names = [engine.get_tensor_name(i) for i in range(n)]
     if sorted(names) != sorted(want):
@@ -274,10 +282,6 @@ class TensorRTBackend(Backend):
         self.options = opts = options or BackendOptions()
         if opts.precision not in ("fp32", "fp16", "int8"):
             raise BackendError(f"the tensorrt backend runs precision fp32, fp16 or int8, not {opts.precision!r}")
-        if bundle.manifest.split_heads:
-            raise BackendError(f"{bundle.path} is a format version 2 bundle (exit heads as graphs of their own), which "
-                               f"the tensorrt backend does not run yet; export with --format-version 1 for TensorRT, "
-                               f"or use backend='onnxruntime'")
         trt = import_tensorrt()
         self._cuda = cuda = import_cuda()
         self.bundle = bundle
@@ -288,22 +292,34 @@ class TensorRTBackend(Backend):
         runtime = trt.Runtime(self._logger)
         man = bundle.manifest
         self._engines, self._contexts = [], []
+        # format version 2: section k's exit head as an engine of its own (index k-1; None where it is inside)
+        self._head_engines: list[Any] = [None] * man.num_exits
+        self._head_contexts: list[Any] = [None] * man.num_exits
+        heads = [s.index for s in man.sections if s.head is not None]
         with cuda.current():
-            for k, path in enumerate(engine_files(bundle, opts.precision), start=1):
+            files = engine_files(bundle, opts.precision)
+            jobs = [(k, path, False) for k, path in enumerate(files[:man.num_exits], start=1)]
+            jobs += [(k, path, True) for k, path in zip(heads, files[man.num_exits:])]
+            for k, path, is_head in jobs:
                 engine = runtime.deserialize_cuda_engine(path.read_bytes())
                 if engine is None:
                     raise BackendError(f"TensorRT {trt.__version__} could not deserialize {path} (built by another "
                                        f"TensorRT version or for another GPU?); rebuild with `sdedge build-engines`")
-                check_engine_io(trt, engine, man, k, path)
-                self._engines.append(engine)
+                check_engine_io(trt, engine, man, k, path, is_head)
                 ctx = engine.create_execution_context()
                 if ctx is None:
                     raise BackendError(f"TensorRT could not create an execution context for section {k} ({path}): "
                                        f"out of GPU memory?")
-                self._contexts.append(ctx)
-        # every section's optimisation profile: run at least its minimum rows, at most its maximum
+                if is_head:
+                    self._head_engines[k - 1], self._head_contexts[k - 1] = engine, ctx
+                else:
+                    self._engines.append(engine)
+                    self._contexts.append(ctx)
+        # every engine's optimisation profile: run at least its minimum rows, at most its maximum
         ranges = [tuple(int(shape[0]) for shape in e.get_tensor_profile_shape(input_name(k), 0)[::2])
                   for k, e in enumerate(self._engines, start=1)]
+        ranges += [tuple(int(shape[0]) for shape in e.get_tensor_profile_shape(features_name(k), 0)[::2])
+                   for k, e in enumerate(self._head_engines, start=1) if e is not None]
         self.min_batch = max(lo for lo, _ in ranges)
         profile_max = min(hi for _, hi in ranges)
         if self.min_batch > profile_max:
@@ -357,35 +373,68 @@ class TensorRTBackend(Backend):
             self._cuda.h2d(self._out[0], x, self._stream)
         return DeviceBatch(self._out[0], tuple(x.shape), 0)
 
+    @property
+    def split_heads(self) -> bool:
+        return any(c is not None for c in self._head_contexts)
+
     def run_section(self, index: int, x: DeviceBatch) -> tuple[DeviceBatch | None, np.ndarray]:
         """Run section ``index`` on ``x``. Fewer rows than the engines' profile minimum run padded to it
         (the buffers hold ``max_batch`` rows; the padding rows' results are ignored)."""
-        ctx = self._contexts[index - 1]
+        if self._head_contexts[index - 1] is not None:  # format version 2: the trunk, then the head
+            feats = self.run_trunk(index, x)
+            return feats, self.run_head(index, feats)
         last = index == len(self._contexts)
         b = x.shape[0]
-        run_shape = (max(b, self.min_batch),) + tuple(x.shape[1:])
+        outputs = [(logits_name(index), self._logits_dev[index - 1])]
+        if not last:
+            outputs.append((features_name(index), self._out[index]))
         with self._cuda.current():
-            if not ctx.set_input_shape(input_name(index), run_shape):
-                raise BackendError(f"TensorRT refused input shape {list(run_shape)} for {input_name(index)} of "
-                                   f"section {index} (outside its optimisation profile "
-                                   f"{self._profile_text(index)})")
-            addresses = [(input_name(index), x.ptr), (logits_name(index), self._logits_dev[index - 1])]
-            if not last:
-                addresses.append((features_name(index), self._out[index]))
-            for name, ptr in addresses:
-                if not ctx.set_tensor_address(name, ptr):
-                    raise BackendError(f"TensorRT refused the address of tensor {name} of section {index}")
-            if not ctx.execute_async_v3(self._stream_handle):
-                raise BackendError(f"TensorRT failed running section {index} on {list(run_shape)} (see the TensorRT "
-                                   f"log above)")
-            host = self._logits_host[index - 1][:b]
-            self._cuda.d2h(host, self._logits_dev[index - 1], self._stream)
-            self._cuda.sync(self._stream)  # the one synchronisation of the section: its logits are needed now
+            self._execute(self._contexts[index - 1], index, input_name(index), x, outputs, f"section {index}")
+            host = self._logits_back(index, b)
         feats = None if last else DeviceBatch(self._out[index], (b,) + self._feat_shape[index], index)
-        return feats, host.copy()
+        return feats, host
 
-    def _profile_text(self, index: int) -> str:
-        lo, opt, hi = (list(s) for s in self._engines[index - 1].get_tensor_profile_shape(input_name(index), 0))
+    def run_trunk(self, index: int, x: DeviceBatch) -> DeviceBatch:
+        if self._head_contexts[index - 1] is None:
+            raise BackendError(f"section {index} has its exit head inside its engine: run_section runs it")
+        b = x.shape[0]
+        with self._cuda.current():  # the features stay on the device: no synchronisation here
+            self._execute(self._contexts[index - 1], index, input_name(index), x,
+                          [(features_name(index), self._out[index])], f"section {index}")
+        return DeviceBatch(self._out[index], (b,) + self._feat_shape[index], index)
+
+    def run_head(self, index: int, features: DeviceBatch) -> np.ndarray:
+        ctx = self._head_contexts[index - 1]
+        if ctx is None:
+            raise BackendError(f"section {index} has its exit head inside its engine: run_section runs it")
+        with self._cuda.current():
+            self._execute(ctx, index, features_name(index), features,
+                          [(logits_name(index), self._logits_dev[index - 1])], f"the exit head of section {index}")
+            return self._logits_back(index, features.shape[0])
+
+    def _execute(self, ctx: Any, index: int, in_name: str, x: DeviceBatch, outputs: list[tuple[str, int]],
+                 what: str) -> None:
+        """Enqueue one engine on ``x`` (padded to the profile's minimum rows), its outputs at ``outputs``."""
+        run_shape = (max(x.shape[0], self.min_batch),) + tuple(x.shape[1:])
+        if not ctx.set_input_shape(in_name, run_shape):
+            raise BackendError(f"TensorRT refused input shape {list(run_shape)} for {in_name} of {what} (outside "
+                               f"its optimisation profile {self._profile_text(index, in_name)})")
+        for name, ptr in [(in_name, x.ptr), *outputs]:
+            if not ctx.set_tensor_address(name, ptr):
+                raise BackendError(f"TensorRT refused the address of tensor {name} of {what}")
+        if not ctx.execute_async_v3(self._stream_handle):
+            raise BackendError(f"TensorRT failed running {what} on {list(run_shape)} (see the TensorRT log above)")
+
+    def _logits_back(self, index: int, b: int) -> np.ndarray:
+        """Exit ``index``'s logits of ``b`` rows to the host (the one synchronisation of a section: needed now)."""
+        host = self._logits_host[index - 1][:b]
+        self._cuda.d2h(host, self._logits_dev[index - 1], self._stream)
+        self._cuda.sync(self._stream)
+        return host.copy()
+
+    def _profile_text(self, index: int, in_name: str | None = None) -> str:
+        engine = self._engines[index - 1] if in_name in (None, input_name(index)) else self._head_engines[index - 1]
+        lo, opt, hi = (list(s) for s in engine.get_tensor_profile_shape(in_name or input_name(index), 0))
         return f"min {lo}, opt {opt}, max {hi}"
 
     def take_rows(self, x: DeviceBatch, rows: np.ndarray) -> DeviceBatch:
@@ -410,6 +459,8 @@ class TensorRTBackend(Backend):
             except BackendError:
                 pass
         self._contexts, self._engines = [], []
+        self._head_contexts = [None] * len(getattr(self, "_head_contexts", []))
+        self._head_engines = [None] * len(getattr(self, "_head_engines", []))
         for arr in getattr(self, "_logits_host", []):
             try:
                 cuda.free_host(arr)

@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="bundle format: 1 (default; each section graph returns its features and its exit's logits) or "
                         "2 (each exit head a graph of its own under heads/, so a runtime runs a head only where its "
                         "policy needs that exit: a deadline-only call runs one head, a call testing every exit pays for separate "
-                        "graphs; both engines run it, --int8/--fp16 convert trunks and heads apart; not yet TensorRT engines)")
+                        "graphs; both engines, --int8/--fp16 and build-engines handle trunks and heads apart)")
     p.add_argument("--name", default=None, help="model name in the manifest (default <backbone>-<dataset>-<method>)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime threads for the checks (default: all cores)")
