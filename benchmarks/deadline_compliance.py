@@ -19,7 +19,7 @@ scenarios (for ``batches``, at one row and at ``--max-rows`` rows, linearly betw
 sequence goes to every contender.
 
 Contenders, interleaved call by call in a shuffled order so that drift and the neighbour hit them alike:
-``new`` (the session as it is: :mod:`sdedge.runtime.policies`, rules 1-7), ``p99_prior`` (the same rules
+``new`` (the session as it is: :mod:`sdedge.runtime.policies`, rules 1-9), ``p99_prior`` (the same rules
 with the profile's p99 as rule 6's prior instead of its p90: what they were before), ``old`` (the same session with
 the estimator before issue 12: power-of-two batch buckets, a p99 ring refreshed every 16 samples, figures
 forgotten after 60 s without a sample; ``--no-old`` leaves it out) and ``trace`` (a third session running

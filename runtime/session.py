@@ -330,10 +330,14 @@ class AnytimeSession:
         results = self._call(prep.batch, pol, stop_at, t0)
         return results[0] if prep.single else results
 
+    def _deepest_only(self, pol: ConfidencePolicy) -> bool:
+        """Whether a call needs no exit but the deepest one's answer: no confidence stop before the deepest exit,
+        answer "last" (such a call may run ``full.onnx``: always without a deadline, under one by rule 9)."""
+        return not pol.active and self.answer == "last"
+
     def _no_policy(self, pol: ConfidencePolicy, stop_at: float | None) -> bool:
-        """Whether a call runs every row to the deepest exit and answers there alone: no deadline, no confidence
-        stop before the deepest exit, answer "last" (such a call may run ``full.onnx``)."""
-        return stop_at is None and not pol.active and self.answer == "last"
+        """Whether a call runs every row to the deepest exit and answers there alone: no deadline either."""
+        return stop_at is None and self._deepest_only(pol)
 
     def _call(self, xb: np.ndarray, pol: ConfidencePolicy, stop_at: float | None, t0: float) -> list[InferenceResult]:
         """One call of a prepared batch under one policy and deadline, on the session's engine."""
@@ -437,7 +441,7 @@ class AnytimeSession:
             return self._full_results(xb, pol, probs, res["confidence"], t0)
         # asking the core for every exit's confidence would run every exit head of a version-2 bundle, and keep a
         # deadline-only call off the full graph (rule 9); they are computed when first read instead
-        lazy = self.manifest.split_heads or (not row_mode and not pol.active and self.answer == "last")
+        lazy = self.manifest.split_heads or (not row_mode and self._deepest_only(pol))
         res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns, relay,
                                      exit_confidences=not lazy)
         results = rows_of(list(range(xb.shape[0])), res, probs, conf)
@@ -481,10 +485,9 @@ class AnytimeSession:
         clock = self.clock
         t1 = clock()
         backend, record, K = self.backend, self.estimator.record, self.num_exits
-        if full and row_thr is None and row_dl is None and backend.has_full and not pol.active and \
-                self.answer == "last" and (stop_at is None or self.deadline_policy.full_fits(xb.shape[0], clock(),
-                                                                                             stop_at)):
-            return self._run_full(xb, pol, t0, stop_at, prep_ms, t1)  # rule 9 under a deadline
+        if full and row_thr is None and row_dl is None and backend.has_full and self._deepest_only(pol) and \
+                (stop_at is None or self.deadline_policy.full_fits(xb.shape[0], clock(), stop_at)):
+            return self._run_full(xb, pol, t0, stop_at, prep_ms, t1)  # under a deadline: rule 9
         should_stop = self.deadline_policy.should_stop
         n_all = xb.shape[0]
         acc = np.zeros((n_all, len(self.classes)), np.float32) if self.answer == "ensemble" else None
@@ -531,6 +534,7 @@ class AnytimeSession:
         rows = np.arange(n_all)
         section_ms = 0.0
         h = backend.upload(xb)
+
         def head(k: int) -> np.ndarray:
             """Exit ``k``'s logits on the rows still running, its head run now (split heads)."""
             nonlocal section_ms

@@ -1,6 +1,6 @@
 // deadline.hpp: the deadline rule, a port of runtime/policies.py (_Cell, LatencyEstimator, DeadlinePolicy).
 //
-// The rules are those of the module docstring of runtime/policies.py (rules 1-8): per (section, exact row
+// The rules are those of the module docstring of runtime/policies.py (rules 1-9): per (section, exact row
 // count) cells that never age out; a cell's figure = max("higher" q-quantile, the larger of its last two
 // samples); a row count never measured borrows pessimistically from the measured ones; a stop charged to
 // a cell (its figure, not the profile's, made the cost not fit) trims the cell's largest sample every

@@ -433,7 +433,7 @@ int main() {
     CHECK(threw);
   }
 
-  // ---- the deadline rule (runtime/policies.py rules 1-7; unit_deadline.cpp has the full port's tests and
+  // ---- the deadline rule (runtime/policies.py rules 1-9; unit_deadline.cpp has the full port's tests and
   // replays Python's traces): no minimum sample count, exact row counts, no aging (no time argument at all)
   {
     LatencyEstimator est(2);
