@@ -64,8 +64,9 @@ sequence of samples and decisions (no clock enters them; the C++ core repeats th
    head's (a head not measured yet adds nothing), since going on to section s must leave time to stop
    there. The profile's figure stays the section with its head (``sdedge calibrate`` times both).
 9. *The whole network at once.* A call with a deadline and nothing else (no confidence stop before the
-   deepest exit, answer "last", one deadline for all its rows) on a backend that loaded ``full.onnx``
-   runs that one graph when, at its start, the whole chain fits: ``now + (full + overhead) <= deadline``
+   deepest exit, for any row; answer "last"; rows with deadlines of their own count by the earliest) on
+   a backend that loaded ``full.onnx`` runs that one graph when, at its start, the whole chain fits:
+   ``now + (full + overhead) <= deadline``
    with ``full`` the larger of the sum of every section's cost (rule 6, heads included) and the online
    figure of the full graph itself (its own cells, rules 1-3 and 5: a slowdown of the whole graph is felt
    as any section's is). It answers at the deepest exit, where the chain would have, without the

@@ -441,7 +441,7 @@ class AnytimeSession:
             return self._full_results(xb, pol, probs, res["confidence"], t0)
         # asking the core for every exit's confidence would run every exit head of a version-2 bundle, and keep a
         # deadline-only call off the full graph (rule 9); they are computed when first read instead
-        lazy = self.manifest.split_heads or (not row_mode and self._deepest_only(pol))
+        lazy = self.manifest.split_heads or (self._deepest_only(pol) and (row_thr is None or np.isnan(row_thr).all()))
         res, probs, conf = nat.infer(xb, nat.request(pol.criterion, thresholds), dl, row_thr, row_ns, relay,
                                      exit_confidences=not lazy)
         results = rows_of(list(range(xb.shape[0])), res, probs, conf)
@@ -485,9 +485,12 @@ class AnytimeSession:
         clock = self.clock
         t1 = clock()
         backend, record, K = self.backend, self.estimator.record, self.num_exits
-        if full and row_thr is None and row_dl is None and backend.has_full and self._deepest_only(pol) and \
-                (stop_at is None or self.deadline_policy.full_fits(xb.shape[0], clock(), stop_at)):
-            return self._run_full(xb, pol, t0, stop_at, prep_ms, t1)  # under a deadline: rule 9
+        if full and backend.has_full and self._deepest_only(pol) and (row_thr is None or np.isnan(row_thr).all()):
+            # only the deepest exit's answer is wanted: full.onnx, under a deadline if the whole network fits the
+            # earliest one (rule 9)
+            due = stop_at if row_dl is None or not np.isfinite(row_dl).any() else float(row_dl.min())
+            if due is None or self.deadline_policy.full_fits(xb.shape[0], clock(), due):
+                return self._run_full(xb, pol, t0, due, prep_ms, t1, row_dl, on_settled)
         should_stop = self.deadline_policy.should_stop
         n_all = xb.shape[0]
         acc = np.zeros((n_all, len(self.classes)), np.float32) if self.answer == "ensemble" else None
@@ -635,9 +638,12 @@ class AnytimeSession:
         return results
 
     def _run_full(self, xb: np.ndarray, pol: ConfidencePolicy, t0: float, stop_at: float | None = None,
-                  prep_ms: float = 0.0, t1: float = 0.0) -> list[InferenceResult]:
-        """A call on the full graph, every row answering at the deepest exit: with no policy, or (``stop_at``)
-        under a deadline the whole network fits (policies rule 9: timed into the full graph's own cells)."""
+                  prep_ms: float = 0.0, t1: float = 0.0, row_dl: np.ndarray | None = None,
+                  on_settled: Callable[[list[int], list[InferenceResult]], None] | None = None
+                  ) -> list[InferenceResult]:
+        """A call on the full graph, every row answering at the deepest exit: with no policy, or (``stop_at``, the
+        earliest deadline) under deadlines the whole network fits (policies rule 9: timed into the full graph's
+        own cells). Row mode (``row_dl``): each row's own deadline_met, every row settled at once."""
         K, clock = self.num_exits, self.clock
         ts = clock()
         logits = self.backend.run_full(self.backend.upload(xb))
@@ -646,20 +652,27 @@ class AnytimeSession:
             self.estimator.record_full(xb.shape[0], (t - ts) * 1e3)
         probs = pol.probs(K, logits)
         _check_finite(probs, [K] * xb.shape[0], xb)
-        results = self._full_results(xb, pol, probs, confidence(probs, pol.criterion), t0, stop_at)
+        results = self._full_results(xb, pol, probs, confidence(probs, pol.criterion), t0, stop_at, row_dl)
         if stop_at is not None:
             self.estimator.record(0, xb.shape[0], prep_ms + (clock() - t1) * 1e3 - (t - ts) * 1e3)
+        if on_settled is not None:
+            on_settled(list(range(xb.shape[0])), results)
         return results
 
     def _full_results(self, xb: np.ndarray, pol: ConfidencePolicy, probs: np.ndarray, conf: np.ndarray,
-                      t0: float, stop_at: float | None = None) -> list[InferenceResult]:
+                      t0: float, stop_at: float | None = None, row_dl: np.ndarray | None = None
+                      ) -> list[InferenceResult]:
         """The results of a call the full graph answered (both engines), whose exit confidences are computed
-        when first read."""
+        when first read; with ``row_dl`` each row's deadline_met is its own deadline's."""
         n = xb.shape[0]
         later = _AllExits(self, xb)
         results = self._results(probs, np.asarray(conf), [self.num_exits] * n, ["last"] * n,
                                 [(later, i, pol, self.answer) for i in range(n)])
-        self._finish(results, t0, stop_at, self.clock())
+        t_end = self.clock()
+        self._finish(results, t0, stop_at, t_end)
+        if row_dl is not None:
+            for r, d in zip(results, row_dl.tolist()):
+                r.deadline_met = None if math.isinf(d) else t_end <= d
         return results
 
     def infer_all_exits(self, x: Any) -> np.ndarray:

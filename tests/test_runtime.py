@@ -595,6 +595,14 @@ def test_a_deadline_the_whole_network_fits_runs_full_onnx(tiny_bundle: Path, eng
             np.testing.assert_allclose(ra.exit_confidences, rb.exit_confidences, rtol=1e-4, atol=1e-6)
         tight = s.infer(raw[0], budget_ms=1e-6)  # nothing fits: the floor answers, as before
         assert (tight.exit_index, tight.stopped_by, tight.deadline_met) == (1, "deadline", False)
+        # rows with their own deadlines and no threshold (a server's batch): the earliest deadline decides
+        settled: list[list[int]] = []
+        far = s.clock() + 60.0
+        rows = s.infer_rows(raw, deadlines=[far, None, far, far], on_settled=lambda idx, res: settled.append(idx))
+        assert settled == [[0, 1, 2, 3]] and [(r.exit_index, r.deadline_met) for r in rows] == \
+            [(k, True), (k, None), (k, True), (k, True)]
+        rows = s.infer_rows(raw, deadlines=[far, s.clock() - 1.0, None, far])  # one row already late
+        assert [(r.exit_index, r.stopped_by) for r in rows] == [(k, "last"), (1, "deadline"), (k, "last"), (k, "last")]
         if engine == "python":
             full_runs: list[int] = []
             run_full = s.backend.run_full
@@ -602,14 +610,16 @@ def test_a_deadline_the_whole_network_fits_runs_full_onnx(tiny_bundle: Path, eng
             s.infer(raw[0], budget_ms=60_000)
             assert full_runs == [1] and s.estimator.estimate_full(1) is not None
             s.infer(raw[0], budget_ms=60_000, threshold=1.0)  # a confidence test at every exit needs the sections
-            s.infer_rows(raw[:2], deadlines=[s.clock() + 60.0] * 2)  # per-row deadlines: the sections
+            s.infer_rows(raw[:2], thresholds=[None, 1.0], deadlines=[s.clock() + 60.0] * 2)  # a row threshold too
             assert full_runs == [1]
+            s.infer_rows(raw[:2], deadlines=[s.clock() + 60.0] * 2)  # per-row deadlines the whole network fits
+            assert full_runs == [1, 1]
             pol = s.deadline_policy
             assert pol.full_cost_ms(1) >= sum(pol.section_cost_ms(i, 1) for i in range(1, k + 1)) - 1e-12
             s.estimator.record_full(1, 1e6)  # a full graph that has become slow is charged its own figure
             assert pol.full_cost_ms(1) >= 1e6 and not pol.full_fits(1, 0.0, 100.0)
             s.infer(raw[0], budget_ms=60_000)
-            assert full_runs == [1]  # so the sections run again
+            assert full_runs == [1, 1]  # so the sections run again
 
 
 def test_a_full_graph_that_is_not_the_network_is_refused_naming_it(tiny_bundle: Path, tmp_path: Path,

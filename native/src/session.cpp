@@ -261,17 +261,22 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
   if (exit_conf) std::fill(exit_conf, exit_conf + n_all * K, std::numeric_limits<float>::quiet_NaN());
 
   TensorPtr h = backend_->upload(x, n_all);
-  // No confidence stop before the deepest exit, answer "last", no exit confidences wanted, and no deadline or
-  // one the whole network fits (rule 9): the deepest exit's answer from full.onnx, without the intermediate
-  // exit heads. Without a deadline the latency figures learn nothing from it; under one it is timed into the
+  // No confidence stop before the deepest exit (nor a row threshold), answer "last", no exit confidences
+  // wanted, and no deadline or an earliest deadline the whole network fits (rule 9): the deepest exit's answer
+  // from full.onnx, without the intermediate exit heads. Without a deadline the latency figures learn nothing from it; under one it is timed into the
   // full graph's own cells.
-  const bool full = backend_->has_full() && row_dl.empty() && !row_thr && !ensemble && !exit_conf &&
-                    !pol.stops_early() && (!d || deadline_->full_fits(n_all, clock(), *d));
+  bool no_row_thr = true;  // row mode: no row has a threshold either
+  for (std::int64_t i = 0; row_thr && no_row_thr && i < n_all * K; ++i) no_row_thr = std::isnan(row_thr[i]);
+  std::optional<double> due = d;  // the earliest deadline of the call or of its rows
+  for (const double r : row_dl)
+    if (std::isfinite(r)) due = due ? std::min(*due, r) : r;
+  const bool full = backend_->has_full() && no_row_thr && !ensemble && !exit_conf && !pol.stops_early() &&
+                    (!due || deadline_->full_fits(n_all, clock(), *due));
   double full_ms = 0.0;
   if (full) {
     const double ts = clock();
     backend_->run_full(*h, logits_);
-    if (d) {
+    if (due) {
       full_ms = (clock() - ts) * 1e3;
       deadline_->record_full(n_all, full_ms);
     }
@@ -280,6 +285,13 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
       out_conf[r] = confidence_of(out_probs.data() + r * nc, C, pol.criterion);
       out_exit[r] = K;
       out_why[r] = kStopLast;
+    }
+    if (row_mode) {  // every row settles now, each against its own deadline
+      const double t = clock();
+      settled.resize(static_cast<std::size_t>(n_all));
+      std::iota(settled.begin(), settled.end(), 0);
+      for (const std::int64_t r : settled) finalize(static_cast<std::size_t>(r), t);
+      if (call.on_rows) call.on_rows(call.on_rows_user, n_all, settled.data());
     }
   }
   for (int k = 1; !full && k <= K; ++k) {
@@ -419,7 +431,7 @@ void Session::run(const float *x, std::int64_t n_all, const CallStart &call, dou
   }
   const double t_end = clock();
   if (!full) deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - section_ms);
-  else if (d) deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - full_ms);
+  else if (due) deadline_->record(0, n_all, prep_ms + rounded((t_end - t1) * 1e3) - full_ms);
   if (row_mode) return;  // every row was answered as it settled
   const double latency = (t_end - t0) * 1e3;
   const std::int32_t met = d ? (t_end <= *d ? 1 : 0) : -1;

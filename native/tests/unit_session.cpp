@@ -371,6 +371,22 @@ int main() {
     s.infer_f32(x, 2, tight, r, probs);
     CHECK(be->full_runs == 2 && be->seen.size() == 10 && r[0].exit_index == 1 && r[0].stopped_by == kStopDeadline);
     be->sleep_ms = {0, 0, 0};
+    {  // rows with their own deadlines and no threshold: the earliest deadline decides, every row settles at once
+      const std::int64_t far = now_ns() + 60'000'000'000LL;
+      const std::int64_t dls[2] = {far, 0};
+      InferRequest rows;
+      rows.row_deadlines_ns = dls;
+      struct Seen { int calls = 0; std::int64_t count = 0; } seen_rows;
+      rows.on_rows = [](void *u, std::int64_t count, const std::int64_t *) {
+        auto *sr = static_cast<Seen *>(u);
+        ++sr->calls;
+        sr->count += count;
+      };
+      rows.on_rows_user = &seen_rows;
+      s.infer_f32(x, 2, rows, r, probs);
+      CHECK(be->full_runs == 3 && seen_rows.calls == 1 && seen_rows.count == 2);
+      CHECK(r[0].exit_index == kK && r[0].deadline_met == 1 && r[1].deadline_met == -1 && r[1].label == 0);
+    }
     cfg.answer = Answer::Ensemble;  // the ensemble answer needs every exit
     auto fb2 = std::make_unique<FakeBackend>();
     FakeBackend *be2 = fb2.get();
