@@ -113,7 +113,8 @@ def open_sessions(bundle: Any, args: argparse.Namespace) -> dict[str, AnytimeSes
     for name in ("new", "p99_prior", "old", "trace"):
         if name == "old" and args.no_old:
             continue
-        be = create_backend(bundle, "onnxruntime", opts.for_backend())
+        # the old estimator predates rule 9 (the whole network as full.onnx): its session has no full graph
+        be = create_backend(bundle, "onnxruntime", (opts.replace(full_graph=False) if name == "old" else opts).for_backend())
         s = AnytimeSession(bundle, opts, backend=B.TracingBackend(be) if name == "trace" else be)
         if args.no_profile:
             s.profile = s.deadline_policy.profile = None

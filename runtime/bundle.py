@@ -17,7 +17,7 @@ from ..common.atomic import clean_stale_staging, staging_dir
 from ..common.digest import sha256_bytes, sha256_file
 from ..common.errors import BundleError, ChecksumError
 from ..common import jsonio
-from .manifest import MANIFEST_NAME, Manifest, check_relpath, validate_manifest
+from .manifest import MANIFEST_NAME, HeadSpec, Manifest, SectionSpec, check_relpath, validate_manifest
 
 CALIBRATION_NAME = "calibration.json"
 PROFILES_DIR = "profiles"
@@ -35,41 +35,33 @@ class Bundle:
         return self.path / check_relpath(rel, "file")
 
     def section_path(self, index: int, precision: str = "fp32") -> Path:
-        """Path of 1-based section ``index``; ``precision='int8'`` picks the QDQ copy."""
-        spec = self.manifest.sections[index - 1]
-        if precision == "int8":
-            if not spec.int8_file:
-                raise BundleError(f"bundle {self.path} has no INT8 sections; export with --int8")
-            return self.file(spec.int8_file)
-        if precision not in ("fp32", "fp16"):
-            raise BundleError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
-        return self.file(spec.file)
+        """Path of 1-based section ``index``; ``precision='int8'`` picks the QDQ copy, ``'fp16-graph'`` the
+        float16 one."""
+        return self._graph(self.manifest.sections[index - 1], precision)
 
     def head_path(self, index: int, precision: str = "fp32") -> Path | None:
         """Path of section ``index``'s exit-head graph (format version 2; None where the head is inside the
-        section's graph); ``precision='int8'`` picks the QDQ copy, ``'fp16-graph'`` the float16 one."""
+        section's graph), ``precision`` as in :meth:`section_path`."""
         head = self.manifest.sections[index - 1].head
-        if head is None:
-            return None
-        if precision == "int8":
-            if not head.int8_file:
-                raise BundleError(f"bundle {self.path} has no INT8 sections; export with --int8")
-            return self.file(head.int8_file)
-        if precision == "fp16-graph":
-            if not head.fp16_file:
-                raise BundleError(f"bundle {self.path} has no fp16 section graphs; export with --fp16")
-            return self.file(head.fp16_file)
-        if precision not in ("fp32", "fp16"):
-            raise BundleError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
-        return self.file(head.file)
+        return None if head is None else self._graph(head, precision)
 
     def fp16_section_path(self, index: int) -> Path:
         """Path of section ``index``'s float16 graph (float32 I/O), written by ``sdedge export --fp16``: what
         TensorRT 11, whose networks are strongly typed, builds fp16 engines from."""
-        spec = self.manifest.sections[index - 1]
-        if not spec.fp16_file:
-            raise BundleError(f"bundle {self.path} has no fp16 section graphs; export with --fp16")
-        return self.file(spec.fp16_file)
+        return self.section_path(index, "fp16-graph")
+
+    def _graph(self, graph: SectionSpec | HeadSpec, precision: str) -> Path:
+        if precision == "int8":
+            if not graph.int8_file:
+                raise BundleError(f"bundle {self.path} has no INT8 sections; export with --int8")
+            return self.file(graph.int8_file)
+        if precision == "fp16-graph":
+            if not graph.fp16_file:
+                raise BundleError(f"bundle {self.path} has no fp16 section graphs; export with --fp16")
+            return self.file(graph.fp16_file)
+        if precision not in ("fp32", "fp16"):
+            raise BundleError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
+        return self.file(graph.file)
 
     @property
     def has_full(self) -> bool:

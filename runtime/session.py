@@ -496,7 +496,7 @@ class AnytimeSession:
         acc = np.zeros((n_all, len(self.classes)), np.float32) if self.answer == "ensemble" else None
         trace = _Trace(self, xb)  # per section: (rows it ran, their logits or None where its head did not run)
         split = backend.split_heads
-        record_head = self.estimator.record_head
+        record_head = self.estimator.record_head if split else None
         thr32 = pol.thresholds32
         groups: list[tuple[np.ndarray, int, np.ndarray, np.ndarray, str]] = []  # (rows, exit, probs, conf, why)
 
@@ -544,7 +544,7 @@ class AnytimeSession:
             ts = clock()
             lg = backend.run_head(k, h)
             dt = (clock() - ts) * 1e3
-            record_head(k, rows.size, dt)
+            record_head(k, rows.size, dt)  # type: ignore[misc]  # bound where heads are split
             section_ms += dt
             trace[-1] = (rows, lg)
             return lg
