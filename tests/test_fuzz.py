@@ -113,6 +113,21 @@ def valid_manifest(k: int = 3, classes: int = 4) -> dict:
     }
 
 
+def valid_manifest_v2(k: int = 3, classes: int = 4) -> dict:
+    """The same model as format version 2: sections 1..K-1 return their features, each exit head a graph apart."""
+    m = valid_manifest(k, classes)
+    m["format_version"] = 2
+    for s in m["sections"][:-1]:
+        feats, logits = s["outputs"]
+        s["outputs"] = [feats]
+        s["head"] = {"file": f"heads/h{s['index']}.onnx", "sha256": f"{s['index'] + 7:064x}", "inputs": [feats],
+                     "outputs": [logits], "macs": 10, "params": 2,
+                     **({"int8_file": f"int8/h{s['index']}.onnx"} if s.get("int8_file") else {})}
+        if s.get("int8_file"):
+            m["files"][f"int8/h{s['index']}.onnx"] = {"sha256": "d" * 64}
+    return m
+
+
 def _validate_or_bundle_error(raw: Any) -> None:
     try:
         m = validate_manifest(raw)
@@ -126,6 +141,8 @@ def _validate_or_bundle_error(raw: Any) -> None:
 
 def test_the_fuzzing_template_is_valid() -> None:
     assert validate_manifest(valid_manifest()).num_exits == 3
+    v2 = validate_manifest(valid_manifest_v2())
+    assert v2.num_exits == 3 and v2.split_heads and v2.sections[0].head.int8_file == "int8/h1.onnx"
 
 
 @FUZZ
@@ -144,6 +161,12 @@ def test_manifest_reader_on_arbitrary_fields_of_a_v1_manifest(extra) -> None:
 @given(data=st.data())
 def test_manifest_reader_on_mutated_valid_manifests(data) -> None:
     _validate_or_bundle_error(mutate(data, valid_manifest(k=data.draw(st.integers(1, 3)))))
+
+
+@FUZZ
+@given(data=st.data())
+def test_manifest_reader_on_mutated_version_2_manifests(data) -> None:
+    _validate_or_bundle_error(mutate(data, valid_manifest_v2(k=data.draw(st.integers(1, 3)))))
 
 
 # -- the request parser ----------------------------------------------------------------------------------------------
