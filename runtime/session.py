@@ -248,8 +248,10 @@ class AnytimeSession:
         return pol.overhead_ms(rows) if section == 0 else pol.section_cost_ms(section, rows)
 
     def describe_backend(self) -> str:
-        """One line for logs: ``onnxruntime fp32 on <device> (native engine)``."""
-        return f"{self.backend_name} {self.precision} on {self.device_name} ({self.engine} engine)"
+        """One line for logs: ``onnxruntime fp32 on <device> (native engine)``; a format version 2 bundle adds
+        ``, exit heads apart``."""
+        heads = ", exit heads apart" if self.manifest.split_heads else ""
+        return f"{self.backend_name} {self.precision} on {self.device_name} ({self.engine} engine{heads})"
 
     def close(self) -> None:
         if self._native is not None:

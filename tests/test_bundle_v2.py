@@ -76,6 +76,8 @@ def test_every_exit_gives_the_same_logits_as_version_1(tiny_bundle: Path, bundle
     x = images(tiny_bundle)
     with AnytimeSession(tiny_bundle, **PY) as s1, AnytimeSession(bundle_v2, **PY) as s2:
         assert s2.backend.split_heads and not s1.backend.split_heads
+        assert s2.describe_backend().endswith("(python engine, exit heads apart)")
+        assert s1.describe_backend().endswith("(python engine)")
         np.testing.assert_allclose(s2.infer_all_exits(x), s1.infer_all_exits(x), atol=1e-5)
 
 
