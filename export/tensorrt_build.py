@@ -116,26 +116,21 @@ def build_engines(bundle: str | Path, precision: str = "fp16", min_batch: int = 
     man = b.manifest
     trt = import_tensorrt()
     typed_fp16 = precision == "fp16" and tensorrt_major(trt) >= 11
-    heads = [s.index for s in man.sections if s.head is not None]  # format version 2: head engines too
-    if typed_fp16 and not all(s.fp16_file and (s.head is None or s.head.fp16_file) for s in man.sections):
+    heads = man.head_sections  # format version 2: an engine per exit head too
+    # every graph an engine is built from, named as key.json's sources and the engine files are
+    graphs = [(f"s{s.index}", s) for s in man.sections] + [(f"h{k}", man.sections[k - 1].head) for k in heads]
+    if typed_fp16 and not all(g.fp16_file for _, g in graphs):  # type: ignore[union-attr]
         raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks only (BuilderFlag.FP16 is gone): "
                           f"fp16 engines need the float16 section graphs of `sdedge export --fp16`, which {b.path} "
                           f"does not have; re-export with --fp16, or build --fp32 / --int8 engines")
     sources, paths = {}, []
-    for s in man.sections:
+    for name, g in graphs:
         if typed_fp16:
-            path, sha = b.fp16_section_path(s.index), man.files[s.fp16_file]  # type: ignore[index]
+            path, sha = b.graph_path(g, "fp16-graph"), man.files[g.fp16_file]  # type: ignore[arg-type,index,union-attr]
         else:
-            path = b.section_path(s.index, precision)  # int8 without int8 files: BundleError naming --int8
-            sha = man.files[s.int8_file] if precision == "int8" else s.sha256  # type: ignore[index]
-        sources[f"s{s.index}"] = sha
-        paths.append(path)
-    for k in heads:
-        h = man.sections[k - 1].head
-        assert h is not None
-        path = b.head_path(k, "fp16-graph" if typed_fp16 else precision)  # type: ignore[assignment]
-        sources[f"h{k}"] = (man.files[h.fp16_file] if typed_fp16 else man.files[h.int8_file]  # type: ignore[index]
-                            if precision == "int8" else h.sha256)
+            path = b.graph_path(g, precision)  # type: ignore[arg-type]  # int8 without int8 files: BundleError
+            sha = man.files[g.int8_file] if precision == "int8" else g.sha256  # type: ignore[index,union-attr]
+        sources[name] = sha
         paths.append(path)
     gpu = gpu_name(device)
     folder = engine_cache_dir(b.path, precision, trt_version=str(trt.__version__), gpu=gpu)

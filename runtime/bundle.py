@@ -37,20 +37,21 @@ class Bundle:
     def section_path(self, index: int, precision: str = "fp32") -> Path:
         """Path of 1-based section ``index``; ``precision='int8'`` picks the QDQ copy, ``'fp16-graph'`` the
         float16 one."""
-        return self._graph(self.manifest.sections[index - 1], precision)
+        return self.graph_path(self.manifest.sections[index - 1], precision)
 
     def head_path(self, index: int, precision: str = "fp32") -> Path | None:
         """Path of section ``index``'s exit-head graph (format version 2; None where the head is inside the
         section's graph), ``precision`` as in :meth:`section_path`."""
         head = self.manifest.sections[index - 1].head
-        return None if head is None else self._graph(head, precision)
+        return None if head is None else self.graph_path(head, precision)
 
     def fp16_section_path(self, index: int) -> Path:
         """Path of section ``index``'s float16 graph (float32 I/O), written by ``sdedge export --fp16``: what
         TensorRT 11, whose networks are strongly typed, builds fp16 engines from."""
         return self.section_path(index, "fp16-graph")
 
-    def _graph(self, graph: SectionSpec | HeadSpec, precision: str) -> Path:
+    def graph_path(self, graph: SectionSpec | HeadSpec, precision: str) -> Path:
+        """Path of a section's or a head's graph: its ``int8`` or ``fp16-graph`` copy, else its own file."""
         if precision == "int8":
             if not graph.int8_file:
                 raise BundleError(f"bundle {self.path} has no INT8 sections; export with --int8")

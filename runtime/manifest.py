@@ -172,9 +172,14 @@ class Manifest:
         return int(self.raw["format_version"])
 
     @property
+    def head_sections(self) -> list[int]:
+        """The sections (1-based) whose exit heads are graphs of their own (format version 2: 1..K-1)."""
+        return [s.index for s in self.sections if s.head is not None]
+
+    @property
     def split_heads(self) -> bool:
         """Whether the exit heads are graphs of their own (format version 2)."""
-        return any(s.head is not None for s in self.sections)
+        return bool(self.head_sections)
 
     @property
     def num_classes(self) -> int:

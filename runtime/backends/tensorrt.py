@@ -203,8 +203,7 @@ def engine_files(bundle: Any, precision: str) -> list[Path]:
     exit heads of a format version 2 bundle (sections 1..K-1, in order)."""
     from ..engine_cache import cached_engines, engine_cache_dir
 
-    heads = [s.index for s in bundle.manifest.sections if s.head is not None]
-    files = cached_engines(bundle.path, precision, bundle.manifest.num_exits, heads=heads)
+    files = cached_engines(bundle.path, precision, bundle.manifest.num_exits, heads=bundle.manifest.head_sections)
     if files is None:
         folder = engine_cache_dir(bundle.path, precision)
         raise BackendError(f"no complete TensorRT engine cache for {precision} in {folder}; build the engines on "
@@ -295,11 +294,10 @@ class TensorRTBackend(Backend):
         # format version 2: section k's exit head as an engine of its own (index k-1; None where it is inside)
         self._head_engines: list[Any] = [None] * man.num_exits
         self._head_contexts: list[Any] = [None] * man.num_exits
-        heads = [s.index for s in man.sections if s.head is not None]
         with cuda.current():
             files = engine_files(bundle, opts.precision)
             jobs = [(k, path, False) for k, path in enumerate(files[:man.num_exits], start=1)]
-            jobs += [(k, path, True) for k, path in zip(heads, files[man.num_exits:])]
+            jobs += [(k, path, True) for k, path in zip(man.head_sections, files[man.num_exits:])]
             for k, path, is_head in jobs:
                 engine = runtime.deserialize_cuda_engine(path.read_bytes())
                 if engine is None:
