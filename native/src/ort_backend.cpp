@@ -127,7 +127,7 @@ void OrtBackend::load(const std::vector<std::string> &providers, const SectionSp
   check_io(sessions_.back().get(), {&spec.input}, outs, where);
   in_names_.push_back(spec.input.name);
   feat_names_.push_back(spec.features ? spec.features->name : "");
-  logit_names_.push_back(spec.head ? "" : spec.logits.name);
+  logit_names_.push_back(spec.logits.name);  // a version-2 section's: its head's output
   if (spec.index == 0) return;
   if (spec.head) {
     SectionSpec as_graph = spec;  // the head's own input shape for TensorRT's optimisation profile
@@ -310,10 +310,11 @@ TensorPtr OrtBackend::run_graph(std::size_t i, const DeviceTensor &in_base, std:
   const OrtApi &api = lib_->api();
   const auto &in = static_cast<const OrtTensor &>(in_base);
   // a head: features_k -> logits_k; a trunk (no logits asked): -> features_k; else a section with its head
-  const std::string logit_name = head ? logits_name(static_cast<int>(i) + 1) : logit_names_[i];
+  const std::string &logit_name = logit_names_[i];
   const bool want_features = !head && !feat_names_[i].empty();
   const bool want_logits = logits_out != nullptr;
-  if (want_logits && logit_name.empty()) fail(Code::Internal, what + " has no logits output");
+  if (want_logits && !head && i < heads_.size() && heads_[i])
+    fail(Code::Internal, what + " has no logits output: its exit head is a graph of its own");
   const char *in_name = head ? feat_names_[i].c_str() : in_names_[i].c_str();
   const char *out_names[2] = {nullptr, nullptr};
   std::size_t n_out = 0;
