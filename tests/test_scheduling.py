@@ -307,7 +307,7 @@ def test_rows_are_reported_as_they_settle(real_session):
 def test_a_batch_grows_only_while_its_tightest_deadline_allows():
     """The server's admission: the first section on all the batch's rows must end by the tightest deadline
     in it (the session's cost figures); what does not fit waits for the next batch."""
-    from sdedge.runtime.server.worker import _slack_admission
+    from sdedge.runtime.server.worker import _FirstExitCosts, _slack_admission
 
     class Costs:  # 1 ms per row for section 1, 0.5 ms per call of overhead
         def section_cost_ms(self, section, rows):
@@ -319,10 +319,67 @@ def test_a_batch_grows_only_while_its_tightest_deadline_allows():
     for i in range(5):
         q.put(Job(f"loose{i}", clock() + 1.0, clock()))
     q.put(Job("free", None, clock()))
-    admit = _slack_admission(Costs())
+    admit = _slack_admission(_FirstExitCosts(Costs()))
     same = lambda a, b: True  # noqa: E731
     assert drain(q, max_rows=8, compatible=same, admit=admit) == [
         ["tight", "loose0", "loose1"], ["loose2", "loose3", "loose4", "free"]]
+
+
+def test_forming_a_batch_costs_bounded_work_however_long_the_queue():
+    """Under overload EDF's head is the tightest request and its slack admits few rows: one take must not
+    offer every waiting request to ``admit`` (400 waiting made a take cost more than the inference). A refusal
+    by the batch's own slack holds for every request behind it; the look-ahead is bounded in any case."""
+    from sdedge.runtime.server import scheduler
+
+    clock = Clock()
+    q = EdfQueue(1000, clock)
+    q.put(Job("tight", clock() + 1.5e-3, clock()))
+    for i in range(400):
+        q.put(Job(f"loose{i}", clock() + 1.0 + i * 1e-3, clock()))
+    offered: list[int] = []
+
+    def admit(batch, job, rows_after, now):  # 1 ms per row: the tight head's slack holds one row
+        offered.append(rows_after)
+        return now + rows_after * 1e-3 <= min(j.deadline for j in (*batch, job))
+
+    looked: list[str] = []
+
+    def compatible(a, b):
+        looked.append(b.name)
+        return True
+
+    expired, batch = q.take(max_rows=8, compatible=compatible, timeout=0, admit=admit)
+    assert [j.name for j in batch] == ["tight"] and not expired
+    assert offered == [2] and len(q) == 400  # one refusal said it for the 399 behind; all keep their places
+    # the next batch is headed by a loose request with slack for all 8 rows
+    expired, batch = q.take(max_rows=8, compatible=compatible, timeout=0, admit=admit)
+    assert [j.name for j in batch] == [f"loose{i}" for i in range(8)]
+    # a queue of requests that cannot share the head's run: the look-ahead stops at its bound
+    q2 = EdfQueue(1000, clock)
+    for i in range(500):
+        q2.put(Job(f"b{i}", clock() + 1.0 + i * 1e-3, clock(), kind="a" if i == 0 else "b"))
+    looked.clear()
+    expired, batch = q2.take(max_rows=4, compatible=lambda a, b: looked.append(b.name) or a.kind == b.kind,
+                             timeout=0)
+    assert [j.name for j in batch] == ["b0"] and len(q2) == 499
+    assert len(looked) == max(scheduler._SCAN_MIN, scheduler._SCAN_PER_ROW * 4)
+
+
+def test_a_refusal_for_a_requests_own_tight_deadline_does_not_close_the_batch():
+    """In FIFO order a later request can be tighter than the batch: refused for its own deadline, it must
+    not keep the looser requests behind it out."""
+    clock = Clock()
+    q = EdfQueue(16, clock, order="fifo")
+    q.put(Job("head", clock() + 1.0, clock()))
+    q.put(Job("tight", clock() + 1.5e-3, clock()))  # joining "head" (2 rows: 2 ms) would make it late
+    q.put(Job("loose1", clock() + 1.0, clock()))
+    q.put(Job("loose2", clock() + 1.0, clock()))
+
+    def admit(batch, job, rows_after, now):
+        return now + rows_after * 1e-3 <= min(j.deadline for j in (*batch, job))
+
+    same = lambda a, b: True  # noqa: E731
+    assert drain(q, max_rows=8, compatible=same, admit=admit) == [["head", "loose1", "loose2"], ["tight"]]
 
 
 def test_section_costs_are_readable_on_both_engines(real_session):

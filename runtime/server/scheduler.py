@@ -49,6 +49,8 @@ from ...common.errors import SdedgeError
 
 
 QUEUE_ORDERS = ("edf", "fifo")
+_SCAN_PER_ROW = 4  # a batch forming looks at most this many queued entries per row it may hold ...
+_SCAN_MIN = 64  # ... and at least this many
 
 
 class Overloaded(SdedgeError):
@@ -182,23 +184,41 @@ class EdfQueue:
     def _gather(self, batch: list, rows: int, max_rows: int, compatible: Callable[[Any, Any], bool],
                 expired: list, now: float, admit: Callable[[list, Any, int, float], bool] | None = None,
                 floor_s: Callable[[Any], float] | None = None) -> int:
-        """Move compatible jobs that fit into ``batch`` (queue order); returns the rows now in it."""
+        """Move compatible jobs that fit into ``batch`` (queue order); returns the rows now in it.
+
+        Bounded work, whatever the queue's length (it runs with the queue locked, between two inferences):
+        at most ``_SCAN_PER_ROW * max_rows`` entries are looked at (at least ``_SCAN_MIN``), and once ``admit``
+        refuses a job whose own deadline is no tighter than the batch's tightest, no job that would bring the
+        batch to that many rows or more is offered to it again (the batch's slack, not the job, said no: an
+        ``admit`` whose cost grows with the rows, as the server's does, would refuse it too), and
+        the scan stops as soon as no job could fit. Under overload EDF's head is the tightest request and its
+        slack admits few rows; without these bounds every take re-offered the whole queue to ``admit``
+        (400 waiting: 15 ms of the worker's time, more than the inference)."""
         kept: list = []
         head = batch[0]
-        while self._heap and rows < max_rows:
+        tightest = min((j.deadline for j in batch if j.deadline is not None), default=None)
+        too_many = max_rows + 1  # rows_after at or above this: refused by the batch's slack
+        scan = max(_SCAN_MIN, _SCAN_PER_ROW * max_rows)
+        while self._heap and rows < max_rows and rows + 1 < too_many and scan > 0:
+            scan -= 1
             entry = heapq.heappop(self._heap)
             job = entry[3]
             if job.cancelled():
                 continue
+            after = rows + job.rows
             if self._expired(job, now, floor_s):
                 expired.append(job)
-            elif rows + job.rows <= max_rows and compatible(head, job) and (
-                    admit is None or admit(batch, job, rows + job.rows, now)):
+            elif after > max_rows or after >= too_many or not compatible(head, job):
+                kept.append(entry)
+            elif admit is None or admit(batch, job, after, now):
                 batch.append(job)
-                rows += job.rows
+                rows = after
+                if job.deadline is not None and (tightest is None or job.deadline < tightest):
+                    tightest = job.deadline  # less slack: what was refused stays refused
             else:
                 kept.append(entry)
+                if job.deadline is None or (tightest is not None and job.deadline >= tightest):
+                    too_many = min(too_many, after)
         for entry in kept:
             heapq.heappush(self._heap, entry)
         return rows
-

@@ -102,20 +102,39 @@ def _first_exit_s(session: Any, rows: int) -> float:
     return (session.section_cost_ms(1, rows) + session.section_cost_ms(0, rows)) * 1e-3
 
 
-def _slack_admission(session: Any) -> Callable[[list, _Job, int, float], bool]:
+def _slack_admission(first_exit_s: Callable[[int], float]) -> Callable[[list, _Job, int, float], bool]:
     """Admit a request into a forming batch only while the batch's first section, with the runtime's
-    per-call overhead, on all its rows still ends by the tightest deadline in it (the session's cost
-    figures): a wide batch must not make its tight rows late at exit 1."""
+    per-call overhead, on all its rows (``first_exit_s(rows)``, seconds: the session's cost figures) still
+    ends by the tightest deadline in it: a wide batch must not make its tight rows late at exit 1."""
     def admit(batch: list, job: _Job, rows_after: int, now: float) -> bool:
         deadlines = [j.deadline for j in (*batch, job) if j.deadline is not None]
         if not deadlines:
             return True
         try:
-            cost_s = _first_exit_s(session, rows_after)
+            cost_s = first_exit_s(rows_after)
         except Exception:  # noqa: BLE001 - no figure: batch as without admission, never stop the worker
             return True
         return now + cost_s <= min(deadlines)
     return admit
+
+
+class _FirstExitCosts:
+    """:func:`_first_exit_s` of one session by row count, read from the session once per take of the queue
+    (:meth:`clear` before each): the queue asks for it per waiting request it looks at, with its lock held,
+    and each read is a call into the session (~13 us on the native engine)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._s: dict[int, float] = {}
+
+    def clear(self) -> None:
+        self._s.clear()
+
+    def __call__(self, rows: int) -> float:
+        s = self._s.get(rows)
+        if s is None:
+            s = self._s[rows] = _first_exit_s(self.session, rows)
+        return s
 
 
 def _settle(fut: Any, ok: bool, value: Any) -> None:
@@ -211,9 +230,11 @@ class InferencePool:
     def _work(self, session: Any) -> None:
         can_batch = self.batching and self.max_batch > 1 and hasattr(session, "infer_rows")
         costed = hasattr(session, "section_cost_ms")
-        admit = _slack_admission(session) if can_batch and costed else None
-        floor_s = (lambda job: _first_exit_s(session, job.rows)) if self.shed_infeasible and costed else None
+        costs = _FirstExitCosts(session)
+        admit = _slack_admission(costs) if can_batch and costed else None
+        floor_s = (lambda job: costs(job.rows)) if self.shed_infeasible and costed else None
         while True:
+            costs.clear()  # the figures move as the session learns; one read per row count per take
             got = self._q.take(self.max_batch if can_batch else 1, _compatible if can_batch else None,
                                self.max_delay_s, admit=admit, floor_s=floor_s)
             if got is None:
