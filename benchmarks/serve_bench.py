@@ -40,10 +40,12 @@ Contract:
   is opened whenever none is idle, so requests wait in the server, not in the client). Every request
   carries ``budget_ms``: alternately tight (``--tight-x`` x the median single-request latency measured above,
   batching server, 1 client, deepest) and loose (``--loose-x`` x it), no threshold (the deadline alone
-  picks the exit). The same arrival times, images and budgets go to four batching servers (all up
+  picks the exit). The same arrival times, images and budgets go to eight batching servers (all up
   together): ``--queue-order edf`` and ``fifo``, each as served by default (shedding, while others wait,
-  the requests that can no longer reach their first exit) and with ``--no-shed-infeasible`` (only the
-  expired ones), ``--chunk-s`` seconds
+  the requests that can no longer reach their first exit; each run yielding to the requests waiting behind
+  it; a 100 us thread switch interval) and with one of these turned off: ``--no-shed-infeasible`` (only
+  the expired ones are shed), ``--no-yield-to-queue`` (a run uses its requests' whole budgets),
+  ``--switch-interval-us 0`` (Python's 5 ms), ``--chunk-s`` seconds
   of arrivals at a time in turns, the order alternating, each chunk answered in full before the next
   (so drift hits both alike; each chunk starts on an empty queue). Reported per class: share answered
   200 with ``deadline_met`` true (the server's verdict, from its arrival stamp), share also read by the
@@ -605,9 +607,12 @@ def probe_key(policy: str) -> str:
 
 # the overload contenders: the queue order, each with and without shedding the requests that can no longer reach
 # their first exit while others wait (the server's default; --no-shed-infeasible: only the expired ones)
-OVERLOAD_CONTENDERS = {"edf": ["--queue-order", "edf"], "fifo": ["--queue-order", "fifo"],
-                       "edf-no-shed": ["--queue-order", "edf", "--no-shed-infeasible"],
-                       "fifo-no-shed": ["--queue-order", "fifo", "--no-shed-infeasible"]}
+# and with each of the server's other overload defaults turned off in turn: runs yielding to the requests waiting
+# behind them (--no-yield-to-queue) and the 100 us thread switch interval (--switch-interval-us 0: Python's 5 ms)
+OVERLOAD_ABLATIONS = {"no-shed": ["--no-shed-infeasible"], "no-yield": ["--no-yield-to-queue"],
+                      "switch-5ms": ["--switch-interval-us", "0"]}
+OVERLOAD_CONTENDERS = {f"{order}{'-' + name if name else ''}": ["--queue-order", order, *flags]
+                       for name, flags in {"": [], **OVERLOAD_ABLATIONS}.items() for order in ("edf", "fifo")}
 
 
 def start_server(bundle: Path, extra: list[str]) -> ServerProcess:
@@ -778,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{a['other_failure_share']:.3f} acc(answered) {a['accuracy_of_answered']}; tight met "
                       f"{r['tight']['met_share']:.3f}, loose met {r['loose']['met_share']:.3f}; answered "
                       f"{r['answered_200_per_s']}/s; sender {r['sender']}", flush=True)
-            for a, b in (("edf", "fifo"), ("edf", "edf-no-shed"), ("fifo", "fifo-no-shed")):
+            for a, b in (("edf", "fifo"), *((o, f"{o}-{n}") for n in OVERLOAD_ABLATIONS for o in ("edf", "fifo"))):
                 fo[f"{a}_met_over_{b}_met"] = (round(fo[a]["all"]["met_share"] / fo[b]["all"]["met_share"], 3)
                                                if fo[b]["all"]["met_share"] else None)
     finally:

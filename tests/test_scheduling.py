@@ -365,6 +365,32 @@ def test_forming_a_batch_costs_bounded_work_however_long_the_queue():
     assert len(looked) == max(scheduler._SCAN_MIN, scheduler._SCAN_PER_ROW * 4)
 
 
+def test_start_by_is_the_latest_end_that_keeps_the_waiting_requests_feasible():
+    """``EdfQueue.start_by``: served one after another in queue order at their first exits (0.5 s a row),
+    each waiting request must still start in time; requests already hopeless, ``late`` ones, cancelled
+    ones and those without a deadline bound nothing (the last still take their turn)."""
+    clock = Clock()  # t = 100
+    q = EdfQueue(16, clock, promote_after_s=10.0)
+    floor = lambda job: 0.5 * job.rows  # noqa: E731
+    assert q.start_by(floor, clock()) is None  # nothing waits
+    q.put(Job("free", None, clock()))
+    assert q.start_by(floor, clock()) is None  # nothing waiting has a deadline
+    q.put(Job("hopeless", 100.2, clock()))  # cannot reach exit 1 (0.5 s) by 100.2: bounds nothing
+    q.put(Job("floor", 100.1, clock(), late=True))  # runs whatever happens
+    q.put(Job("gone", 100.6, clock(), gone=True))
+    q.put(Job("a", 103.0, clock(), rows=2))  # needs 1 s: start by 102
+    q.put(Job("b", 102.0, clock()))  # first in EDF order: start by 101.5; then "a" by 103 - 1.5 = 101.5
+    assert q.start_by(floor, clock()) == pytest.approx(101.5)
+    q.put(Job("c", 103.2, clock()))  # after "b" and "a": 103.2 - 2.0
+    assert q.start_by(floor, clock()) == pytest.approx(101.2)
+    assert q.start_by(floor, clock(), lookahead=5) == pytest.approx(101.5)  # "c" is beyond the look-ahead
+    clock.t = 101.6  # "b" cannot reach its first exit any more (shed next): "a" by 102.0, "c" by 101.7
+    assert q.start_by(floor, clock()) == pytest.approx(101.7)
+    def no_figure(job):
+        raise RuntimeError("no profile yet")
+    assert q.start_by(no_figure, clock()) is None
+
+
 def test_a_refusal_for_a_requests_own_tight_deadline_does_not_close_the_batch():
     """In FIFO order a later request can be tighter than the batch: refused for its own deadline, it must
     not keep the looser requests behind it out."""

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -476,6 +477,51 @@ def test_worker_pool_sheds_a_request_that_cannot_reach_its_first_exit_only_while
     asyncio.run(main(False))
 
 
+class Answering(Costed):
+    """A costed session (first exit: 101 s by its figures) that answers with results missing the deadline it
+    was given, after ``latency_ms`` of the input's name (``"x@5"``: 5 ms)."""
+
+    def infer(self, x, threshold=None, criterion=None, deadline=None):
+        name = super().infer(x, threshold, criterion, deadline)[0]
+        ms = float(name.split("@")[1]) if "@" in name else 1.0
+        return [SimpleNamespace(name=name, latency_ms=ms, deadline_met=None if deadline is None else False)]
+
+
+def test_a_run_yields_to_the_requests_waiting_behind_it():
+    """``yield_to_queue``: a run's deadline is capped at the latest moment that still lets the requests waiting
+    behind it reach their first exits by theirs (101 s each, by the session's figures); ``deadline_met`` is
+    then judged on the request's own deadline."""
+    async def main(yield_to_queue):
+        s = Answering()
+        pool = InferencePool([s], yield_to_queue=yield_to_queue)
+        events = PoolEvents(pool)
+        running = asyncio.ensure_future(pool.run("a"))
+        await asyncio.to_thread(events.wait, "started", 1)  # the worker is busy with "a"
+        t = pool.clock()
+        own, behind, later = t + 3600.0, t + 3650.0, t + 3900.0
+        head = asyncio.ensure_future(pool.run("head@5", deadline=own))
+        after = [asyncio.ensure_future(pool.run(v, deadline=d)) for v, d in (("b", behind), ("c", later))]
+        free = asyncio.ensure_future(pool.run("free"))  # no deadline: it keeps the whole network
+        await asyncio.to_thread(events.wait, "queued", 5)
+        s.go.set()
+        await running
+        got = await head
+        for f in (*after, free):
+            await f
+        seen = dict(s.seen)
+        if yield_to_queue:
+            # "b" needs 101 s from its start: "head" must end by 3650 - 101 s ("c": 3900 - 202 s, later)
+            assert seen["head@5"] == behind - 101.0
+            assert got.results[0].deadline_met is True  # missed the cap (the session says), met its own deadline
+        else:
+            assert seen["head@5"] == own and got.results[0].deadline_met is False
+        assert seen["free"] is None and seen["c"] == later  # the last one waits for no one
+        await asyncio.to_thread(pool.close, 10)
+
+    asyncio.run(main(True))
+    asyncio.run(main(False))
+
+
 class Tracked(Costed):
     """Records a cost figure asked of it while it runs an inference: in the native core that call waits for
     the session's lock, and the queue asks with its own lock held (every other request would wait too)."""
@@ -531,7 +577,9 @@ def test_bad_settings_are_refused(session):
                          (lambda: ServerConfig(session=SessionOptions(intra_op_threads=0)), "intra_op_threads"),
                          (lambda: ServerConfig(session=SessionOptions(warmup=-1)), "warmup"),
                          (lambda: ServerConfig(session={"max_batch": 4}), "SessionOptions"),
-                         (lambda: ServerConfig(shed_infeasible="no"), "shed_infeasible")):
+                         (lambda: ServerConfig(shed_infeasible="no"), "shed_infeasible"),
+                         (lambda: ServerConfig(yield_to_queue=1), "yield_to_queue"),
+                         (lambda: ServerConfig(switch_interval_us=-1), "switch_interval_us")):
         with pytest.raises((ServerConfigError, ValueError), match=needle):
             make()
     assert ServerConfig().host == "127.0.0.1"
@@ -550,6 +598,25 @@ def test_sessions_are_opened_with_the_embedded_options():
     assert (split.backend, split.warmup, split.max_batch) == ("onnxruntime", 0, 8)
 
 
+def test_serve_sets_the_thread_switch_interval_of_its_process(session, monkeypatch):
+    """``serve`` (the CLI's process) sets ``switch_interval_us``, so an inference thread back from the device
+    gets the GIL from a busy event loop within it; 0 leaves Python's own."""
+    import uvicorn
+
+    from sdedge.runtime.server.runner import serve
+
+    ran = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: ran.append(sys.getswitchinterval()))
+    before = sys.getswitchinterval()
+    try:
+        serve(session, ServerConfig(port=0, switch_interval_us=250))
+        sys.setswitchinterval(before)
+        serve(session, ServerConfig(port=0, switch_interval_us=0))
+    finally:
+        sys.setswitchinterval(before)
+    assert ran == [pytest.approx(250e-6), before]
+
+
 def test_cli_builds_the_session_options():
     from sdedge.cli import build_parser
     from sdedge.commands.serve import config_from_args
@@ -561,6 +628,9 @@ def test_cli_builds_the_session_options():
                                          answer="ensemble")
     assert cfg.budget_ms == 5.0 and cfg.criterion is None and cfg.shed_infeasible is True
     assert config_from_args(build_parser().parse_args(["serve", "b/", "--no-shed-infeasible"])).shed_infeasible is False
+    assert cfg.yield_to_queue is True and cfg.switch_interval_us == 100
+    assert config_from_args(build_parser().parse_args(["serve", "b/", "--switch-interval-us", "0"])).switch_interval_us == 0
+    assert config_from_args(build_parser().parse_args(["serve", "b/", "--no-yield-to-queue"])).yield_to_queue is False
 
 
 def test_cli_defaults_and_help():

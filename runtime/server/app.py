@@ -171,7 +171,7 @@ def build_state(target: Any, config: ServerConfig | None = None) -> ServerState:
         pool = InferencePool(sessions, config.max_queue, batching=config.batching, max_batch=io.max_batch,
                              max_delay_s=config.max_queue_delay_us * 1e-6,
                              no_deadline_wait_s=config.no_deadline_wait_ms * 1e-3, queue_order=config.queue_order,
-                             shed_infeasible=config.shed_infeasible)
+                             shed_infeasible=config.shed_infeasible, yield_to_queue=config.yield_to_queue)
         metrics = ServerMetrics(s0.num_exits, queue_depth=pool.qsize, model_info=dict(s0.backend_info, model=name))
         stats = ModelStats(name, config.model_version)
 

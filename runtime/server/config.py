@@ -46,13 +46,19 @@ class ServerConfig:
     together as one batch of up to ``session.max_batch`` rows, each row with its own threshold and
     deadline, waiting up to ``max_queue_delay_us`` for more (0: only what already waits); ``shed_infeasible``:
     while other requests wait, one that can no longer reach even its first exit by its deadline is
-    answered "deadline exceeded" (504) instead of run (False: only those whose deadline passed).
+    answered "deadline exceeded" (504) instead of run (False: only those whose deadline passed);
+    ``yield_to_queue``: a run goes no deeper than lets the requests waiting behind it still reach their first
+    exits by their deadlines (its deadlines are capped; ``deadline_met`` is judged on each request's own; False:
+    each request uses its whole budget whatever waits).
     Capacity: ``workers`` sessions, each on its own inference thread with ``session.intra_op_threads``
     ORT intra-op threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
     ``max_queue`` requests (more: 503). Safety caps: ``max_body_mb`` MiB per body (after decompression
     too), ``body_timeout_s`` to receive a body (408 after),
     ``max_header_kb`` per request head, ``limit_concurrency`` connections+tasks (503 beyond),
-    ``timeout_keep_alive`` seconds an idle keep-alive connection is kept.
+    ``timeout_keep_alive`` seconds an idle keep-alive connection is kept. ``switch_interval_us``: the
+    interpreter's thread switch interval that :func:`~.runner.serve` sets for its process (0: Python's own,
+    5 ms), so an inference thread back from the device gets the GIL from a busy event loop quickly
+    (:mod:`.runner`).
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +78,7 @@ class ServerConfig:
     no_deadline_wait_ms: float = 1000.0
     queue_order: str = "edf"
     shed_infeasible: bool = True
+    yield_to_queue: bool = True
     body_timeout_s: float = 30.0
     max_header_kb: int = 16
     limit_concurrency: int | None = 512
@@ -79,6 +86,7 @@ class ServerConfig:
     graceful_timeout_s: float = 30.0
     log_level: str = "info"
     access_log: bool = False
+    switch_interval_us: int = 100
     http: str = "auto"  # HTTP/1.1 parser: auto (httptools when installed) | h11 | httptools (see .http_impl)
     loop: str = "auto"  # event loop: auto (uvloop when installed) | asyncio | uvloop
 
@@ -99,13 +107,14 @@ class ServerConfig:
             if self.grpc_port > 65535:
                 raise ServerConfigError(f"grpc_port must be in 0..65535 (or None: no gRPC), got {self.grpc_port}")
         _positive_int(self, "max_queue_delay_us", allow_zero=True)
+        _positive_int(self, "switch_interval_us", allow_zero=True)
         if self.http not in HTTP_IMPLS:
             raise ServerConfigError(f"http must be one of {HTTP_IMPLS}, got {self.http!r}")
         if self.loop not in LOOPS:
             raise ServerConfigError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if self.queue_order not in ("edf", "fifo"):
             raise ServerConfigError(f"queue_order must be 'edf' or 'fifo', got {self.queue_order!r}")
-        for name in ("batching", "shed_infeasible"):
+        for name in ("batching", "shed_infeasible", "yield_to_queue"):
             if not isinstance(getattr(self, name), bool):
                 raise ServerConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("workers", "max_queue", "max_header_kb", "timeout_keep_alive"):

@@ -18,6 +18,13 @@ uvicorn settings and why (all from :class:`~sdedge.runtime.server.config.ServerC
   ends, which lets queued inferences finish, stops the worker threads and closes the sessions.
   ``serve`` then returns normally (exit status 0 from the CLI after SIGTERM).
 * ``server_header`` off, access log off by default (``access_log`` turns it on).
+* The interpreter's thread switch interval (``sys.setswitchinterval``) is set to ``switch_interval_us``
+  (100 us) by :func:`serve`, for the process it runs in: the event loop and the inference threads share one
+  GIL, and an inference thread coming back from ONNX Runtime or the native core (which release it) waits
+  for the loop to give it up, up to Python's default 5 ms whenever the loop is busy parsing other
+  requests: the device then sits idle while answers wait (measured under overload:
+  ``benchmarks/serve_bench.py``'s ``--switch-contenders``). :class:`BackgroundServer` runs inside a host
+  process and leaves its interval alone.
 * The listening socket is bound here (:func:`bind_socket`), not by uvicorn, so ``port=0`` works: the OS
   picks a free port and ``serve`` hands the bound one to its ``on_listening`` callback (the CLI prints
   :func:`listening_line`, which :func:`listening_port` reads back), ``BackgroundServer.port`` holds it.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -123,6 +131,8 @@ def serve(target: Any, config: ServerConfig | None = None,
         config = target.config if isinstance(target, ServerState) else ServerConfig()
     uvicorn = _require_uvicorn()
     app = build_app(target, config)
+    if config.switch_interval_us:
+        sys.setswitchinterval(config.switch_interval_us * 1e-6)
     app.state.server.on_grpc_listening = on_grpc_listening
     server = uvicorn.Server(uvicorn_config(app, config))
     if config.grpc_port:  # a fixed gRPC port in use: the same clear error as for HTTP, before anything starts

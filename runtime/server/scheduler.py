@@ -51,6 +51,7 @@ from ...common.errors import SdedgeError
 QUEUE_ORDERS = ("edf", "fifo")
 _SCAN_PER_ROW = 4  # a batch forming looks at most this many queued entries per row it may hold ...
 _SCAN_MIN = 64  # ... and at least this many
+_LOOKAHEAD = 16  # start_by looks at this many waiting requests (queue order)
 
 
 class Overloaded(SdedgeError):
@@ -165,6 +166,36 @@ class EdfQueue:
                         rows = self._gather(batch, rows, max_rows, compatible, expired, self.clock(), admit,
                                             floor_s)
             return expired, batch
+
+    def start_by(self, first_exit_s: Callable[[Any], float], now: float, lookahead: int = _LOOKAHEAD) -> float | None:
+        """The latest moment the worker may still be busy with the run it has just taken so that the requests
+        waiting now (the next ``lookahead`` in queue order) can each still reach their first exit by their
+        deadlines, served one after another (``first_exit_s(job)`` seconds each): ``min_i(deadline_i - sum of
+        the first-exit times of requests 1..i)``; None when none of them has a deadline (or a figure is
+        missing). Requests that already cannot reach their first exit (they will be shed) and ``late`` ones
+        (they run anyway) do not count; cancelled ones neither. The worker caps its run's deadlines at this
+        (``InferencePool``'s ``yield_to_queue``): under contention a request answers at a shallower exit
+        rather than make the ones behind it miss theirs. Serving the waiting requests in batches would only
+        be faster, so the bound is safe for them."""
+        with self._cond:
+            waiting = heapq.nsmallest(lookahead, self._heap)
+        best: float | None = None
+        busy = 0.0
+        for entry in waiting:
+            job = entry[3]
+            if job.cancelled() or job.late:
+                continue
+            try:
+                need = float(first_exit_s(job))
+            except Exception:  # noqa: BLE001 - no cost figure: no bound
+                return None
+            if job.deadline is not None and now + need > job.deadline:
+                continue  # cannot make it whatever runs now
+            busy += need
+            if job.deadline is not None:
+                start = job.deadline - busy
+                best = start if best is None else min(best, start)
+        return best
 
     def _expired(self, job: Any, now: float, floor_s: Callable[[Any], float] | None = None,
                  contended: bool = True) -> bool:

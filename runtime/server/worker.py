@@ -137,6 +137,22 @@ class _FirstExitCosts:
         return s
 
 
+def _capped(deadline: float | None, cap: float | None) -> float | None:
+    """The deadline a request runs under: its own, or ``cap`` when earlier (a request without a deadline
+    asked for the whole network and keeps it)."""
+    return deadline if deadline is None or cap is None else min(deadline, cap)
+
+
+def _judge_own_deadline(results: list, job: _Job, cap: float | None, t0: float) -> None:
+    """``deadline_met`` on the request's own deadline where it ran under an earlier cap: met under the cap
+    is met; a miss of the cap is judged by when the answer settled (``t0`` + its latency)."""
+    if cap is None or job.deadline is None or cap >= job.deadline:
+        return
+    for r in results:
+        if getattr(r, "deadline_met", None) is False:
+            r.deadline_met = t0 + r.latency_ms * 1e-3 <= job.deadline
+
+
 def _settle(fut: Any, ok: bool, value: Any) -> None:
     if fut.done():  # the request was cancelled (client gone) while it ran
         return
@@ -155,12 +171,16 @@ class InferencePool:
     more; ``no_deadline_wait_s``: when a request without a deadline stops yielding to those with one
     (:mod:`.scheduler`); ``queue_order``: ``"edf"`` or ``"fifo"``; ``shed_infeasible``: under contention,
     answer "deadline exceeded" for a request that cannot reach its first exit by its deadline (the session's
-    cost figures; :mod:`.scheduler`); ``observer``: the test hook of the module docstring (None: off).
+    cost figures; :mod:`.scheduler`); ``yield_to_queue``: a run's deadlines are capped so that the requests
+    waiting behind it can still reach their first exits by theirs (:meth:`.EdfQueue.start_by`; each
+    request's ``deadline_met`` is still judged on its own deadline); ``observer``: the test hook of the
+    module docstring (None: off).
     """
 
     def __init__(self, sessions: Sequence[Any], max_queue: int = 256, clock: Callable[[], float] | None = None,
                  batching: bool = True, max_batch: int | None = None, max_delay_s: float = 0.0,
-                 no_deadline_wait_s: float = 1.0, queue_order: str = "edf", shed_infeasible: bool = True) -> None:
+                 no_deadline_wait_s: float = 1.0, queue_order: str = "edf", shed_infeasible: bool = True,
+                 yield_to_queue: bool = True) -> None:
         if not sessions:
             raise ValueError("InferencePool needs at least one session")
         self.sessions = list(sessions)
@@ -171,6 +191,7 @@ class InferencePool:
         self.max_batch = int(max_batch) if max_batch is not None else min(caps)
         self.max_delay_s = float(max_delay_s)
         self.shed_infeasible = bool(shed_infeasible)
+        self.yield_to_queue = bool(yield_to_queue)
         self._q = EdfQueue(self.max_queue, self.clock, no_deadline_wait_s, queue_order)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -232,7 +253,9 @@ class InferencePool:
         costed = hasattr(session, "section_cost_ms")
         costs = _FirstExitCosts(session)
         admit = _slack_admission(costs) if can_batch and costed else None
-        floor_s = (lambda job: costs(job.rows)) if self.shed_infeasible and costed else None
+        first_exit = (lambda job: costs(job.rows)) if costed else None
+        floor_s = first_exit if self.shed_infeasible else None
+        yield_s = first_exit if self.yield_to_queue else None
         while True:
             costs.clear()  # the figures move as the session learns; one read per row count per take
             got = self._q.take(self.max_batch if can_batch else 1, _compatible if can_batch else None,
@@ -245,7 +268,8 @@ class InferencePool:
                     self.observer("expired", job)
                 self._answer(job, False, self._shed_error(job, floor_s))
             if batch:
-                self._run(session, batch)
+                cap = None if yield_s is None else self._q.start_by(yield_s, self.clock())
+                self._run(session, batch, cap)
 
     def _shed_error(self, job: _Job, floor_s: Callable[[_Job], float] | None) -> DeadlineExceeded:
         """The "deadline exceeded" answer of a request the queue shed (:mod:`.scheduler`), saying why."""
@@ -264,19 +288,23 @@ class InferencePool:
             f"less than the first exit needs ({need}), while other requests waited for the worker; it was not run "
             f"({how})")
 
-    def _run(self, session: Any, batch: list[_Job]) -> None:
+    def _run(self, session: Any, batch: list[_Job], cap: float | None = None) -> None:
+        """Run ``batch`` (one request alone, else :meth:`_run_batch`), every deadline capped at ``cap``
+        (:meth:`.EdfQueue.start_by`; None: each request's own)."""
         if self.observer is not None:
             for job in batch:
                 self.observer("started", job)
         if len(batch) > 1:
-            self._run_batch(session, batch)
+            self._run_batch(session, batch, cap)
             return
         job = batch[0]
         t0 = self.clock()
         try:
-            res = session.infer(job.x, threshold=job.threshold, criterion=job.criterion, deadline=job.deadline)
+            res = session.infer(job.x, threshold=job.threshold, criterion=job.criterion,
+                                deadline=_capped(job.deadline, cap))
             t1 = self.clock()
             results = res if isinstance(res, list) else [res]
+            _judge_own_deadline(results, job, cap, t0)
             if self.on_run is not None:
                 self.on_run(len(results), t1 - t0)
             ok, value = True, Outcome(results, t0 - job.t_enqueued, t1 - t0, t1, len(results), 1)
@@ -286,10 +314,10 @@ class InferencePool:
             ok, value = False, RuntimeError(f"inference aborted by {type(e).__name__}: {e}")
         self._answer(job, ok, value)
 
-    def _run_batch(self, session: Any, batch: list[_Job]) -> None:
-        """Several requests as one ``infer_rows`` call, each row with its request's threshold and deadline;
-        each request is answered the moment its last row settles, while the others go on. If the call fails,
-        the requests not yet answered run again alone (only a faulty one then gets an error)."""
+    def _run_batch(self, session: Any, batch: list[_Job], cap: float | None = None) -> None:
+        """Several requests as one ``infer_rows`` call, each row with its request's threshold and deadline
+        (capped at ``cap``); each request is answered the moment its last row settles, while the others go on.
+        If the call fails, the requests not yet answered run again alone (only a faulty one then gets an error)."""
         owner = [b for b, j in enumerate(batch) for _ in range(j.rows)]  # row -> its request
         start = [0]
         for j in batch[:-1]:
@@ -308,20 +336,21 @@ class InferencePool:
                 left[b] -= 1
                 if left[b] == 0:
                     answered.add(b)
+                    _judge_own_deadline(got[b], batch[b], cap, t0)
                     self._answer(batch[b], True, Outcome(got[b], t0 - batch[b].t_enqueued, now - t0, now, rows_total,
                                                          len(batch)))
 
         try:
             x = np.concatenate([j.x for j in batch], axis=0)
             session.infer_rows(x, thresholds=[j.threshold for j in batch for _ in range(j.rows)],
-                               deadlines=[j.deadline for j in batch for _ in range(j.rows)],
+                               deadlines=[_capped(j.deadline, cap) for j in batch for _ in range(j.rows)],
                                criterion=batch[0].criterion, on_settled=on_settled)
             if self.on_run is not None:
                 self.on_run(rows_total, self.clock() - t0)
         except Exception:  # one request's bad input must not fail the others
             for b, job in enumerate(batch):
                 if b not in answered:
-                    self._run(session, [job])
+                    self._run(session, [job], cap)
         except BaseException as e:  # noqa: BLE001 - never let one request kill the inference thread
             for b, job in enumerate(batch):
                 if b not in answered:

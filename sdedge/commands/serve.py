@@ -76,6 +76,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="run every request whose deadline has not passed yet (default: while other requests wait, "
                         "one that can no longer reach even its first exit by its deadline is answered 504 "
                         "'deadline exceeded' at once instead of run, so it does not make the others late too)")
+    c.add_argument("--no-yield-to-queue", dest="yield_to_queue", action="store_false",
+                   help="let every request use its whole budget (default: a request answers at a shallower exit "
+                        "when going deeper would leave the requests waiting behind it too little time to reach "
+                        "their first exits by their deadlines; deadline_met still judges its own deadline)")
+    c.add_argument("--switch-interval-us", type=int, default=100,
+                   help="the interpreter's thread switch interval for this process, in microseconds (default 100; 0: "
+                        "Python's own 5 ms): how long an inference thread back from the device may wait for the "
+                        "GIL while the event loop parses other requests")
     c.add_argument("--max-body-mb", type=float, default=16.0,
                    help="largest request body in MiB, also after decompression (more: 413, refused on Content-Length "
                         "before reading; default 16)")
@@ -144,7 +152,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         host=args.host, port=args.port, grpc_port=8001 if args.grpc_port == DEFAULT_GRPC else args.grpc_port,
         batching=args.batching,
         max_queue_delay_us=args.max_queue_delay_us, no_deadline_wait_ms=args.no_deadline_wait_ms,
-        queue_order=args.queue_order, shed_infeasible=args.shed_infeasible,
+        queue_order=args.queue_order, shed_infeasible=args.shed_infeasible, yield_to_queue=args.yield_to_queue,
+        switch_interval_us=args.switch_interval_us,
         model_name=args.model_name, model_version=args.model_version,
         budget_ms=args.budget_ms, threshold=_threshold(args.threshold), criterion=args.criterion,
         session=session, workers=args.workers, max_body_mb=args.max_body_mb, max_queue=args.max_queue,
