@@ -40,12 +40,13 @@ Contract:
   is opened whenever none is idle, so requests wait in the server, not in the client). Every request
   carries ``budget_ms``: alternately tight (``--tight-x`` x the median single-request latency measured above,
   batching server, 1 client, deepest) and loose (``--loose-x`` x it), no threshold (the deadline alone
-  picks the exit). The same arrival times, images and budgets go to eight batching servers (all up
+  picks the exit). The same arrival times, images and budgets go to twelve batching servers (all up
   together): ``--queue-order edf`` and ``fifo``, each as served by default (shedding, while others wait,
   the requests that can no longer reach their first exit; each run yielding to the requests waiting behind
-  it; a 100 us thread switch interval) and with one of these turned off: ``--no-shed-infeasible`` (only
+  it; a reply margin; a 100 us thread switch interval) and with one of these turned off: ``--no-shed-infeasible`` (only
   the expired ones are shed), ``--no-yield-to-queue`` (a run uses its requests' whole budgets),
-  ``--switch-interval-us 0`` (Python's 5 ms), ``--chunk-s`` seconds
+  ``--no-reply-margin`` (the pool gets each deadline as is),
+  ``--switch-interval-us 0`` (Python's 5 ms), or the last three together (``all-off``), ``--chunk-s`` seconds
   of arrivals at a time in turns, the order alternating, each chunk answered in full before the next
   (so drift hits both alike; each chunk starts on an empty queue). Reported per class: share answered
   200 with ``deadline_met`` true (the server's verdict, from its arrival stamp), share also read by the
@@ -608,9 +609,13 @@ def probe_key(policy: str) -> str:
 # the overload contenders: the queue order, each with and without shedding the requests that can no longer reach
 # their first exit while others wait (the server's default; --no-shed-infeasible: only the expired ones)
 # and with each of the server's other overload defaults turned off in turn: runs yielding to the requests waiting
-# behind them (--no-yield-to-queue) and the 100 us thread switch interval (--switch-interval-us 0: Python's 5 ms)
+# behind them (--no-yield-to-queue), the reply margin (--no-reply-margin) and the 100 us thread switch interval
+# (--switch-interval-us 0: Python's 5 ms); all-off: the three together (shedding stays), the server as it was
+# before them but for the bounded batch forming and the HTTP protocol's arrival stamp, which no flag turns off
 OVERLOAD_ABLATIONS = {"no-shed": ["--no-shed-infeasible"], "no-yield": ["--no-yield-to-queue"],
-                      "switch-5ms": ["--switch-interval-us", "0"]}
+                      "no-margin": ["--no-reply-margin"],
+                      "switch-5ms": ["--switch-interval-us", "0"],
+                      "all-off": ["--no-yield-to-queue", "--no-reply-margin", "--switch-interval-us", "0"]}
 OVERLOAD_CONTENDERS = {f"{order}{'-' + name if name else ''}": ["--queue-order", order, *flags]
                        for name, flags in {"": [], **OVERLOAD_ABLATIONS}.items() for order in ("edf", "fifo")}
 

@@ -393,6 +393,73 @@ def test_time_queued_is_taken_off_the_budget(stepped_session):
         srv.stop()
 
 
+class _Delayed:
+    """An app in front of the sdedge app that waits ``delay_s`` before letting an HTTP request in (the event loop
+    busy with other work); ``state`` is the app's, so the server finds its clock."""
+
+    def __init__(self, app, delay_s: float) -> None:
+        self.app, self.delay_s, self.state = app, delay_s, app.state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            await asyncio.sleep(self.delay_s)
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_arrival_is_stamped_as_the_request_is_parsed(session, http):
+    """With httptools the HTTP protocol stamps a request's arrival as its first bytes are parsed, so time before
+    the app gets to it counts against the budget; with h11 the app's own stamp is the arrival."""
+    pytest.importorskip(http)
+    cfg = ServerConfig(port=0, log_level="critical", http=http, loop="asyncio")
+    app = build_app(session, cfg)
+    srv = BackgroundServer(_Delayed(app, 1.0), cfg).start()
+    srv.state = app.state.sdedge
+    try:
+        status, _, body = post_json(srv, {"inputs": [tensor(session)], "parameters": {"budget_ms": 60000}})
+        assert status == 200
+        latency_ms = json.loads(body)["parameters"]["latency_ms"]
+        assert (latency_ms >= 1000.0) if http == "httptools" else (latency_ms < 1000.0)
+    finally:
+        srv.stop()
+
+
+class Recording(Proxy):
+    """A proxy that keeps the deadline of every inference it is asked for."""
+
+    def __init__(self, session) -> None:
+        super().__init__(session)
+        self.deadlines: list = []
+
+    def infer(self, x, **kw):
+        self.deadlines.append(kw.get("deadline"))
+        return super().infer(x, **kw)
+
+
+@pytest.mark.parametrize("margin", [True, False])
+def test_the_pool_gets_each_deadline_less_the_reply_margin(session, margin):
+    """The answers' way back from the worker to the event loop is taken off each deadline the pool gets (the
+    recent p90 lag, at most half the budget); ``deadline_met`` judges the request's own deadline."""
+    proxy = Recording(session)
+    srv = start(proxy, reply_margin=margin)
+    try:
+        lag = srv.app.state.server.reply_lag
+        for _ in range(64):
+            lag.record(0.25)
+        clock = srv.state.pool.clock
+        for budget_ms, taken in ((60000, 0.25), (200, 0.1)):  # 200 ms: at most half the budget
+            before = clock()
+            status, _, body = post_json(srv, {"inputs": [tensor(session)], "parameters": {"budget_ms": budget_ms}})
+            after = clock()
+            assert status == 200
+            want = budget_ms * 1e-3 - (taken if margin else 0.0)
+            assert before + want <= proxy.deadlines[-1] <= after + want
+            if budget_ms == 60000:
+                assert json.loads(body)["parameters"]["deadline_met"] is True
+    finally:
+        srv.stop()
+
+
 # -- the worker pool alone -----------------------------------------------------------------------------------------
 class Blocking:
     def __init__(self):

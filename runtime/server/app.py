@@ -29,8 +29,12 @@ Endpoints (``{name}`` is the model name: ``--model-name``, else the manifest's `
 Deadlines: the request's arrival time is taken by the outermost app middleware, before routing and
 before the body is read, on the sessions' clock (``InferencePool.clock``: the clock the session reads
 deadlines on); ``deadline = arrival + budget`` goes to the session, so reading the body,
-parsing and waiting for a worker all count against the budget. ``deadline_met`` says whether the
-*answer was ready* by the deadline (encoding and sending the response come after).
+parsing and waiting for a worker all count against the budget (with httptools the HTTP protocol takes
+the stamp earlier still, as the request's first bytes are parsed: :mod:`.http_impl`). ``deadline_met``
+says whether the *answer was ready* by the deadline: back on the transport's event loop, ready to encode
+(encoding and sending the response come after). The way back from the inference worker to the loop takes
+time under load, outside the session's view, so the pool gets ``deadline`` less a **reply margin** (the
+p90 of the latest answers' lags, at most half the budget: :mod:`.reply_lag`; ``reply_margin=False``: none).
 
 Response ``parameters``: ``latency_ms`` (arrival to answer ready), ``queue_ms`` (waiting for a worker),
 ``inference_ms`` (inside the session), ``exits_run`` (deepest exit run in the request), and for a
@@ -58,9 +62,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from ...common.errors import BackendError, InputError, PolicyError
 from .config import ServerConfig, ServerConfigError, check_model_name
+from .http_impl import ARRIVAL_KEY
 from .metrics import ServerMetrics
 from .protocol import (InferRequest, ModelIO, ProtocolError, encode_infer_response, error_body, model_config,
                        model_metadata, parse_infer_request, repository_index, server_metadata)
+from .reply_lag import ReplyLag
 from .stats import ModelStats
 from .worker import DeadlineExceeded, InferencePool, Outcome, Overloaded, ShuttingDown
 
@@ -69,7 +75,7 @@ if TYPE_CHECKING:  # the web packages are the serve extra: imported only when an
     from starlette.responses import Response
 
 log = logging.getLogger("sdedge.server")
-_ARRIVAL = "sdedge_arrival"
+_ARRIVAL = ARRIVAL_KEY
 _ENDPOINT = "sdedge_endpoint"
 _BODY_DONE = "sdedge_body_done"
 _INLINE_PARSE_BYTES = 1 << 20  # bodies above 1 MiB are parsed off the event loop
@@ -235,6 +241,7 @@ class InferenceServer:
         self.grpc: Any = None  # the GrpcService while it runs (config.grpc_port set)
         self.grpc_port: int | None = None  # its bound port
         self.on_grpc_listening: Callable[[str, int], None] | None = None  # called with (host, port) once it listens
+        self.reply_lag = ReplyLag()  # answers' way back from the workers: the reply margin (config.reply_margin)
         self.app: Any = self._build_app()
 
     @property
@@ -452,10 +459,13 @@ class InferenceServer:
         cfg, state = self.config, self.state
         budget = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
         deadline = None if budget is None else t0 + budget * 1e-3
+        run_by = deadline  # the deadline the pool gets: less the reply margin (the answer's way back to us)
+        if deadline is not None and cfg.reply_margin:
+            run_by = deadline - self.reply_lag.margin_s(budget * 1e-3)
         threshold = req.threshold if req.threshold is not None else cfg.threshold
         criterion = req.criterion if req.criterion is not None else cfg.criterion
         try:
-            out: Outcome = await state.pool.run(req.array, deadline=deadline, threshold=threshold, criterion=criterion,
+            out: Outcome = await state.pool.run(req.array, deadline=run_by, threshold=threshold, criterion=criterion,
                                                 t_arrival=t0, late=req.late)
         except Exception as e:  # counted as a failure, answered by the transport
             if isinstance(e, DeadlineExceeded):
@@ -463,8 +473,10 @@ class InferenceServer:
             if state.stats is not None:
                 state.stats.failure(state.pool.clock() - t0)
             raise
+        t_ready = state.pool.clock()  # back on the transport's loop: the answer is ready to encode
+        self.reply_lag.record(t_ready - out.t_done)
         results = out.results
-        latency_s = out.t_done - t0
+        latency_s = t_ready - t0
         exits = [r.exit_index for r in results]
         params: dict[str, Any] = {"latency_ms": round(latency_s * 1e3, 4), "queue_ms": round(out.queue_s * 1e3, 4),
                                   "inference_ms": round(out.inference_s * 1e3, 4), "exits_run": max(exits),
@@ -474,7 +486,7 @@ class InferenceServer:
             params["stopped_by"] = results[0].stopped_by
         met = None
         if deadline is not None:
-            met = all(r.deadline_met for r in results)
+            met = t_ready <= deadline
             params["budget_ms"] = budget
             params["deadline_met"] = bool(met)
         self.metrics.observe_inference(exits, latency_s, out.queue_s, out.inference_s, met)
@@ -571,7 +583,8 @@ class _ArrivalAndStatus:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[_ARRIVAL] = self.clock()
+        if _ARRIVAL not in scope:  # the HTTP protocol stamps it as the request's first bytes are parsed (httptools)
+            scope[_ARRIVAL] = self.clock()
         status = 500
 
         async def send_and_note(message: dict) -> None:

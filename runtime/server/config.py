@@ -49,7 +49,9 @@ class ServerConfig:
     answered "deadline exceeded" (504) instead of run (False: only those whose deadline passed);
     ``yield_to_queue``: a run goes no deeper than lets the requests waiting behind it still reach their first
     exits by their deadlines (its deadlines are capped; ``deadline_met`` is judged on each request's own; False:
-    each request uses its whole budget whatever waits).
+    each request uses its whole budget whatever waits); ``reply_margin``: each deadline the pool gets is the
+    request's less the recent p90 lag of answers on their way back to the transport (at most half the budget),
+    so answers are ready by the deadline itself (:mod:`.reply_lag`; False: the deadline as is).
     Capacity: ``workers`` sessions, each on its own inference thread with ``session.intra_op_threads``
     ORT intra-op threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
     ``max_queue`` requests (more: 503). Safety caps: ``max_body_mb`` MiB per body (after decompression
@@ -79,6 +81,7 @@ class ServerConfig:
     queue_order: str = "edf"
     shed_infeasible: bool = True
     yield_to_queue: bool = True
+    reply_margin: bool = True
     body_timeout_s: float = 30.0
     max_header_kb: int = 16
     limit_concurrency: int | None = 512
@@ -114,7 +117,7 @@ class ServerConfig:
             raise ServerConfigError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if self.queue_order not in ("edf", "fifo"):
             raise ServerConfigError(f"queue_order must be 'edf' or 'fifo', got {self.queue_order!r}")
-        for name in ("batching", "shed_infeasible", "yield_to_queue"):
+        for name in ("batching", "shed_infeasible", "yield_to_queue", "reply_margin"):
             if not isinstance(getattr(self, name), bool):
                 raise ServerConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("workers", "max_queue", "max_header_kb", "timeout_keep_alive"):

@@ -10,14 +10,21 @@ protocol has no such cap and llhttp would buffer a header line of any length. :f
 returns uvicorn's protocol with one: the bytes received while a request head is incomplete are counted,
 and beyond ``max_head_bytes`` the client gets a 431 with a JSON ``{"error"}`` and the connection is
 closed, so at most ``max_head_bytes`` plus one read are ever buffered for a head.
+
+The same protocol stamps each request's **arrival** (``scope[ARRIVAL_KEY]``, on the server's clock) when
+its first bytes are parsed, which is as early as the server can see it: the app's own stamp (outermost
+middleware) comes only once the request's task runs, and under load the event loop has many callbacks to
+run first (a request's deadline counts from its arrival, so that wait counts too). With h11 the app's
+stamp is the arrival.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
-from typing import Any
+from typing import Any, Callable
 
 HTTP_IMPLS = ("auto", "h11", "httptools")
+ARRIVAL_KEY = "sdedge_arrival"  # the ASGI scope key of a request's arrival time
 LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -48,8 +55,9 @@ def resolve_loop(choice: str) -> str:
     return choice
 
 
-def capped_httptools(max_head_bytes: int) -> type:
-    """uvicorn's httptools protocol, refusing a request head longer than ``max_head_bytes`` with a 431."""
+def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = None) -> type:
+    """uvicorn's httptools protocol, refusing a request head longer than ``max_head_bytes`` with a 431 and
+    (``clock`` given) stamping each request's arrival into its scope as its first bytes are parsed."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     body = json.dumps({"error": f"request head (request line and headers) over {max_head_bytes // 1024} KiB; "
@@ -71,6 +79,11 @@ def capped_httptools(max_head_bytes: int) -> type:
             if self._in_head and self._head_bytes > max_head_bytes and not transport.is_closing():
                 transport.write(refusal)
                 transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if clock is not None:
+                self.scope[ARRIVAL_KEY] = clock()  # type: ignore[index]
 
         def on_headers_complete(self) -> None:
             self._in_head = False

@@ -60,7 +60,8 @@ def uvicorn_config(app: Any, config: ServerConfig) -> Any:
     uvicorn = _require_uvicorn()
     http: Any = resolve_http(config.http)
     if http == "httptools":
-        http = capped_httptools(config.max_header_kb * 1024)
+        state = getattr(getattr(app, "state", None), "sdedge", None)  # an app build_app made: its pool's clock
+        http = capped_httptools(config.max_header_kb * 1024, getattr(getattr(state, "pool", None), "clock", None))
     return uvicorn.Config(
         app, host=config.host, port=config.port, http=http, loop=resolve_loop(config.loop), lifespan="on",
         timeout_keep_alive=config.timeout_keep_alive,

@@ -31,6 +31,12 @@ Order (:meth:`EdfQueue.take`):
   keeps a batch's first section (on all its rows) within the slack of its tightest deadline, using the
   session's own cost figures; a request too tight even alone still runs alone (exit 1 is the floor).
 
+Forming a batch is bounded work whatever the queue's length (:meth:`EdfQueue._gather`): a slack refusal
+holds for every request behind it, and the look-ahead is capped. **Yielding** (:meth:`EdfQueue.start_by`): after
+a take, the worker asks by when its run must end so that the requests waiting behind it can still reach their
+first exits one after another; it caps its rows' deadlines there (``ServerConfig.yield_to_queue``), so under
+contention a request answers at a shallower exit instead of making the ones behind it miss theirs.
+
 ``order="fifo"`` serves in arrival order instead (``sdedge serve --queue-order fifo``: the baseline of
 ``benchmarks/serve_bench.py``); expired requests are still answered at once.
 

@@ -16,7 +16,10 @@ How the server handles concurrency, and why:
   exceeded" (504) without running, unless it asked for the floor answer (``late``); so, while other
   requests wait, is one that can no longer reach even its first exit in time (``shed_infeasible``). Waiting is
   *visible*: each answer and ``/metrics`` report ``queue_ms``, and since the deadline counts from the
-  request's arrival (``deadline = arrival + budget``), time spent queued is taken off the budget.
+  request's arrival (``deadline = arrival + budget``), time spent queued is taken off the budget. A run
+  **yields to the queue** (``yield_to_queue``): its deadlines are capped at the latest end that still lets
+  the requests waiting behind it reach their first exits by theirs, so under contention answers come from
+  shallower exits instead of late; each request's ``deadline_met`` is still judged on its own deadline.
 * **Dynamic batching** (``ServerConfig.batching``, on by default): a worker runs the requests waiting
   together (compatible: same input dtype and shape, same criterion, at most ``max_batch`` rows) as one
   batch with ``session.infer_rows``, **each row with its own threshold and deadline**, leaving at its own

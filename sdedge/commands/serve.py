@@ -80,6 +80,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="let every request use its whole budget (default: a request answers at a shallower exit "
                         "when going deeper would leave the requests waiting behind it too little time to reach "
                         "their first exits by their deadlines; deadline_met still judges its own deadline)")
+    c.add_argument("--no-reply-margin", dest="reply_margin", action="store_false",
+                   help="give the inference worker each request's deadline as is (default: less a margin, the recent "
+                        "p90 of how long answers take from the worker back to the event loop, at most half the "
+                        "budget, so the answer is ready to send by the deadline)")
     c.add_argument("--switch-interval-us", type=int, default=100,
                    help="the interpreter's thread switch interval for this process, in microseconds (default 100; 0: "
                         "Python's own 5 ms): how long an inference thread back from the device may wait for the "
@@ -153,7 +157,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         batching=args.batching,
         max_queue_delay_us=args.max_queue_delay_us, no_deadline_wait_ms=args.no_deadline_wait_ms,
         queue_order=args.queue_order, shed_infeasible=args.shed_infeasible, yield_to_queue=args.yield_to_queue,
-        switch_interval_us=args.switch_interval_us,
+        switch_interval_us=args.switch_interval_us, reply_margin=args.reply_margin,
         model_name=args.model_name, model_version=args.model_version,
         budget_ms=args.budget_ms, threshold=_threshold(args.threshold), criterion=args.criterion,
         session=session, workers=args.workers, max_body_mb=args.max_body_mb, max_queue=args.max_queue,
