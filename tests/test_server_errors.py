@@ -510,6 +510,16 @@ def test_worker_pool_queue_bound_errors_and_drain():
     asyncio.run(main())
 
 
+async def busy_pool(session, **kw):
+    """A one-session pool (``kw``: its settings) whose worker is busy with request "a", held until the test sets
+    ``session.go``: (pool, its events, the future of "a")."""
+    pool = InferencePool([session], **kw)
+    events = PoolEvents(pool)
+    running = asyncio.ensure_future(pool.run("a"))
+    await asyncio.to_thread(events.wait, "started", 1)
+    return pool, events, running
+
+
 class Costed(Blocking):
     """A session whose first exit, by its own figures, takes 100 s (per-call overhead 1 s)."""
 
@@ -520,10 +530,7 @@ class Costed(Blocking):
 def test_worker_pool_sheds_a_request_that_cannot_reach_its_first_exit_only_while_others_wait():
     async def main(shed):
         s = Costed()
-        pool = InferencePool([s], shed_infeasible=shed)
-        events = PoolEvents(pool)
-        running = asyncio.ensure_future(pool.run("a"))
-        await asyncio.to_thread(events.wait, "started", 1)  # the worker is busy with "a"
+        pool, events, running = await busy_pool(s, shed_infeasible=shed)
         hopeless = asyncio.ensure_future(pool.run("hopeless", deadline=pool.clock() + 50.0))  # 50 s < 101 s
         far = pool.clock() + 3600.0
         behind = asyncio.ensure_future(pool.run("b", deadline=far))  # after "hopeless" in the queue
@@ -560,10 +567,7 @@ def test_a_run_yields_to_the_requests_waiting_behind_it():
     then judged on the request's own deadline."""
     async def main(yield_to_queue):
         s = Answering()
-        pool = InferencePool([s], yield_to_queue=yield_to_queue)
-        events = PoolEvents(pool)
-        running = asyncio.ensure_future(pool.run("a"))
-        await asyncio.to_thread(events.wait, "started", 1)  # the worker is busy with "a"
+        pool, events, running = await busy_pool(s, yield_to_queue=yield_to_queue)
         t = pool.clock()
         own, behind, later = t + 3600.0, t + 3650.0, t + 3900.0
         head = asyncio.ensure_future(pool.run("head@5", deadline=own))
