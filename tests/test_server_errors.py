@@ -424,6 +424,54 @@ def test_arrival_is_stamped_as_the_request_is_parsed(session, http):
         srv.stop()
 
 
+def test_a_response_head_goes_out_with_its_body():
+    """uvicorn writes a response head and its body apart; the transport sends them in one write, a head with
+    no body after it at the end of the loop's turn, and anything else as it comes."""
+    from sdedge.runtime.server.http_impl import _CoalescingTransport
+
+    class Sink:
+        def __init__(self):
+            self.writes, self.closed = [], False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def is_closing(self):
+            return self.closed
+
+        def close(self):
+            self.closed = True
+
+        def get_extra_info(self, name):
+            return ("127.0.0.1", 1) if name == "peername" else None
+
+    class Loop:
+        def __init__(self):
+            self.soon = []
+
+        def call_soon(self, fn):
+            self.soon.append(fn)
+
+    sink, loop = Sink(), Loop()
+    t = _CoalescingTransport(sink, loop)
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    t.write(head)
+    assert sink.writes == []
+    t.write(b"{}")
+    assert sink.writes == [head + b"{}"]
+    loop.soon.pop()()  # the turn ends: nothing was left to send
+    assert sink.writes == [head + b"{}"]
+    t.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # no body follows
+    loop.soon.pop()()
+    assert sink.writes[-1] == b"HTTP/1.1 204 No Content\r\n\r\n"
+    t.write(b"HTTP/1.1 431 Too Large\r\ncontent-length: 2\r\n\r\n{}")  # a whole response: straight out
+    t.write(b"chunk")
+    assert sink.writes[-2:] == [b"HTTP/1.1 431 Too Large\r\ncontent-length: 2\r\n\r\n{}", b"chunk"]
+    t.write(head)
+    t.close()  # a held head goes out before the close
+    assert sink.writes[-1] == head and sink.closed and t.get_extra_info("peername") == ("127.0.0.1", 1)
+
+
 class Recording(Proxy):
     """A proxy that keeps the deadline of every inference it is asked for."""
 

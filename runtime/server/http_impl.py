@@ -9,7 +9,9 @@ h11 caps an incomplete request head itself (``h11_max_incomplete_event_size``); 
 protocol has no such cap and llhttp would buffer a header line of any length. :func:`capped_httptools`
 returns uvicorn's protocol with one: the bytes received while a request head is incomplete are counted,
 and beyond ``max_head_bytes`` the client gets a 431 with a JSON ``{"error"}`` and the connection is
-closed, so at most ``max_head_bytes`` plus one read are ever buffered for a head.
+closed, so at most ``max_head_bytes`` plus one read are ever buffered for a head. It also sends each
+response's head and body in one write (:class:`_CoalescingTransport`; uvicorn makes two: two syscalls, two
+TCP segments).
 
 The same protocol stamps each request's **arrival** (``scope[ARRIVAL_KEY]``, on the server's clock) when
 its first bytes are parsed, which is as early as the server can see it: the app's own stamp (outermost
@@ -69,6 +71,10 @@ def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = No
         _in_head = True  # between requests, arriving bytes start a head
         _head_bytes = 0
 
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.transport = _CoalescingTransport(transport, self.loop)  # every cycle of this connection writes here
+
         def data_received(self, data: bytes) -> None:
             transport: Any = self.transport
             if transport.is_closing():
@@ -95,3 +101,39 @@ def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = No
 
     return CappedHttpToolsProtocol
 
+
+
+class _CoalescingTransport:
+    """A transport that sends a response head together with the body written right after it: uvicorn writes
+    them in two ``transport.write`` calls, two send syscalls and two TCP segments per response. A write that
+    is a whole response head (``HTTP/1.1 ... \\r\\n\\r\\n``) is held until the next write, or the end of the
+    loop's current turn at the latest (a head with no body after it: HEAD, 204), or a close; everything else
+    goes straight through."""
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._t = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._t.write(head + bytes(data))
+        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":
+            self._head = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._t.write(data)
+
+    def flush(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and not self._t.is_closing():
+            self._t.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._t.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
