@@ -420,16 +420,19 @@ def test_section_costs_are_readable_on_both_engines(real_session):
 def test_reply_lag_margin_is_a_recent_high_quantile_capped_by_the_budget():
     from sdedge.runtime.server.reply_lag import ReplyLag
 
-    lag = ReplyLag(window=100, quantile=90.0, every=10, min_samples=20)
+    lag = ReplyLag(window=100, quantile=90.0, every=10, min_samples=20, horizon_s=2.0)
     for _ in range(19):
-        lag.record(0.010)
-    assert lag.margin_s(1.0) == 0.0  # too few answers yet
+        lag.record(0.010, 0.0)
+    assert lag.margin_s(1.0, 0.0) == 0.0  # too few answers yet
     for i in range(81):
-        lag.record(0.001 * (i % 10))  # 0..9 ms
+        lag.record(0.001 * (i % 10), 0.0)  # 0..9 ms
     assert 0.0 < lag.current_s <= 0.010
     for _ in range(100):  # the window moves on: the recent lags alone
-        lag.record(0.004)
+        lag.record(0.004, 1.0)
     assert lag.current_s == pytest.approx(0.004)
-    assert lag.margin_s(0.006) == pytest.approx(0.003)  # at most half the budget
-    lag.record(-1.0)  # a clock step backwards counts as no lag
+    assert lag.margin_s(0.006, 1.0) == pytest.approx(0.003)  # at most half the budget
+    lag.record(-1.0, 1.0)  # a clock step backwards counts as no lag
     assert lag.current_s >= 0.0
+    # a burst's lags age out: quiet requests long after it get no margin from it
+    assert lag.margin_s(1.0, 2.5) == pytest.approx(0.004)
+    assert lag.margin_s(1.0, 3.5) == 0.0 and lag.current_s == 0.0

@@ -492,9 +492,9 @@ def test_the_pool_gets_each_deadline_less_the_reply_margin(session, margin):
     srv = start(proxy, reply_margin=margin)
     try:
         lag = srv.app.state.server.reply_lag
-        for _ in range(64):
-            lag.record(0.25)
         clock = srv.state.pool.clock
+        for _ in range(64):
+            lag.record(0.25, clock())
         for budget_ms, taken in ((60000, 0.25), (200, 0.1)):  # 200 ms: at most half the budget
             before = clock()
             status, _, body = post_json(srv, {"inputs": [tensor(session)], "parameters": {"budget_ms": budget_ms}})

@@ -34,7 +34,7 @@ the stamp earlier still, as the request's first bytes are parsed: :mod:`.http_im
 says whether the *answer was ready* by the deadline: back on the transport's event loop, ready to encode
 (encoding and sending the response come after). The way back from the inference worker to the loop takes
 time under load, outside the session's view, so the pool gets ``deadline`` less a **reply margin** (the
-p90 of the latest answers' lags, at most half the budget: :mod:`.reply_lag`; ``reply_margin=False``: none).
+p90 of the latest answers' lags, none older than 2 s, at most half the budget: :mod:`.reply_lag`; ``reply_margin=False``: none).
 
 Response ``parameters``: ``latency_ms`` (arrival to answer ready), ``queue_ms`` (waiting for a worker),
 ``inference_ms`` (inside the session), ``exits_run`` (deepest exit run in the request), and for a
@@ -461,7 +461,7 @@ class InferenceServer:
         deadline = None if budget is None else t0 + budget * 1e-3
         run_by = deadline  # the deadline the pool gets: less the reply margin (the answer's way back to us)
         if deadline is not None and cfg.reply_margin:
-            run_by = deadline - self.reply_lag.margin_s(budget * 1e-3)
+            run_by = deadline - self.reply_lag.margin_s(budget * 1e-3, t0)
         threshold = req.threshold if req.threshold is not None else cfg.threshold
         criterion = req.criterion if req.criterion is not None else cfg.criterion
         try:
@@ -474,7 +474,7 @@ class InferenceServer:
                 state.stats.failure(state.pool.clock() - t0)
             raise
         t_ready = state.pool.clock()  # back on the transport's loop: the answer is ready to encode
-        self.reply_lag.record(t_ready - out.t_done)
+        self.reply_lag.record(t_ready - out.t_done, t_ready)
         results = out.results
         latency_s = t_ready - t0
         exits = [r.exit_index for r in results]
