@@ -75,7 +75,6 @@ if TYPE_CHECKING:  # the web packages are the serve extra: imported only when an
     from starlette.responses import Response
 
 log = logging.getLogger("sdedge.server")
-_ARRIVAL = ARRIVAL_KEY
 _ENDPOINT = "sdedge_endpoint"
 _BODY_DONE = "sdedge_body_done"
 _INLINE_PARSE_BYTES = 1 << 20  # bodies above 1 MiB are parsed off the event loop
@@ -413,7 +412,7 @@ class InferenceServer:
     async def post_infer(self, request: "Request") -> "Response":
         """``POST .../infer``: the answer, or the error's status and message (see the module docstring)."""
         _mark(request, "infer")
-        t0 = request.scope.get(_ARRIVAL) or self.state.pool.clock()
+        t0 = request.scope.get(ARRIVAL_KEY) or self.state.pool.clock()
         e = self.model_error(request)
         if e is not None:
             return e
@@ -583,8 +582,8 @@ class _ArrivalAndStatus:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _ARRIVAL not in scope:  # the HTTP protocol stamps it as the request's first bytes are parsed (httptools)
-            scope[_ARRIVAL] = self.clock()
+        if ARRIVAL_KEY not in scope:  # the HTTP protocol stamps it as the request's first bytes are parsed (httptools)
+            scope[ARRIVAL_KEY] = self.clock()
         status = 500
 
         async def send_and_note(message: dict) -> None:

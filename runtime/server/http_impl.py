@@ -102,7 +102,6 @@ def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = No
     return CappedHttpToolsProtocol
 
 
-
 class _CoalescingTransport:
     """A transport that sends a response head together with the body written right after it: uvicorn writes
     them in two ``transport.write`` calls, two send syscalls and two TCP segments per response. A write that

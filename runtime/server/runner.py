@@ -23,7 +23,7 @@ uvicorn settings and why (all from :class:`~sdedge.runtime.server.config.ServerC
   GIL, and an inference thread coming back from ONNX Runtime or the native core (which release it) waits
   for the loop to give it up, up to Python's default 5 ms whenever the loop is busy parsing other
   requests: the device then sits idle while answers wait (measured under overload:
-  ``benchmarks/serve_bench.py``'s ``--switch-contenders``). :class:`BackgroundServer` runs inside a host
+  ``benchmarks/serve_bench.py``'s ``*-switch-5ms`` contenders). :class:`BackgroundServer` runs inside a host
   process and leaves its interval alone.
 * The listening socket is bound here (:func:`bind_socket`), not by uvicorn, so ``port=0`` works: the OS
   picks a free port and ``serve`` hands the bound one to its ``on_listening`` callback (the CLI prints

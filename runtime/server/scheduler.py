@@ -189,15 +189,12 @@ class EdfQueue:
         busy = 0.0
         for entry in waiting:
             job = entry[3]
-            if job.cancelled() or job.late:
-                continue
+            if job.cancelled() or job.late or self._expired(job, now, first_exit_s):
+                continue  # runs anyway, or cannot make it whatever runs now (shed at its turn)
             try:
-                need = float(first_exit_s(job))
+                busy += float(first_exit_s(job))
             except Exception:  # noqa: BLE001 - no cost figure: no bound
                 return None
-            if job.deadline is not None and now + need > job.deadline:
-                continue  # cannot make it whatever runs now
-            busy += need
             if job.deadline is not None:
                 start = job.deadline - busy
                 best = start if best is None else min(best, start)
