@@ -7,8 +7,10 @@ the core (else the core's own lookup: ``$SDEDGE_ORT_LIBRARY``, then the loader),
 statuses onto the Python error classes with the core's message. ctypes releases the GIL for the length
 of every call into the library, so inference runs without it; the core serializes calls on one session.
 
-What stays in Python, once for both engines (``runtime/session.py``): input validation and conversion
-(:class:`~sdedge.runtime.preprocess.Preprocessor`), the policy arguments
+What stays in Python, once for both engines (``runtime/session.py``): input validation (ranks, shapes,
+dtypes, batch sizes: :class:`~sdedge.runtime.preprocess.Preprocessor`; on this engine raw uint8 pixels go to
+the core's uint8 entry, which preprocesses them, and float input is checked for NaN/Inf by the core alone,
+with the same message), the policy arguments
 (:meth:`~sdedge.runtime.policies.ConfidencePolicy.build`: the core then gets resolved per-exit thresholds
 and a criterion) and the ``InferenceResult`` objects. The core decides the exits.
 """
@@ -99,6 +101,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "sdedge_session_free": (None, [vp]),
         "sdedge_session_describe": (st, [vp, ctypes.c_char_p, u64, ctypes.POINTER(u64)]),
         "sdedge_session_infer_f32_ex": (st, [vp, vp, i64, ctypes.POINTER(InferOptionsC), vp, vp, vp]),
+        "sdedge_session_infer_u8_ex": (st, [vp, vp, i64, ctypes.POINTER(InferOptionsC), vp, vp, vp]),
         "sdedge_session_infer_all_exits": (st, [vp, vp, i64, vp]),
         "sdedge_session_section_cost_ms": (st, [vp, ctypes.c_int32, i64, ctypes.POINTER(ctypes.c_double)]),
     }
@@ -180,8 +183,9 @@ def _raise(lib: ctypes.CDLL, status: int) -> None:
     raise _ERRORS.get(status, BackendError)(msg if status != 7 else f"native core: {msg}")
 
 
-def _ptr(a: np.ndarray | None) -> int | None:
-    return None if a is None else a.ctypes.data
+def _out_ptr(a: np.ndarray) -> int:
+    """The address of a fresh (writable, contiguous, non-empty) output array: cheaper than ``a.ctypes.data``."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(a))
 
 
 class NativeSession:
@@ -220,6 +224,7 @@ class NativeSession:
         self.num_classes = int(self.description["num_classes"])
         self.max_batch = int(self.description["max_batch"])
         self._infer = lib.sdedge_session_infer_f32_ex
+        self._infer_u8 = lib.sdedge_session_infer_u8_ex
         self._requests: dict[Any, tuple[InferOptionsC, Any]] = {}
 
     # -- the clock ------------------------------------------------------------------------------------------
@@ -251,7 +256,8 @@ class NativeSession:
               row_thresholds: np.ndarray | None = None, row_deadlines_ns: np.ndarray | None = None,
               on_rows: Callable[[list[int], np.ndarray, np.ndarray, np.ndarray], None] | None = None,
               exit_confidences: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Run a validated float32 C-contiguous NCHW batch under ``request`` (from :meth:`request`) and an
+        """Run a validated C-contiguous batch (float32 NCHW, or raw uint8 NHWC that the core preprocesses)
+        under ``request`` (from :meth:`request`) and an
         absolute deadline on ``sdedge_now_ns()``'s clock (0: none): (results as ``RESULT_DTYPE`` rows,
         probabilities [B, C], exit confidences [B, K], NaN past each row's exit). ``row_thresholds``
         (float32 [B, K], NaN: none) and ``row_deadlines_ns`` (int64 [B], 0: none) give each row its own
@@ -263,6 +269,7 @@ class NativeSession:
         res = np.empty(n, RESULT_DTYPE)
         probs = np.empty((n, self.num_classes), np.float32)
         conf = np.empty((n, self.num_exits), np.float32) if exit_confidences else None
+        run = self._infer_u8 if xb.dtype == np.uint8 else self._infer
         io = request[0]
         if deadline_ns or row_thresholds is not None or row_deadlines_ns is not None:
             io = InferOptionsC.from_buffer_copy(io)  # a private copy: the cached options are shared by concurrent calls
@@ -283,8 +290,8 @@ class NativeSession:
 
             relay = ON_ROWS(relay_rows)  # held in this frame for the whole call
             io.on_rows = ctypes.cast(relay, ctypes.c_void_p).value
-        st = self._infer(self._handle(), xb.ctypes.data, n, ctypes.byref(io), res.ctypes.data, probs.ctypes.data,
-                         _ptr(conf))
+        st = run(self._handle(), xb.ctypes.data, n, ctypes.byref(io), _out_ptr(res), _out_ptr(probs),
+                 None if conf is None else _out_ptr(conf))
         if st:
             _raise(self._lib, st)
         return res, probs, conf

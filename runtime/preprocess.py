@@ -26,7 +26,8 @@ _FLOATS = (np.float16, np.float32, np.float64)
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated float32 C-contiguous NCHW batch and whether the caller sent a single image."""
+    """A validated C-contiguous batch and whether the caller sent a single image: float32 NCHW, or (only when
+    asked ``for_core``) the raw uint8 NHWC pixels, which the native core preprocesses itself."""
 
     batch: np.ndarray
     single: bool
@@ -53,7 +54,10 @@ class Preprocessor:
             raw += f" (or [{h},{w}] / [N,{h},{w}])"
         return f"float32 [C,H,W]=[{c},{h},{w}] or [N,{c},{h},{w}] (preprocessed), or raw {raw}"
 
-    def __call__(self, x: object) -> Prepared:
+    def __call__(self, x: object, for_core: bool = False) -> Prepared:
+        """Validate and preprocess ``x``. ``for_core``: the native core takes the batch, and does what it does
+        itself (the same rules and messages, in C++): raw uint8 pixels stay uint8 NHWC (it preprocesses them)
+        and float input is not checked for NaN/Inf here (it checks); shapes and sizes are checked alike."""
         if not isinstance(x, np.ndarray):
             if isinstance(x, (list, tuple)) or hasattr(x, "__array__"):
                 try:
@@ -64,9 +68,9 @@ class Preprocessor:
                 raise InputError(f"input must be a numpy array, got {type(x).__name__}; expected {self.expected()}")
         assert isinstance(x, np.ndarray)
         if x.dtype == np.uint8:
-            return self._raw(x)
+            return self._raw(x, for_core)
         if x.dtype.type in _FLOATS:
-            return self._float(x)
+            return self._float(x, for_core)
         raise InputError(f"input dtype {x.dtype} is not supported; expected {self.expected()}")
 
     def _check_batch(self, n: int) -> None:
@@ -75,7 +79,7 @@ class Preprocessor:
         if n > self.max_batch:
             raise InputError(f"batch of {n} images is larger than max_batch={self.max_batch}; split it or raise max_batch")
 
-    def _float(self, x: np.ndarray) -> Prepared:
+    def _float(self, x: np.ndarray, for_core: bool = False) -> Prepared:
         c, h, w = self.chw
         single = x.ndim == 3
         if x.ndim not in (3, 4):
@@ -88,6 +92,8 @@ class Preprocessor:
             raise InputError(f"float input has shape {list(x.shape)}; expected {self.expected()}{hint}")
         self._check_batch(xb.shape[0])
         out = np.ascontiguousarray(xb, dtype=np.float32)
+        if for_core:
+            return Prepared(out, single)
         # one reduction on the hot path: a finite sum proves every value finite; otherwise look closely
         with np.errstate(over="ignore"):  # a sum overflowing to Inf only sends us to the exact check
             finite_sum = math.isfinite(float(out.sum()))
@@ -96,7 +102,7 @@ class Preprocessor:
             raise InputError(f"input holds {bad} NaN/Inf value(s); expected finite floats")
         return Prepared(out, single)
 
-    def _raw(self, x: np.ndarray) -> Prepared:
+    def _raw(self, x: np.ndarray, for_core: bool = False) -> Prepared:
         c, h, w = self.chw
         if x.ndim == 2 and c == 1:
             xb, single = x[None, :, :, None], True
@@ -112,6 +118,8 @@ class Preprocessor:
             hint = " (it looks like CHW: raw uint8 pixels must be HWC)" if tuple(xb.shape[1:]) == (c, h, w) else ""
             raise InputError(f"uint8 input has shape {list(x.shape)}; expected {self.expected()}{hint}")
         self._check_batch(xb.shape[0])
+        if for_core:
+            return Prepared(np.ascontiguousarray(xb), single)
         out = xb.astype(np.float32).transpose(0, 3, 1, 2)  # NHWC -> NCHW (a view)
         out = out * self._a[None, :, None, None] + self._b[None, :, None, None]
         return Prepared(np.ascontiguousarray(out, dtype=np.float32), single)

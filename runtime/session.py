@@ -328,7 +328,7 @@ class AnytimeSession:
         t0 = clock()
         stop_at = self._deadline(t0, budget_ms, deadline)
         pol = self.policy(threshold, criterion)
-        prep = self._prep(x)
+        prep = self._prep(x, self._native is not None)  # the core checks and preprocesses what it takes
         results = self._call(prep.batch, pol, stop_at, t0)
         return results[0] if prep.single else results
 
@@ -368,7 +368,7 @@ class AnytimeSession:
         """
         clock = self.clock
         t0 = clock()
-        prep = self._prep(x)
+        prep = self._prep(x, self._native is not None)  # the core checks and preprocesses what it takes
         xb = prep.batch
         n = xb.shape[0]
         thr = [None] * n if thresholds is None else list(thresholds)
@@ -716,7 +716,7 @@ class _AllExits:
     the caller may reuse its buffer)."""
 
     def __init__(self, session: AnytimeSession, xb: np.ndarray) -> None:
-        self._session, self._xb, self._logits = session, np.array(xb, np.float32, copy=True), None
+        self._session, self._xb, self._logits = session, np.array(xb, copy=True), None  # float NCHW or raw uint8 NHWC
 
     def __call__(self) -> np.ndarray:
         if self._logits is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdedge.common.errors import BackendError, ChecksumError, PolicyError
+from sdedge.common.errors import BackendError, ChecksumError, InputError, PolicyError
 from sdedge.common.jsonio import dump_json
 from sdedge.runtime import AnytimeSession, SessionOptions, open_bundle
 from sdedge.runtime.bundle import update_bundle
@@ -102,6 +102,32 @@ def test_engines_agree_on_a_real_bundle(pair: tuple[AnytimeSession, AnytimeSessi
         one_a, one_b = nat.infer(raw[3], **kw), py.infer(raw[3], **kw)  # a single image: one result
         _assert_same([one_a], [one_b])
     assert split, "no policy split the batch over exits: the comparison is weak"
+
+
+def test_the_core_takes_raw_pixels_as_they_are_and_checks_floats_itself(
+        pair: tuple[AnytimeSession, AnytimeSession], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native binding does not do the core's work twice: uint8 pixels go to the core's uint8 entry
+    (it preprocesses them), float input to the float one unchecked (the core refuses NaN/Inf, same message)."""
+    nat, py = pair
+    core = nat._native
+    calls: list[str] = []
+    for attr, kind in (("_infer", "f32"), ("_infer_u8", "u8")):
+        fn = getattr(core, attr)
+        monkeypatch.setattr(core, attr, lambda *a, _fn=fn, _kind=kind: calls.append(_kind) or _fn(*a))
+    raw = _images(nat.input_shape, 3, seed=5)
+    _assert_same(nat.infer(raw, threshold=0.5), py.infer(raw, threshold=0.5))
+    assert calls == ["u8"]
+    x = py._prep(raw).batch
+    _assert_same(nat.infer(x, budget_ms=60_000), py.infer(x, budget_ms=60_000))
+    assert calls == ["u8", "f32"]
+    x[1, 0, 0, 0] = np.nan
+    msgs = []
+    for s in (nat, py):
+        with pytest.raises(InputError) as e:
+            s.infer(x)
+        msgs.append(str(e.value))
+    assert msgs[0] == msgs[1] and "1 NaN/Inf" in msgs[0]
+    assert calls[-1] == "f32"  # the core refused it
 
 
 def test_engines_agree_with_ensemble_answers_and_a_default_criterion(calibrated_bundle: Path) -> None:
