@@ -18,8 +18,8 @@ the limit; 0 before exit 1 fits; a cheaper model with the same accuracy scores h
   temperatures; the calibrated thresholds' own point (test accuracy at mean latency) is reported beside it.
 
 ``--round-to 8 16`` adds, per target, rows pruned with channel counts rounded to those multiples (recovered
-with ``--round-mode``): ONNX Runtime's CPU kernels block channels by 8/16. ``--iterative STEPS EPOCHS``
-adds, at the smallest target, the iterative schedule (``--steps STEPS --step-epochs EPOCHS``: prune, recover for
+with each of ``--round-mode``, distill by default; ``--round-mode distill labels`` gives both): ONNX Runtime's
+CPU kernels block channels by 8/16. ``--iterative STEPS EPOCHS`` adds, at the smallest target, the iterative schedule (``--steps STEPS --step-epochs EPOCHS``: prune, recover for
 EPOCHS, prune again, ..., then the final recovery) beside one-shot pruning given the same total epochs
 (``--epochs + (STEPS - 1) * EPOCHS``), both distilled.
 
@@ -73,14 +73,14 @@ def prune_rows(args) -> dict[str, str]:
             print(f"# {name}: {time.time() - t0:.0f} s, MACs kept {res.report.macs_kept:.3f}", flush=True)
             ckpts[name] = res.best_checkpoint
         for r in args.round_to:  # channel counts multiples of r: what the CPU's blocked kernels want
-            name = f"p{round(t * 100)}-{args.round_mode}-round{r}"
-            out = Path(args.work) / name
-            res = prune(PruneConfig(checkpoint=args.teacher, output=str(out), target_macs=t, round_to=r,
-                                    recovery="labels" if args.round_mode == "labels" else "distill",
-                                    train=_train_cfg(args, out), importance=args.importance))
-            print(f"# {name}: MACs kept {res.report.macs_kept:.3f}, channels {res.report.section_channels_after}",
-                  flush=True)
-            ckpts[name] = res.best_checkpoint
+            for mode in args.round_mode:
+                name = f"p{round(t * 100)}-{mode}-round{r}"
+                out = Path(args.work) / name
+                res = prune(PruneConfig(checkpoint=args.teacher, output=str(out), target_macs=t, round_to=r,
+                                        recovery=mode, train=_train_cfg(args, out), importance=args.importance))
+                print(f"# {name}: MACs kept {res.report.macs_kept:.3f}, channels {res.report.section_channels_after}",
+                      flush=True)
+                ckpts[name] = res.best_checkpoint
         if args.iterative and t == min(args.targets):  # iterative vs one-shot at equal recovery epochs
             steps, step_epochs = args.iterative
             total = args.epochs + (steps - 1) * step_epochs
@@ -182,8 +182,8 @@ def main() -> int:
     p.add_argument("--importance", default="magnitude")
     p.add_argument("--round-to", type=int, nargs="*", default=[],
                    help="also prune with channel counts rounded to these multiples (one row each per target)")
-    p.add_argument("--round-mode", default="distill", choices=["labels", "distill"],
-                   help="recovery of the --round-to rows")
+    p.add_argument("--round-mode", nargs="+", default=["distill"], choices=["labels", "distill"],
+                   help="recovery of the --round-to rows (one row per mode)")
     p.add_argument("--iterative", type=int, nargs=2, metavar=("STEPS", "EPOCHS"), default=None,
                    help="also prune in STEPS steps recovering EPOCHS between them, beside one-shot with equal epochs")
     p.add_argument("--cal-runs", type=int, default=200, help="latency profile runs per section of each calibration")
