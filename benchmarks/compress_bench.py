@@ -19,8 +19,9 @@ the limit; 0 before exit 1 fits; a cheaper model with the same accuracy scores h
 
 ``--round-to 8 16`` adds, per target, rows pruned with channel counts rounded to those multiples (recovered
 with each of ``--round-mode``, distill by default; ``--round-mode distill labels`` gives both): ONNX Runtime's
-CPU kernels block channels by 8/16. ``--iterative STEPS EPOCHS`` adds, at the smallest target, the iterative schedule (``--steps STEPS --step-epochs EPOCHS``: prune, recover for
-EPOCHS, prune again, ..., then the final recovery) beside one-shot pruning given the same total epochs
+CPU kernels block channels by 8/16. ``--iterative STEPS EPOCHS`` adds, at the smallest target, the iterative
+schedule (``--steps STEPS --step-epochs EPOCHS``: prune, recover for EPOCHS, prune again, ..., then the final
+recovery) beside one-shot pruning given the same total epochs
 (``--epochs + (STEPS - 1) * EPOCHS``), both distilled.
 
     python benchmarks/compress_bench.py --teacher runs/fm/best.pt --data DIR --targets 0.7 0.5 --epochs 3 \\
