@@ -19,8 +19,9 @@ scenarios (for ``batches``, at one row and at ``--max-rows`` rows, linearly betw
 sequence goes to every contender.
 
 Contenders, interleaved call by call in a shuffled order so that drift and the neighbour hit them alike:
-``new`` (the session as it is: :mod:`sdedge.runtime.policies`, rules 1-9), ``p99_prior`` (the same rules
-with the profile's p99 as rule 6's prior instead of its p90: what they were before), ``old`` (the same session with
+``new`` (the session as it is: :mod:`sdedge.runtime.policies`, rules 1-9), ``prior_floor`` (the same rules
+with the profile's figure kept as a floor under every cell for good, as before the prior stepped aside after
+``PRIOR_SAMPLES`` samples of a cell's own), ``old`` (the same session with
 the estimator before issue 12: power-of-two batch buckets, a p99 ring refreshed every 16 samples, figures
 forgotten after 60 s without a sample; ``--no-old`` leaves it out) and ``trace`` (a third session running
 every section with no budget, its section times kept: the trace). The *oracle* of a call is the deepest
@@ -110,7 +111,7 @@ def open_sessions(bundle: Any, args: argparse.Namespace) -> dict[str, AnytimeSes
     """The contenders and the trace session, each on its own ONNX Runtime backend, warmed up."""
     opts = SessionOptions(backend="onnxruntime", precision="fp32", intra_op_threads=args.threads, max_batch=args.max_rows, warmup=0)
     out: dict[str, AnytimeSession] = {}
-    for name in ("new", "p99_prior", "old", "trace"):
+    for name in ("new", "prior_floor", "old", "trace"):
         if name == "old" and args.no_old:
             continue
         # the old estimator predates rule 9 (the whole network as full.onnx): its session has no full graph
@@ -118,10 +119,11 @@ def open_sessions(bundle: Any, args: argparse.Namespace) -> dict[str, AnytimeSes
         s = AnytimeSession(bundle, opts, backend=B.TracingBackend(be) if name == "trace" else be)
         if args.no_profile:
             s.profile = s.deadline_policy.profile = None
-        if name == "p99_prior":  # the new rules with the profile's p99 as the prior (before rule 6 took its p90)
-            s.deadline_policy.profile_quantile = "p99_ms"
+        if name == "prior_floor":  # the new rules with the profile as a floor for good (before it stepped aside)
+            s.deadline_policy.prior_samples = None
         if name == "old":
             s.estimator = s.deadline_policy.estimator = OldEstimator(s.num_exits)  # type: ignore[assignment]
+            s.deadline_policy.prior_samples = None  # it counts no samples per cell
         s._warmup(args.warmup)
         out[name] = s
     return out
@@ -199,7 +201,7 @@ def print_scenario(res: dict) -> None:
           f"{lo:.3f}..{hi:.3f} ms; oracle exits (0 = exit 1 does not fit) {res['oracle_exit_histogram']}")
     print(f"  {'policy':9}  {'admitted':>8}  {'met (admitted)':>14}  {'misses':>6}  {'floor':>5}  {'mean exit':>9}  "
           f"{'oracle':>6}  {'depth/oracle':>12}  {'worst over ms':>13}  exits")
-    for n in ("new", "p99_prior", "old"):
+    for n in ("new", "prior_floor", "old"):
         if n not in res:
             continue
         r = res[n]

@@ -14,7 +14,8 @@ Batch sizes: by default 1, 2, 4, 8 and 16 (:data:`DEFAULT_BATCH_SIZES`), those u
 ``max_batch`` and ``max_batch`` itself when it is smaller than 16 (:func:`default_batch_sizes`). The runtime's deadline rule
 charges a batch of n rows the profile's figure at the nearest profiled size at or above n, or the
 largest one scaled linearly (rule 6 of :mod:`sdedge.runtime.policies`), and its cost is the larger of
-that prior and the online figure, so a profile of batch 1 alone charges every batch n times one row,
+that prior and the online figure (until that row count has 32 samples of its own), so a profile of batch 1
+alone charges every batch n times one row until then,
 whatever batching saves. On this project's 2-core CPU that was close to the truth (the fm16 bundle:
 section 1's p90 at 8 rows 4.73 ms against 8 x 0.62 ms,
 ``benchmarks/results/anytime_curve_profile.json``),

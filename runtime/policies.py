@@ -54,9 +54,13 @@ sequence of samples and decisions (no clock enters them; the C++ core repeats th
    VM here 4.6-4.8 ms against p50s of 0.46-0.67 ms per section: ``benchmarks/results/fm16_bundle_profile.json``),
    and since nothing lowers a profile figure (rule 4 forgives online samples only), a p99 prior kept every
    call at exit 1 under budgets up to the full network's p50 (``benchmarks/results/deadline_compliance.json``,
-   steady frames: depth 0.360 of the oracle's with the p99 prior, 0.712 with the p90 prior).
+   steady frames: depth 0.360 of the oracle's with the p99 prior, 0.712 with the p90 prior). The prior
+   steps aside once the cell has ``PRIOR_SAMPLES`` (32) samples of its own: from then on the online figure
+   alone is the cost, so a device faster now than when it was profiled (a profile taken on a busy machine)
+   is no longer held to the profile's figures; a slower one never was.
 7. *The overhead* is the online figure of cell (0, n) or, when larger, the profile's
-   ``decision_overhead_ms + fixed_per_call_ms``.
+   ``decision_overhead_ms + fixed_per_call_ms`` (which steps aside as the prior of rule 6 does, once
+   cell (0, n) has ``PRIOR_SAMPLES`` samples).
 8. *Heads of their own* (bundle format version 2: the exit heads of sections 1..K-1 are graphs apart from
    their trunks, and a call runs a head only where it needs that exit's logits: a confidence threshold
    there, the ensemble answer, or a stop). Trunk and head are timed apart, each into its own cells by
@@ -432,6 +436,7 @@ class LatencyEstimator:
         return cells[below].fig * batch / below if below else None
 
 
+PRIOR_SAMPLES = 32  # rules 6-7: a cell with this many samples of its own no longer takes the profile's figure
 PROFILE_PRIOR_QUANTILE = "p90_ms"  # the profile figure taken as the prior of rule 6 (the C++ core: Quantile::P90)
 
 
@@ -439,14 +444,23 @@ class DeadlinePolicy:
     """Decides before each next section whether it still fits before the deadline (rules 6-7)."""
 
     def __init__(self, estimator: LatencyEstimator, profile: LatencyProfile | None = None,
-                 profile_quantile: str = PROFILE_PRIOR_QUANTILE, margin_ms: float = 0.0) -> None:
+                 profile_quantile: str = PROFILE_PRIOR_QUANTILE, margin_ms: float = 0.0,
+                 prior_samples: int | None = PRIOR_SAMPLES) -> None:
         self.estimator = estimator
         self.profile = profile
         self.profile_quantile = profile_quantile
         self.margin_ms = float(margin_ms)
+        self.prior_samples = prior_samples  # None: the profile stays a floor for good (the rule before)
+
+    def _has_own(self, section: int, batch: int) -> bool:
+        """Whether cell (section, batch) has enough samples of its own to set the prior aside (rules 6-7)."""
+        need = self.prior_samples
+        return need is not None and self.estimator.count(section, batch) >= min(need, self.estimator.window)
 
     def _prior(self, section: int, batch: int) -> float | None:
-        return None if self.profile is None else self.profile.section_ms(section, batch, self.profile_quantile)
+        if self.profile is None or self._has_own(section, batch):
+            return None
+        return self.profile.section_ms(section, batch, self.profile_quantile)
 
     def section_cost_ms(self, section: int, batch: int) -> float:
         """Predicted time of 1-based ``section`` on ``batch`` rows: the larger of the profile's figure and
@@ -472,7 +486,7 @@ class DeadlinePolicy:
     def overhead_ms(self, batch: int) -> float:
         """The runtime's own time allowed before a next section (online, or the profile's when larger)."""
         est = self.estimator.estimate(0, batch) or 0.0
-        if self.profile is not None:
+        if self.profile is not None and not self._has_own(0, batch):
             est = max(est, self.profile.decision_overhead_ms + self.profile.fixed_per_call_ms)
         return est + self.margin_ms
 

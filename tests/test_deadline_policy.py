@@ -21,6 +21,7 @@ from sdedge.runtime import AnytimeSession
 from sdedge.runtime.backends.base import Backend
 from sdedge.runtime.bundle import Bundle
 from sdedge.runtime.manifest import validate_manifest
+from sdedge.runtime.policies import PRIOR_SAMPLES
 from sdedge.runtime.profile import make_profile
 
 K = 3
@@ -147,6 +148,27 @@ def test_mid_range_budgets_take_the_deepest_exit_that_fits(tmp_path: Path, sourc
         assert (r.exit_index, r.deadline_met) == (want, True), (rows, budget)
         assert r.stopped_by == ("last" if want == K else "deadline")
         assert r.latency_ms == pytest.approx(sum(linear_ms(k, rows) for k in range(1, want + 1)))
+
+
+def test_the_profile_steps_aside_once_a_cell_has_samples_of_its_own(tmp_path: Path) -> None:
+    """Rule 6: a profile taken on a slower machine (here 2x this device's times) holds calls back only until
+    the cells have PRIOR_SAMPLES live samples; then the live figures alone decide (before: the profile stayed
+    a floor for good, and a faster device never reached the depth its budgets allow)."""
+    prof = make_profile(DEVICE, "scripted", "fp32", 1, {1: [[2 * linear_ms(k, 1)] * 5 for k in range(1, K + 1)]},
+                        0.0, 5)
+    s, _, clock = scripted_session(tmp_path, warmup=3, profile=prof)
+    budget = 6.5  # live: exits 1-3 end at 1, 3, 6 ms; by the profile section 3 (6 ms) does not fit after 3 ms
+    assert deepest_that_fits(1, budget) == 3
+    r = call(s, clock, 1, budget)
+    assert (r.exit_index, r.stopped_by) == (2, "deadline")
+    for i in range(PRIOR_SAMPLES):  # roomy budgets: every section runs and is timed
+        assert call(s, clock, 1, 20.0).exit_index == 3
+        if i < PRIOR_SAMPLES - 2:
+            assert call(s, clock, 1, budget).exit_index == 2, i  # still held back by the profile
+    r = call(s, clock, 1, budget)
+    assert (r.exit_index, r.stopped_by, r.deadline_met) == (3, "last", True)
+    s.deadline_policy.prior_samples = None  # the rule before: the profile a floor for good
+    assert call(s, clock, 1, budget).exit_index == 2
 
 
 def test_a_budget_below_exit_one_still_answers_at_exit_one(tmp_path: Path) -> None:

@@ -165,8 +165,13 @@ DeadlinePolicy::DeadlinePolicy(int num_sections, std::optional<LatencyProfile> p
                                double quantile, double margin_ms)
     : estimator_(num_sections, window, quantile), profile_(std::move(profile)), margin_ms_(margin_ms) {}
 
+bool DeadlinePolicy::has_own(int section, std::int64_t rows) const {
+  return prior_samples_ > 0 &&
+         estimator_.count(section, rows) >= std::min(static_cast<std::size_t>(prior_samples_), estimator_.window());
+}
+
 std::optional<double> DeadlinePolicy::prior(int section, std::int64_t rows) const {
-  if (!profile_) return std::nullopt;
+  if (!profile_ || has_own(section, rows)) return std::nullopt;  // rule 6: it steps aside after kPriorSamples
   return profile_->section_ms(section, rows, Quantile::P90);  // rule 6: the p90 is the prior (policies.py)
 }
 
@@ -190,7 +195,7 @@ bool DeadlinePolicy::full_fits(std::int64_t rows, double now_s, double deadline_
 
 double DeadlinePolicy::overhead_ms(std::int64_t rows) const {
   double est = estimator_.estimate(0, rows).value_or(0.0);
-  if (profile_) est = std::max(est, profile_->decision_overhead_ms + profile_->fixed_per_call_ms);
+  if (profile_ && !has_own(0, rows)) est = std::max(est, profile_->decision_overhead_ms + profile_->fixed_per_call_ms);
   return est + margin_ms_;
 }
 

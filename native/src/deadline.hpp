@@ -5,7 +5,8 @@
 // samples); a row count never measured borrows pessimistically from the measured ones; a stop charged to
 // a cell (its figure, not the profile's, made the cost not fit) trims the cell's largest sample every
 // `interval` stops (16, doubling up to 2048 while the trims prove wrong); the warm-up keeps each cell's
-// lower median (settle); cost = max(profile, online); overhead = max(online cell (0, n), the profile's);
+// lower median (settle); cost = max(profile, online) and overhead = max(online cell (0, n), the profile's),
+// the profile only until the cell has kPriorSamples samples of its own;
 // exit heads of their own (bundle format version 2) are timed in cells of their own and a section's
 // online figure is its trunk's plus its head's (rule 8); the whole network runs as one graph when it
 // fits whole (rule 9).
@@ -26,6 +27,7 @@ namespace sdedge {
 
 constexpr std::int64_t kProbeFirst = 16;   // charged stops of a cell between two trims, at first ...
 constexpr std::int64_t kProbeMax = 2048;  // ... doubled after each trim the next run proved wrong, up to this
+constexpr std::int64_t kPriorSamples = 32;  // rules 6-7: a cell with this many samples sets the profile aside
 
 // `x` rounded to double here: keeps the compiler from fusing a*b+c into one FMA (one rounding) across
 // this point, where Python rounds every operation; a fused rounding could flip a decision at the edge.
@@ -77,6 +79,7 @@ class LatencyEstimator {
   // The cell (section, rows) itself, or nullptr (tests, diagnostics).
   const LatencyCell *cell(int section, std::int64_t rows) const;
   int num_sections() const { return static_cast<int>(cells_.size()) - 1; }
+  std::size_t window() const { return window_; }
 
  private:
   using Cells = std::map<std::int64_t, LatencyCell>;
@@ -112,8 +115,13 @@ class DeadlinePolicy {
   // if any, would fit) is charged to that cell (rule 4).
   bool should_stop(int next_section, std::int64_t rows, double now_s, double deadline_s);
 
-  // The larger of the profile's and the online figure (0 while neither exists).
+  // The larger of the profile's and the online figure (0 while neither exists); the profile's only until the
+  // cell has prior_samples() samples of its own (rule 6).
   double section_cost_ms(int section, std::int64_t rows) const;
+  // Samples of its own after which a cell no longer takes the profile's figure (rules 6-7); 0: never (the
+  // profile stays a floor, the rule before).
+  std::int64_t prior_samples() const { return prior_samples_; }
+  void set_prior_samples(std::int64_t n) { prior_samples_ = n; }
   // The online figure of cell (0, rows) or, when larger, the profile's decision + fixed overhead; + margin.
   double overhead_ms(std::int64_t rows) const;
 
@@ -123,10 +131,12 @@ class DeadlinePolicy {
 
  private:
   std::optional<double> prior(int section, std::int64_t rows) const;
+  bool has_own(int section, std::int64_t rows) const;
 
   LatencyEstimator estimator_;
   std::optional<LatencyProfile> profile_;
   double margin_ms_;
+  std::int64_t prior_samples_ = kPriorSamples;
 };
 
 }  // namespace sdedge
