@@ -166,13 +166,12 @@ DeadlinePolicy::DeadlinePolicy(int num_sections, std::optional<LatencyProfile> p
     : estimator_(num_sections, window, quantile), profile_(std::move(profile)), margin_ms_(margin_ms) {}
 
 bool DeadlinePolicy::has_own(int section, std::int64_t rows) const {
-  return prior_samples_ > 0 &&
-         estimator_.count(section, rows) >= std::min(static_cast<std::size_t>(prior_samples_), estimator_.window());
+  return estimator_.count(section, rows) >= std::min(static_cast<std::size_t>(kPriorSamples), estimator_.window());
 }
 
 std::optional<double> DeadlinePolicy::prior(int section, std::int64_t rows) const {
   if (!profile_ || has_own(section, rows)) return std::nullopt;  // rule 6: it steps aside after kPriorSamples
-  return profile_->section_ms(section, rows, Quantile::P90);  // rule 6: the p90 is the prior (policies.py)
+  return profile_->section_ms(section, rows, Quantile::P90);  // ... and the p90 is the prior (policies.py)
 }
 
 double DeadlinePolicy::section_cost_ms(int section, std::int64_t rows) const {

@@ -116,12 +116,8 @@ class DeadlinePolicy {
   bool should_stop(int next_section, std::int64_t rows, double now_s, double deadline_s);
 
   // The larger of the profile's and the online figure (0 while neither exists); the profile's only until the
-  // cell has prior_samples() samples of its own (rule 6).
+  // cell has kPriorSamples samples of its own (rule 6).
   double section_cost_ms(int section, std::int64_t rows) const;
-  // Samples of its own after which a cell no longer takes the profile's figure (rules 6-7); 0: never (the
-  // profile stays a floor, the rule before).
-  std::int64_t prior_samples() const { return prior_samples_; }
-  void set_prior_samples(std::int64_t n) { prior_samples_ = n; }
   // The online figure of cell (0, rows) or, when larger, the profile's decision + fixed overhead; + margin.
   double overhead_ms(std::int64_t rows) const;
 
@@ -136,7 +132,6 @@ class DeadlinePolicy {
   LatencyEstimator estimator_;
   std::optional<LatencyProfile> profile_;
   double margin_ms_;
-  std::int64_t prior_samples_ = kPriorSamples;
 };
 
 }  // namespace sdedge
