@@ -25,6 +25,8 @@ import numpy as np
 
 from sdedge.calibrate import benchmarking as B
 from sdedge.runtime import open_bundle
+from sdedge.runtime.backends.base import BackendOptions
+from sdedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from sdedge.runtime.manifest import features_name, input_name
 
 
@@ -63,17 +65,11 @@ class Watchdog:
 
 
 def section_sessions(bundle_dir: Path):
-    import onnxruntime as ort
-
+    """The bundle and the ONNX Runtime sessions of its fp32 sections, as the runtime's backend loads them
+    (its session options: 1 intra-op thread, no spinning, sequential), and the onnxruntime module."""
     bundle = open_bundle(bundle_dir)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 4
-    specs = bundle.manifest.sections
-    return bundle, [ort.InferenceSession(str(bundle.section_path(s.index, "fp32")), so,
-                                         providers=["CPUExecutionProvider"]) for s in specs], ort
+    backend = OnnxRuntimeBackend(bundle, BackendOptions(intra_op_threads=1, full_graph=False))
+    return bundle, list(backend._sessions), backend._ort
 
 
 def main(argv: list[str] | None = None) -> int:
