@@ -257,8 +257,8 @@ class NativeSession:
               on_rows: Callable[[list[int], np.ndarray, np.ndarray, np.ndarray], None] | None = None,
               exit_confidences: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Run a validated C-contiguous batch (float32 NCHW, or raw uint8 NHWC that the core preprocesses)
-        under ``request`` (from :meth:`request`) and an
-        absolute deadline on ``sdedge_now_ns()``'s clock (0: none): (results as ``RESULT_DTYPE`` rows,
+        under ``request`` (from :meth:`request`) and an absolute deadline on ``sdedge_now_ns()``'s clock
+        (0: none): (results as ``RESULT_DTYPE`` rows,
         probabilities [B, C], exit confidences [B, K], NaN past each row's exit). ``row_thresholds``
         (float32 [B, K], NaN: none) and ``row_deadlines_ns`` (int64 [B], 0: none) give each row its own
         (ABI 3); the request then carries only the criterion. ``on_rows(indices, results, probabilities,
