@@ -38,7 +38,11 @@ Contract
   (mean ± sample standard deviation over seeds), then ``byot`` minus each baseline, paired by seed (mean ±
   standard deviation of the per-seed differences), and whether each difference exceeds zero by more
   than one standard deviation; everything also in ``OUT/preset.json`` (and ``--json``, with the
-  command, machine, versions and the raw per-seed numbers). Runs resume if killed.
+  command, machine, versions and the raw per-seed numbers). Runs resume if killed (a finished run is only
+  evaluated again).
+* ``--versus EARLIER.json``: also this run minus an earlier results file, method by method, paired by seed
+  (how one recipe or head kind compares with another); the earlier file's command and per-seed numbers are
+  copied into the new one, so the comparison stands on its own.
 
 Measured throughput on a 2-core Xeon (``train_step_time.py --config preset``): about 1 100 img/s for
 ``plain`` and 900 for ``dsn``/``byot``, i.e. about 50-60 s per epoch: 3 x 8 epochs plus evaluation fit
@@ -47,6 +51,7 @@ in about 25 minutes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -80,22 +85,35 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
+def _paired(runs: list[dict], others: list[dict]) -> dict:
+    """``runs`` minus ``others``, matched by seed (exits then ensemble): per-seed values, mean, std, mean > std."""
+    by_seed = {r["seed"]: r for r in others}
+    pairs = [(a, by_seed[a["seed"]]) for a in runs if a["seed"] in by_seed]
+    if not pairs:
+        raise ValueError("no seed in common to pair the runs by")
+    k = len(pairs[0][0]["test"]["exits"])
+    diffs = [[a["test"]["exits"][j] - b["test"]["exits"][j] for a, b in pairs] for j in range(k)]
+    diffs.append([a["test"]["ensemble"] - b["test"]["ensemble"] for a, b in pairs])
+    stats = [_mean_std(d) for d in diffs]
+    return {"seeds": [a["seed"] for a, _ in pairs], "per_seed": [[round(v, 6) for v in d] for d in diffs],
+            "mean": [round(a, 6) for a, _ in stats], "std": [round(b, 6) for _, b in stats],
+            "above_zero_by_one_std": [bool(a > b and a > 0) for a, b in stats]}
+
+
 def paired_differences(per_seed: dict[str, list[dict]], method: str = "byot",
                        baselines: tuple[str, ...] = ("plain", "dsn")) -> dict[str, dict]:
     """``method`` minus each baseline, seed by seed (exits then ensemble): mean, std, and mean > std."""
-    out = {}
     if method not in per_seed:
-        return out
-    for base in [b for b in baselines if b in per_seed]:
-        pairs = list(zip(per_seed[method], per_seed[base]))
-        k = len(pairs[0][0]["test"]["exits"])
-        diffs = [[a["test"]["exits"][j] - b["test"]["exits"][j] for a, b in pairs] for j in range(k)]
-        diffs.append([a["test"]["ensemble"] - b["test"]["ensemble"] for a, b in pairs])
-        stats = [_mean_std(d) for d in diffs]
-        out[f"{method}-{base}"] = {"per_seed": [[round(v, 6) for v in d] for d in diffs],
-                                   "mean": [round(a, 6) for a, _ in stats], "std": [round(b, 6) for _, b in stats],
-                                   "above_zero_by_one_std": [bool(a > b and a > 0) for a, b in stats]}
-    return out
+        return {}
+    return {f"{method}-{base}": _paired(per_seed[method], per_seed[base])
+            for base in baselines if base in per_seed}
+
+
+def versus_earlier(per_seed: dict[str, list[dict]], earlier: dict) -> dict[str, dict]:
+    """Each method of this run minus the same method of an earlier results file, paired by seed."""
+    theirs = earlier["per_seed"]
+    return {m: _paired(runs, theirs[m]) for m, runs in per_seed.items()
+            if m in theirs and {r["seed"] for r in runs} & {r["seed"] for r in theirs[m]}}
 
 
 def machine_and_versions() -> dict:
@@ -128,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="first N training/test images only (smoke runs)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--versus", default=None, metavar="JSON",
+                    help="an earlier --json results file: also report this run minus it, method by method, paired by "
+                         "seed (e.g. one head kind against another)")
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming earlier runs in --out")
     ap.add_argument("--progress", action="store_true", help="progress bars")
     ap.add_argument("--json", default=None, help="also write the record (command, machine, versions, per-seed "
@@ -140,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     from sdedge.train import TrainConfig, train
 
     data = find_fmnist(args.data)
+    earlier = None
+    if args.versus:
+        try:
+            earlier = json.loads(Path(args.versus).read_text())
+            earlier["per_seed"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"--versus {args.versus}: not a results file of this script ({e})")
     out = Path(args.out)
     record = {"command": " ".join([os.path.basename(sys.executable)] + (sys.argv if argv is None else
                                                                          ["benchmarks/train_accuracy_preset.py", *argv])),
@@ -189,8 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<11}" + "".join(f"{100 * a:>+9.2f} ± {100 * b:4.2f}" for a, b in zip(d["mean"], d["std"]))
               + "   (pp, paired by seed)")
         print(f"{'':<11}" + "".join(f"{('> 1 std' if ok else 'not'):>16}" for ok in d["above_zero_by_one_std"]))
+    versus = versus_earlier(per_seed, earlier) if earlier is not None else {}
+    if versus:
+        print(f"this run minus {args.versus} ({earlier.get('command', '?')}), same method, paired by seed:")
+    for m, d in versus.items():
+        print(f"{m:<11}" + "".join(f"{100 * a:>+9.2f} ± {100 * b:4.2f}" for a, b in zip(d["mean"], d["std"]))
+              + f"   (pp, seeds {', '.join(map(str, d['seeds']))})")
     print(f"total wall-clock {total / 60:.1f} min")
     record.update({"total_s": round(total, 1), "per_seed": per_seed, "summary": summary, "differences": diffs})
+    if earlier is not None:
+        record["versus"] = {"file": args.versus, "command": earlier.get("command"), "settings": earlier.get("settings"),
+                            "per_seed": earlier["per_seed"], "differences": versus}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "preset.json", record, indent=1)
     if args.json:
