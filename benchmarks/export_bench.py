@@ -17,7 +17,6 @@ CPU with ``--threads`` intra-op threads. The machine (CPU model, cores) is print
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -64,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdedge.checkpoint import load_checkpoint
     from sdedge.export import ExportConfig, export_bundle
-    from sdedge.calibrate.benchmarking import machine as describe_machine
+    from sdedge.calibrate.benchmarking import machine as describe_machine, versions
+    from sdedge.common.jsonio import write_json_atomic
 
+    command = " ".join(["python benchmarks/export_bench.py", *(sys.argv[1:] if argv is None else argv)])
     machine = {"machine": describe_machine(), "threads": args.threads}
     print(f"machine: {machine['machine']}; ONNX Runtime threads {args.threads or 'default'}")
     results = []
@@ -99,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{k:>4}  {a:>7.2%}  {q:>7.2%}  {(q - a) * 100:>+6.2f}pt  {g:>7.2%}")
             print(f"(inference over the test set: FP32 {acc['fp32_seconds']:.1f} s, INT8 {acc['int8_seconds']:.1f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+        write_json_atomic(args.json, {"command": command, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "machine": machine, "versions": versions(("sdedge", "torch", "numpy", "onnx",
+                                                                                "onnxruntime")),
+                                      "results": results}, indent=2)
     return 0
 
 
