@@ -18,7 +18,9 @@ Contract:
   status. Counted: sent, answered (a status came back), wrong status, connection errors (reset, refused,
   timeout: the server failed to answer), 5xx (none is expected: no request in the mix should fault the
   server; a valid infer answered 504 because its deadline passed in the queue is the scheduler's designed
-  answer, counted apart as ``deadline_expired_504`` and as a missed deadline). RSS is the server's ``VmRSS`` from ``/proc/<pid>/status`` after a warm-up share of the load
+  answer, counted apart as ``deadline_expired_504`` and as a missed deadline; so is an invalid request whose fault
+  only preprocessing finds, huge finite values that overflow once normalised, when its deadline passes in the
+  queue first: ``invalid_expired_504``). RSS is the server's ``VmRSS`` from ``/proc/<pid>/status`` after a warm-up share of the load
   and at the end (``VmHWM`` too). Deadline-met share: valid infers whose ``deadline_met`` is true.
   The clients run on the same machine as the server (loopback), so client CPU competes with it.
 * **Faults.** On a copy of the bundle, ``sdedge export CKPT -o COPY --force`` and ``sdedge calibrate
@@ -36,7 +38,6 @@ import gzip
 import http.client
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -94,6 +95,9 @@ class Req:
     body: bytes | None
     headers: dict
     valid_infer: bool = False
+    # the fault shows only when the session preprocesses the input (values that overflow once normalised), so a
+    # request whose deadline passes in the queue first is answered 504 before anything looks at its values
+    found_when_run: bool = False
     raw_socket: bool = False  # sent by hand: the head only, with a Content-Length above the cap
 
 
@@ -135,7 +139,7 @@ def request_mix(model: str, chw: tuple[int, int, int], budget_ms: float, cap: in
         (Req("wrong datatype", 400, "POST", infer, j(doc(dtype="FP16")), js), 3),
         (Req("wrong shape", 400, "POST", infer, j(doc(shape=[1, c, h, w + 1])), js), 3),
         (Req("NaN token", 400, "POST", infer, j(doc()).replace(b"0.1", b"NaN", 1), js), 3),
-        (Req("huge finite values", 400, "POST", infer, j(doc(value=3e38)), js), 2),
+        (Req("huge finite values", 400, "POST", infer, j(doc(value=3e38)), js, found_when_run=True), 2),
         (Req("batch above cap", 400, "POST", infer, j(doc(shape=[5, c, h, w])), js), 2),
         (Req("lying header length", 400, "POST", infer, head + tensor,
              dict(binh, **{"Inference-Header-Content-Length": str(len(head) + 4 * n + 9)})), 3),
@@ -162,6 +166,7 @@ class LoadReport:
     valid_infers: int = 0
     deadline_met: int = 0
     deadline_expired_504: int = 0  # valid infers whose deadline passed in the queue (answered 504, not run)
+    invalid_expired_504: int = 0  # invalid ones found only when run (Req.found_when_run) that expired first
     deadline_met_share: float | None = None
     rss_kb_before: int | None = None
     rss_kb_after: int | None = None
@@ -336,6 +341,10 @@ def run_load(bundle: Path, requests: int = 10_000, clients: int = 16, budget_ms:
                     stats["valid"] += 1
                     stats["expired"] += 1
                     return
+                if r.found_when_run and status == 504 and "deadline" in str(err):  # expired before it was looked at
+                    stats["expired_invalid"] += 1
+                    k["expired"] += 1
+                    return
                 if status >= 500:
                     stats["5xx"] += 1
                 if status != r.expect:
@@ -400,6 +409,7 @@ def run_load(bundle: Path, requests: int = 10_000, clients: int = 16, budget_ms:
         rep.connection_errors, rep.server_errors_5xx = stats["conn"], stats["5xx"]
         rep.valid_infers, rep.deadline_met = stats["valid"], stats["met"]
         rep.deadline_expired_504 = stats["expired"]
+        rep.invalid_expired_504 = stats["expired_invalid"]
         rep.deadline_met_share = stats["met"] / stats["valid"] if stats["valid"] else None
         rep.requests_per_s = rep.sent / rep.seconds
         rep.by_kind = {k: dict(v) for k, v in sorted(kinds.items())}
@@ -517,8 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.bundle is None:
         print("training the tiny model ...")
         args.checkpoint, args.bundle = tiny_model(args.workdir)
-    host = f"{platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} " \
-           f"load={os.getloadavg()[0]:.2f}"
+    from sdedge.calibrate.benchmarking import machine, versions
+
+    host = f"{machine()}; load average {os.getloadavg()[0]:.2f} at start"
     print(f"machine: {host}")
     print(f"load: {args.requests} requests from {args.clients} clients, budget {args.budget_ms:g} ms")
     load = run_load(args.bundle, args.requests, args.clients, args.budget_ms, args.seed, args.threads,
@@ -538,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
           f"end ({load.rss_growth_kb / 1024:+.1f} MiB; peak {load.hwm_kb_after / 1024:.1f} MiB); alive "
           f"{load.server_alive_after}, ready {load.server_ready_after}")
     share = "n/a" if load.deadline_met_share is None else f"{load.deadline_met_share:.1%}"
-    print(f"deadline met: {load.deadline_met}/{load.valid_infers} valid infers ({share}) at {args.budget_ms:g} ms")
+    print(f"deadline met: {load.deadline_met}/{load.valid_infers} valid infers ({share}) at {args.budget_ms:g} ms; "
+          f"expired in the queue (504): {load.deadline_expired_504} valid, {load.invalid_expired_504} invalid ones "
+          "that only running finds")
     for r in (exp, cal):
         print(f"{r.command}: kills survived with a valid bundle {r.valid_after_kill}/{r.kills} "
               f"(mid-write {r.killed_mid_write}, finished before the kill {r.finished_before_kill}; full run "
@@ -547,8 +560,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in load.wrong_examples + exp.invalid + cal.invalid:
         print("  !", line)
     if args.json:
-        args.json.write_text(json.dumps({"machine": host, "load": asdict(load), "export": asdict(exp),
-                                         "calibrate": asdict(cal)}, indent=2))
+        from sdedge.common.jsonio import write_json_atomic
+
+        write_json_atomic(args.json, {"command": " ".join(["python benchmarks/load_fault.py",
+                                                           *(sys.argv[1:] if argv is None else argv)]),
+                                      "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "machine": host, "versions": versions(("sdedge", "numpy", "onnxruntime")),
+                                      "load": asdict(load), "export": asdict(exp), "calibrate": asdict(cal)}, indent=2)
     bad = (load.answered != load.sent or load.wrong_status or load.connection_errors or load.server_errors_5xx
            or exp.valid_after_kill != exp.kills or cal.valid_after_kill != cal.kills
            or not (exp.final_run_ok and cal.final_run_ok))
