@@ -216,16 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         mins = sum(r["wall_s"] for r in per_seed[m]) / len(per_seed[m]) / 60
         print(f"{m:<11}" + "".join(f"{100 * a:>9.2f} ± {100 * b:4.2f}" for a, b in zip(st["mean"], st["std"]))
               + f"{mins:>9.1f}")
+    def diff_row(name: str, d: dict, note: str) -> str:
+        return f"{name:<11}" + "".join(f"{100 * a:>+9.2f} ± {100 * b:4.2f}" for a, b in zip(d["mean"], d["std"])) + note
+
     for name, d in diffs.items():
-        print(f"{name:<11}" + "".join(f"{100 * a:>+9.2f} ± {100 * b:4.2f}" for a, b in zip(d["mean"], d["std"]))
-              + "   (pp, paired by seed)")
+        print(diff_row(name, d, "   (pp, paired by seed)"))
         print(f"{'':<11}" + "".join(f"{('> 1 std' if ok else 'not'):>16}" for ok in d["above_zero_by_one_std"]))
     versus = versus_earlier(per_seed, earlier) if earlier is not None else {}
     if versus:
         print(f"this run minus {args.versus} ({earlier.get('command', '?')}), same method, paired by seed:")
     for m, d in versus.items():
-        print(f"{m:<11}" + "".join(f"{100 * a:>+9.2f} ± {100 * b:4.2f}" for a, b in zip(d["mean"], d["std"]))
-              + f"   (pp, seeds {', '.join(map(str, d['seeds']))})")
+        print(diff_row(m, d, f"   (pp, seeds {', '.join(map(str, d['seeds']))})"))
     print(f"total wall-clock {total / 60:.1f} min")
     record.update({"total_s": round(total, 1), "per_seed": per_seed, "summary": summary, "differences": diffs})
     if earlier is not None:
