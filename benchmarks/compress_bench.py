@@ -36,7 +36,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +209,6 @@ def main() -> int:
 
     t0 = time.time()
     record: dict[str, Any] = B.contract(1, args.warmup, args.runs, extra="benchmarks/compress_bench.py docstring")
-    record["date_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["settings"] = vars(args)
     ckpts = prune_rows(args)
     paths = export_rows(args, ckpts)

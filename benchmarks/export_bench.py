@@ -63,12 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdedge.checkpoint import load_checkpoint
     from sdedge.export import ExportConfig, export_bundle
-    from sdedge.calibrate.benchmarking import machine as describe_machine, versions
+    from sdedge.calibrate.benchmarking import provenance
     from sdedge.common.jsonio import write_json_atomic
 
-    command = " ".join(["python benchmarks/export_bench.py", *(sys.argv[1:] if argv is None else argv)])
-    machine = {"machine": describe_machine(), "threads": args.threads}
-    print(f"machine: {machine['machine']}; ONNX Runtime threads {args.threads or 'default'}")
+    header = provenance("benchmarks/export_bench.py", argv, ("sdedge", "torch", "numpy", "onnx", "onnxruntime"))
+    print(f"machine: {header['machine']}; ONNX Runtime threads {args.threads or 'default'}")
     results = []
     with tempfile.TemporaryDirectory(prefix="sdedge-export-bench-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
@@ -100,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{k:>4}  {a:>7.2%}  {q:>7.2%}  {(q - a) * 100:>+6.2f}pt  {g:>7.2%}")
             print(f"(inference over the test set: FP32 {acc['fp32_seconds']:.1f} s, INT8 {acc['int8_seconds']:.1f} s)")
     if args.json:
-        write_json_atomic(args.json, {"command": command, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                      "machine": machine, "versions": versions(("sdedge", "torch", "numpy", "onnx",
-                                                                                "onnxruntime")),
-                                      "results": results}, indent=2)
+        write_json_atomic(args.json, {**header, "ort_threads": args.threads, "results": results}, indent=2)
     return 0
 
 

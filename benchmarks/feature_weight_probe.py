@@ -14,12 +14,8 @@ Contract
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     from sdedge.train import TrainConfig, train
 
     torch.set_num_threads(2)
-    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    from sdedge.calibrate import benchmarking as B
+
+    header = B.provenance("benchmarks/feature_weight_probe.py", argv, ("sdedge", "torch", "numpy"))
     base = dict(dataset="digits", backbone="tiny", backbone_kwargs={"width": 8}, epochs=args.epochs, batch_size=64,
                 lr=0.2, device="cpu", progress=False, verbose=False)
     rows: dict[str, list[dict]] = {}
@@ -55,13 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     for w, s in summary.items():
         print(f"{float(w):>8g}{s['val_deepest']:>8.4f}{s['test_deepest']:>8.4f}")
     if args.json:
-        from sdedge.calibrate import benchmarking as B
-
-        write_json_atomic(args.json, {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": B.machine(),
-            "load_average_at_start": load_at_start, "versions": B.versions(("sdedge", "torch", "numpy")),
-            "settings": vars(args), "per_seed": rows, "summary": summary}, indent=1)
+        write_json_atomic(args.json, {**header, "settings": vars(args), "per_seed": rows, "summary": summary},
+                          indent=1)
     return 0
 
 

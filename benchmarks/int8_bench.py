@@ -47,7 +47,6 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     contract = B.contract(1, args.warmup, args.runs, extra="see the module docstring of benchmarks/int8_bench.py")
     contract.update({
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "cpus_available": available_cpus(),
         "versions": all_versions(), "bundle": str(args.bundle), "bundle_int8_record": raw.get("int8"),
         "batches": batches, "timed_calls_batch_ge_8": max(25, args.runs // 4),

@@ -527,10 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.bundle is None:
         print("training the tiny model ...")
         args.checkpoint, args.bundle = tiny_model(args.workdir)
-    from sdedge.calibrate.benchmarking import machine, versions
+    from sdedge.calibrate.benchmarking import provenance
 
-    host = f"{machine()}; load average {os.getloadavg()[0]:.2f} at start"
-    print(f"machine: {host}")
+    header = provenance("benchmarks/load_fault.py", argv)
+    print(f"machine: {header['machine']}; load average {header['load_average_at_start']} at start")
     print(f"load: {args.requests} requests from {args.clients} clients, budget {args.budget_ms:g} ms")
     load = run_load(args.bundle, args.requests, args.clients, args.budget_ms, args.seed, args.threads,
                     log=args.workdir / "server.log")
@@ -562,11 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from sdedge.common.jsonio import write_json_atomic
 
-        write_json_atomic(args.json, {"command": " ".join(["python benchmarks/load_fault.py",
-                                                           *(sys.argv[1:] if argv is None else argv)]),
-                                      "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                      "machine": host, "versions": versions(("sdedge", "numpy", "onnxruntime")),
-                                      "load": asdict(load), "export": asdict(exp), "calibrate": asdict(cal)}, indent=2)
+        write_json_atomic(args.json, {**header, "load": asdict(load), "export": asdict(exp), "calibrate": asdict(cal)},
+                          indent=2)
     bad = (load.answered != load.sent or load.wrong_status or load.connection_errors or load.server_errors_5xx
            or exp.valid_after_kill != exp.kills or cal.valid_after_kill != cal.kills
            or not (exp.final_run_ok and cal.final_run_ok))

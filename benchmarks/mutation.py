@@ -52,7 +52,6 @@ results record it, and a sampled score is only an estimate.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import re
@@ -315,10 +314,9 @@ def _natural(key: str) -> tuple:
     return (m.group(1), int(m.group(2))) if m else (key, 0)
 
 
-def versions() -> dict:
-    from sdedge.calibrate.benchmarking import versions as package_versions
-
-    out: dict = package_versions(("mutmut", "pytest", "numpy", "onnxruntime", "torch", "hypothesis"))
+def commit() -> dict:
+    """The commit the mutants were made from, and whether the working tree differed from it."""
+    out: dict = {}
     try:
         out["sdedge_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                                               text=True).stdout.strip()
@@ -336,7 +334,7 @@ def markdown(report: dict) -> str:
          f"numpy {report['versions'].get('numpy')}, onnxruntime {report['versions'].get('onnxruntime')}, "
          f"torch {report['versions'].get('torch')})  ",
          f"Machine: {report['machine']}  ",
-         f"Date: {report['date']}  ",
+         f"Date: {report['date_utc']}  ",
          f"Commit: {report['versions'].get('sdedge_commit')}"
          f"{' (plus uncommitted files in the working tree)' if report['versions'].get('working_tree_dirty') else ''}  ",
          f"Wall time: {report['seconds']} s", "",
@@ -426,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     if REPO.resolve() in [workdir.resolve(), *workdir.resolve().parents]:
         sys.exit("--workdir must be outside the repository (the staged copies are mutated)")
     equivalents = load_equivalents()
-    from sdedge.calibrate.benchmarking import machine
+    from sdedge.calibrate.benchmarking import provenance
 
+    header = provenance("benchmarks/mutation.py", argv, ("mutmut", "pytest", "numpy", "onnxruntime", "torch",
+                                                         "hypothesis"))
+    header["versions"].update(commit())
     t0 = time.time()
     modules = {}
     for name in [m for m in ORDER if m in a.modules]:
@@ -439,9 +440,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['survived']} survived, {m['no_tests']} no tests, {m['equivalent']} equivalent, "
               f"{m['unreachable']} unreachable: score {m['score']}, reachable {m['score_reachable']} "
               f"({m['seconds']} s)", flush=True)
-    report = {"command": " ".join(["python benchmarks/mutation.py", *(argv if argv is not None else sys.argv[1:])]),
-              "tool": "mutmut", "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": machine(), "versions": versions(), "seconds": round(time.time() - t0, 1),
+    report = {**header, "tool": "mutmut", "seconds": round(time.time() - t0, 1),
               "max_mutants_per_module": a.max_mutants_per_module, "pytest_args": PYTEST_ARGS,
               "focused_tests": {n: MODULES[n]["tests"] + MODULES[n].get("extra", []) for n in modules},
               "modules": modules}

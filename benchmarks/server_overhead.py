@@ -166,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     n = args.requests + args.warmup
     images = np.ascontiguousarray(test.images[np.arange(n) % len(test)])
     record = B.contract(1, args.warmup, args.requests, extra="benchmarks/server_overhead.py docstring")
-    record["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record["auto_resolves_to"] = {"http": resolve_http("auto"), "loop": resolve_loop("auto")}
     rounds: list[dict] = []
     for r in range(args.rounds):

@@ -118,13 +118,6 @@ def versus_earlier(per_seed: dict[str, list[dict]], earlier: dict) -> dict[str, 
             if m in theirs and {r["seed"] for r in runs} & {r["seed"] for r in theirs[m]}}
 
 
-def machine_and_versions() -> dict:
-    from sdedge.calibrate import benchmarking as B
-
-    return {"machine": B.machine(), "versions": B.versions(("sdedge", "torch", "torchvision", "numpy")),
-            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="Fashion-MNIST folder (default: SDEDGE_DATA, ../shared/data/...)")
@@ -172,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             sys.exit(f"--versus {args.versus}: not a results file of this script ({e})")
     out = Path(args.out)
-    record = {"command": " ".join([os.path.basename(sys.executable)] + (sys.argv if argv is None else
-                                                                         ["benchmarks/train_accuracy_preset.py", *argv])),
-              "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **machine_and_versions(),
+    from sdedge.calibrate import benchmarking as B
+
+    record = {**B.provenance("benchmarks/train_accuracy_preset.py", argv, ("sdedge", "torch", "torchvision", "numpy")),
               "settings": vars(args)}
     per_seed: dict[str, list[dict]] = {m: [] for m in args.methods}
     t_all = time.perf_counter()

@@ -27,11 +27,8 @@ Configs: ``full`` is the paper's network (CIFAR ResNet-18, width 64, 3x32x32, 10
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -39,16 +36,6 @@ CONFIGS = {
     "full": dict(backbone="resnet18", width=64, channels=3, size=32, classes=100),
     "preset": dict(backbone="resnet18", width=16, channels=1, size=28, classes=10),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Contender:
@@ -141,13 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
         machine = torch.cuda.get_device_name(device)
     else:
-        machine = f"{cpu_model()}, {torch.get_num_threads()} torch threads"
-    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        machine = f"CPU, {torch.get_num_threads()} torch threads"
+    from sdedge.calibrate import benchmarking as B
+
+    header = B.provenance("benchmarks/train_step_time.py", argv, ("sdedge", "torch", "numpy"))
     methods = list(dict.fromkeys(["plain", *args.methods]))
     from sdedge.train.config import default_channels_last
 
     fmt = torch.channels_last if default_channels_last(device) else torch.contiguous_format
-    print(f"train step time: {machine}; torch {torch.__version__}; "
+    print(f"train step time: {header['machine']}; device {machine}; torch {torch.__version__}; "
           f"{'channels_last' if fmt == torch.channels_last else 'NCHW'}; "
           f"{'AMP ' + str(amp).replace('torch.', '') if amp else 'fp32'}; "
           f"{args.steps} interleaved timed steps per method after 2 warm-up steps")
@@ -163,15 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m:<8} {row['ms_per_step']:>10.1f} {row['min_ms']:>8.1f} {row['images_per_s']:>8.0f} "
                   f"{row['ratio_to_plain']:>16.2f}x {row['min_ratio_to_plain']:>13.2f}x {row['params'] / 1e6:>7.2f}M")
     if args.json:
-        import sys
-
         from sdedge.common.jsonio import write_json_atomic
 
-        write_json_atomic(args.json, {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-                                      "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                      "machine": f"{machine}; {platform.platform()}, Python {platform.python_version()}",
-                                      "load_average_at_start": load_at_start, "torch": torch.__version__,
-                                      "runs": out}, indent=1)
+        write_json_atomic(args.json, {**header, "device": machine, "runs": out}, indent=1)
     return 0
 
 

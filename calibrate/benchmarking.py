@@ -65,12 +65,34 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (``None`` where the OS has none): a busy neighbour explains odd figures."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def command_line(script: str | None = None, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces a figure. ``script``/``argv``: a benchmark's path and its ``main(argv)``
+    arguments, so a run started from a test or another script records its own command, not the caller's."""
+    if script is None:
+        return " ".join([os.path.basename(sys.executable)] + sys.argv)
+    return " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def provenance(script: str, argv: Sequence[str] | None = None,
+               packages: Sequence[str] = ("sdedge", "numpy", "onnxruntime")) -> dict[str, Any]:
+    """The header every results file under ``benchmarks/results/`` starts with: the command that made it, when
+    (UTC), on which machine, with which versions, and the load average when it started."""
+    return {"command": command_line(script, argv), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine(), "versions": versions(packages), "load_average_at_start": load_average()}
+
+
 def contract(threads: int | None, warmup: int, runs: int, batch: int = 1, extra: str = "") -> dict[str, Any]:
     return {
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command_line(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "versions": versions(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "threads": threads, "warmup_calls": warmup, "timed_calls": runs, "batch": batch,
         "inputs": "preloaded, preprocessed once, the same inputs for every contender, interleaved in shuffled order",
         "timer": "time.perf_counter around one call; backend = upload + sections + logits to host (model only); "

@@ -85,3 +85,17 @@ def test_cli_bench(tiny_bundle: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "sdedge.cli", "bench", str(tiny_bundle), "--budgets", "1,x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "comma-separated" in bad.stderr
+
+
+def test_results_header_names_the_benchmarks_own_command_and_versions() -> None:
+    """Every results file starts with the same header (one helper): a benchmark run from a test or another
+    script records its own command line, and a package that is not installed is recorded as such."""
+    import re
+
+    from sdedge.calibrate.benchmarking import provenance
+
+    h = provenance("benchmarks/example.py", ["--seeds", "3"], ("numpy", "no-such-package-sdedge"))
+    assert h["command"] == "python benchmarks/example.py --seeds 3"
+    assert h["versions"] == {"numpy": np.__version__, "no-such-package-sdedge": None}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", h["date_utc"])
+    assert "SIMD" in h["machine"] and len(h["load_average_at_start"]) == 3
