@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-min", type=float, default=None, help="stop the runs after this many minutes")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `sdedge train` options for every run")
     args = ap.parse_args(argv)
+    from sdedge.calibrate.benchmarking import provenance
 
+    header = provenance("benchmarks/train_full_recipe.py", argv, ("sdedge", "torch", "torchvision", "numpy"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--dataset", args.dataset, "--backbone", args.backbone, "--width", str(args.width), "--epochs",
@@ -109,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['best_epoch']:>9}{r['images_per_s']:>8.0f}")
         for row in format_deltas(summary):
             print(row)
-    (out / "summary.json").write_text(json.dumps({"args": vars(args), "wall_s": round(wall, 1), "results": summary},
-                                                 indent=1))
+    from sdedge.common.jsonio import write_json_atomic
+
+    write_json_atomic(out / "summary.json", {**header, "args": vars(args), "wall_s": round(wall, 1),
+                                             "results": summary}, indent=1)
     return 0 if len(summary) == len(cmds) else 1
 
 
