@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdedge.calibrate.datasets import load_calibration_split
     from sdedge.calibrate.metrics import ece, nll
     from sdedge.calibrate.plot import save_curves
+    from sdedge.common.atomic import write_text_atomic
     from sdedge.calibrate.thresholds import ReplayTable, exit_costs_from_profile
     from sdedge.runtime import AnytimeSession, SessionOptions, open_bundle
     from sdedge.runtime.preprocess import Preprocessor
@@ -163,14 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                "full_latency_ms": costs.cumulative[-1], "accuracy_at_fraction": rows, "live": live_rows, "ece": ece_rows,
                "calibrated": calibrated, "target": cal["target"], "files": files,
                "wall_s": round(time.perf_counter() - t0, 1)}
-    (out / "figures.json").write_text(json.dumps(figures, indent=1, default=float))
+    write_text_atomic(out / "figures.json", json.dumps(figures, indent=1, default=float))
     if args.json:
         from sdedge.calibrate import benchmarking as B
 
         record = {"contract": B.contract(args.threads, 0, args.profile_runs, extra=(
             "latencies: the bundle's profile (model only) plus the decision overhead; accuracies on the official "
             "test split; calibration on the validation split")), "figures": figures, "profile": prof}
-        Path(args.json).write_text(json.dumps(record, indent=1, default=float))
+        write_text_atomic(args.json, json.dumps(record, indent=1, default=float))
     print("\n" + ", ".join(files.values()) + f", {out / 'figures.json'}")
     return 0
 

@@ -44,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sdedge.calibrate import benchmarking as B  # noqa: E402
+from sdedge.common.atomic import write_text_atomic  # noqa: E402
 from sdedge.common.jsonio import write_json_atomic  # noqa: E402
 
 
@@ -257,7 +258,7 @@ def main() -> int:
         write_json_atomic(args.json, record, indent=1)
     md = markdown(record)
     if args.md:
-        Path(args.md).write_text(md)
+        write_text_atomic(args.md, md)
     print(md)
     return 0
 

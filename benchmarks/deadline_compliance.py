@@ -50,12 +50,12 @@ import math
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from sdedge.calibrate import benchmarking as B
+from sdedge.common.atomic import write_text_atomic
 from sdedge.runtime import AnytimeSession, open_bundle
 from sdedge.runtime.backends import create_backend
 from sdedge.runtime.options import SessionOptions
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\ngoal: >= 99.9 % of the calls whose budget admits exit 1 end by their deadline; mean exit >= 0.9 x "
           "the oracle's")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+        write_text_atomic(args.json, json.dumps(out, indent=2, default=float))
     for s in sessions.values():
         s.close()
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sdedge.calibrate import benchmarking as B
+from sdedge.common.atomic import write_text_atomic
 from sdedge.runtime import AnytimeSession, open_bundle
 
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decision overhead, {e:6s}: per section {o['per_section_us']:.2f} us, per call "
               f"{o['fixed_per_call_us']:.2f} us (plain call: {o['plain_overhead_us_per_section']:.2f} us per section)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"contract": contract, "stats": stats, "overhead": overhead,
+        write_text_atomic(args.json, json.dumps({"contract": contract, "stats": stats, "overhead": overhead,
                                                "native_own_time": own,
                                                "deepest_share": {n: float(np.mean(np.asarray(v) == k))
                                                                  for n, v in exits.items()}}, indent=2) + "\n")

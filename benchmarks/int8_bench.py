@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from sdedge.calibrate import benchmarking as B
+from sdedge.common.atomic import write_text_atomic
 from sdedge.common.hostinfo import available_cpus, cpu_flags, cpu_model
 from sdedge.common.jsonio import write_json_atomic
 
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(results)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(md, "utf-8")
+        write_text_atomic(args.md, md)
     print(md)
     return 0
 

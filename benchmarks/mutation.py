@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("--workdir must be outside the repository (the staged copies are mutated)")
     equivalents = load_equivalents()
     from sdedge.calibrate.benchmarking import provenance
+    from sdedge.common.atomic import write_text_atomic
 
     header = provenance("benchmarks/mutation.py", argv, ("mutmut", "pytest", "numpy", "onnxruntime", "torch",
                                                          "hypothesis"))
@@ -445,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
               "focused_tests": {n: MODULES[n]["tests"] + MODULES[n].get("extra", []) for n in modules},
               "modules": modules}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    Path(a.md).write_text(markdown(report) + "\n")
+    write_text_atomic(a.json, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(a.md, markdown(report) + "\n")
     print(f"[mutation] wrote {a.json} and {a.md} (staged copies in {workdir})")
     return 0
 

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from sdedge.calibrate import benchmarking as B
+from sdedge.common.atomic import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SESSION = ("none", "deadline", "confidence", "deadline_sections", "deadline_split", "confidence_split")
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         contract = B.contract(args.threads, args.warmup, args.runs,
                               extra="C process: ONNX Runtime C API (full, chain) and sdedge_session_infer_f32, float "
                                     "input, CLOCK_MONOTONIC around one call; the onnxruntime library: " + ort)
-        Path(args.json).write_text(json.dumps({"contract": contract, "rounds": rounds, "median_ratios": median},
+        write_text_atomic(args.json, json.dumps({"contract": contract, "rounds": rounds, "median_ratios": median},
                                               indent=2) + "\n")
     return 0
 

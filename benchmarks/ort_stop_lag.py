@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sdedge.calibrate import benchmarking as B
+from sdedge.common.atomic import write_text_atomic
 from sdedge.runtime import open_bundle
 from sdedge.runtime.backends.base import BackendOptions
 from sdedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                         for f in fractions)
         print(f"section {k}: run {run_ms:.3f} ms, preset flag {row['preset_p50_ms']:.3f} ms; {cut}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"contract": contract, "onnxruntime": ort.__version__,
+        write_text_atomic(args.json, json.dumps({"contract": contract, "onnxruntime": ort.__version__,
                                                "sections": rows}, indent=2))
     return 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sdedge.calibrate import benchmarking as B
+from sdedge.common.atomic import write_text_atomic
 from sdedge.runtime import AnytimeSession
 from sdedge.runtime.server.scheduler import EdfQueue
 from sdedge.runtime.server.worker import _FirstExitCosts, _slack_admission
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# the session's first-exit figure (1 row): {first_exit_ms:.3f} ms; engine {session.engine}")
     session.close()
     if args.json:
-        Path(args.json).write_text(json.dumps({"contract": contract, "first_exit_ms": round(first_exit_ms, 4),
+        write_text_atomic(args.json, json.dumps({"contract": contract, "first_exit_ms": round(first_exit_ms, 4),
                                                "engine": session.engine, "by_waiting": rows}, indent=2))
     return 0
 

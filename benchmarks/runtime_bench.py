@@ -26,6 +26,7 @@ import numpy as np
 
 from sdedge.runtime import AnytimeSession, open_bundle
 from sdedge.calibrate import benchmarking as B
+from sdedge.common.atomic import write_text_atomic
 
 
 def load_inputs(session: AnytimeSession, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {r['threshold']:9.2f}   {r['last_accuracy']:.4f}   {r['last_mean_exit']:8.3f}    "
                   f"{r['ensemble_accuracy']:.4f}       {r['ensemble_mean_exit']:8.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+        write_text_atomic(args.json, json.dumps(out, indent=2, default=float))
     session.close()
     return 0
 

@@ -88,6 +88,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_fault import ServerProcess  # noqa: E402  (beside this script: `sdedge serve --port 0`, ports read back)
 
 from sdedge.calibrate import benchmarking as B  # noqa: E402
+from sdedge.common.atomic import write_text_atomic  # noqa: E402
 from sdedge.common.datasets import read_split  # noqa: E402
 
 MODEL = "bench"
@@ -846,9 +847,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# CPU use during the run: {res['contract']['cpu_use_during_run']}")
     print(f"# done in {res['wall_s']} s; load avg {os.getloadavg()[0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps(res, indent=1) + "\n")
     if args.md:
-        Path(args.md).write_text(markdown(res, client_counts))
+        write_text_atomic(args.md, markdown(res, client_counts))
     return 0
 
 
