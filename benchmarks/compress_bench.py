@@ -266,7 +266,7 @@ def main() -> int:
 def markdown(rec: dict) -> str:
     lines = ["# Pruning + distillation + INT8 (benchmarks/compress_bench.py)", "",
              f"Command: `{rec['command']}`  ", f"Date: {rec['date_utc']}; {rec['seconds']} s.  ",
-             f"Machine: {rec['machine']}; load average at start {rec['load_average']}.  ",
+             f"Machine: {rec['machine']}; load average at start {rec['load_average_at_start']}.  ",
              f"Versions: {json.dumps(rec['versions'])}.  ",
              f"Settings: {json.dumps({k: v for k, v in rec['settings'].items() if k not in ('json', 'md', 'quiet')})}.", "",
              "| row | prec | MACs kept | params | MACs/exit (M) | p50 ms/exit | latency ÷ unpruned | latency ratio ÷ MAC ratio | test acc/exit | Δ pp/exit | ens | deadline AUC | calibrated AUC | calibrated: test acc @ mean ms |",

@@ -317,7 +317,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines = ["# INT8 vs FP32 sections on ONNX Runtime CPU (issue 16 item 4)", "",
              f"Command: `{c['command']}`  ",
              f"Date: {c['date_utc']}; {c['seconds']} s.  ",
-             f"Machine: {c['machine']}; CPU flags: {flags}; load average {c['load_average'][0]:.2f} at start, "
+             f"Machine: {c['machine']}; CPU flags: {flags}; load average {(c['load_average_at_start'] or [float('nan')])[0]:.2f} at start, "
              f"{c['load_average_end'][0]:.2f} at end (a shared machine: only side-by-side ratios mean anything).  ",
              f"Versions: {json.dumps(c['versions'])}.  ",
              f"Bundle: `{c['bundle']}`, INT8 record: `{json.dumps((c['bundle_int8_record'] or {}).get('quantization'))}`.",

@@ -530,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     from sdedge.calibrate.benchmarking import provenance
 
     header = provenance("benchmarks/load_fault.py", argv)
-    print(f"machine: {header['machine']}; load average {header['load_average_at_start']} at start")
+    start_load = header["load_average_at_start"]
+    print(f"machine: {header['machine']}; load average {f'{start_load[0]:.2f}' if start_load else 'n/a'} at start")
     print(f"load: {args.requests} requests from {args.clients} clients, budget {args.budget_ms:g} ms")
     load = run_load(args.bundle, args.requests, args.clients, args.budget_ms, args.seed, args.threads,
                     log=args.workdir / "server.log")

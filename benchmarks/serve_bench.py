@@ -78,7 +78,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -674,7 +673,6 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = test.images, test.labels
     n_img = len(labels)
     contract = B.contract(1, args.warmup, args.requests, extra="see results.contract_text")
-    contract["date_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     contract["inputs"] = ("real test images, preloaded uint8 [1, H, W, C]; the same images for every contender at a "
                           "client count; contenders run one after another (not interleaved)")
     contract["timer"] = ("time.perf_counter around one client call (request built to answer decoded; in-process: "

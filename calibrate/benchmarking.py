@@ -92,7 +92,7 @@ def contract(threads: int | None, warmup: int, runs: int, batch: int = 1, extra:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "versions": versions(),
-        "load_average": load_average(),
+        "load_average_at_start": load_average(),
         "threads": threads, "warmup_calls": warmup, "timed_calls": runs, "batch": batch,
         "inputs": "preloaded, preprocessed once, the same inputs for every contender, interleaved in shuffled order",
         "timer": "time.perf_counter around one call; backend = upload + sections + logits to host (model only); "

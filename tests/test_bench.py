@@ -98,4 +98,5 @@ def test_results_header_names_the_benchmarks_own_command_and_versions() -> None:
     assert h["command"] == "python benchmarks/example.py --seeds 3"
     assert h["versions"] == {"numpy": np.__version__, "no-such-package-sdedge": None}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", h["date_utc"])
-    assert "SIMD" in h["machine"] and len(h["load_average_at_start"]) == 3
+    load = h["load_average_at_start"]  # None only where the OS has no load average
+    assert "SIMD" in h["machine"] and (load is None or (len(load) == 3 and min(load) >= 0))
