@@ -32,7 +32,7 @@ Contract
   Nesterov + EMA beat the previous cosine recipe for both methods (byot +0.7 / +3.1 / +3.5 / +2.9 points
   per exit, dsn -0.6 / +1.7 / +2.5 / +2.0). The EMA decay 0.998 keeps the proxy's averaging horizon
   (about 1.4 epochs) at the full preset's 430 steps per epoch. The head: the BYOT authors' (``byot-authors``)
-  beat ``bottleneck`` at exit 1 over seeds 0-1 of the full preset by +1.26 ± 0.47 (dsn) and +0.99 ± 0.33 (byot)
+  beat ``bottleneck`` at exit 1 over seeds 0-2 of the full preset by +1.17 ± 0.38 (dsn) and +0.97 ± 0.23 (byot)
   points and was level deeper (``benchmarks/results/train_accuracy_preset_byot_authors.json``).
 * Seeds: ``--seeds N`` repeats everything with seeds ``--first-seed`` .. +N-1 (initialisation, hold-out,
   data order and augmentation all follow the seed).
