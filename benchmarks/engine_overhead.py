@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{o['fixed_per_call_us']:.2f} us (plain call: {o['plain_overhead_us_per_section']:.2f} us per section)")
     if args.json:
         write_text_atomic(args.json, json.dumps({"contract": contract, "stats": stats, "overhead": overhead,
-                                               "native_own_time": own,
-                                               "deepest_share": {n: float(np.mean(np.asarray(v) == k))
-                                                                 for n, v in exits.items()}}, indent=2) + "\n")
+                                                 "native_own_time": own,
+                                                 "deepest_share": {n: float(np.mean(np.asarray(v) == k))
+                                                                   for n, v in exits.items()}}, indent=2) + "\n")
     for s in sessions.values():
         s.close()
     return 0

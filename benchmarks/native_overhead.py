@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                               extra="C process: ONNX Runtime C API (full, chain) and sdedge_session_infer_f32, float "
                                     "input, CLOCK_MONOTONIC around one call; the onnxruntime library: " + ort)
         write_text_atomic(args.json, json.dumps({"contract": contract, "rounds": rounds, "median_ratios": median},
-                                              indent=2) + "\n")
+                                                indent=2) + "\n")
     return 0
 
 

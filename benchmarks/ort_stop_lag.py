@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"section {k}: run {run_ms:.3f} ms, preset flag {row['preset_p50_ms']:.3f} ms; {cut}", flush=True)
     if args.json:
         write_text_atomic(args.json, json.dumps({"contract": contract, "onnxruntime": ort.__version__,
-                                               "sections": rows}, indent=2))
+                                                 "sections": rows}, indent=2))
     return 0
 
 

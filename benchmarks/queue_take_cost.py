@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     session.close()
     if args.json:
         write_text_atomic(args.json, json.dumps({"contract": contract, "first_exit_ms": round(first_exit_ms, 4),
-                                               "engine": session.engine, "by_waiting": rows}, indent=2))
+                                                 "engine": session.engine, "by_waiting": rows}, indent=2))
     return 0
 
 

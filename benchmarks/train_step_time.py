@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         torch.backends.cudnn.benchmark = True
-        machine = torch.cuda.get_device_name(device)
+        device_name = torch.cuda.get_device_name(device)
     else:
-        machine = f"CPU, {torch.get_num_threads()} torch threads"
+        device_name = f"CPU, {torch.get_num_threads()} torch threads"
     from sdedge.calibrate import benchmarking as B
 
     header = B.provenance("benchmarks/train_step_time.py", argv, ("sdedge", "torch", "numpy"))
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdedge.train.config import default_channels_last
 
     fmt = torch.channels_last if default_channels_last(device) else torch.contiguous_format
-    print(f"train step time: {header['machine']}; device {machine}; torch {torch.__version__}; "
+    print(f"train step time: {header['machine']}; device {device_name}; torch {torch.__version__}; "
           f"{'channels_last' if fmt == torch.channels_last else 'NCHW'}; "
           f"{'AMP ' + str(amp).replace('torch.', '') if amp else 'fp32'}; "
           f"{args.steps} interleaved timed steps per method after 2 warm-up steps")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from sdedge.common.jsonio import write_json_atomic
 
-        write_json_atomic(args.json, {**header, "device": machine, "runs": out}, indent=1)
+        write_json_atomic(args.json, {**header, "device": device_name, "runs": out}, indent=1)
     return 0
 
 

@@ -78,21 +78,18 @@ def command_line(script: str | None = None, argv: Sequence[str] | None = None) -
     return " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
-def provenance(script: str, argv: Sequence[str] | None = None,
+def provenance(script: str | None = None, argv: Sequence[str] | None = None,
                packages: Sequence[str] = ("sdedge", "numpy", "onnxruntime")) -> dict[str, Any]:
     """The header every results file under ``benchmarks/results/`` starts with: the command that made it, when
-    (UTC), on which machine, with which versions, and the load average when it started."""
+    (UTC), on which machine, with which versions, and the load average when it started (``script`` None: the
+    command is this process's own, as :func:`contract` records it)."""
     return {"command": command_line(script, argv), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine(), "versions": versions(packages), "load_average_at_start": load_average()}
 
 
 def contract(threads: int | None, warmup: int, runs: int, batch: int = 1, extra: str = "") -> dict[str, Any]:
     return {
-        "command": command_line(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
-        "versions": versions(),
-        "load_average_at_start": load_average(),
+        **provenance(),
         "threads": threads, "warmup_calls": warmup, "timed_calls": runs, "batch": batch,
         "inputs": "preloaded, preprocessed once, the same inputs for every contender, interleaved in shuffled order",
         "timer": "time.perf_counter around one call; backend = upload + sections + logits to host (model only); "
