@@ -41,7 +41,8 @@ Contract
   standard deviation of the per-seed differences), and whether each difference exceeds zero by more
   than one standard deviation; everything also in ``OUT/preset.json`` (and ``--json``, with the
   command, machine, versions and the raw per-seed numbers). Runs resume if killed (a finished run is only
-  evaluated again).
+  evaluated again); ``--include EARLIER.json`` takes the finished runs of an earlier results file of the same
+  recipe as they are (seeds trained in separate sessions, summarized together; each such run names its file).
 * ``--versus EARLIER.json``: also this run minus an earlier results file, method by method, paired by seed
   (how one recipe or head kind compares with another); the earlier file's command and per-seed numbers are
   copied into the new one, so the comparison stands on its own.
@@ -118,6 +119,27 @@ def versus_earlier(per_seed: dict[str, list[dict]], earlier: dict) -> dict[str, 
             if m in theirs and {r["seed"] for r in runs} & {r["seed"] for r in theirs[m]}}
 
 
+# Settings that change what a run computes: an included run must match them all (paths, seeds, methods and output
+# options may differ).
+RECIPE_KEYS = ("width", "epochs", "heads_epochs", "batch_size", "lr", "schedule", "nesterov", "warmup_epochs", "ema",
+               "head", "crop_padding", "random_erasing", "deepest_ce_weight", "threads", "limit", "device")
+
+
+def included_runs(earlier: dict, settings: dict, source: str) -> dict[tuple[str, int], dict]:
+    """Finished runs of an earlier results file of this script, keyed by (method, seed), tagged with ``source``.
+
+    Raises ValueError when the earlier file's recipe differs from ``settings`` (so runs of different recipes are
+    never summarized together).
+    """
+    theirs = earlier.get("settings") or {}
+    differ = [f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} here" for k in RECIPE_KEYS
+              if theirs.get(k) != settings.get(k)]
+    if differ:
+        raise ValueError(f"{source} ran another recipe ({'; '.join(differ)})")
+    return {(m, r["seed"]): {"included_from": source, **r}
+            for m, runs in earlier["per_seed"].items() for r in runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="Fashion-MNIST folder (default: SDEDGE_DATA, ../shared/data/...)")
@@ -145,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--versus", default=None, metavar="JSON",
                     help="an earlier --json results file: also report this run minus it, method by method, paired by "
                          "seed (e.g. one head kind against another)")
+    ap.add_argument("--include", nargs="+", default=[], metavar="JSON",
+                    help="earlier --json results files of the same recipe: their finished (method, seed) runs are "
+                         "taken as they are instead of trained again (runs done in separate sessions, summarized "
+                         "together)")
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming earlier runs in --out")
     ap.add_argument("--progress", action="store_true", help="progress bars")
     ap.add_argument("--json", default=None, help="also write the record (command, machine, versions, per-seed "
@@ -164,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             earlier["per_seed"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             sys.exit(f"--versus {args.versus}: not a results file of this script ({e})")
+    included: dict[tuple[str, int], dict] = {}
+    for path in args.include:
+        try:
+            included.update(included_runs(json.loads(Path(path).read_text()), vars(args), path))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"--include {path}: {e}")
     out = Path(args.out)
     from sdedge.calibrate import benchmarking as B
 
@@ -174,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     for seed in seeds:
         for m in args.methods:
+            if (m, seed) in included:
+                print(f"\n=== {m}, seed {seed}: from {included[m, seed]['included_from']} ===", flush=True)
+                per_seed[m].append(included[m, seed])
+                continue
             run_dir = out / m if args.seeds == 1 and args.first_seed == 0 else out / f"seed{seed}" / m
             cfg = TrainConfig(dataset="fashion-mnist", data=data, limit=args.limit, backbone="resnet18",
                               backbone_kwargs={"width": args.width}, head=args.head, method=m, epochs=args.epochs,

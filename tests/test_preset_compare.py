@@ -44,3 +44,27 @@ def test_within_a_run_byot_is_paired_with_each_baseline(preset) -> None:
     d = preset.paired_differences(per_seed)["byot-dsn"]
     assert d["per_seed"][0] == pytest.approx([0.05, 0.10])
     assert d["above_zero_by_one_std"][0] is True
+
+
+def _settings(**over) -> dict:
+    base = {"width": 16, "epochs": 8, "heads_epochs": 1, "batch_size": 128, "lr": 0.1, "schedule": "onecycle",
+            "nesterov": True, "warmup_epochs": 0.0, "ema": 0.998, "head": "byot-authors", "crop_padding": 2,
+            "random_erasing": 0.0, "deepest_ce_weight": None, "threads": 2, "limit": None, "device": "cpu",
+            "out": "/a", "seeds": 1, "methods": ["byot"]}
+    return {**base, **over}
+
+
+def test_included_runs_are_keyed_by_method_and_seed_and_name_their_file(preset) -> None:
+    earlier = {"settings": _settings(out="/elsewhere", seeds=1),
+               "per_seed": {"byot": [_run(0, [0.9], 0.9)], "dsn": [{**_run(3, [0.8], 0.8), "included_from": "old"}]}}
+    got = preset.included_runs(earlier, _settings(seeds=2, methods=["dsn", "byot"]), "e.json")
+    assert set(got) == {("byot", 0), ("dsn", 3)}
+    assert got["byot", 0]["included_from"] == "e.json"
+    assert got["dsn", 3]["included_from"] == "old"  # an included run keeps naming where it was trained
+    assert got["byot", 0]["test"]["exits"] == [0.9]
+
+
+def test_runs_of_another_recipe_are_refused(preset) -> None:
+    earlier = {"settings": _settings(crop_padding=None), "per_seed": {"byot": [_run(0, [0.9], 0.9)]}}
+    with pytest.raises(ValueError, match="crop_padding: None there, 2 here"):
+        preset.included_runs(earlier, _settings(), "e.json")
