@@ -57,12 +57,6 @@ from sdedge.common.atomic import write_text_atomic
 from sdedge.common.hostinfo import available_cpus, cpu_flags, cpu_model
 from sdedge.common.jsonio import write_json_atomic
 
-def all_versions() -> dict[str, str | None]:
-    out = B.versions(("sdedge", "numpy", "onnxruntime", "onnx"))
-    out["python"] = platform.python_version()
-    return out
-
-
 def ort_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -224,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     contract = B.contract(1, args.warmup, args.runs, extra="see the module docstring of benchmarks/int8_bench.py")
     contract.update({
         "cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "cpus_available": available_cpus(),
-        "versions": all_versions(), "bundle": str(args.bundle), "bundle_int8_record": raw.get("int8"),
+        "versions": {**contract["versions"], **B.versions(("onnx",)), "python": platform.python_version()},
+        "bundle": str(args.bundle), "bundle_int8_record": raw.get("int8"),
         "batches": batches, "timed_calls_batch_ge_8": max(25, args.runs // 4),
         "accuracy_images": args.images, "calibration_samples": args.calib_samples,
         "inputs": "the sections' real inputs: FP32 chain features of the first test images",
         "timer": "time.perf_counter around one InferenceSession.run of one section (numpy in, numpy out)"})
-    print(f"# int8_bench: {contract['machine']}; load avg {os.getloadavg()[0]:.2f}; avx512_vnni "
+    print(f"# int8_bench: {contract['machine']}; load avg {contract['load_average_at_start']}; avx512_vnni "
           f"{contract['cpu_flags'].get('avx512_vnni')}; onnxruntime {contract['versions'].get('onnxruntime')}",
           flush=True)
 
@@ -299,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                             {"section": k, "batch": batch,
                              **profile_ops(paths[k - 1], np.ascontiguousarray(x_all[:batch]),
                                            args.profile_runs if batch < 8 else max(20, args.profile_runs // 4))})
-    contract["load_average_end"] = list(os.getloadavg())
+    contract["load_average_end"] = B.load_average()
     contract["seconds"] = round(time.time() - t0, 1)
     if args.json:
         write_json_atomic(args.json, results)

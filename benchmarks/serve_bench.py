@@ -682,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     contract["machine_note"] = (
         "clients, the server under test and any other work share the CPUs above: cpu_use gives the CPU seconds "
         "other processes took during the run (niced and not), busiest_processes_at_start what ran at its start")
-    print(f"# serve_bench: {contract['machine']}; load avg {os.getloadavg()[0]:.2f}; {n_img} {dataset} test images; "
+    print(f"# serve_bench: {contract['machine']}; load avg {contract['load_average_at_start']}; "
+          f"{n_img} {dataset} test images; "
           f"clients {client_counts}; {args.requests} timed requests per client", flush=True)
     res: dict[str, Any] = {"contract": contract, "contract_text": __doc__,
                            "args": {k: str(v) for k, v in vars(args).items()},
@@ -839,11 +840,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# kserve peer: {peer.get('status')}")
 
     res["wall_s"] = round(time.time() - t_start, 1)
-    res["contract"]["load_average_end"] = list(os.getloadavg())
+    res["contract"]["load_average_end"] = B.load_average()
     res["contract"]["busiest_processes_at_end"] = busiest()
     res["contract"]["cpu_use_during_run"] = cpu_share(ticks0, cpu_ticks(), time.time() - t_start)
     print(f"# CPU use during the run: {res['contract']['cpu_use_during_run']}")
-    print(f"# done in {res['wall_s']} s; load avg {os.getloadavg()[0]:.2f}")
+    print(f"# done in {res['wall_s']} s; load avg {res['contract']['load_average_end']}")
     if args.json:
         write_text_atomic(args.json, json.dumps(res, indent=1) + "\n")
     if args.md:
