@@ -125,24 +125,32 @@ def versus_earlier(per_seed: dict[str, list[dict]], earlier: dict) -> dict[str, 
 
 
 # Settings that change what a run computes: an included run must match them all (paths, seeds, methods and output
-# options may differ).
+# options may differ); a setting in ONLY_FOR matters to that method's runs only.
 RECIPE_KEYS = ("width", "epochs", "heads_epochs", "batch_size", "lr", "schedule", "nesterov", "warmup_epochs", "ema",
                "head", "crop_padding", "random_erasing", "deepest_ce_weight", "threads", "limit", "device")
+ONLY_FOR = {"heads_epochs": "plain", "deepest_ce_weight": "byot"}
 
 
-def included_runs(earlier: dict, settings: dict, source: str) -> dict[tuple[str, int], dict]:
-    """Finished runs of an earlier results file of this script, keyed by (method, seed), tagged with ``source``.
+def included_runs(earlier: dict, settings: dict, source: str) -> tuple[dict[tuple[str, int], dict], list[str]]:
+    """Finished runs of an earlier results file of this script, keyed by (method, seed), tagged with ``source``,
+    and a line per method left out because its recipe differs from ``settings`` (e.g. ``byot`` runs with another
+    ``deepest_ce_weight``: runs of different recipes are never summarized together).
 
-    Raises ValueError when the earlier file's recipe differs from ``settings`` (so runs of different recipes are
-    never summarized together).
+    Raises ValueError when no method's recipe matches.
     """
     theirs = earlier.get("settings") or {}
-    differ = [f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} here" for k in RECIPE_KEYS
-              if theirs.get(k) != settings.get(k)]
-    if differ:
-        raise ValueError(f"{source} ran another recipe ({'; '.join(differ)})")
-    return {(m, r["seed"]): {"included_from": source, **r}
-            for m, runs in earlier["per_seed"].items() for r in runs}
+    runs: dict[tuple[str, int], dict] = {}
+    left_out: list[str] = []
+    for m, method_runs in earlier["per_seed"].items():
+        differ = [f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} here" for k in RECIPE_KEYS
+                  if ONLY_FOR.get(k, m) == m and theirs.get(k) != settings.get(k)]
+        if differ:
+            left_out.append(f"{m} ({'; '.join(differ)})")
+            continue
+        runs.update({(m, r["seed"]): {"included_from": source, **r} for r in method_runs})
+    if not runs:
+        raise ValueError(f"{source} ran another recipe: {', '.join(left_out)}")
+    return runs, left_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,9 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     included: dict[tuple[str, int], dict] = {}
     for path in args.include:
         try:
-            included.update(included_runs(json.loads(Path(path).read_text()), vars(args), path))
+            runs, left_out = included_runs(json.loads(Path(path).read_text()), vars(args), path)
         except (OSError, ValueError, KeyError, TypeError) as e:
             sys.exit(f"--include {path}: {e}")
+        included.update(runs)
+        for line in left_out:
+            print(f"--include {path}: another recipe's runs left out: {line}", flush=True)
     out = Path(args.out)
     from sdedge.calibrate import benchmarking as B
 

@@ -57,8 +57,8 @@ def _settings(**over) -> dict:
 def test_included_runs_are_keyed_by_method_and_seed_and_name_their_file(preset) -> None:
     earlier = {"settings": _settings(out="/elsewhere", seeds=1),
                "per_seed": {"byot": [_run(0, [0.9], 0.9)], "dsn": [{**_run(3, [0.8], 0.8), "included_from": "old"}]}}
-    got = preset.included_runs(earlier, _settings(seeds=2, methods=["dsn", "byot"]), "e.json")
-    assert set(got) == {("byot", 0), ("dsn", 3)}
+    got, left_out = preset.included_runs(earlier, _settings(seeds=2, methods=["dsn", "byot"]), "e.json")
+    assert set(got) == {("byot", 0), ("dsn", 3)} and left_out == []
     assert got["byot", 0]["included_from"] == "e.json"
     assert got["dsn", 3]["included_from"] == "old"  # an included run keeps naming where it was trained
     assert got["byot", 0]["test"]["exits"] == [0.9]
@@ -68,3 +68,10 @@ def test_runs_of_another_recipe_are_refused(preset) -> None:
     earlier = {"settings": _settings(crop_padding=None), "per_seed": {"byot": [_run(0, [0.9], 0.9)]}}
     with pytest.raises(ValueError, match="crop_padding: None there, 2 here"):
         preset.included_runs(earlier, _settings(), "e.json")
+
+
+def test_a_byot_only_setting_leaves_out_only_the_byot_runs(preset) -> None:
+    earlier = {"settings": _settings(), "per_seed": {"byot": [_run(0, [0.9], 0.9)], "dsn": [_run(0, [0.8], 0.8)]}}
+    got, left_out = preset.included_runs(earlier, _settings(deepest_ce_weight=0.7), "e.json")
+    assert set(got) == {("dsn", 0)}
+    assert left_out == ["byot (deepest_ce_weight: None there, 0.7 here)"]
