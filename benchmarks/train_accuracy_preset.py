@@ -124,11 +124,23 @@ def versus_earlier(per_seed: dict[str, list[dict]], earlier: dict) -> dict[str, 
             if m in theirs and {r["seed"] for r in runs} & {r["seed"] for r in theirs[m]}}
 
 
-# Settings that change what a run computes: an included run must match them all (paths, seeds, methods and output
-# options may differ); a setting in ONLY_FOR matters to that method's runs only.
-RECIPE_KEYS = ("width", "epochs", "heads_epochs", "batch_size", "lr", "schedule", "nesterov", "warmup_epochs", "ema",
-               "head", "crop_padding", "random_erasing", "deepest_ce_weight", "threads", "limit", "device")
+# Settings that do not change what a run computes (paths, which seeds and methods, output options); every other
+# setting is the recipe, which an included run must match (a flag added later joins it by itself). A setting in
+# ONLY_FOR matters to that method's runs only.
+NOT_RECIPE = frozenset({"data", "out", "methods", "seeds", "first_seed", "versus", "include", "fresh", "progress",
+                        "json"})
 ONLY_FOR = {"heads_epochs": "plain", "deepest_ce_weight": "byot"}
+
+
+def read_results(path: str) -> dict:
+    """An earlier ``--json`` results file of this script; ValueError/OSError when it is not one."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ValueError(f"not a results file of this script ({e})") from e
+    if not isinstance(record, dict) or not isinstance(record.get("per_seed"), dict):
+        raise ValueError("not a results file of this script (no per_seed)")
+    return record
 
 
 def included_runs(earlier: dict, settings: dict, source: str) -> tuple[dict[tuple[str, int], dict], list[str]]:
@@ -139,10 +151,11 @@ def included_runs(earlier: dict, settings: dict, source: str) -> tuple[dict[tupl
     Raises ValueError when no method's recipe matches.
     """
     theirs = earlier.get("settings") or {}
+    recipe = sorted((theirs.keys() | settings.keys()) - NOT_RECIPE)
     runs: dict[tuple[str, int], dict] = {}
     left_out: list[str] = []
     for m, method_runs in earlier["per_seed"].items():
-        differ = [f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} here" for k in RECIPE_KEYS
+        differ = [f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} here" for k in recipe
                   if ONLY_FOR.get(k, m) == m and theirs.get(k) != settings.get(k)]
         if differ:
             left_out.append(f"{m} ({'; '.join(differ)})")
@@ -201,14 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     earlier = None
     if args.versus:
         try:
-            earlier = json.loads(Path(args.versus).read_text())
-            earlier["per_seed"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            sys.exit(f"--versus {args.versus}: not a results file of this script ({e})")
+            earlier = read_results(args.versus)
+        except (OSError, ValueError) as e:
+            sys.exit(f"--versus {args.versus}: {e}")
     included: dict[tuple[str, int], dict] = {}
     for path in args.include:
         try:
-            runs, left_out = included_runs(json.loads(Path(path).read_text()), vars(args), path)
+            runs, left_out = included_runs(read_results(path), vars(args), path)
         except (OSError, ValueError, KeyError, TypeError) as e:
             sys.exit(f"--include {path}: {e}")
         included.update(runs)

@@ -75,3 +75,11 @@ def test_a_byot_only_setting_leaves_out_only_the_byot_runs(preset) -> None:
     got, left_out = preset.included_runs(earlier, _settings(deepest_ce_weight=0.7), "e.json")
     assert set(got) == {("dsn", 0)}
     assert left_out == ["byot (deepest_ce_weight: None there, 0.7 here)"]
+
+
+def test_a_setting_not_named_anywhere_still_counts_as_recipe(preset) -> None:
+    earlier = {"settings": _settings(), "per_seed": {"dsn": [_run(0, [0.8], 0.8)]}}
+    with pytest.raises(ValueError, match="new_flag: None there, 3 here"):
+        preset.included_runs(earlier, _settings(new_flag=3), "e.json")
+    got, _ = preset.included_runs(earlier, _settings(out="/b", json="x.json", seeds=5), "e.json")
+    assert set(got) == {("dsn", 0)}  # paths, seed counts and output options are not the recipe
