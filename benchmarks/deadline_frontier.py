@@ -2,7 +2,7 @@
 
     python benchmarks/deadline_frontier.py BUNDLE [--calls 10000] [--scenarios steady idle neighbour batches]
         [--quantiles 0.5 0.75 0.9 0.95 0.99 0.999] [--priors p50_ms p90_ms p99_ms]
-        [--save-trace T.npz | --load-trace T.npz] [--json out.json]
+        [--budgets measured|trace] [--save-trace T.npz | --load-trace T.npz] [--json out.json]
 
 Why: ``deadline_compliance.py`` runs each policy live, on calls of its own, and takes each call's oracle
 from another call of the same round (the trace session's); it compares policies as they run, but it cannot
@@ -18,7 +18,10 @@ very same calls and the oracle is exact (the same call's times).
    runtime's own time (the call's latency minus its sections). Before each scenario a warm-up
    (``--warmup`` calls at 1 row and at ``--max-rows`` rows, as ``AnytimeSession``'s) is traced the same way.
    Budgets: uniform in ``[exit-1 p99.9, full p50]`` of ``infer`` (``benchmarking.budget_range``; for
-   batches, linearly between the 1-row and ``--max-rows``-row ranges), the same seed as the live script.
+   batches, linearly between the 1-row and ``--max-rows``-row ranges), the same seed as the live script;
+   with ``--budgets trace`` they are drawn again after recording from each scenario's own calls (per row
+   count; :func:`budgets_from_trace`), so the range no longer depends on how fast a shared machine happened
+   to be at the moment it was measured (two runs here measured ranges a factor 2 apart).
 2. *Replay* (per setting): a fresh :class:`~sdedge.runtime.policies.LatencyEstimator` (``quantile``: the
    setting's, window 256) and :class:`~sdedge.runtime.policies.DeadlinePolicy` (the bundle's profile for
    this device, its ``prior`` quantile as rule 6's prior) take the warm-up samples and settle (rule 5);
@@ -83,6 +86,23 @@ def oracle_exits(own_ms: np.ndarray, section_ms: np.ndarray, budget_ms: np.ndarr
     """Per call the deepest exit whose own time plus its sections fits the budget; 0 when exit 1 does not."""
     ends = own_ms[:, None] + np.cumsum(section_ms, axis=1)
     return (ends <= budget_ms[:, None]).sum(axis=1)  # ends grow with the exit: the fitting ones are a prefix
+
+
+def budgets_from_trace(trace: Trace, seed: int) -> Trace:
+    """``trace`` with budgets drawn again from its own calls: per row count r, uniform in ``[p99.9 of exit 1's
+    time, p50 of the full time]`` over the calls of r rows (the full time at least 1.5 x the lower end, as
+    ``budget_range``). The recorded calls ran with no budget, so new budgets change nothing they measured;
+    this keeps the range from depending on how fast the machine was at the moment it was first measured."""
+    exit1 = trace.own_ms + trace.section_ms[:, 0]
+    full = trace.own_ms + trace.section_ms.sum(axis=1)
+    rng = np.random.default_rng(seed)
+    budgets = np.zeros(len(trace.rows))
+    for r in np.unique(trace.rows):
+        sel = trace.rows == r
+        lo = float(np.percentile(exit1[sel], 99.9))
+        hi = max(float(np.percentile(full[sel], 50)), 1.5 * lo)
+        budgets[sel] = rng.uniform(lo, hi, int(sel.sum()))
+    return Trace(**{**trace.__dict__, "budget_ms": budgets})
 
 
 def replay(trace: Trace, quantile: float, prior: str | None, profile: LatencyProfile | None,
@@ -277,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-trace", help="keep the recorded traces here (.npz)")
     p.add_argument("--load-trace", help="replay these traces instead of recording (the bundle gives the profile)")
+    p.add_argument("--budgets", choices=("measured", "trace"), default="measured",
+                   help="measured: the range budget_range() measured before the scenarios (as deadline_compliance.py); "
+                        "trace: drawn again from each scenario's own recorded calls, per row count")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args(argv)
     if args.calls < 1 or args.settle_calls < 0:
@@ -294,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         traces, contract, profile = record_all(args)
         if args.save_trace:
             save_traces(args.save_trace, traces, contract)
+    if args.budgets == "trace":
+        traces = [budgets_from_trace(t, args.seed) for t in traces]
+    contract["budgets"] = args.budgets
     default = (SessionOptions().latency_quantile, PROFILE_PRIOR_QUANTILE)
     print(f"profile: {'none for this device' if profile is None else 'yes'}; product default: quantile {default[0]}, "
           f"prior {default[1]}")

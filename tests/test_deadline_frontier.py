@@ -77,3 +77,20 @@ def test_traces_round_trip_through_a_file(fr, tmp_path) -> None:
         if f != "name":
             np.testing.assert_array_equal(getattr(back[0], f), getattr(t, f))
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_budgets_from_the_trace_span_its_own_exit1_tail_to_its_full_median_per_row_count(fr) -> None:
+    rng = np.random.default_rng(3)
+    n = 2000
+    rows = rng.integers(1, 3, n)
+    secs = rng.uniform(0.9, 1.1, (n, 4)) * rows[:, None]
+    own = np.full(n, 0.1)
+    t = _trace(fr, secs, own, np.full(n, 99.0), rows=rows)
+    b = fr.budgets_from_trace(t, seed=0)
+    for r in (1, 2):
+        sel = rows == r
+        lo = np.percentile(own[sel] + secs[sel, 0], 99.9)
+        hi = np.percentile(own[sel] + secs[sel].sum(axis=1), 50)
+        assert lo <= b.budget_ms[sel].min() and b.budget_ms[sel].max() <= hi
+    np.testing.assert_array_equal(b.section_ms, t.section_ms)  # only the budgets change
+    assert t.budget_ms[0] == 99.0
