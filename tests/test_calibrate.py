@@ -669,3 +669,28 @@ def test_no_calibrate_module_imports_torch_or_sdedge_core() -> None:
                 if any(n == c or n.startswith(c + ".") for c in forbidden) or n in ("sdedge.data", "sdedge.models"):
                     offenders.append(f"{f.name}: {n}")
     assert not offenders, offenders
+
+
+def test_a_profile_alone_needs_no_dataset_but_a_named_missing_one_is_an_error(tiny_bundle: Path, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    from sdedge.calibrate import api
+    from sdedge.common.errors import DataError
+
+    def no_dataset(*a, **k):
+        raise DataError("Fashion-MNIST not found in /usr/share/datasets/fashion-mnist; pass --data DIR")
+
+    monkeypatch.setattr(api, "_data", no_dataset)
+    monkeypatch.delenv("SDEDGE_DATA", raising=False)
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dst)
+    res = calibrate_bundle(dst, config=CalibrationConfig(profile_only=True, **FAST))
+    assert any("random pixels" in w for w in res.warnings)
+    b = open_bundle(dst)  # the profile is written and checksummed
+    assert f"profiles/{res.device}.json" in b.manifest.files and b.profile(res.device) is not None
+    with pytest.raises(DataError, match="not found"):  # a full calibration needs labelled images
+        calibrate_bundle(dst, config=CalibrationConfig(**FAST), write=False)
+    with pytest.raises(DataError, match="not found"):  # a folder that was named stays an error
+        calibrate_bundle(dst, config=CalibrationConfig(profile_only=True, data=str(tmp_path / "nope"), **FAST))
+    monkeypatch.setenv("SDEDGE_DATA", str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="not found"):
+        calibrate_bundle(dst, config=CalibrationConfig(profile_only=True, **FAST))
