@@ -183,7 +183,7 @@ def _random_pixels(bundle: Bundle, seed: int, n: int = 64) -> LabelledImages:
     """``n`` random uint8 images of the bundle's input size (labels 0): inputs for a latency profile alone."""
     c, h, w = bundle.manifest.input.shape[1:]
     img = np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
-    return LabelledImages(img, np.zeros(n, np.int64), f"{n} random images (no dataset named or found)", "none")
+    return LabelledImages(img, np.zeros(n, np.int64), "random pixels (no dataset named or found)", "none")
 
 
 def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any = None, data: Any = None,
@@ -391,6 +391,7 @@ def format_summary(res: CalibrationResult) -> str:
     lines = [f"bundle {res.bundle}  device {res.device}"]
     if res.calibration is None:
         lines += [f"profile written: {p}" for p in res.files_written]
+        lines += [f"warning: {w}" for w in res.warnings]
         return "\n".join(lines)
     cal, thr = res.calibration, res.thresholds
     assert thr is not None

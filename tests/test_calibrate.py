@@ -684,7 +684,7 @@ def test_a_profile_alone_needs_no_dataset_but_a_named_missing_one_is_an_error(ti
     dst = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, dst)
     res = calibrate_bundle(dst, config=CalibrationConfig(profile_only=True, **FAST))
-    assert any("random pixels" in w for w in res.warnings)
+    assert any("random pixels" in w for w in res.warnings) and "warning: no dataset" in res.summary()
     b = open_bundle(dst)  # the profile is written and checksummed
     assert f"profiles/{res.device}.json" in b.manifest.files and b.profile(res.device) is not None
     with pytest.raises(DataError, match="not found"):  # a full calibration needs labelled images
