@@ -44,7 +44,6 @@ one (``--no-profile``: online figures alone). Figures are only meaningful on a q
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import random
@@ -129,14 +128,6 @@ def open_sessions(bundle: Any, args: argparse.Namespace) -> dict[str, AnytimeSes
     return out
 
 
-def oracle_exit(trace_ms: list[float], latency_ms: float, budget_ms: float) -> int:
-    """The deepest exit whose true time (the runtime's own time + its sections) fits; 0 when none does."""
-    own = latency_ms - sum(trace_ms)
-    ends = own + np.cumsum(trace_ms)
-    fits = np.flatnonzero(ends <= budget_ms)
-    return int(fits[-1]) + 1 if fits.size else 0
-
-
 def run_scenario(name: str, sessions: dict[str, AnytimeSession], inputs: np.ndarray, budgets: np.ndarray,
                  rows: np.ndarray, args: argparse.Namespace) -> dict:
     """``len(budgets)`` rounds; in each, every session answers the same input under the same budget."""
@@ -148,23 +139,12 @@ def run_scenario(name: str, sessions: dict[str, AnytimeSession], inputs: np.ndar
     met = {n: np.zeros(calls, bool) for n in contenders}
     over = {n: np.zeros(calls) for n in contenders}
     oracle = np.zeros(calls, np.int64)
-    stretch = calls // (args.gaps + 1) if name == "idle" else 0
-    phase = args.phase_calls if name == "neighbour" else 0
     rng = random.Random(args.seed)
     order = list(sessions)
-    burner: contextlib.ExitStack | None = None
     xs = {r: B.batches(inputs, int(r)) for r in sorted(set(rows.tolist()))}
-    try:
+    with B.ScenarioConditions(name, calls, args.gaps, args.gap_s, args.phase_calls) as conditions:
         for i in range(calls):
-            if stretch and i and i % stretch == 0 and i // stretch <= args.gaps:
-                time.sleep(args.gap_s)
-            if phase and i % phase == 0:
-                if burner is None:
-                    burner = contextlib.ExitStack()
-                    burner.enter_context(B.cpu_burner(1))
-                else:
-                    burner.close()
-                    burner = None
+            conditions.before_call(i)
             x = xs[int(rows[i])][i % len(inputs)]
             rng.shuffle(order)
             for n in order:
@@ -172,14 +152,13 @@ def run_scenario(name: str, sessions: dict[str, AnytimeSession], inputs: np.ndar
                 if n == "trace":
                     tracer.take()
                     r = s.infer(x)[0]
-                    oracle[i] = oracle_exit(tracer.take(), r.latency_ms, float(budgets[i]))
+                    secs = tracer.take()
+                    oracle[i] = B.oracle_exits([r.latency_ms - sum(secs)], [secs], [budgets[i]])[0]
                 else:
                     r = s.infer(x, budget_ms=float(budgets[i]))[0]
                     exits[n][i], met[n][i], over[n][i] = r.exit_index, r.deadline_met, r.latency_ms - budgets[i]
             time.sleep(args.pace_ms * 1e-3)
-    finally:
-        if burner is not None:
-            burner.close()
+    stretch = conditions.stretch
     admitted = oracle >= 1
     k = sessions["trace"].num_exits
     out: dict[str, Any] = {"scenario": name, "calls": calls, "rows": [int(rows.min()), int(rows.max())],
@@ -251,13 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"contract": contract, "scenarios": []}
     rng = np.random.default_rng(args.seed)
     for name in args.scenarios:
-        if name == "batches":
-            rows = rng.integers(1, args.max_rows + 1, args.calls)
-            f = (rows - 1) / max(1, args.max_rows - 1)
-            budgets = rng.uniform(lo1 + f * (lon - lo1), hi1 + f * (hin - hi1))
-        else:
-            rows = np.ones(args.calls, np.int64)
-            budgets = rng.uniform(lo1, hi1, args.calls)
+        rows, budgets = B.scenario_calls(name, rng, args.calls, (lo1, hi1), (lon, hin), args.max_rows)
         for s in sessions.values():  # 200 budgeted calls to settle each session in (discarded)
             for i in range(200):
                 s.infer(inputs[i % len(inputs)], budget_ms=float(budgets[i % len(budgets)]))

@@ -45,7 +45,6 @@ setting that meets the compliance goal and whether any setting meets both goals.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -80,12 +79,6 @@ class Trace:
     warmup_rows: np.ndarray  # [W] int: the warm-up calls, fed to the estimator before it settles
     warmup_own_ms: np.ndarray  # [W]
     warmup_section_ms: np.ndarray  # [W, K]
-
-
-def oracle_exits(own_ms: np.ndarray, section_ms: np.ndarray, budget_ms: np.ndarray) -> np.ndarray:
-    """Per call the deepest exit whose own time plus its sections fits the budget; 0 when exit 1 does not."""
-    ends = own_ms[:, None] + np.cumsum(section_ms, axis=1)
-    return (ends <= budget_ms[:, None]).sum(axis=1)  # ends grow with the exit: the fitting ones are a prefix
 
 
 def budgets_from_trace(trace: Trace, seed: int) -> Trace:
@@ -140,7 +133,7 @@ def replay(trace: Trace, quantile: float, prior: str | None, profile: LatencyPro
 def figures(trace: Trace, exits: np.ndarray, end_ms: np.ndarray, settle_calls: int) -> dict[str, Any]:
     """Met share of the admitted calls, depth over the oracle's, misses and exits, after the settling calls."""
     sl = slice(settle_calls, None)
-    oracle = oracle_exits(trace.own_ms, trace.section_ms, trace.budget_ms)[sl]
+    oracle = B.oracle_exits(trace.own_ms, trace.section_ms, trace.budget_ms)[sl]
     ex, met = exits[sl], (end_ms <= trace.budget_ms)[sl]
     adm = oracle >= 1
     k = trace.section_ms.shape[1]
@@ -196,27 +189,13 @@ def record(name: str, session: AnytimeSession, tracer: B.TracingBackend, inputs:
             w_rows.append(r), w_own.append(own), w_secs.append(secs)
     calls = len(budgets)
     own_ms, sec_ms = np.zeros(calls), np.zeros((calls, k))
-    stretch = (calls - args.settle_calls) // (args.gaps + 1) if name == "idle" else 0
-    phase = args.phase_calls if name == "neighbour" else 0
-    burner: contextlib.ExitStack | None = None
     xs = {r: B.batches(inputs, int(r)) for r in sorted(set(rows.tolist()))}
-    try:
+    with B.ScenarioConditions(name, calls - args.settle_calls, args.gaps, args.gap_s, args.phase_calls) as conditions:
         for i in range(calls):
-            j = i - args.settle_calls
-            if stretch and j > 0 and j % stretch == 0 and j // stretch <= args.gaps:
-                time.sleep(args.gap_s)
-            if phase and j >= 0 and j % phase == 0:
-                if burner is None:
-                    burner = contextlib.ExitStack()
-                    burner.enter_context(B.cpu_burner(1))
-                else:
-                    burner.close()
-                    burner = None
+            if i >= args.settle_calls:  # the settling calls run before the scenario's conditions start
+                conditions.before_call(i - args.settle_calls)
             own_ms[i], sec_ms[i] = _call(session, tracer, xs[int(rows[i])][i % len(inputs)])
             time.sleep(args.pace_ms * 1e-3)
-    finally:
-        if burner is not None:
-            burner.close()
     return Trace(name, rows.astype(np.int64), budgets.astype(np.float64), own_ms, sec_ms,
                  np.asarray(w_rows, np.int64), np.asarray(w_own), np.asarray(w_secs).reshape(-1, k))
 
@@ -261,13 +240,7 @@ def record_all(args: argparse.Namespace) -> tuple[list[Trace], dict[str, Any], L
     traces = []
     n = args.calls + args.settle_calls
     for name in args.scenarios:
-        if name == "batches":
-            rows = rng.integers(1, args.max_rows + 1, n)
-            f = (rows - 1) / max(1, args.max_rows - 1)
-            budgets = rng.uniform(lo1 + f * (lon - lo1), hi1 + f * (hin - hi1))
-        else:
-            rows = np.ones(n, np.int64)
-            budgets = rng.uniform(lo1, hi1, n)
+        rows, budgets = B.scenario_calls(name, rng, n, (lo1, hi1), (lon, hin), args.max_rows)
         t0 = time.perf_counter()
         traces.append(record(name, session, tracer, inputs, budgets, rows, args))
         print(f"traced {name}: {n} calls in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -273,6 +273,62 @@ def cpu_burner(processes: int = 1) -> Iterator[list[subprocess.Popen]]:
                 p.kill()
 
 
+class ScenarioConditions:
+    """What a deadline scenario does to the machine between calls (``deadline_compliance.py``,
+    ``deadline_frontier.py``): ``idle`` sleeps ``gap_s`` before each of ``gaps`` evenly spaced calls (idle gaps
+    longer than any aging window), ``neighbour`` switches a CPU-burning neighbour process on at call 0 and
+    on/off every ``phase_calls`` calls, any other scenario does nothing. A context manager: the neighbour
+    stops on exit. Call :meth:`before_call` with each call's index, 0 to ``calls - 1``."""
+
+    def __init__(self, scenario: str, calls: int, gaps: int = 2, gap_s: float = 65.0, phase_calls: int = 1000) -> None:
+        self.stretch = calls // (gaps + 1) if scenario == "idle" else 0  # calls between idle gaps
+        self.gaps, self.gap_s = gaps, gap_s
+        self.phase = phase_calls if scenario == "neighbour" else 0
+        self._burner: contextlib.ExitStack | None = None
+
+    def before_call(self, i: int) -> None:
+        if self.stretch and i and i % self.stretch == 0 and i // self.stretch <= self.gaps:
+            time.sleep(self.gap_s)
+        if self.phase and i % self.phase == 0:
+            if self._burner is None:
+                self._burner = contextlib.ExitStack()
+                self._burner.enter_context(cpu_burner(1))
+            else:
+                self.close()
+
+    def close(self) -> None:
+        if self._burner is not None:
+            self._burner.close()
+            self._burner = None
+
+    def __enter__(self) -> "ScenarioConditions":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def oracle_exits(own_ms: np.ndarray, section_ms: np.ndarray, budget_ms: np.ndarray) -> np.ndarray:
+    """Per call (rows of ``section_ms`` ``[N, K]``, ``own_ms`` and ``budget_ms`` ``[N]``) the deepest exit
+    whose true time, the runtime's own time plus the sections up to it, fits the budget; 0 when exit 1 does
+    not: what an oracle knowing the call's times reaches."""
+    ends = np.asarray(own_ms, np.float64)[:, None] + np.cumsum(np.asarray(section_ms, np.float64), axis=1)
+    return (ends <= np.asarray(budget_ms, np.float64)[:, None]).sum(axis=1)  # ends grow: the fitting ones lead
+
+
+def scenario_calls(scenario: str, rng: np.random.Generator, calls: int, one_row_ms: tuple[float, float],
+                   max_rows_ms: tuple[float, float], max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and budgets (ms) of a deadline scenario's calls: one row each, budgets uniform in ``one_row_ms``;
+    for ``batches``, 1..``max_rows`` rows (uniform) with budgets uniform in the range linearly between
+    ``one_row_ms`` and ``max_rows_ms``."""
+    (lo1, hi1), (lon, hin) = one_row_ms, max_rows_ms
+    if scenario == "batches":
+        rows = rng.integers(1, max_rows + 1, calls)
+        f = (rows - 1) / max(1, max_rows - 1)
+        return rows, rng.uniform(lo1 + f * (lon - lo1), hi1 + f * (hin - hi1))
+    return np.ones(calls, np.int64), rng.uniform(lo1, hi1, calls)
+
+
 def batches(inputs: np.ndarray, rows: int) -> list[np.ndarray]:
     """``inputs`` (float, preprocessed, ``[N, C, H, W]``) as single images (``rows=0``) or as batches of
     ``rows`` consecutive images, cycling through them; as many items as images (at least one)."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sdedge.calibrate import benchmarking as B
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,7 +32,7 @@ def _trace(fr, secs: np.ndarray, own: np.ndarray, budgets: np.ndarray, rows: np.
 def test_oracle_is_the_deepest_exit_whose_own_time_and_sections_fit(fr) -> None:
     secs = np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [2.0, 1.0, 1.0]])
     own = np.array([0.5, 0.5, 0.5])
-    assert fr.oracle_exits(own, secs, np.array([2.5, 3.5, 2.0])).tolist() == [2, 3, 0]
+    assert B.oracle_exits(own, secs, np.array([2.5, 3.5, 2.0])).tolist() == [2, 3, 0]
 
 
 def test_constant_times_reach_the_oracle_and_meet_every_deadline(fr) -> None:
@@ -43,7 +45,7 @@ def test_constant_times_reach_the_oracle_and_meet_every_deadline(fr) -> None:
     exits, end = fr.replay(t, 0.99, None, None)
     got = fr.figures(t, exits, end, settle_calls=0)
     assert got["met_share_admitted"] == 1.0
-    assert exits.tolist() == fr.oracle_exits(own, secs, budgets).tolist()
+    assert exits.tolist() == B.oracle_exits(own, secs, budgets).tolist()
     assert got["depth_vs_oracle"] == 1.0
 
 
