@@ -45,17 +45,17 @@ setting that meets the compliance goal and whether any setting meets both goals.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sdedge.calibrate import benchmarking as B
-from sdedge.common.atomic import write_text_atomic
+from sdedge.common.atomic import write_bytes_atomic, write_text_atomic
 from sdedge.runtime import AnytimeSession, open_bundle
 from sdedge.runtime.backends import create_backend
 from sdedge.runtime.options import SessionOptions
@@ -204,9 +204,9 @@ def save_traces(path: str, traces: list[Trace], contract: dict[str, Any]) -> Non
     """The traces and the contract they were recorded under, atomically (a temporary file, then renamed)."""
     arrays = {f"{t.name}.{f}": getattr(t, f) for t in traces for f in Trace.__dataclass_fields__ if f != "name"}
     arrays["contract"] = np.asarray(json.dumps(contract, default=str))
-    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def load_traces(path: str) -> tuple[list[Trace], dict[str, Any]]:

@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sdedge.common.dataset_files import named_data_dir
 from sdedge.common.jsonio import dump_json
 from sdedge.runtime.bundle import Bundle, CALIBRATION_NAME, open_bundle, update_bundle
 from sdedge.runtime.calibration import calibration_document, parse_calibration
@@ -212,8 +213,8 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
     try:
         lab = _data(b, images, labels, data, cfg)
     except DataError:
-        if not (cfg.profile_only and images is None and labels is None and data is None and cfg.data is None
-                and not os.environ.get("SDEDGE_DATA")):
+        if not (cfg.profile_only and images is None and labels is None and data is None
+                and named_data_dir(cfg.data) is None):
             raise
         # a latency profile needs inputs of the right shape, not labelled ones: a device without the dataset
         # (a robot) can still be profiled; a data folder that was named and is missing stays an error

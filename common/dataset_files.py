@@ -76,10 +76,15 @@ def read_idx_bytes(folder: Path, stem: str) -> bytes:
     raise DataError(f"Fashion-MNIST file {stem}(.gz) not found in {folder}")
 
 
+def named_data_dir(data_dir: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The data folder the user named: ``data_dir`` (``--data``), else ``$SDEDGE_DATA``; None when neither."""
+    return data_dir or os.environ.get("SDEDGE_DATA") or None
+
+
 def find_fashion_mnist(data_dir: str | os.PathLike | None) -> Path:
     """``data_dir``, else ``$SDEDGE_DATA``, else Debian's folder (or their ``fashion-mnist/`` subfolder)."""
-    cands = [Path(data_dir)] if data_dir else [Path(p) for p in (os.environ.get("SDEDGE_DATA"),) if p] + \
-        [DEBIAN_FASHION_MNIST]
+    named = named_data_dir(data_dir)
+    cands = [Path(named)] if data_dir else [Path(p) for p in (named,) if p] + [DEBIAN_FASHION_MNIST]
     for c in cands:
         for sub in (c, c / "fashion-mnist", c / "FashionMNIST" / "raw"):
             if (sub / "train-images-idx3-ubyte.gz").is_file() or (sub / "train-images-idx3-ubyte").is_file():
@@ -163,7 +168,7 @@ def find_cifar(name: str, data_dir: str | os.PathLike | None, alternative: str =
     with what else the caller's user can do (e.g. ``"use --download"``)."""
     layout = CIFAR[name]
     tail = f", or {alternative}" if alternative else ""
-    root = data_dir or os.environ.get("SDEDGE_DATA")
+    root = named_data_dir(data_dir)
     if not root:
         raise DataError(f"{name}: pass --data DIR (the folder holding {layout.folder}/) or set SDEDGE_DATA{tail}")
     found = locate_cifar(name, Path(root))

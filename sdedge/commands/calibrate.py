@@ -64,7 +64,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     r.add_argument("--latency-stat", choices=["mean", "p50", "p90", "p99"], default="mean",
                    help="per-section statistic behind expected latencies (default mean; p50 ignores a noisy machine's "
                         "outliers, p99 plans for them)")
-    r.add_argument("--profile-only", action="store_true", help="only measure and write the profile(s); needs no dataset (random pixels when no --data, --images or $SDEDGE_DATA is given and none is found in the usual place)")
+    r.add_argument("--profile-only", action="store_true",
+                   help="only measure and write the profile(s); needs no dataset (random pixels when no --data, "
+                        "--images or $SDEDGE_DATA is given and none is found in the usual place)")
     o = p.add_argument_group("output")
     o.add_argument("--plot", default=None, metavar="OUT.png", help="anytime-curve PNG (+ .csv and .json tables beside it)")
     o.add_argument("--dry-run", action="store_true", help="report only; write nothing into the bundle")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..common.dataset_files import CIFAR, find_cifar, locate_cifar
+from ..common.dataset_files import CIFAR, find_cifar, locate_cifar, named_data_dir
 
 
 def find_folder(name: str, data_dir: str | os.PathLike | None, download: bool = False) -> Path:
     """The ``name`` (``cifar100`` / ``cifar10``) folder; with ``download``, fetched when it is not there."""
     if not download:
         return find_cifar(name, data_dir, alternative="use --download")
-    root = Path(data_dir or os.environ.get("SDEDGE_DATA") or Path.home() / ".cache" / "sdedge")
+    root = Path(named_data_dir(data_dir) or Path.home() / ".cache" / "sdedge")
     found = locate_cifar(name, root)
     if found is not None:
         return found
