@@ -176,6 +176,27 @@ def test_int8_activations_are_uint8_and_weights_int8_symmetric_per_channel(int8_
         assert [i.name for i in m.graph.input] == [inp.name for inp in onnx.load(str(b.section_path(s.index))).graph.input]
 
 
+def test_exit_logits_leave_int8_sections_in_float(int8_export) -> None:
+    """No QuantizeLinear/DequantizeLinear pair in front of a ``logits_k`` output: rounded to 256 levels, the
+    logits tie and flip the argmax (2.1 pp at the deepest exit of the full-width model). The head still runs
+    as an integer QGemm, with a float output."""
+    from sdedge.export.quantize import optimized_graph
+
+    b = open_bundle(int8_export.bundle_path)
+    for s in b.manifest.sections:
+        path = b.section_path(s.index, "int8")
+        m = onnx.load(str(path))
+        producer = {o: n for n in m.graph.node for o in n.output}
+        logits = [o.name for o in m.graph.output if o.name.startswith("logits_")]
+        assert logits, f"section {s.index} has no logits output"
+        for name in logits:
+            assert producer[name].op_type not in ("QuantizeLinear", "DequantizeLinear"), (s.index, name)
+        assert "QGemm" in optimized_graph(path).ops, f"section {s.index}: the exit head is no longer integer"
+        x = np.random.default_rng(0).standard_normal((64, *s.input.shape[1:])).astype(np.float32)
+        out = _run(path, x)[[o.name for o in m.graph.output].index(logits[-1])]
+        assert np.unique(out).size > 256, "the logits are still on a 256-level grid"
+
+
 @pytest.fixture(scope="module")
 def section_inputs(int8_export):
     """Each section's real inputs (FP32 chain on the validation images) and the FP32 logits per exit."""
