@@ -76,6 +76,8 @@ class QuantizeSettings:
     batch: int = 32
     target: str = "onnxruntime"  # onnxruntime: u8 activations, fused kernels | tensorrt: symmetric int8
     float_stem: bool = True  # onnxruntime target: dense Convs with < 8 input channels stay float
+    float_logits: bool = True  # no QuantizeLinear/DequantizeLinear pair on the logits_k outputs (see above)
+    float_nodes: tuple[str, ...] = ()  # more nodes left in float, by name (unnamed nodes: f"{op_type}_{index}_sdedge")
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -84,21 +86,29 @@ class QuantizeSettings:
             raise ExportError(f"unknown INT8 target {self.target!r}; expected one of {', '.join(TARGETS)}")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise ExportError(f"calibration batch must be a positive integer, got {self.batch!r}")
+        if isinstance(self.float_nodes, str) or not all(isinstance(n, str) for n in self.float_nodes):
+            raise ExportError(f"float_nodes must be a sequence of node names, got {self.float_nodes!r}")
 
     @property
     def stem_float(self) -> bool:
         return self.target == "onnxruntime" and self.float_stem
 
+    @property
+    def _logits(self) -> str:
+        return "float" if self.float_logits else "quantized to the activation type"
+
     def to_json(self) -> dict:
         weights = "int8 symmetric" + (" per-channel" if self.per_channel else " per-tensor")
         if self.target == "tensorrt":
             return {"format": "QDQ", "target": "tensorrt", "activations": "int8 symmetric", "weights": weights,
-                    "bias": "float", "float_ops": [], "calibration_method": self.method,
+                    "bias": "float", "float_ops": list(self.float_nodes), "logits": self._logits,
+                    "calibration_method": self.method,
                     "tool": "onnxruntime.quantization.quantize_static"}
         return {"format": "QDQ", "target": "onnxruntime", "activations": "uint8 asymmetric", "weights": weights,
                 "bias": "int32", "relu": "folded into the uint8 quantization of its input",
                 "float_ops": ([f"Conv with group 1 and fewer than {FLOAT_CONV_MAX_IN_CHANNELS} input channels"]
-                              if self.stem_float else []),
+                              if self.stem_float else []) + list(self.float_nodes),
+                "logits": self._logits,
                 "tensorrt": "sdedge.export.quantize.tensorrt_qdq converts a section to symmetric int8",
                 "calibration_method": self.method, "tool": "onnxruntime.quantization.quantize_static"}
 
@@ -247,7 +257,10 @@ def _quantize(src: Path, dst: Path, input_name: str, calib: np.ndarray, settings
     pre_model = onnx.load(str(pre))
     _name_nodes(pre_model)
     onnx.save(pre_model, str(pre))
-    exclude = float_convs(pre_model) if settings.stem_float else []
+    exclude = (float_convs(pre_model) if settings.stem_float else []) + list(settings.float_nodes)
+    unknown = set(settings.float_nodes) - {n.name for n in pre_model.graph.node}
+    if unknown:
+        raise ExportError(f"float_nodes names no node of {src.name}: {', '.join(sorted(unknown))}")
     if settings.method == "entropy":  # our own histogram (see ENTROPY_BINS); the ranges go in as overrides
         ranges = entropy_ranges(pre, _reader(input_name, calib, settings.batch), tmp)
         produced = {o for n in pre_model.graph.node for o in n.output}
@@ -257,9 +270,10 @@ def _quantize(src: Path, dst: Path, input_name: str, calib: np.ndarray, settings
     quantize_static(str(pre), str(dst), _reader(input_name, calib, settings.batch), quant_format=QuantFormat.QDQ,
                     per_channel=settings.per_channel, calibrate_method=method, nodes_to_exclude=exclude or None,
                     use_external_data_format=False, extra_options=extra, **types)
-    model = onnx.load(str(dst))
-    if float_logits(model):
-        onnx.save(model, str(dst))
+    if settings.float_logits:
+        model = onnx.load(str(dst))
+        if float_logits(model):
+            onnx.save(model, str(dst))
 
 
 def _io_names(model: Any) -> tuple[list[str], list[str]]:

@@ -197,6 +197,27 @@ def test_exit_logits_leave_int8_sections_in_float(int8_export) -> None:
         assert np.unique(out).size > 256, "the logits are still on a 256-level grid"
 
 
+def test_float_nodes_and_quantized_logits_on_request(section_inputs, tmp_path: Path) -> None:
+    """``float_nodes`` leaves the named nodes in float; ``float_logits=False`` gives back the QDQ pair on the
+    logits (the layout before, for comparisons: ``benchmarks/int8_layer_sensitivity.py``)."""
+    from sdedge.export.quantize import QuantizeSettings, quantize_section
+
+    b, inputs, _ = section_inputs
+    s = b.manifest.sections[-1]
+    src = onnx.load(str(b.section_path(s.index)))
+    conv = next(n.name for n in src.graph.node if n.op_type == "Conv" and n.name)
+    dst = tmp_path / "q.onnx"
+    settings = QuantizeSettings(float_nodes=(conv,), float_logits=False)
+    quantize_section(b.section_path(s.index), dst, s.input.name, inputs[-1][:64], settings)
+    m = onnx.load(str(dst))
+    dq_out = {n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    node = next(n for n in m.graph.node if n.name == conv)
+    assert node.input[1] not in dq_out, "the named Conv kept a quantized weight"
+    producer = {o: n for n in m.graph.node for o in n.output}
+    assert producer[s.file_outputs[-1].name].op_type == "DequantizeLinear", "float_logits=False: the pair is back"
+    assert settings.to_json()["logits"] == "quantized to the activation type" and conv in settings.to_json()["float_ops"]
+
+
 @pytest.fixture(scope="module")
 def section_inputs(int8_export):
     """Each section's real inputs (FP32 chain on the validation images) and the FP32 logits per exit."""
@@ -330,6 +351,10 @@ def test_bad_quantization_settings_are_refused(section_inputs, tmp_path: Path) -
         quantize_section(*args, QuantizeSettings(batch=0))
     with pytest.raises(ExportError, match="INT8 calibration needs at least one image"):
         quantize_section(*args[:3], inputs[0][:0])
+    with pytest.raises(ExportError, match="float_nodes names no node of s1.onnx: no_such_conv"):
+        quantize_section(*args, QuantizeSettings(float_nodes=("no_such_conv",)))
+    with pytest.raises(ExportError, match="float_nodes must be a sequence of node names"):
+        quantize_section(*args, QuantizeSettings(float_nodes="conv1"))
     assert not (tmp_path / "q.onnx").exists()
     # per-channel uint8 activations have no single symmetric pair: refused by name, not mis-converted
     g = helper.make_graph(
