@@ -10,24 +10,23 @@ Contract: calibration as ``sdedge export --int8`` does it (``--calib-samples`` t
 of the first ``--images`` test images; per variant: accuracy of the section's last logits, top-1 agreement with
 FP32 and the RMS logit error over the RMS spread of the FP32 logits. Candidates: every Conv, Add, Gemm and
 MatMul of the section; with ``--quantized-logits`` each of them with the logits quantized too (how the cost
-of the logits' QDQ pair was told apart from the layers'). Accuracy only, no timing: any machine gives the same figures up to its integer kernels.
+of the logits' QDQ pair was told apart from the layers'). Accuracy only, no timing: any machine gives the same
+figures up to its integer kernels.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from int8_bench import chain, exit_rows, load_data, ort_session  # noqa: E402
-from sdedge.common.hostinfo import cpu_model  # noqa: E402
+from sdedge.calibrate import benchmarking as B  # noqa: E402
 from sdedge.common.jsonio import write_json_atomic  # noqa: E402
 
 CANDIDATE_OPS = ("Conv", "Add", "Gemm", "MatMul")
@@ -59,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdedge.export.quantize import QuantizeSettings, quantize_section
     from sdedge.runtime.bundle import open_bundle
 
+    head = B.provenance(packages=("sdedge", "numpy", "onnx", "onnxruntime"))
     started = time.time()
     bundle = open_bundle(args.bundle)
     man = bundle.manifest
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= k <= len(man.sections):
         p.error(f"--section must be 1..{len(man.sections)}")
     data = load_data(man.raw, args.data, args.images, args.calib_samples)
-    fp32 = [ort_session(bundle.section_path(s.index), 1) for s in man.sections]
+    fp32 = [ort_session(bundle.section_path(s.index), 1) for s in man.sections[:k]]
     ref, inputs = chain(fp32, data["x_test"], collect=True)
-    _, calib = chain(fp32[:k], data["calib"], collect=True)
+    _, calib = chain(fp32, data["calib"], collect=True)
     section = man.sections[k - 1]
     src = bundle.section_path(k)
     variants: dict[str, QuantizeSettings] = {"default": QuantizeSettings(),
@@ -88,12 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:40s} acc {row['int8_accuracy']:.4f} (FP32 {row['fp32_accuracy']:.4f}) "
                   f"agree {row['top1_agreement']:.4f} logit error {row['relative_logit_error']:.3f}", flush=True)
     result: dict[str, Any] = {
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "seconds": round(time.time() - started, 1),
-        "machine": {"cpu": cpu_model(), "python": platform.python_version()},
-        "versions": {m: __import__(m).__version__ for m in ("numpy", "onnx", "onnxruntime")},
-        "bundle": str(args.bundle), "section": k, "images": len(data["y_test"]), "split": "test",
-                "calibration": {"samples": len(data["calib"]), "split": "train", "method": "minmax"},
+        **head, "seconds": round(time.time() - started, 1), "bundle": str(args.bundle), "section": k,
+        "images": len(data["y_test"]), "split": "test",
+        "calibration": {"samples": len(data["calib"]), "split": "train", "method": "minmax"},
         "per_node_variants_logits": "quantized" if args.quantized_logits else "float", "rows": rows}
     if args.json:
         write_json_atomic(args.json, result)

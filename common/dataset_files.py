@@ -84,7 +84,7 @@ def named_data_dir(data_dir: str | os.PathLike | None) -> str | os.PathLike | No
 def find_fashion_mnist(data_dir: str | os.PathLike | None) -> Path:
     """``data_dir``, else ``$SDEDGE_DATA``, else Debian's folder (or their ``fashion-mnist/`` subfolder)."""
     named = named_data_dir(data_dir)
-    cands = [Path(named)] if data_dir else [Path(p) for p in (named,) if p] + [DEBIAN_FASHION_MNIST]
+    cands = ([Path(named)] if named else []) + ([] if data_dir else [DEBIAN_FASHION_MNIST])
     for c in cands:
         for sub in (c, c / "fashion-mnist", c / "FashionMNIST" / "raw"):
             if (sub / "train-images-idx3-ubyte.gz").is_file() or (sub / "train-images-idx3-ubyte").is_file():

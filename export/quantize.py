@@ -166,11 +166,10 @@ def float_convs(model: Any) -> list[str]:
     return out
 
 
-def float_logits(model: Any) -> int:
-    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each ``logits_k`` output, so the logits
-    leave the graph as their producer computed them; returns how many pairs were removed."""
+def float_logits(model: Any) -> None:
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each ``logits_k`` output (in place), so the
+    logits leave the graph as their producer computed them."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    removed = 0
     for out in model.graph.output:
         if not out.name.startswith("logits_"):
             continue
@@ -189,8 +188,6 @@ def float_logits(model: Any) -> int:
             model.graph.value_info.remove(vi)
         model.graph.node.remove(q)
         model.graph.node.remove(dq)
-        removed += 1
-    return removed
 
 
 def entropy_ranges(model_path: Path, reader: Any, workdir: Path) -> dict[str, tuple[float, float]]:
@@ -222,12 +219,11 @@ def quantize_section(src: Path, dst: Path, input_name: str, calib: np.ndarray,
     with tempfile.TemporaryDirectory(prefix="sdedge-quant-") as tmp:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
-                _quantize(Path(src), Path(dst), input_name, calib, settings, Path(tmp))
+                model = _quantize(Path(src), input_name, calib, settings, Path(tmp))
         except ExportError:
             raise
         except Exception as e:  # onnxruntime raises plain exceptions from many places
             raise ExportError(f"INT8 quantization of {Path(src).name} failed: {type(e).__name__}: {e}") from None
-    model = onnx.load(str(dst))
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
@@ -235,10 +231,11 @@ def quantize_section(src: Path, dst: Path, input_name: str, calib: np.ndarray,
     fp32_io = _io_names(onnx.load(str(src)))
     if _io_names(model) != fp32_io:
         raise ExportError(f"INT8 {Path(src).name} changed its inputs/outputs: {_io_names(model)} vs {fp32_io}")
+    onnx.save(model, str(dst))
 
 
-def _quantize(src: Path, dst: Path, input_name: str, calib: np.ndarray, settings: QuantizeSettings,
-              tmp: Path) -> None:
+def _quantize(src: Path, input_name: str, calib: np.ndarray, settings: QuantizeSettings, tmp: Path) -> Any:
+    """The QDQ INT8 model of section ``src`` (``tmp``: a scratch folder for the quantizer's files)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -267,13 +264,14 @@ def _quantize(src: Path, dst: Path, input_name: str, calib: np.ndarray, settings
         extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
                                          for name, (lo, hi) in ranges.items() if name in produced}
         method = CalibrationMethod.MinMax  # every activation has its override; MinMax only fills the rest
-    quantize_static(str(pre), str(dst), _reader(input_name, calib, settings.batch), quant_format=QuantFormat.QDQ,
+    out = tmp / "int8.onnx"
+    quantize_static(str(pre), str(out), _reader(input_name, calib, settings.batch), quant_format=QuantFormat.QDQ,
                     per_channel=settings.per_channel, calibrate_method=method, nodes_to_exclude=exclude or None,
                     use_external_data_format=False, extra_options=extra, **types)
+    model = onnx.load(str(out))
     if settings.float_logits:
-        model = onnx.load(str(dst))
-        if float_logits(model):
-            onnx.save(model, str(dst))
+        float_logits(model)
+    return model
 
 
 def _io_names(model: Any) -> tuple[list[str], list[str]]:
