@@ -212,6 +212,33 @@ def _error(status: int, message: str, headers: dict | None = None) -> "Response"
     return _response(error_body(message), status, headers=headers)
 
 
+def _error_answer(status: int, message: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """The error answer as ``(status, body, headers)`` (:meth:`InferenceServer.answer_infer`'s form)."""
+    return status, error_body(message), {"content-type": "application/json", **(headers or {})}
+
+
+_WANTED_HEADERS = frozenset((b"content-type", b"content-encoding", b"content-length", b"inference-header-content-length"))
+
+
+def _request_headers(scope: dict) -> dict[str, str]:
+    """The request headers the inference path reads, by lower-case name (ASGI gives names in lower case); of
+    a repeated header the first, as Starlette's ``Headers.get``."""
+    out: dict[str, str] = {}
+    for k, v in scope["headers"]:
+        if k in _WANTED_HEADERS:
+            out.setdefault(k.decode("latin-1"), v.decode("latin-1"))
+    return out
+
+
+async def send_answer(send: Callable, status: int, body: bytes, headers: dict[str, str]) -> None:
+    """Send ``(status, body, headers)`` on the raw ASGI ``send``: the response head (with Content-Length) and
+    the body, as Starlette's ``Response`` would."""
+    raw = [(b"content-length", str(len(body)).encode())]
+    raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _ok(doc: Any, status: int = 200) -> "Response":
     return _response(json.dumps(doc).encode(), status)
 
@@ -281,8 +308,8 @@ class InferenceServer:
     def fast_routes(self) -> dict[str, tuple[Callable, dict]]:
         """The served model's inference paths (with and without its version), for the router bypass."""
         name, version = self.state.model_name, self.state.model_version
-        return {f"/v2/models/{name}/infer": (self.post_infer, {"name": name}),
-                f"/v2/models/{name}/versions/{version}/infer": (self.post_infer, {"name": name, "version": version})}
+        return {f"/v2/models/{name}/infer": (self.answer_infer, {"name": name}),
+                f"/v2/models/{name}/versions/{version}/infer": (self.answer_infer, {"name": name, "version": version})}
 
     def _build_app(self) -> Any:
         from starlette.applications import Starlette
@@ -410,34 +437,43 @@ class InferenceServer:
 
     # -- inference -----------------------------------------------------------------------------------------------
     async def post_infer(self, request: "Request") -> "Response":
-        """``POST .../infer``: the answer, or the error's status and message (see the module docstring)."""
-        _mark(request, "infer")
-        t0 = request.scope.get(ARRIVAL_KEY) or self.state.pool.clock()
-        e = self.model_error(request)
-        if e is not None:
-            return e
+        """``POST .../infer`` through the router: :meth:`answer_infer`'s answer as a Starlette response."""
+        status, body, headers = await self.answer_infer(request.scope, request.receive, request.path_params)
+        return _response(body, status, media_type=None, headers=headers)
+
+    async def answer_infer(self, scope: dict, receive: Callable, path_params: dict) -> tuple[int, bytes, dict[str, str]]:
+        """One ``POST .../infer`` on the raw ASGI ``scope`` and ``receive``: ``(status, body, headers)``, the
+        answer or the error's status and ``{"error"}`` message (see the module docstring); ``headers`` (lower
+        case) include the content type. The one inference path of HTTP: the router's :meth:`post_infer` and
+        the served model's exact paths (:class:`_ArrivalAndStatus`, no Starlette request or response) both
+        answer with it."""
+        scope[_ENDPOINT] = "infer"
+        t0 = scope.get(ARRIVAL_KEY) or self.state.pool.clock()
+        why = self.unknown_model(path_params["name"], path_params.get("version"))
+        if why is not None:
+            return _error_answer(404, why)
         inflight = self.metrics.inflight
         inflight.inc()
         try:
-            return await self.infer(request, t0)
+            return await self.infer(scope, receive, t0)
         except ProtocolError as ex:
             # refused before the whole body was read: close the connection rather than keep reading it
-            unread = not request.scope.get(_BODY_DONE)
-            return _error(ex.status, str(ex), {"Connection": "close"} if unread else None)
+            return _error_answer(ex.status, str(ex), None if scope.get(_BODY_DONE) else {"connection": "close"})
         except (InputError, PolicyError) as ex:  # the session's own checks (e.g. NaN/Inf, "calibrated" w/o calibration)
-            return _error(400, str(ex))
+            return _error_answer(400, str(ex))
         except (Overloaded, ShuttingDown) as ex:
-            return _error(503, str(ex), {"Retry-After": "1"})
+            return _error_answer(503, str(ex), {"retry-after": "1"})
         except DeadlineExceeded as ex:
-            return _error(504, str(ex))
+            return _error_answer(504, str(ex))
         finally:
             inflight.dec()
 
-    async def infer(self, request: "Request", t0: float) -> "Response":
+    async def infer(self, scope: dict, receive: Callable, t0: float) -> tuple[int, bytes, dict[str, str]]:
         """Read and parse the request, run it on the pool under its deadline (``t0`` + budget), encode the answer."""
         io, state = self.io, self.state
-        body = await self.read_body(request)
-        hl = request.headers.get("inference-header-content-length")
+        headers = _request_headers(scope)
+        body = await self.read_body(headers, receive, scope)
+        hl = headers.get("inference-header-content-length")
         if len(body) > _INLINE_PARSE_BYTES:
             req = await asyncio.to_thread(parse_infer_request, body, hl, io)
         else:
@@ -446,9 +482,8 @@ class InferenceServer:
         payload, head_len = encode_infer_response(state.model_name, state.model_version, req.id, results, req.outputs,
                                                   io.classes, params)
         if head_len is None:
-            return _response(payload)
-        return _response(payload, media_type="application/octet-stream",
-                         headers={"Inference-Header-Content-Length": str(head_len)})
+            return 200, payload, {"content-type": "application/json"}
+        return 200, payload, {"content-type": "application/octet-stream", "inference-header-content-length": str(head_len)}
 
     async def run_request(self, req: InferRequest, t0: float) -> tuple[list, dict[str, Any]]:
         """Run a parsed request (either transport) under its deadline, ``t0`` (its arrival) + budget: its
@@ -493,20 +528,19 @@ class InferenceServer:
             state.stats.success(len(results), latency_s, out.queue_s, out.inference_s)
         return results, params
 
-    async def read_body(self, request: "Request") -> bytes:
-        """The request body, decompressed, within the size cap and the body timeout (else a ProtocolError)."""
-        from starlette.requests import ClientDisconnect
-
+    async def read_body(self, headers: dict[str, str], receive: Callable, scope: dict) -> bytes:
+        """The request body (``receive``: the ASGI channel), decompressed, within the size cap and the body
+        timeout (else a ProtocolError); ``headers``: :func:`_request_headers`. Marks ``scope`` once read."""
         cfg = self.config
-        ctype = request.headers.get("content-type")
+        ctype = headers.get("content-type")
         if ctype is not None and ctype.split(";")[0].strip().lower() not in _CONTENT_TYPES:
             raise ProtocolError(f"unsupported Content-Type {ctype!r}; send application/json (or "
                                 f"application/octet-stream with the Inference-Header-Content-Length header)", 415)
-        enc = request.headers.get("content-encoding", "identity").strip().lower()
+        enc = headers.get("content-encoding", "identity").strip().lower()
         if enc not in ("identity", "gzip", "deflate"):
             raise ProtocolError(f"unsupported Content-Encoding {enc!r}; expected identity, gzip or deflate", 415)
         cap = cfg.max_body_bytes
-        cl = request.headers.get("content-length")
+        cl = headers.get("content-length")
         if cl is not None:
             try:
                 declared = int(cl)
@@ -520,12 +554,20 @@ class InferenceServer:
 
         async def pull() -> None:
             nonlocal total
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":  # a truncated body: a client error, not a server fault
+                    raise ProtocolError(f"the client closed the connection before the whole body arrived ({total} "
+                                        f"bytes received)")
+                chunk = message.get("body", b"")
                 total += len(chunk)
                 if total > cap:
                     raise ProtocolError(f"request body is larger than the server's limit of {cap} bytes "
                                         f"(--max-body-mb {cfg.max_body_mb:g})", 413)
-                chunks.append(chunk)
+                if chunk:
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return
 
         try:
             if hasattr(asyncio, "timeout"):  # Python >= 3.11: no task per request
@@ -533,14 +575,11 @@ class InferenceServer:
                     await pull()
             else:
                 await asyncio.wait_for(pull(), cfg.body_timeout_s)
-        except ClientDisconnect:  # a truncated body: a client error, not a server fault (no 500, no traceback)
-            raise ProtocolError(f"the client closed the connection before the whole body arrived ({total} bytes "
-                                f"received)") from None
         except asyncio.TimeoutError:
             raise ProtocolError(f"the request body did not arrive within {cfg.body_timeout_s:g} s "
                                 f"({total} bytes received)", 408) from None
-        request.scope[_BODY_DONE] = True
-        body = b"".join(chunks)
+        scope[_BODY_DONE] = True
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if enc != "identity":
             body = _decompress(body, enc, cap)
         if not body:
@@ -562,21 +601,19 @@ class InferenceServer:
 class _ArrivalAndStatus:
     """Pure ASGI middleware: stamps the arrival time first thing, counts every answer by endpoint and status.
 
-    ``fast`` maps the exact paths of the served model's ``POST .../infer`` to ``(endpoint, path_params)``:
-    those requests go straight to the endpoint, without walking Starlette's router and its two inner
-    middleware layers (less CPU per inference; the endpoint answers its own errors; a fault still reaches
-    Starlette's outer error middleware, as it would through the router).
+    ``fast`` maps the exact paths of the served model's ``POST .../infer`` to ``(answer, path_params)``
+    (:meth:`InferenceServer.answer_infer`): those requests are answered on the raw ASGI channels, without
+    Starlette's router, its two inner middleware layers, or a Starlette request and response (less CPU per
+    inference; the answer carries its own errors; a fault still reaches Starlette's outer error middleware,
+    as it would through the router).
     """
 
     def __init__(self, app: Any, metrics: ServerMetrics, clock: Callable[[], float],
                  fast: dict[str, tuple[Callable, dict]] | None = None) -> None:
-        from starlette.requests import Request
-
         self.app = app
         self.metrics = metrics
         self.clock = clock
         self.fast = fast or {}
-        self.request_class = Request
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -597,10 +634,9 @@ class _ArrivalAndStatus:
             if fast is None:
                 await self.app(scope, receive, send_and_note)
             else:
-                endpoint, params = fast
-                scope["path_params"] = dict(params)
-                response = await endpoint(self.request_class(scope, receive))
-                await response(scope, receive, send_and_note)
+                answer, params = fast
+                status, body, headers = await answer(scope, receive, params)
+                await send_answer(send, status, body, headers)
         finally:
             self.metrics.count_request(scope.get(_ENDPOINT, "other"), status)
 

@@ -154,9 +154,19 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return bytes(view[:n]), view[n:]
 
 
-def parse_json(text: bytes, hint: str = "") -> Any:
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # made once: json.loads(..., parse_constant=) makes one a call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def parse_json(text: bytes | str, hint: str = "") -> Any:
+    """A JSON document (bytes in UTF-8, -16 or -32, or str), as ``json.loads`` reads it, NaN and Infinity
+    refused; a :class:`ProtocolError` saying what is wrong otherwise."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        if isinstance(text, (bytes, bytearray)):
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        elif text.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except ProtocolError:
         raise
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
@@ -384,7 +394,7 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
     if parameters:
         resp["parameters"] = parameters
     resp["outputs"] = entries
-    head = json.dumps(resp, separators=(",", ":"), allow_nan=False).encode()
+    head = _ENCODER.encode(resp).encode()
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
