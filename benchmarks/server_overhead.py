@@ -19,6 +19,14 @@ Contract
 * Reported: server CPU per request, inference CPU per request, and their difference, the server's own
   cost (HTTP or gRPC parsing, validation, scheduling, encoding), per protocol, and the event-loop
   thread's share of the server CPU.
+* Floors (``--floors``, on by default; HTTP, the ``auto`` parser and loop, the same requests and client):
+  ``asgi``, uvicorn answering every request at once with a fixed body from a bare ASGI app (what uvicorn
+  alone costs); ``asgi+handoff``, the same app answering through a worker thread (a ``queue.SimpleQueue``
+  and ``call_soon_threadsafe``: the least a server that keeps inference off its event loop pays);
+  ``sdedge, no model``, sdedge's own app with the pool's ``run`` answered at once with a canned answer (its
+  protocol work alone), and ``sdedge, no model, handoff``, the canned answer through a worker thread. In
+  process, the inference is also timed through the same bare thread hand-off (``inference via handoff``):
+  with a real model behind it, the hand-off's cost on the machine, cold caches and wake-ups included.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,6 +148,138 @@ def measure(bundle: Path, images: np.ndarray, server_args: list[str], warmup: in
     return {"http": http, "grpc": grpc}
 
 
+FLOORS = ("asgi", "asgi+handoff", "sdedge-no-model", "sdedge-no-model+handoff")
+
+
+class _Handoff:
+    """A worker thread that calls ``fn(arg)`` for each request and hands the result back to the asking loop
+    (``call_soon_threadsafe``): the bare hand-off, nothing else."""
+
+    def __init__(self, fn: Any) -> None:
+        import queue
+        import threading
+
+        self.fn = fn
+        self.q: Any = queue.SimpleQueue()
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            arg, fut, loop = self.q.get()
+            loop.call_soon_threadsafe(fut.set_result, self.fn(arg))
+
+    async def __call__(self, arg: Any) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.q.put((arg, fut, loop))
+        return await fut
+
+
+def serve_floor(kind: str, bundle: Path) -> None:
+    """Serve one floor (module docstring) on a port the OS picks, printed as ``PORT n``; blocks."""
+    import asyncio
+
+    from sdedge.runtime.server import ServerConfig, SessionOptions
+    from sdedge.runtime.server.runner import bind_socket, serve, uvicorn_config
+
+    config = ServerConfig(port=0, model_name=MODEL, log_level="warning",
+                          session=SessionOptions(intra_op_threads=1, max_batch=1))  # as measure()'s server
+    if kind.startswith("asgi"):
+        import uvicorn
+
+        body = json.dumps({"model_name": MODEL, "outputs": []}).encode()
+        handoff = _Handoff(lambda _: body) if kind.endswith("+handoff") else None
+
+        async def app(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            while (await receive()).get("more_body"):
+                pass
+            answer = body if handoff is None else await handoff(None)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(answer)).encode()), (b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": answer})
+
+        sock = bind_socket(config.host, 0)
+        print(f"PORT {sock.getsockname()[1]}", flush=True)
+        sys.setswitchinterval(config.switch_interval_us * 1e-6)
+        uvicorn.Server(uvicorn_config(app, config)).run(sockets=[sock])
+        return
+    from sdedge.runtime.server.app import build_state
+
+    state = build_state(bundle, config)
+    canned = asyncio.run(state.pool.run(_one_image(bundle)))  # one real answer, then every request gets it
+    if kind.endswith("+handoff"):
+        handoff = _Handoff(lambda _: canned)
+
+        async def run(x: Any, **_: Any) -> Any:
+            return await handoff(None)
+    else:
+        async def run(x: Any, **_: Any) -> Any:
+            return canned
+    state.pool.run = run
+    serve(state, config, on_listening=lambda host, port: print(f"PORT {port}", flush=True))
+
+
+def _one_image(bundle: Path) -> np.ndarray:
+    from sdedge.runtime.bundle import open_bundle
+
+    c, h, w = open_bundle(bundle).manifest.input.shape[-3:]
+    return np.zeros((1, h, w, c), np.uint8)
+
+
+def floor_run(kind: str, bundle: Path, reqs: list[bytes], warmup: int) -> dict:
+    """One floor server (:func:`serve_floor` in a subprocess): HTTP CPU per request, as :func:`http_run`."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, __file__, str(bundle), "--serve-floor", kind], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        port = None
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("PORT "):
+                port = int(line.split()[1])
+                break
+        if port is None:
+            raise RuntimeError(f"floor server {kind!r} exited before it listened (status {proc.wait()})")
+        out = http_run(port, reqs, proc.pid, warmup)
+        out.pop("last_answer", None)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def inference_handoff_cpu_ms(bundle: Path, images: np.ndarray, warmup: int) -> float:
+    """:func:`inference_cpu_ms` with each call made on a worker thread through :class:`_Handoff` from an
+    event loop (uvloop when installed): the process's CPU per image."""
+    import asyncio
+
+    from sdedge.runtime import AnytimeSession
+
+    async def go(sess: Any) -> float:
+        handoff = _Handoff(sess.infer)
+        for i in range(warmup):
+            await handoff(images[i:i + 1])
+        c0 = time.process_time()
+        for i in range(warmup, len(images)):
+            await handoff(images[i:i + 1])
+        return 1000 * (time.process_time() - c0) / (len(images) - warmup)
+
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    with AnytimeSession(bundle, intra_op_threads=1) as sess:
+        try:
+            return loop.run_until_complete(go(sess))
+        finally:
+            loop.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -149,8 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", action="append", default=None, metavar="ARGS",
                     help="`sdedge serve` options of one contender, one string (repeatable; default: "
                          "'--http h11 --loop asyncio' and '--http auto --loop auto')")
+    ap.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the floors of the module docstring (default: on)")
+    ap.add_argument("--serve-floor", choices=FLOORS, default=None, help=argparse.SUPPRESS)  # the floors' own process
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.serve_floor:
+        serve_floor(args.serve_floor, args.bundle)
+        return 0
     configs = args.config or ["--http h11 --loop asyncio", "--http auto --loop auto"]
 
     import statistics
@@ -170,12 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict] = []
     for r in range(args.rounds):
         entry = {"inference_cpu_ms_per_request": inference_cpu_ms(args.bundle, images, args.warmup)}
+        if args.floors:
+            entry["inference_via_handoff_cpu_ms_per_request"] = inference_handoff_cpu_ms(args.bundle, images, args.warmup)
         for c in configs:
             entry[c] = measure(args.bundle, images, c.split(), args.warmup)
+        if args.floors:
+            reqs = [raw_request(0, im, None) for im in images]
+            entry["floors"] = {k: floor_run(k, args.bundle, reqs, args.warmup) for k in FLOORS}
         rounds.append(entry)
         print(f"round {r + 1}/{args.rounds}: inference {entry['inference_cpu_ms_per_request']:.3f} ms; " + "; ".join(
             f"{c}: http {entry[c]['http']['server_cpu_ms_per_request']:.3f}, grpc {entry[c]['grpc']['server_cpu_ms_per_request']:.3f}"
-            for c in configs), flush=True)
+            for c in configs) + "".join(f"; {k} {v['server_cpu_ms_per_request']:.3f}" for k, v in entry.get("floors", {}).items()),
+            flush=True)
     med = statistics.median
     infer = med(e["inference_cpu_ms_per_request"] for e in rounds)
     summary = {"inference_cpu_ms_per_request": round(infer, 4)}
@@ -192,6 +345,19 @@ def main(argv: list[str] | None = None) -> int:
             summary[c][proto] = {"server_cpu_ms_per_request": round(cpu, 4), "server_own_cpu_ms_per_request": round(own, 4),
                                  "event_loop_thread_cpu_ms_per_request": round(loop, 4), "wall_ms_per_request": round(wall, 4)}
             print(f"{c:<32}{proto:>6}{cpu:>12.3f}{own:>10.3f}{loop:>12.3f}{wall:>8.3f}")
+    if args.floors:
+        via = med(e["inference_via_handoff_cpu_ms_per_request"] for e in rounds)
+        summary["inference_via_handoff_cpu_ms_per_request"] = round(via, 4)
+        summary["floors"] = {}
+        print(f"\nin-process inference through a bare thread hand-off: {via:.3f} ms CPU per image ({via - infer:+.3f})")
+        print(f"{'floor (HTTP, auto)':<32}{'server CPU':>18}{'event loop':>12}{'wall':>8}  (ms/request)")
+        for k in FLOORS:
+            cpu = med(e["floors"][k]["server_cpu_ms_per_request"] for e in rounds)
+            loop = med(e["floors"][k]["event_loop_thread_cpu_ms_per_request"] for e in rounds)
+            wall = med(e["floors"][k]["wall_ms_per_request"] for e in rounds)
+            summary["floors"][k] = {"server_cpu_ms_per_request": round(cpu, 4),
+                                    "event_loop_thread_cpu_ms_per_request": round(loop, 4), "wall_ms_per_request": round(wall, 4)}
+            print(f"{k:<32}{cpu:>18.3f}{loop:>12.3f}{wall:>8.3f}")
     record.update({"configs": configs, "rounds": rounds, "summary": summary})
     if args.json:
         write_json_atomic(args.json, record, indent=1)

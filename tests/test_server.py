@@ -149,6 +149,61 @@ def test_each_endpoint_is_a_method_of_the_server_by_name(client, server):
     assert client.get_server_metadata()["version"] == package_version() == importlib.metadata.version("sdedge")
 
 
+def test_router_endpoint_and_fast_path_give_the_same_answer(server, session):
+    """The served model's exact infer paths are answered on the raw ASGI channels (``answer_infer``); the
+    router's ``post_infer`` wraps the same answer in a Starlette response: both agree, good or bad request."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    srv = server.app.state.server
+    name = server.state.model_name
+    x = images(session, 2, seed=5, raw=True)
+    head = json.dumps({"inputs": [{"name": server.state.io.input_name, "shape": list(x.shape), "datatype": "UINT8",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in ("label", "exit_index")]}
+                      ).encode()
+    good = [(b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", str(len(head)).encode())], [head + x.tobytes()]
+    cases = {"good": good,
+             "bad type": ([(b"content-type", b"text/plain")], [b"{}"]),
+             "truncated": ([(b"content-type", b"application/json")], [b'{"inputs": ', None]),
+             "bad json": ([(b"content-type", b"application/json")], [b'{"inputs": [NaN]}'])}
+
+    def run(via_router: bool, headers: list, chunks: list) -> tuple[int, dict, dict]:
+        msgs = [{"type": "http.request", "body": c, "more_body": i + 1 < len(chunks)} if c is not None
+                else {"type": "http.disconnect"} for i, c in enumerate(chunks)]
+
+        async def receive() -> dict:
+            return msgs.pop(0) if msgs else {"type": "http.disconnect"}
+
+        scope = {"type": "http", "method": "POST", "path": f"/v2/models/{name}/infer", "headers": headers,
+                 "query_string": b"", "path_params": {"name": name}}
+        if via_router:
+            response = asyncio.run(srv.post_infer(Request(scope, receive)))
+            status, body = response.status_code, bytes(response.body)
+            hdrs = {k.decode(): v.decode() for k, v in response.raw_headers if k != b"content-length"}
+        else:
+            status, body, hdrs = asyncio.run(srv.answer_infer(scope, receive, {"name": name}))
+        return status, hdrs, body
+
+    for case, (headers, chunks) in cases.items():
+        (s1, h1, b1), (s2, h2, b2) = run(True, headers, chunks), run(False, headers, chunks)
+        assert s1 == s2 and h1 == h2, case
+        if case != "good":
+            assert s1 in (400, 415) and json.loads(b1) == json.loads(b2) and "error" in json.loads(b1), case
+            continue
+        n = int(h1["inference-header-content-length"])
+        d1, d2 = json.loads(b1[:n]), json.loads(b2[:n])
+        for d in (d1, d2):
+            for k in ("latency_ms", "queue_ms", "inference_ms"):
+                d["parameters"].pop(k)
+        assert s1 == 200 and d1 == d2 and b1[n:] == b2[n:]
+        ref = session.infer(x)
+        assert np.frombuffer(b1[n:n + 16], "<i8").tolist() == [r.label for r in ref]
+    assert run(False, *cases["truncated"])[1].get("connection") == "close"  # refused before the body was read
+
+
 # -- inference -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("raw", [False, True], ids=["fp32", "uint8"])
