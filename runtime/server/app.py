@@ -230,7 +230,7 @@ def _request_headers(scope: dict) -> dict[str, str]:
     return out
 
 
-async def send_answer(send: Callable, status: int, body: bytes, headers: dict[str, str]) -> None:
+async def _send_answer(send: Callable, status: int, body: bytes, headers: dict[str, str]) -> None:
     """Send ``(status, body, headers)`` on the raw ASGI ``send``: the response head (with Content-Length) and
     the body, as Starlette's ``Response`` would."""
     raw = [(b"content-length", str(len(body)).encode())]
@@ -636,7 +636,7 @@ class _ArrivalAndStatus:
             else:
                 answer, params = fast
                 status, body, headers = await answer(scope, receive, params)
-                await send_answer(send, status, body, headers)
+                await _send_answer(send, status, body, headers)
         finally:
             self.metrics.count_request(scope.get(_ENDPOINT, "other"), status)
 
