@@ -19,12 +19,14 @@ Contract
 * Reported: server CPU per request, inference CPU per request, and their difference, the server's own
   cost (HTTP or gRPC parsing, validation, scheduling, encoding), per protocol, and the event-loop
   thread's share of the server CPU.
-* Floors (``--floors``, on by default; HTTP, the ``auto`` parser and loop, the same requests and client):
+* Floors (``--floors``, on by default; the ``auto`` parser and loop, the same requests and clients):
   ``asgi``, uvicorn answering every request at once with a fixed body from a bare ASGI app (what uvicorn
   alone costs); ``asgi+handoff``, the same app answering through a worker thread (a ``queue.SimpleQueue``
   and ``call_soon_threadsafe``: the least a server that keeps inference off its event loop pays);
-  ``sdedge, no model``, sdedge's own app with the pool's ``run`` answered at once with a canned answer (its
-  protocol work alone), and ``sdedge, no model, handoff``, the canned answer through a worker thread. In
+  ``grpc-aio``, a bare ``grpc.aio`` server answering Triton's ``ModelInfer`` with a canned response (gRPC);
+  ``sdedge-no-model``, sdedge's own server (HTTP and gRPC) with the pool's ``run`` answered at once with a
+  canned answer (its protocol work alone), and ``sdedge-no-model+handoff``, the canned answer through a
+  worker thread. In
   process, the inference is also timed through the same bare thread hand-off (``inference via handoff``):
   with a real model behind it, the hand-off's cost on the machine, cold caches and wake-ups included.
 """
@@ -148,7 +150,8 @@ def measure(bundle: Path, images: np.ndarray, server_args: list[str], warmup: in
     return {"http": http, "grpc": grpc}
 
 
-FLOORS = ("asgi", "asgi+handoff", "sdedge-no-model", "sdedge-no-model+handoff")
+FLOORS = {"asgi": ("http",), "asgi+handoff": ("http",), "grpc-aio": ("grpc",),
+          "sdedge-no-model": ("http", "grpc"), "sdedge-no-model+handoff": ("http", "grpc")}  # floor -> protocols
 
 
 class _Handoff:
@@ -178,14 +181,17 @@ class _Handoff:
 
 
 def serve_floor(kind: str, bundle: Path) -> None:
-    """Serve one floor (module docstring) on a port the OS picks, printed as ``PORT n``; blocks."""
+    """Serve one floor (module docstring) on ports the OS picks, printed as ``http N`` / ``grpc N``; blocks."""
     import asyncio
 
     from sdedge.runtime.server import ServerConfig, SessionOptions
     from sdedge.runtime.server.runner import bind_socket, serve, uvicorn_config
 
-    config = ServerConfig(port=0, model_name=MODEL, log_level="warning",
+    config = ServerConfig(port=0, grpc_port=0, model_name=MODEL, log_level="warning",
                           session=SessionOptions(intra_op_threads=1, max_batch=1))  # as measure()'s server
+    if kind == "grpc-aio":
+        asyncio.run(_bare_grpc(config.host))
+        return
     if kind.startswith("asgi"):
         import uvicorn
 
@@ -203,7 +209,7 @@ def serve_floor(kind: str, bundle: Path) -> None:
             await send({"type": "http.response.body", "body": answer})
 
         sock = bind_socket(config.host, 0)
-        print(f"PORT {sock.getsockname()[1]}", flush=True)
+        print(f"http {sock.getsockname()[1]}", flush=True)
         sys.setswitchinterval(config.switch_interval_us * 1e-6)
         uvicorn.Server(uvicorn_config(app, config)).run(sockets=[sock])
         return
@@ -220,7 +226,38 @@ def serve_floor(kind: str, bundle: Path) -> None:
         async def run(x: Any, **_: Any) -> Any:
             return canned
     state.pool.run = run
-    serve(state, config, on_listening=lambda host, port: print(f"PORT {port}", flush=True))
+    serve(state, config, on_listening=lambda host, port: print(f"http {port}", flush=True),
+          on_grpc_listening=lambda host, port: print(f"grpc {port}", flush=True))
+
+
+async def _bare_grpc(host: str) -> None:
+    """grpc.aio alone: Triton's ``ModelInfer`` answered at once with a canned response (the labels and exits
+    of one image, as raw outputs), on uvloop when installed, as the server's loop."""
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    resp = pb.ModelInferResponse(model_name=MODEL, model_version="1")
+    for name, dt, raw in (("label", "INT64", np.zeros(1, "<i8").tobytes()), ("exit_index", "INT32", np.ones(1, "<i4").tobytes())):
+        resp.outputs.add(name=name, datatype=dt, shape=[1])
+        resp.raw_output_contents.append(raw)
+
+    async def model_infer(request: Any, context: Any) -> Any:
+        return resp
+
+    handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer, request_deserializer=pb.ModelInferRequest.FromString,
+                                                          response_serializer=pb.ModelInferResponse.SerializeToString)})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{host}:0")
+    await server.start()
+    print(f"grpc {port}", flush=True)
+    await server.wait_for_termination()
 
 
 def _one_image(bundle: Path) -> np.ndarray:
@@ -230,22 +267,30 @@ def _one_image(bundle: Path) -> np.ndarray:
     return np.zeros((1, h, w, c), np.uint8)
 
 
-def floor_run(kind: str, bundle: Path, reqs: list[bytes], warmup: int) -> dict:
-    """One floor server (:func:`serve_floor` in a subprocess): HTTP CPU per request, as :func:`http_run`."""
+def floor_run(kind: str, bundle: Path, reqs: list[bytes], images: np.ndarray, warmup: int) -> dict:
+    """One floor server (:func:`serve_floor` in a subprocess): CPU per request over each of its protocols
+    (``FLOORS[kind]``), as :func:`http_run` and :func:`grpc_run` measure the server."""
     import subprocess
 
+    want = FLOORS[kind]
     proc = subprocess.Popen([sys.executable, __file__, str(bundle), "--serve-floor", kind], stdout=subprocess.PIPE,
                             text=True)
     try:
-        port = None
+        ports: dict[str, int] = {}
         for line in proc.stdout:  # type: ignore[union-attr]
-            if line.startswith("PORT "):
-                port = int(line.split()[1])
-                break
-        if port is None:
+            proto, _, port = line.strip().partition(" ")
+            if proto in want and port.isdigit():
+                ports[proto] = int(port)
+                if len(ports) == len(want):
+                    break
+        if len(ports) < len(want):
             raise RuntimeError(f"floor server {kind!r} exited before it listened (status {proc.wait()})")
-        out = http_run(port, reqs, proc.pid, warmup)
-        out.pop("last_answer", None)
+        out = {}
+        if "http" in ports:
+            out["http"] = http_run(ports["http"], reqs, proc.pid, warmup)
+            out["http"].pop("last_answer", None)
+        if "grpc" in ports:
+            out["grpc"] = grpc_run(ports["grpc"], images, proc.pid, warmup)
         return out
     finally:
         proc.terminate()
@@ -323,11 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             entry[c] = measure(args.bundle, images, c.split(), args.warmup)
         if args.floors:
             reqs = [raw_request(0, im, None) for im in images]
-            entry["floors"] = {k: floor_run(k, args.bundle, reqs, args.warmup) for k in FLOORS}
+            entry["floors"] = {k: floor_run(k, args.bundle, reqs, images, args.warmup) for k in FLOORS}
         rounds.append(entry)
         print(f"round {r + 1}/{args.rounds}: inference {entry['inference_cpu_ms_per_request']:.3f} ms; " + "; ".join(
             f"{c}: http {entry[c]['http']['server_cpu_ms_per_request']:.3f}, grpc {entry[c]['grpc']['server_cpu_ms_per_request']:.3f}"
-            for c in configs) + "".join(f"; {k} {v['server_cpu_ms_per_request']:.3f}" for k, v in entry.get("floors", {}).items()),
+            for c in configs) + "".join(f"; {k} {p} {v['server_cpu_ms_per_request']:.3f}"
+                                        for k, f in entry.get("floors", {}).items() for p, v in f.items()),
             flush=True)
     med = statistics.median
     infer = med(e["inference_cpu_ms_per_request"] for e in rounds)
@@ -350,14 +396,17 @@ def main(argv: list[str] | None = None) -> int:
         summary["inference_via_handoff_cpu_ms_per_request"] = round(via, 4)
         summary["floors"] = {}
         print(f"\nin-process inference through a bare thread hand-off: {via:.3f} ms CPU per image ({via - infer:+.3f})")
-        print(f"{'floor (HTTP, auto)':<32}{'server CPU':>18}{'event loop':>12}{'wall':>8}  (ms/request)")
-        for k in FLOORS:
-            cpu = med(e["floors"][k]["server_cpu_ms_per_request"] for e in rounds)
-            loop = med(e["floors"][k]["event_loop_thread_cpu_ms_per_request"] for e in rounds)
-            wall = med(e["floors"][k]["wall_ms_per_request"] for e in rounds)
-            summary["floors"][k] = {"server_cpu_ms_per_request": round(cpu, 4),
-                                    "event_loop_thread_cpu_ms_per_request": round(loop, 4), "wall_ms_per_request": round(wall, 4)}
-            print(f"{k:<32}{cpu:>18.3f}{loop:>12.3f}{wall:>8.3f}")
+        print(f"{'floor':<32}{'proto':>6}{'server CPU':>12}{'event loop':>12}{'wall':>8}  (ms/request)")
+        for k, protos in FLOORS.items():
+            summary["floors"][k] = {}
+            for proto in protos:
+                cpu = med(e["floors"][k][proto]["server_cpu_ms_per_request"] for e in rounds)
+                loop = med(e["floors"][k][proto]["event_loop_thread_cpu_ms_per_request"] for e in rounds)
+                wall = med(e["floors"][k][proto]["wall_ms_per_request"] for e in rounds)
+                summary["floors"][k][proto] = {"server_cpu_ms_per_request": round(cpu, 4),
+                                               "event_loop_thread_cpu_ms_per_request": round(loop, 4),
+                                               "wall_ms_per_request": round(wall, 4)}
+                print(f"{k:<32}{proto:>6}{cpu:>12.3f}{loop:>12.3f}{wall:>8.3f}")
     record.update({"configs": configs, "rounds": rounds, "summary": summary})
     if args.json:
         write_json_atomic(args.json, record, indent=1)
