@@ -81,6 +81,89 @@ def test_fifo_order_is_arrival_order():
     assert drain(q) == [["j0"], ["j1"], ["j2"]]
 
 
+def test_adaptive_order_is_edf_while_its_group_meets_deadlines():
+    clock = Clock()
+    q = EdfQueue(16, clock, promote_after_s=10.0, order="adaptive")
+    for name, d in (("late", 105.0), ("none1", None), ("soon", 101.0), ("tie1", 103.0), ("none2", None),
+                    ("tie2", 103.0)):
+        q.put(Job(name, d, clock()))
+    assert q.hit_share == 1.0
+    assert drain(q) == [["soon"], ["tie1"], ["tie2"], ["late"], ["none1"], ["none2"]]
+
+
+def test_adaptive_group_shrinks_while_it_misses_and_the_rest_wait_in_arrival_order():
+    from sdedge.runtime.server import scheduler as S
+
+    clock = Clock()
+    q = EdfQueue(256, clock, promote_after_s=10.0, order="adaptive")
+    member = Job("member", 200.0, clock())
+    q.put(member)
+    q.take(timeout=0)
+    outsider = Job("outsider", 200.0, clock())
+    outsider.sdedge_hit = False
+    for _ in range(S.ADAPT_WINDOW - 1):
+        q.report(member, False)
+        q.report(outsider, False)  # not in the group: not counted
+    assert q.hit_share == 1.0
+    q.report(member, False)  # the window's last outcome: 0 % met < 95 %
+    assert q.hit_share == pytest.approx(S.ADAPT_DOWN)
+    for _ in range(60 * S.ADAPT_WINDOW):  # down to the floor, never below
+        q.report(member, False)
+    assert q.hit_share == pytest.approx(S.ADAPT_FLOOR)
+    for _ in range(20 * S.ADAPT_WINDOW):  # everything met: back up, step by step
+        q.report(member, True)
+    assert S.ADAPT_FLOOR * S.ADAPT_UP ** 19 < q.hit_share <= min(1.0, S.ADAPT_FLOOR * S.ADAPT_UP ** 20) + 1e-12
+    q.hit_share = 0.5
+    for i in range(20):  # deadlines falling with arrival: EDF would reverse them
+        clock.t += 0.001
+        q.put(Job(f"j{i:02d}", 105.0 - 0.1 * i, clock()))  # due before "nodl" is promoted (arrival + 10 s)
+    q.put(Job("nodl", None, clock()))
+    order = [names[0] for names in drain(q)]
+    group = [n for n in order if n != "nodl" and 0 <= int(n[1:]) < 20][:order.index("nodl")]
+    rest = order[order.index("nodl") + 1:]
+    assert 6 <= len(group) <= 14 and len(group) + len(rest) == 20  # about half joined the group
+    assert group == sorted(group, reverse=True)  # the group: earliest deadline first
+    assert rest == sorted(rest)  # the others: after the requests without a deadline, in arrival order
+
+
+def test_the_pool_reports_each_outcome_to_the_adaptive_order():
+    import time
+    from types import SimpleNamespace
+
+    from sdedge.runtime.server import scheduler as S
+    from sdedge.runtime.server.worker import InferencePool
+
+    class Late:
+        max_batch = 1
+        clock = staticmethod(time.perf_counter)
+
+        def infer(self, x, threshold=None, criterion=None, deadline=None):
+            return [SimpleNamespace(deadline_met=False, latency_ms=1.0)]
+
+    async def go(pool: InferencePool) -> None:
+        for _ in range(S.ADAPT_WINDOW):
+            await pool.run(np.zeros((1, 4, 4, 1), np.uint8), deadline=time.perf_counter() + 60)
+
+    for order, share in (("adaptive", S.ADAPT_DOWN), ("edf", 1.0)):
+        pool = InferencePool([Late()], queue_order=order, batching=False)
+        try:
+            asyncio.run(go(pool))
+            assert pool._q.hit_share == pytest.approx(share), order
+        finally:
+            pool.close(5)
+
+
+def test_the_queue_order_is_a_server_and_cli_setting():
+    from sdedge.cli import build_parser
+    from sdedge.runtime.server.config import ServerConfig, ServerConfigError
+
+    assert ServerConfig(queue_order="adaptive").queue_order == "adaptive"
+    with pytest.raises(ServerConfigError, match="edf, fifo, adaptive"):
+        ServerConfig(queue_order="lifo")
+    args = build_parser().parse_args(["serve", "bundle", "--queue-order", "adaptive"])
+    assert args.queue_order == "adaptive"
+
+
 def test_expired_requests_come_back_unrun_unless_they_asked_for_the_floor():
     clock = Clock()
     q = EdfQueue(16, clock)

@@ -22,6 +22,7 @@ from ...common.hostinfo import available_cpus
 from ..options import SessionOptions
 from ..policies import check_budget_ms, check_criterion, check_threshold
 from .http_impl import HTTP_IMPLS, LOOPS
+from .scheduler import QUEUE_ORDERS
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -41,7 +42,9 @@ class ServerConfig:
     Sessions: ``session`` says how each is opened (:class:`~sdedge.runtime.options.SessionOptions`);
     its ``max_batch`` is also the most images one request may carry (more: 400).
     Transports: HTTP on ``host:port``; gRPC (KServe v2, Triton's service) on ``host:grpc_port`` when set.
-    Scheduling (:mod:`.scheduler`): earliest deadline first (``queue_order="fifo"``: arrival order); a request without a deadline yields to those
+    Scheduling (:mod:`.scheduler`): earliest deadline first (``queue_order="fifo"``: arrival order;
+    ``"adaptive"``: EDF for a share of the requests that shrinks under overload, the rest after them in arrival
+    order); a request without a deadline yields to those
     with one for at most ``no_deadline_wait_ms``; ``batching`` runs the compatible requests waiting
     together as one batch of up to ``session.max_batch`` rows, each row with its own threshold and
     deadline, waiting up to ``max_queue_delay_us`` for more (0: only what already waits); ``shed_infeasible``:
@@ -115,8 +118,8 @@ class ServerConfig:
             raise ServerConfigError(f"http must be one of {HTTP_IMPLS}, got {self.http!r}")
         if self.loop not in LOOPS:
             raise ServerConfigError(f"loop must be one of {LOOPS}, got {self.loop!r}")
-        if self.queue_order not in ("edf", "fifo"):
-            raise ServerConfigError(f"queue_order must be 'edf' or 'fifo', got {self.queue_order!r}")
+        if self.queue_order not in QUEUE_ORDERS:
+            raise ServerConfigError(f"queue_order must be one of {', '.join(QUEUE_ORDERS)}, got {self.queue_order!r}")
         for name in ("batching", "shed_infeasible", "yield_to_queue", "reply_margin"):
             if not isinstance(getattr(self, name), bool):
                 raise ServerConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -40,6 +40,17 @@ contention a request answers at a shallower exit instead of making the ones behi
 ``order="fifo"`` serves in arrival order instead (``sdedge serve --queue-order fifo``: the baseline of
 ``benchmarks/serve_bench.py``); expired requests are still answered at once.
 
+``order="adaptive"`` (``--queue-order adaptive``) is EDF that stays upright under overload, after Haritsa,
+Livny and Carey's Adaptive Earliest Deadline (RTSS 1991): plain EDF serves the requests closest to expiring
+first and, when there is more work than time, makes nearly every request late or shed. Here each request with
+a deadline joins, as it is queued, the **EDF group** with probability ``hit_share`` (deterministically: the
+k-th request joins when ``frac(k * golden ratio) < hit_share``); the group is served EDF, ahead of the
+requests without a deadline; the others wait after both, in arrival order (shed when their deadline passes,
+like any request). The worker reports each group request's outcome (:meth:`report`); while fewer than 95 % of the
+group meet their deadlines the share shrinks (x0.9 per 32 outcomes, down to 5 %), else it grows back (x1.05,
+up to all). Under light load the share stays at 1: the order is exactly EDF's. Under overload the group shrinks
+to what the device can serve in time, and the rest, served in arrival order, behave as FIFO does.
+
 The queue is bounded (``max_queue`` requests; :class:`Overloaded` beyond). ``close()`` lets queued
 requests drain; :meth:`take` returns None once the queue is closed and empty.
 """
@@ -54,7 +65,11 @@ from typing import Any, Callable
 from ...common.errors import SdedgeError
 
 
-QUEUE_ORDERS = ("edf", "fifo")
+QUEUE_ORDERS = ("edf", "fifo", "adaptive")
+_GOLDEN = 0.6180339887498949  # order="adaptive": request k joins the EDF group when frac(k * golden ratio) < share
+ADAPT_WINDOW = 32  # order="adaptive": outcomes of the EDF group per adjustment of its share ...
+ADAPT_TARGET = 0.95  # ... the met share it must keep ...
+ADAPT_DOWN, ADAPT_UP, ADAPT_FLOOR = 0.9, 1.05, 0.05  # ... how the share moves below / at the target, its least
 _SCAN_PER_ROW = 4  # a batch forming looks at most this many queued entries per row it may hold ...
 _SCAN_MIN = 64  # ... and at least this many
 _LOOKAHEAD = 16  # start_by looks at this many waiting requests (queue order)
@@ -90,6 +105,9 @@ class EdfQueue:
         self.clock = clock
         self.promote_after_s = float(promote_after_s)
         self._heap: list[tuple[float, int, int, Any]] = []
+        self.hit_share = 1.0  # order="adaptive": the share of deadline requests served EDF (the rest after them, FIFO)
+        self._hit_seen = 0
+        self._hit_met = 0
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
@@ -118,8 +136,30 @@ class EdfQueue:
             if len(self._heap) >= self.max_queue:
                 raise Overloaded(f"the inference queue is full ({self.max_queue} requests waiting); retry later")
             d, cls = self.key(job)
-            heapq.heappush(self._heap, (d, cls, next(self._seq), job))
+            seq = next(self._seq)
+            if self.order == "adaptive" and job.deadline is not None:
+                hit = (seq * _GOLDEN) % 1.0 < self.hit_share
+                job.sdedge_hit = hit
+                if not hit:
+                    d, cls = float(job.t_enqueued) + 1e9, 2
+            heapq.heappush(self._heap, (d, cls, seq, job))
             self._cond.notify()
+
+    def report(self, job: Any, met: bool) -> None:
+        """``order="adaptive"``: whether a request of the EDF group met its deadline (answered in time; shed or
+        late: not). Every ``ADAPT_WINDOW`` of them the group's share moves: down (x ``ADAPT_DOWN``, at least
+        ``ADAPT_FLOOR``) when fewer than ``ADAPT_TARGET`` met, else up (x ``ADAPT_UP``, at most all). Other
+        orders and requests outside the group: nothing."""
+        if self.order != "adaptive" or not getattr(job, "sdedge_hit", False):
+            return
+        with self._cond:
+            self._hit_seen += 1
+            self._hit_met += bool(met)
+            if self._hit_seen >= ADAPT_WINDOW:
+                ok = self._hit_met / self._hit_seen
+                share = self.hit_share * (ADAPT_DOWN if ok < ADAPT_TARGET else ADAPT_UP)
+                self.hit_share = min(1.0, max(ADAPT_FLOOR, share))
+                self._hit_seen = self._hit_met = 0
 
     def close(self) -> None:
         """Take no new jobs; :meth:`take` returns the queued ones, then None."""

@@ -246,6 +246,8 @@ class InferencePool:
         return await job.future
 
     def _answer(self, job: _Job, ok: bool, value: Any) -> None:
+        if job.deadline is not None and self._q.order == "adaptive":  # the adaptive order learns from each outcome
+            self._q.report(job, ok and all(getattr(r, "deadline_met", None) is not False for r in value.results))
         try:
             job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
         except RuntimeError:  # the event loop is gone (hard stop); nothing to answer

@@ -70,8 +70,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     c.add_argument("--no-deadline-wait-ms", type=float, default=1000.0,
                    help="the queue serves earliest deadline first; a request without a deadline waits behind those "
                         "with one for at most this long (default 1000)")
-    c.add_argument("--queue-order", choices=["edf", "fifo"], default="edf",
-                   help="edf: earliest deadline first (default); fifo: arrival order (a baseline for comparisons)")
+    c.add_argument("--queue-order", choices=["edf", "fifo", "adaptive"], default="edf",
+                   help="edf: earliest deadline first (default); fifo: arrival order (a baseline for comparisons); "
+                        "adaptive: EDF for a share of the requests that shrinks while that group misses deadlines "
+                        "(overload), the rest after them in arrival order (EDF under light load, close to FIFO under "
+                        "overload; see README, Serving)")
     c.add_argument("--no-shed-infeasible", dest="shed_infeasible", action="store_false",
                    help="run every request whose deadline has not passed yet (default: while other requests wait, "
                         "one that can no longer reach even its first exit by its deadline is answered 504 "
