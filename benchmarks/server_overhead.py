@@ -26,9 +26,9 @@ Contract
   ``grpc-aio``, a bare ``grpc.aio`` server answering Triton's ``ModelInfer`` with a canned response (gRPC);
   ``sdedge-no-model``, sdedge's own server (HTTP and gRPC) with the pool's ``run`` answered at once with a
   canned answer (its protocol work alone), and ``sdedge-no-model+handoff``, the canned answer through a
-  worker thread. In
-  process, the inference is also timed through the same bare thread hand-off (``inference via handoff``):
-  with a real model behind it, the hand-off's cost on the machine, cold caches and wake-ups included.
+  worker thread. In process, the inference is also timed through the same bare thread hand-off
+  (``inference via handoff``): with a real model behind it, the hand-off's cost on the machine, cold caches
+  and wake-ups included.
 """
 from __future__ import annotations
 

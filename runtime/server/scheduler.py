@@ -121,10 +121,13 @@ class EdfQueue:
 
     def key(self, job: Any) -> tuple[float, int]:
         """The job's place: its deadline, or (no deadline) its arrival + ``promote_after_s``, after deadlines
-        (``order="fifo"``: its arrival, for comparisons)."""
+        (``order="fifo"``: its arrival, for comparisons; ``order="adaptive"``: a deadline job outside the EDF
+        group, as :meth:`put` placed it, after every other job, by arrival)."""
         if self.order == "fifo":
             return float(job.t_enqueued), 0
         if job.deadline is not None:
+            if self.order == "adaptive" and not getattr(job, "sdedge_hit", True):
+                return float(job.t_enqueued) + 1e9, 2
             return float(job.deadline), 0
         return float(job.t_enqueued) + self.promote_after_s, 1
 
@@ -135,13 +138,10 @@ class EdfQueue:
                 raise ShuttingDown("the server is shutting down and takes no new requests")
             if len(self._heap) >= self.max_queue:
                 raise Overloaded(f"the inference queue is full ({self.max_queue} requests waiting); retry later")
-            d, cls = self.key(job)
             seq = next(self._seq)
-            if self.order == "adaptive" and job.deadline is not None:
-                hit = (seq * _GOLDEN) % 1.0 < self.hit_share
-                job.sdedge_hit = hit
-                if not hit:
-                    d, cls = float(job.t_enqueued) + 1e9, 2
+            if self.order == "adaptive" and job.deadline is not None:  # joins the EDF group or not (module doc)
+                job.sdedge_hit = (seq * _GOLDEN) % 1.0 < self.hit_share
+            d, cls = self.key(job)
             heapq.heappush(self._heap, (d, cls, seq, job))
             self._cond.notify()
 
