@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +22,9 @@ from .manifest import MANIFEST_NAME, HeadSpec, Manifest, SectionSpec, check_relp
 
 CALIBRATION_NAME = "calibration.json"
 PROFILES_DIR = "profiles"
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_JSON_BYTES = 16 * 1024 * 1024  # every JSON file of a bundle (native/src/json_util.hpp: kMaxJsonBytes)
+MAX_MANIFEST_BYTES = MAX_JSON_BYTES
+MAX_JSON_DEPTH = 64  # containers nested in one another (kMaxJsonDepth): sdedge's files need fewer than 10
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,42 @@ class Bundle:
         return read_json(self.file(rel))
 
 
-def read_json(path: Path, what: str = "") -> Any:
-    """A bundle's JSON file, parsed; :class:`BundleError` naming the file when it is not JSON."""
+def _nesting(doc: Any) -> int:
+    """How many containers (objects, arrays) are nested in one another in ``doc`` (iteratively)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def read_json(path: Path, what: str = "", max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A bundle's JSON file, parsed; :class:`BundleError` naming the file when it is not a regular file (a
+    FIFO is refused without waiting on it), is larger than ``max_bytes``, is not JSON, or nests deeper than
+    :data:`MAX_JSON_DEPTH` (the native core's reader has the same bounds)."""
     try:
-        return json.loads(path.read_text("utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise BundleError(f"malformed {what}{path} could not be read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"malformed {what}{path} is not a regular file")
+        data = f.read(max_bytes + 1) if st.st_size <= max_bytes else b""
+    if st.st_size > max_bytes or len(data) > max_bytes:  # refused unread, or grown while read
+        raise BundleError(f"{path} is larger than {max_bytes} bytes; refusing to parse it")
+    too_deep = f"malformed {what}{path} is not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels)"
+    try:
+        doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"malformed {what}{path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise BundleError(too_deep) from None
+    if _nesting(doc) > MAX_JSON_DEPTH:
+        raise BundleError(too_deep)
+    return doc
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -102,9 +135,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     mpath = root / MANIFEST_NAME
     if not mpath.is_file():
         raise BundleError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
-    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it")
-    return read_json(mpath, "manifest: ")
+    return read_json(mpath, "manifest: ", MAX_MANIFEST_BYTES)
 
 
 def _verify(root: Path, rel: str, expected: str) -> None:

@@ -34,6 +34,7 @@ from .bundle import CALIBRATION_NAME
 FORMAT = "sdedge-calibration"
 FORMAT_VERSION = 1
 CRITERIA = ("max_prob", "entropy", "margin")
+_FLOAT32_TINY, _FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e+38  # temperatures divide float32 logits
 RUNTIME_FIELDS = ("format", "format_version", "criterion", "temperatures", "thresholds", "enabled")
 
 
@@ -88,8 +89,9 @@ class Calibration:
             if not isinstance(v, list) or len(v) != num_exits:
                 raise _bad(f"{key} must be a list of {num_exits} values (one per exit), got {v!r}", where)
         for i, t in enumerate(temps, start=1):
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-                raise _bad(f"temperatures[{i - 1}] (exit {i}) must be a positive finite number, got {t!r}", where)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not _FLOAT32_TINY <= t <= _FLOAT32_MAX:
+                raise _bad(f"temperatures[{i - 1}] (exit {i}) must be a positive finite number within float32's "
+                           f"normal range ({_FLOAT32_TINY:.3g}..{_FLOAT32_MAX:.3g}), got {t!r}", where)
         for i, t in enumerate(thr, start=1):
             if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0):
                 raise _bad(f"thresholds[{i - 1}] (exit {i}) must be a number in [0, 1] or null, got {t!r}", where)

@@ -28,7 +28,9 @@ from __future__ import annotations
 import math
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from ..common.errors import BundleError
 from ..common.formats import check_format
@@ -218,6 +220,18 @@ def check_relpath(path: str, where: str) -> str:
     return norm
 
 
+def _pixels_stay_finite(scale: float, mean: Sequence[float], std: Sequence[float]) -> bool:
+    """Whether ``(pixel * scale - mean) / std``, in float32 as the runtimes compute it (``pixel * a + b``), is
+    finite with a non-zero slope for every pixel value 0..255 and channel (native/src/manifest.cpp has the
+    same rule): a value finite in JSON can still be 0 or Inf in float32."""
+    with np.errstate(all="ignore"):
+        sd = np.asarray(std, np.float32)
+        a = np.float32(scale) / sd
+        b = -np.asarray(mean, np.float32) / sd
+        ends = np.float32(255) * a + b
+    return bool(np.all(np.isfinite(a)) and np.all(a != 0) and np.all(np.isfinite(b)) and np.all(np.isfinite(ends)))
+
+
 def _floats(values: list, where: str) -> tuple[float, ...]:
     """JSON numbers as floats; anything else (strings, null, lists, ints beyond float range) is a BundleError."""
     out = []
@@ -287,6 +301,9 @@ def validate_manifest(raw: Any) -> Manifest:
     _require(all(math.isfinite(m) for m in mean), "input.preprocess mean must be finite")
     _require(all(s > 0 and math.isfinite(s) for s in std) and math.isfinite(scale) and scale > 0,
              "input.preprocess std and scale must be positive and finite")
+    _require(_pixels_stay_finite(scale, mean, std),
+             "input.preprocess (scale, mean, std) maps pixel values 0..255 to zero scale or beyond float32's "
+             "finite range: values too small or too large for float32")
     order = pre.get("channel_order", "RGB" if channels == 3 else "L")
     _require(order in ("RGB", "BGR", "L"), f"input.preprocess.channel_order must be RGB, BGR or L, got {order!r}")
     preprocess = Preprocess(float(scale), mean, std, order)

@@ -21,11 +21,13 @@ from typing import Any, Mapping, Sequence
 from ..common.errors import PolicyError
 from .backends import PRECISIONS
 from .backends.base import Backend, BackendOptions
-from .policies import ANSWERS, check_criterion
+from .policies import ANSWERS, check_criterion, check_latency_options
 
 __all__ = ["SessionOptions", "ENGINES"]
 
 ENGINES = ("auto", "native", "python")
+MAX_BATCH_LIMIT = 4096  # the most images one call may carry (native/src/session.hpp kMaxBatchLimit): the warm-up
+# runs max_batch rows at once, so a larger value only asks for memory no edge device has
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,9 @@ class SessionOptions:
                               f"got {self.intra_op_threads!r}")
         if not _is_int(self.warmup, 0):
             raise PolicyError(f"warmup must be a non-negative integer, got {self.warmup!r}")
-        if not _is_int(self.max_batch, 1):
-            raise PolicyError(f"max_batch must be a positive integer, got {self.max_batch!r}")
+        if not _is_int(self.max_batch, 1) or self.max_batch > MAX_BATCH_LIMIT:
+            raise PolicyError(f"max_batch must be an integer in 1..{MAX_BATCH_LIMIT}, got {self.max_batch!r}")
+        check_latency_options(self.latency_window, self.latency_quantile)
         if self.answer not in ANSWERS:
             raise PolicyError(f"answer must be one of {', '.join(ANSWERS)}, got {self.answer!r}")
         check_criterion(self.criterion)

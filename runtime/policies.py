@@ -343,6 +343,15 @@ class _Cell:
         self._refigure()
 
 
+def check_latency_options(window: Any, quantile: Any) -> None:
+    """:class:`PolicyError` unless ``quantile`` is in [0.5, 1] and ``window`` an integer of at least 8 samples
+    (native/src/deadline.cpp latency_options_problem)."""
+    if isinstance(quantile, bool) or not isinstance(quantile, Real) or not 0.5 <= quantile <= 1.0:
+        raise PolicyError(f"latency_quantile must be in [0.5, 1], got {quantile!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 8:
+        raise PolicyError(f"latency_window must hold at least 8 samples, got {window!r}")
+
+
 class LatencyEstimator:
     """Online figures of the time of each section (1..K) and of the runtime's own time per call (0), per
     exact number of rows: the rules of the module docstring, deterministic in the sequence of calls to
@@ -352,10 +361,7 @@ class LatencyEstimator:
     """
 
     def __init__(self, num_sections: int, window: int = 256, quantile: float = 0.99) -> None:
-        if not 0.5 <= quantile <= 1.0:
-            raise PolicyError(f"latency quantile must be in [0.5, 1], got {quantile!r}")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 8:
-            raise PolicyError(f"latency window must hold at least 8 samples, got {window!r}")
+        check_latency_options(window, quantile)
         self.num_sections, self.window, self.quantile = num_sections, window, float(quantile)
         self._cells: list[dict[int, _Cell]] = [dict() for _ in range(num_sections + 1)]
         # format version 2: the exit heads of sections 1..K-1 timed apart from their trunks (rule 8)

@@ -159,7 +159,7 @@ class AnytimeSession:
             self.deadline_policy = DeadlinePolicy(self.estimator, self.profile)
             self._prep = Preprocessor(self.manifest, self.max_batch)
             self._prep_any = Preprocessor(self.manifest, 1 << 62)  # infer_all_exits chunks any batch
-            self._lock = threading.Lock()
+            self._lock = _SessionLock()
             self._policies: dict[tuple[Any, str | None], ConfidencePolicy] = {}
             self._default_policy: ConfidencePolicy | None = None
             self._default_policy = self.policy(None, None)
@@ -407,13 +407,14 @@ class AnytimeSession:
         nat = self._native
         dl, row_ns = 0, None
         if stop_at is not None or row_dl is not None:  # deadlines on sdedge_now_ns()'s clock (>= 1: 0 means none)
+            # a deadline centuries away (a huge but finite budget) is clipped to one 146 years on: int64 holds it
             offset_ns = nat.now_ns() - self.clock() * 1e9
             if stop_at is not None:
-                dl = max(1, int(round(stop_at * 1e9 + offset_ns)))
+                dl = round(min(max(1.0, stop_at * 1e9 + offset_ns), _FAR_NS))
             if row_dl is not None:
                 finite = np.isfinite(row_dl)
                 row_ns = np.zeros(row_dl.shape[0], np.int64)
-                row_ns[finite] = np.maximum(1, np.round(row_dl[finite] * 1e9 + offset_ns))
+                row_ns[finite] = np.clip(np.round(row_dl[finite] * 1e9 + offset_ns), 1, _FAR_NS)
         row_mode = row_thr is not None  # infer_rows passes both row_thr and row_dl, infer neither
         thresholds = (None,) * pol.num_exits if row_mode else pol.thresholds
 
@@ -690,6 +691,33 @@ class AnytimeSession:
             outs = [np.stack(self.backend.run_chain(xb[i:i + self.max_batch]))
                     for i in range(0, xb.shape[0], self.max_batch)]
         return np.concatenate(outs, axis=1)
+
+
+_FAR_NS = float(2 ** 62)  # ns: the latest deadline handed to the core (int64 on its clock; ~146 years)
+
+
+class _SessionLock:
+    """The session's lock (calls are serialized); a call back into the session from inside one of its own
+    calls on the same thread (an ``on_settled`` callback) is refused with :class:`PolicyError` instead of
+    deadlocking, as the native core refuses it."""
+
+    __slots__ = ("_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise PolicyError("called back into a session from inside one of its own calls (an on_settled callback "
+                              "must not call back into the session that called it; answer rows elsewhere)")
+        self._lock.acquire()
+        self._owner = me
+
+    def __exit__(self, *exc: Any) -> None:
+        self._owner = None
+        self._lock.release()
 
 
 class _Trace(list):

@@ -178,3 +178,45 @@ def test_fp16_section_paths(tmp_path: Path) -> None:
     b = open_bundle(root)
     assert b.fp16_section_path(2) == root / "fp16/s2.onnx"
     assert b.section_path(2, "fp16") == root / "sections/s2.onnx"  # the fp32 graph, run in fp16 by the backend
+
+
+def test_json_nested_past_the_bound_is_refused_as_invalid(bundle: Path) -> None:
+    """64 nested containers are read; 65, or a few hundred thousand (which would overflow a recursive reader),
+    are refused as invalid JSON naming the file (the native core's reader has the same bound)."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    deep: object = 1
+    for _ in range(62):
+        deep = [deep]
+    m["model"]["note"] = deep  # 63 levels below the top object's own
+    (bundle / "manifest.json").write_bytes(dump_json(m))
+    assert open_bundle(bundle).manifest.raw["model"]["note"] == deep
+    m["model"]["note"] = [[deep]]
+    (bundle / "manifest.json").write_bytes(dump_json(m))
+    with pytest.raises(BundleError, match=r"^malformed manifest: .*manifest.json is not valid JSON \(nested deeper than 64 levels\)$"):
+        open_bundle(bundle)
+    (bundle / "manifest.json").write_text('{"format": ' + "[" * 200000 + "]" * 200000 + "}")
+    with pytest.raises(BundleError, match=r"nested deeper than 64 levels"):
+        open_bundle(bundle)
+
+
+def test_a_fifo_in_place_of_a_listed_json_file_is_refused_without_waiting(bundle: Path) -> None:
+    """With verify=False nothing hashes calibration.json first: reading it must not wait for a writer."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"]["calibration.json"] = {"sha256": "0" * 64}
+    (bundle / "manifest.json").write_bytes(dump_json(m))
+    os.mkfifo(bundle / "calibration.json")
+    b = open_bundle(bundle, verify=False)
+    with pytest.raises(BundleError, match=r"calibration.json is not a regular file$"):
+        b.calibration  # noqa: B018
+
+
+@pytest.mark.parametrize("edit", [lambda p: p.update(std=[1e-300]), lambda p: p.update(scale=1e300),
+                                  lambda p: p.update(scale=1e-300), lambda p: p.update(mean=[1e39])],
+                         ids=["std-underflows", "scale-overflows", "scale-underflows", "mean-overflows"])
+def test_preprocessing_degenerate_in_float32_is_refused(tmp_path: Path, edit) -> None:
+    """Finite in JSON, 0 or Inf in the float32 the runtimes compute in: the bundle's fault, said at open (not
+    every later call's 'your input overflows')."""
+    b = _write_bundle(tmp_path / "b", lambda m: edit(m["input"]["preprocess"]))
+    with pytest.raises(BundleError, match=r"input.preprocess \(scale, mean, std\) maps pixel values 0..255 to zero "
+                                          r"scale or beyond float32's finite range"):
+        open_bundle(b)

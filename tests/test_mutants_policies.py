@@ -201,9 +201,9 @@ def test_replay_refuses_logits_of_another_exit_count() -> None:
 def test_estimator_bounds_are_inclusive() -> None:
     LatencyEstimator(3, window=8, quantile=0.5)
     LatencyEstimator(3, window=8, quantile=1.0)
-    with pytest.raises(PolicyError, match=r"latency quantile must be in \[0.5, 1\], got 1.5"):
+    with pytest.raises(PolicyError, match=r"latency_quantile must be in \[0.5, 1\], got 1.5"):
         LatencyEstimator(3, quantile=1.5)
-    with pytest.raises(PolicyError, match="latency window must hold at least 8 samples, got 7"):
+    with pytest.raises(PolicyError, match="latency_window must hold at least 8 samples, got 7"):
         LatencyEstimator(3, window=7)
 
 

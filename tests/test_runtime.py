@@ -633,3 +633,58 @@ def test_a_full_graph_that_is_not_the_network_is_refused_naming_it(tiny_bundle: 
     with AnytimeSession(dst, engine=engine, backend="onnxruntime", intra_op_threads=1, warmup=0,
                         full_graph=False) as s:  # never loaded: the sections still answer
         assert not s.full_graph and s.infer(images(s, 1)[0]).exit_index == s.num_exits
+
+
+def test_a_call_back_into_the_session_from_on_settled_is_refused_not_a_hang(session: AnytimeSession) -> None:
+    """A session serializes its calls; an ``on_settled`` callback that calls into the same session gets a
+    PolicyError at once (both engines) instead of waiting on the lock its own call holds."""
+    x = floats(session, 2, seed=21)
+    seen: list[BaseException | None] = []
+
+    def settled(idx, results):
+        try:
+            session.infer(x[:1])
+            seen.append(None)
+        except PolicyError as e:
+            seen.append(e)
+
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(session.infer_rows(x, thresholds=[0.0, None], on_settled=settled)),
+                         daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "infer_rows hung on a call back into the session"
+    assert seen and all(isinstance(e, PolicyError) and "called back into a session" in str(e) for e in seen)
+    assert len(done[0]) == 2 and session.infer(x[:1])[0].exit_index >= 1  # free again afterwards
+
+
+@pytest.mark.parametrize("budget_ms", [1e13, 1e20, 1e305])
+def test_a_huge_finite_budget_is_a_deadline_far_away(session: AnytimeSession, budget_ms: float) -> None:
+    """Positive and finite is a valid budget however large: the answer is the deepest exit, deadline met (the
+    native engine's int64 nanosecond deadline is clipped, not wrapped)."""
+    x = floats(session, 2, seed=22)
+    out = session.infer(x, budget_ms=budget_ms)
+    assert [r.exit_index for r in out] == [session.num_exits] * 2 and all(r.deadline_met is True for r in out)
+    rows = session.infer_rows(x, deadlines=[session.clock() + budget_ms * 1e-3, None])
+    assert [r.exit_index for r in rows] == [session.num_exits] * 2 and rows[0].deadline_met is True
+
+
+@pytest.mark.parametrize("opts, needle", [({"max_batch": 4097}, "max_batch must be an integer in 1..4096"),
+                                          ({"latency_quantile": 0.3}, "latency_quantile must be in"),
+                                          ({"latency_window": 3}, "latency_window must hold at least 8")])
+def test_options_out_of_range_are_refused_before_the_bundle_is_read(opts: dict, needle: str) -> None:
+    from sdedge.runtime import SessionOptions
+
+    with pytest.raises(PolicyError, match=needle):
+        SessionOptions(**opts)
+    with pytest.raises(PolicyError, match=needle):  # before the (missing) bundle is looked at
+        AnytimeSession("/nonexistent/bundle", **opts)
+
+
+def test_calibration_temperatures_must_be_normal_float32(bundle_copy: Path, engine: str) -> None:
+    """1e-300 is a positive finite double but 0 as the float32 that divides the logits: refused at open."""
+    k = open_bundle(bundle_copy).manifest.num_exits
+    calibrate(bundle_copy, k, temperatures=[1e-300] + [1.0] * (k - 1))
+    with pytest.raises(BundleError, match=r"temperatures\[0\] \(exit 1\) must be a positive finite number within "
+                                          r"float32's normal range"):
+        AnytimeSession(bundle_copy, backend="onnxruntime", intra_op_threads=1, warmup=0, engine=engine)

@@ -117,7 +117,7 @@ def server(session, request):
     for module in (http, loop):
         pytest.importorskip(module)
     srv = start(Proxy(session), session=SessionOptions(max_batch=4), max_body_mb=MAX_BODY_MB, body_timeout_s=0.5,
-                timeout_keep_alive=1, http=http, loop=loop)
+                header_timeout_s=1.0, timeout_keep_alive=1, http=http, loop=loop)
     yield srv
     srv.stop()
 
@@ -279,6 +279,50 @@ def test_decompression_bomb_refused(server, session):
     status, _, body = call(server, "POST", f"/v2/models/{server.state.model_name}/infer", bomb,
                            {"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert status == 413 and "decompressed" in error_of(body)
+
+
+def test_gzip_members_and_bytes_after_the_stream(server, session):
+    """Every member of a multi-member gzip body is read (as ``gzip.decompress`` reads them); bytes after the end
+    of the last member, or of a deflate stream, are a 400, not silently dropped."""
+    import zlib
+
+    body = json.dumps({"inputs": [tensor(session)]}).encode()
+    path = f"/v2/models/{server.state.model_name}/infer"
+    two = gzip.compress(body[:100]) + gzip.compress(body[100:])
+    assert gzip.decompress(two) == body
+    assert call(server, "POST", path, two, {"Content-Type": "application/json", "Content-Encoding": "gzip"})[0] == 200
+    status, _, out = call(server, "POST", path, gzip.compress(body) + b"GARBAGE", {"Content-Encoding": "gzip"})
+    assert status == 400 and "could not be decompressed" in error_of(out)
+    status, _, out = call(server, "POST", path, zlib.compress(body) + b"tail", {"Content-Encoding": "deflate"})
+    assert status == 400 and "4 bytes after the end of its stream" in error_of(out)
+
+
+def test_big_numbers_are_numbers(server, session):
+    """A budget far away is still a budget (deepest exit, deadline met); an FP32 value written as an integer
+    beyond 64 bits is still a number."""
+    for budget in (1e13, 1e20, 1e305):
+        status, _, out = post_json(server, {"inputs": [tensor(session)], "parameters": {"budget_ms": budget}})
+        assert status == 200, out
+        assert json.loads(out)["parameters"]["deadline_met"] is True
+    doc = {"inputs": [tensor(session)]}
+    doc["inputs"][0]["data"][0] = 10 ** 20
+    status, _, out = post_json(server, json.dumps(doc).encode())
+    assert status == 200, out
+
+
+def test_a_connection_that_sends_no_head_is_closed(server):
+    """uvicorn times only idle connections between requests; with httptools sdedge also closes one that sends
+    nothing, or only part of a head, ``header_timeout_s`` (1 s here) after it opened / the head began (408 when
+    some came). h11 has no such timer: skipped."""
+    if server.config.http != "httptools":
+        pytest.skip("the head timer is the httptools protocol's (h11 has none)")
+    t = time.perf_counter()
+    assert raw_exchange(server, b"", timeout=20) == b""  # nothing sent: closed, nothing said
+    partial = raw_exchange(server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n", timeout=20)
+    assert status_of(partial) == 408 and "request head did not arrive within 1 s" in error_of(
+        partial.partition(b"\r\n\r\n")[2])
+    assert time.perf_counter() - t < 18  # both closed by the server, not by the 20 s socket timeouts
+    assert call(server, "GET", "/v2/health/ready")[0] == 200
 
 
 def test_slow_body_times_out_with_408(server):

@@ -181,9 +181,12 @@ def test_bad_parameters_nan_and_lying_raw_sizes(server, session):
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in e.value.details()
     # garbage that is not a ModelInferRequest at all, and a message above the size cap: refused with a status
     raw_call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    counted = server.state.metrics.grpc_requests.labels(method="ModelInfer", code="INVALID_ARGUMENT")
+    before = counted._value.get()
     with pytest.raises(grpc.RpcError) as e:
         raw_call(b"\xff\xff\xff\xff\x0f not protobuf", timeout=60)
-    assert e.value.code() != grpc.StatusCode.OK
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid inference.ModelInferRequest" in e.value.details()
+    assert counted._value.get() == before + 1  # counted like any other bad request
     with pytest.raises(grpc.RpcError) as e:
         infer(request(b"\0" * (1 << 20)), timeout=60)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -206,3 +209,76 @@ def test_statistics_count_both_protocols(gclient, hclient, server, session):
     assert int(http_after["inference_count"]) == int(after["inference_count"])
     assert int(after["execution_count"]) >= 2 and after["batch_stats"]
     assert hclient.get_model_repository_index() == [{"name": name, "version": "1", "state": "READY"}]
+
+
+def test_typed_contents_are_counted_before_they_are_read(server, session):
+    """Typed ``contents`` of the wrong size or in the wrong field are refused by their count (naming the field),
+    before any value is converted; the right ones answer as raw tensors do."""
+    from tritonclient.grpc import service_pb2
+
+    c, h, w = session.input_shape
+    channel = grpc.insecure_channel(server.grpc_address)
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+                                response_deserializer=service_pb2.ModelInferResponse.FromString)
+    x = images(session, 1, seed=3, raw=True)
+    req = service_pb2.ModelInferRequest(model_name=server.state.model_name)
+    t = req.inputs.add(name="image", datatype="UINT8", shape=list(x.shape))
+    t.contents.bytes_contents.append(x.tobytes())  # UINT8 belongs in uint_contents
+    with pytest.raises(grpc.RpcError) as e:
+        infer(req, timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"contents.uint_contents holds 0 values but UINT8 {list(x.shape)} needs {x.size}" in e.value.details()
+    t.contents.ClearField("bytes_contents")
+    t.contents.uint_contents.extend(x.ravel().tolist())
+    typed = infer(req, timeout=60)
+    labels = {o.name: raw for o, raw in zip(typed.outputs, typed.raw_output_contents)}["label"]
+    assert np.frombuffer(labels, np.int64).tolist() == [session.infer(x[0]).label]
+    t.contents.uint_contents.append(0)  # one too many
+    with pytest.raises(grpc.RpcError) as e:
+        infer(req, timeout=60)
+    assert "holds %d values" % (x.size + 1) in e.value.details()
+    channel.close()
+
+
+def test_a_cancelled_call_is_counted_as_cancelled(server, session):
+    """A call whose client gives up while it waits is counted CANCELLED, not OK."""
+    import threading
+
+    metrics = server.state.metrics.grpc_requests
+    ok, cancelled = (metrics.labels(method="ModelInfer", code=code) for code in ("OK", "CANCELLED"))
+    pool = server.state.pool
+    started, release = threading.Event(), threading.Event()
+    real = pool.run
+
+    async def slow(*a, **k):  # hold the call in the server until the client has given up
+        import asyncio
+
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return await real(*a, **k)
+
+    c = tritonclient_grpc.InferenceServerClient(server.grpc_address)
+    ok0, cancelled0 = ok._value.get(), cancelled._value.get()
+    pool.run = slow
+    try:
+        with pytest.raises(InferenceServerException):
+            c.infer(server.state.model_name, [_input(session, server)], client_timeout=0.3)
+        assert started.wait(30)
+        for _ in range(300):  # the server notices the cancellation on its own loop
+            if cancelled._value.get() > cancelled0:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        release.set()
+        pool.run = real
+        c.close()
+    assert cancelled._value.get() == cancelled0 + 1 and ok._value.get() == ok0
+
+
+def _input(session, server):
+    x = images(session, 1, seed=5)
+    inp = tritonclient_grpc.InferInput(server.state.io.input_name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return inp

@@ -16,7 +16,7 @@ from sdedge.runtime.backends.base import BackendOptions
 
 
 @pytest.mark.parametrize("kw,needle", [
-    ({"max_batch": 0}, "max_batch must be a positive integer"), ({"max_batch": True}, "max_batch"),
+    ({"max_batch": 0}, "max_batch must be an integer in 1..4096"), ({"max_batch": True}, "max_batch"),
     ({"warmup": -1}, "warmup must be a non-negative integer"), ({"warmup": 1.5}, "warmup"),
     ({"answer": "vote"}, "answer must be one of last, ensemble"), ({"criterion": "luck"}, "unknown confidence criterion"),
     ({"intra_op_threads": 0}, "intra_op_threads"), ({"providers": "cpu"}, "providers"), ({"backend": 3}, "backend"),
@@ -57,7 +57,7 @@ def test_session_takes_options_and_keyword_overrides(tiny_bundle) -> None:
         assert s.options == SessionOptions(backend="onnxruntime", intra_op_threads=1, warmup=0, criterion="margin",
                                            precision="fp32")
         assert s.policy().criterion == "margin"
-    with pytest.raises(PolicyError, match="max_batch must be a positive integer"):
+    with pytest.raises(PolicyError, match="max_batch must be an integer in 1..4096"):
         AnytimeSession(tiny_bundle, backend="onnxruntime", max_batch=0)
     with pytest.raises(PolicyError, match="precision must be one of auto, fp32, fp16, int8"):
         SessionOptions(precision="fp8")

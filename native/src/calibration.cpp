@@ -2,6 +2,7 @@
 #include "calibration.hpp"
 
 #include <cmath>
+#include <limits>
 
 #include "bundle.hpp"
 #include "errors.hpp"
@@ -39,8 +40,11 @@ Calibration parse_calibration(const Json &d, int num_exits, const std::string &w
     double t = 1.0;
     if (temps) {
       const Json &v = (*temps)[i];
-      if (!is_number(v) || !std::isfinite(v.get<double>()) || v.get<double>() <= 0)
-        bad("temperatures" + at + " must be a positive finite number, got " + show(v), where);
+      // temperatures divide float32 logits: within float32's normal range (runtime/calibration.py)
+      if (!is_number(v) || !(v.get<double>() >= static_cast<double>(std::numeric_limits<float>::min()) &&
+                             v.get<double>() <= static_cast<double>(std::numeric_limits<float>::max())))
+        bad("temperatures" + at + " must be a positive finite number within float32's normal range "
+            "(1.18e-38..3.4e+38), got " + show(v), where);
       t = v.get<double>();
     }
     c.temperatures.push_back(t);

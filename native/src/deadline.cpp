@@ -65,11 +65,17 @@ void LatencyCell::settle() {
 
 // ---- the estimator ----------------------------------------------------------------------------------
 
+std::string latency_options_problem(std::size_t window, double quantile) {
+  if (!(quantile >= 0.5 && quantile <= 1.0))  // also refuses NaN
+    return "latency_quantile must be in [0.5, 1], got " + std::to_string(quantile);
+  if (window < 8) return "latency_window must hold at least 8 samples, got " + std::to_string(window);
+  return "";
+}
+
 LatencyEstimator::LatencyEstimator(int num_sections, std::size_t window, double quantile)
     : window_(window), quantile_(quantile) {
-  if (!(quantile >= 0.5 && quantile <= 1.0))  // also refuses NaN
-    fail(Code::Policy, "latency quantile must be in [0.5, 1], got " + std::to_string(quantile));
-  if (window < 8) fail(Code::Policy, "latency window must hold at least 8 samples, got " + std::to_string(window));
+  const std::string problem = latency_options_problem(window, quantile);
+  if (!problem.empty()) fail(Code::Policy, problem);
   if (num_sections < 1) fail(Code::Internal, "a latency estimator needs at least one section");
   cells_.resize(static_cast<std::size_t>(num_sections) + 1);
   heads_.resize(static_cast<std::size_t>(num_sections) + 1);

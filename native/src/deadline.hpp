@@ -60,6 +60,10 @@ class LatencyCell {
   std::optional<double> trimmed_to_;  // the figure right after a trim, until the next sample
 };
 
+// What is wrong with these online-estimate options (runtime/policies.py check_latency_options), "" if nothing:
+// a quantile in [0.5, 1], a window of at least 8 samples.
+std::string latency_options_problem(std::size_t window, double quantile);
+
 // Online figures of each section (1..K) and of the runtime's own time per call (0), per exact row count.
 class LatencyEstimator {
  public:

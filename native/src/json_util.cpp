@@ -1,7 +1,12 @@
 // json_util.cpp: JSON file reading, the format-header check and value names for messages.
 #include "json_util.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <stdexcept>
 
 #include <algorithm>
 #include <fstream>
@@ -37,16 +42,48 @@ bool is_int(const Json &v) { return v.is_number_integer(); }  // number_integer 
 bool is_number(const Json &v) { return v.is_number(); }       // booleans are not numbers in nlohmann
 
 Json read_json_file(const std::string &path, const std::string &what, std::uint64_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO planted in a bundle must not wait for a writer (it is refused just below)
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) bundle_error("malformed " + what + path + " could not be read");
   struct stat st {};
-  if (max_bytes > 0 && ::stat(path.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) > max_bytes) {
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    bundle_error("malformed " + what + path + " is not a regular file");
+  }
+  if (max_bytes == 0) max_bytes = kMaxJsonBytes;
+  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
+    ::close(fd);
     bundle_error(path + " is larger than " + std::to_string(max_bytes) + " bytes; refusing to parse it");
   }
-  std::ifstream f(path, std::ios::binary);
-  if (!f) bundle_error("malformed " + what + path + " could not be read");
-  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::string text;
+  text.reserve(static_cast<std::size_t>(st.st_size));
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      bundle_error("malformed " + what + path + " could not be read");
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > max_bytes) {  // grew while we read it
+      ::close(fd);
+      bundle_error(path + " is larger than " + std::to_string(max_bytes) + " bytes; refusing to parse it");
+    }
+  }
+  ::close(fd);
+  // nesting is bounded while parsing: nlohmann's parser is iterative, but copying or printing a value
+  // (messages, conversions) recurses, so a few hundred thousand '[' would overflow the stack later
+  const Json::parser_callback_t depth_guard = [](int depth, Json::parse_event_t, Json &) {
+    if (depth > kMaxJsonDepth) throw std::length_error("nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  };
   try {
-    return Json::parse(text);
+    return Json::parse(text, depth_guard);
   } catch (const nlohmann::json::exception &e) {
+    bundle_error("malformed " + what + path + " is not valid JSON (" + e.what() + ")");
+  } catch (const std::length_error &e) {
     bundle_error("malformed " + what + path + " is not valid JSON (" + e.what() + ")");
   }
 }

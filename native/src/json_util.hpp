@@ -25,8 +25,14 @@ bool is_int(const Json &v);
 // True for a JSON number of either kind (not bool).
 bool is_number(const Json &v);
 
+// The bounds every sdedge JSON file is read within (runtime/bundle.py's MAX_JSON_BYTES, MAX_JSON_DEPTH).
+constexpr std::uint64_t kMaxJsonBytes = 16ull * 1024 * 1024;
+constexpr int kMaxJsonDepth = 64;
+
 // Parse the file at `path`; BundleError "malformed <what><path> is not valid JSON (<why>)" when it is
-// not JSON (bad syntax or invalid UTF-8), naming the file. `max_bytes` > 0 refuses larger files.
+// not JSON (bad syntax, invalid UTF-8, nested deeper than kMaxJsonDepth), naming the file; a path that is
+// not a regular file (a FIFO, a device) is refused without waiting on it. `max_bytes` > 0 refuses larger
+// files (0: kMaxJsonBytes).
 Json read_json_file(const std::string &path, const std::string &what = "", std::uint64_t max_bytes = 0);
 
 // common/formats.py check_format: `doc` must be an object whose "format" is `fmt` and whose integer

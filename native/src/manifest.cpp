@@ -176,6 +176,15 @@ Manifest validate_manifest(const Json &raw) {
   bool pos = std::isfinite(p.scale) && p.scale > 0;
   for (double v : p.std) pos = pos && v > 0 && std::isfinite(v);
   require(pos, "input.preprocess std and scale must be positive and finite");
+  // runtime/manifest.py _pixels_stay_finite: pixel * a + b in float32 finite, a non-zero, for 0..255
+  bool finite32 = true;
+  for (std::size_t c = 0; c < channels; ++c) {
+    const float sd = static_cast<float>(p.std[c]);
+    const float a = static_cast<float>(p.scale) / sd, b = -static_cast<float>(p.mean[c]) / sd;
+    finite32 = finite32 && std::isfinite(a) && a != 0.0f && std::isfinite(b) && std::isfinite(255.0f * a + b);
+  }
+  require(finite32, "input.preprocess (scale, mean, std) maps pixel values 0..255 to zero scale or beyond float32's "
+                    "finite range: values too small or too large for float32");
   auto order = pre.find("channel_order");
   if (order == pre.end()) {
     p.channel_order = channels == 3 ? "RGB" : "L";

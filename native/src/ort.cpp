@@ -30,6 +30,7 @@ OrtLibrary::OrtLibrary(const std::string &path) {
     ::dlclose(handle_);
     fail(Code::Backend, path_ + " is not an ONNX Runtime library (no OrtGetApiBase)");
   }
+  version_ = base->GetVersionString ? base->GetVersionString() : "unknown";  // e.g. "1.32.0"
   api_ = base->GetApi(ORT_API_VERSION);
   if (!api_) {
     const std::string have = base->GetVersionString ? base->GetVersionString() : "unknown";
@@ -44,7 +45,7 @@ OrtLibrary::~OrtLibrary() {
   if (handle_) ::dlclose(handle_);
 }
 
-std::string OrtLibrary::version() const { return api_->GetBuildInfoString ? api_->GetBuildInfoString() : "unknown"; }
+std::string OrtLibrary::version() const { return version_; }
 
 void OrtLibrary::check(OrtStatus *status, const std::string &what) const {
   if (!status) return;

@@ -27,7 +27,7 @@ class OrtLibrary {
 
   const OrtApi &api() const { return *api_; }
   const std::string &path() const { return path_; }
-  std::string version() const;
+  std::string version() const;  // GetVersionString(), e.g. "1.32.0"
   std::vector<std::string> available_providers() const;
 
   // Throws BackendError "<what>: <ORT message>" when `status` is an error; releases it either way.
@@ -57,6 +57,7 @@ class OrtLibrary {
  private:
   void *handle_ = nullptr;
   const OrtApi *api_ = nullptr;
+  std::string version_;
   std::string path_;
 };
 

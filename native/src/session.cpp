@@ -28,11 +28,12 @@ namespace {
 void validate(const SessionConfig &c) {
   if (c.backend != "auto" && c.backend != "onnxruntime")
     fail(Code::Argument, "backend must be \"auto\" or \"onnxruntime\" (NULL = auto), got \"" + c.backend + "\"");
-  if (c.max_batch < 1) fail(Code::Argument, "max_batch must be a positive integer, got " + std::to_string(c.max_batch));
+  if (c.max_batch < 1 || c.max_batch > kMaxBatchLimit)
+    fail(Code::Argument, "max_batch must be an integer in 1.." + std::to_string(kMaxBatchLimit) + ", got " +
+                             std::to_string(c.max_batch));
   if (c.warmup < 0) fail(Code::Argument, "warmup must be a non-negative integer, got " + std::to_string(c.warmup));
-  if (!(c.latency_window >= 1)) fail(Code::Argument, "latency_window must be a positive integer");
-  if (!(c.latency_quantile > 0.0 && c.latency_quantile <= 1.0))
-    fail(Code::Argument, "latency_quantile must be in (0, 1], got " + std::to_string(c.latency_quantile));
+  const std::string latency_problem = latency_options_problem(c.latency_window, c.latency_quantile);
+  if (!latency_problem.empty()) fail(Code::Argument, latency_problem);  // before the bundle is read
   parse_criterion(c.criterion);
   if (c.intra_op_threads < 0)
     fail(Code::Argument, "intra_op_threads must be >= 0 (0 = the backend's default), got " + std::to_string(c.intra_op_threads));
@@ -60,6 +61,19 @@ Session::Session(Bundle bundle, std::unique_ptr<Backend> backend, const SessionC
   init(config);
 }
 
+Session::Lock::Lock(Session &s) : s_(s) {
+  if (s.owner_.load(std::memory_order_relaxed) == std::this_thread::get_id())
+    fail(Code::Argument, "called back into a session from inside one of its own calls (an on_rows callback "
+                         "must not call back into the session that called it; answer rows elsewhere)");
+  s.mu_.lock();
+  s.owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+}
+
+Session::Lock::~Lock() {
+  s_.owner_.store(std::thread::id(), std::memory_order_relaxed);
+  s_.mu_.unlock();
+}
+
 void Session::init(const SessionConfig &config) {
   if (backend_->num_sections() != num_exits()) fail(Code::Internal, "backend and manifest disagree on the number of sections");
   answer_ = config.answer;
@@ -84,9 +98,9 @@ void Session::init(const SessionConfig &config) {
 void Session::warmup(int n) {
   if (n <= 0) return;
   for (const int rows : std::set<int>{1, max_batch_}) {
-    std::vector<float> x(static_cast<std::size_t>(rows * prep_->image_size()), 0.0f);
+    std::vector<float> x(static_cast<std::size_t>(rows) * static_cast<std::size_t>(prep_->image_size()), 0.0f);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      Lock lock(*this);
       TensorPtr h = backend_->upload(x.data(), rows);
       if (backend_->has_full()) backend_->run_full(*h, logits_);
       for (int k = 1; k <= num_exits(); ++k) {
@@ -96,10 +110,10 @@ void Session::warmup(int n) {
     }
     std::vector<RowResult> r(static_cast<std::size_t>(rows));
     // exit confidences asked for: the calls run the sections (the full graph would time none of them)
-    std::vector<float> conf(static_cast<std::size_t>(rows * num_exits()));
+    std::vector<float> conf(static_cast<std::size_t>(rows) * static_cast<std::size_t>(num_exits()));
     for (int rep = 0; rep < n; ++rep) infer_f32(x.data(), rows, InferRequest{}, r.data(), nullptr, conf.data());
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  Lock lock(*this);
   deadline_->settle();
 }
 
@@ -184,7 +198,7 @@ void Session::infer_u8(const std::uint8_t *nhwc, std::int64_t batch, const Infer
 
 void Session::infer_prepared(const float *nchw, std::int64_t batch, const CallStart &c, double prep_ms,
                              RowResult *results, float *probabilities, float *exit_conf) {
-  std::lock_guard<std::mutex> lock(mu_);  // time spent waiting here counts against the deadline
+  Lock lock(*this);  // time spent waiting here counts against the deadline
   run(nchw, batch, c, prep_ms, results, probabilities, exit_conf);
 }
 
@@ -446,7 +460,7 @@ double Session::section_cost_ms(int section, std::int64_t rows) {
     fail(Code::Argument, "section must be 0 (the per-call overhead) or 1.." + std::to_string(num_exits()) + ", got " +
                              std::to_string(section));
   if (rows < 1) fail(Code::Argument, "rows must be >= 1, got " + std::to_string(rows));
-  std::lock_guard<std::mutex> lock(mu_);
+  Lock lock(*this);
   return section == 0 ? deadline_->overhead_ms(rows) : deadline_->section_cost_ms(section, rows);
 }
 
@@ -456,7 +470,7 @@ void Session::infer_all_exits(const float *nchw, std::int64_t batch, float *logi
   if (batch > std::numeric_limits<std::int64_t>::max() / std::max(image, K * C))
     fail(Code::Argument, "batch of " + std::to_string(batch) + " images is too large");
   prep_->check_finite(nchw, batch);
-  std::lock_guard<std::mutex> lock(mu_);
+  Lock lock(*this);
   for (std::int64_t off = 0; off < batch; off += max_batch_) {
     const std::int64_t m = std::min<std::int64_t>(max_batch_, batch - off);
     TensorPtr h = backend_->upload(nchw + off * image, m);

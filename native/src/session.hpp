@@ -5,6 +5,7 @@
 // SessionConfig::full_graph).
 #pragma once
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -12,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend.hpp"
@@ -26,11 +28,15 @@ namespace sdedge {
 enum class Answer { Last, Ensemble };
 enum StopReason { kStopConfidence = 1, kStopDeadline = 2, kStopLast = 3 };  // == SDEDGE_STOP_*
 
+// The most images one call may carry (runtime/options.py MAX_BATCH_LIMIT): the warm-up runs max_batch rows at
+// once, so a larger value only asks for memory no edge device has.
+constexpr int kMaxBatchLimit = 4096;
+
 struct SessionConfig {
   std::string backend = "auto";  // "auto" | "onnxruntime"
   std::string providers;         // comma list; "" = CPU
   int intra_op_threads = 0;      // 0 = every CPU this process may use
-  int max_batch = 64;
+  int max_batch = 64;             // 1..kMaxBatchLimit
   int warmup = 3;
   std::string ort_library;       // "" = $SDEDGE_ORT_LIBRARY, else libonnxruntime.so.1
   Answer answer = Answer::Last;
@@ -147,6 +153,19 @@ class Session {
   bool has_profile_ = false;
   std::string device_name_;
   std::mutex mu_;
+  // The thread inside the session (holding mu_), so that a call back into the session from its own on_rows
+  // callback is refused with an error instead of locking mu_ twice (a hang: undefined behaviour).
+  std::atomic<std::thread::id> owner_{};
+  class Lock {  // mu_, held by this thread; refuses re-entry from the same thread
+   public:
+    explicit Lock(Session &s);
+    ~Lock();
+    Lock(const Lock &) = delete;
+    Lock &operator=(const Lock &) = delete;
+
+   private:
+    Session &s_;
+  };
   // scratch reused across calls (guarded by mu_)
   std::vector<float> logits_, probs_, acc_, answer_buf_, conf_buf_;
 };

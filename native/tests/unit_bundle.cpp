@@ -3,6 +3,7 @@
 // missing files, an altered byte (checksum error naming the file); calibration.json and profile readers;
 // and the same refusals through the C ABI's sdedge_session_create. Needs no ONNX Runtime.
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -218,6 +219,39 @@ int main() {
   write(dir / "calibration.json", "{}");
   CHECK(refused(dir, Code::Checksum, "bundle file calibration.json"));
 
+  // hostile JSON files: nesting far past any sdedge file's (64 levels at most: copying or printing a value
+  // recurses, so 200 000 would overflow the stack), a FIFO in place of calibration.json even with verify=false
+  // (refused, not waited on), float32-degenerate preprocessing and temperatures
+  fs::remove_all(dir);
+  good_manifest(dir);
+  write(dir / "manifest.json", "{\"format\": " + std::string(200000, '[') + std::string(200000, ']') + "}");
+  CHECK(refused(dir, Code::Bundle, "nested deeper than 64 levels"));
+  {
+    Json m = good_manifest(dir);
+    Json deep = 1;
+    for (int i = 0; i < 62; ++i) deep = Json::array({deep});  // 63 levels with the manifest's own object: read
+    m["model"]["note"] = deep;
+    write(dir / "manifest.json", m.dump());
+    CHECK(error_of([&] { sdedge::open_bundle(dir.string()); }).second == "no error");
+    m["model"]["note"] = Json::array({Json::array({deep})});  // 65 levels
+    write(dir / "manifest.json", m.dump());
+    CHECK(refused(dir, Code::Bundle, "nested deeper than 64 levels"));
+  }
+  fs::remove_all(dir);
+  good_manifest(dir);
+  fs::remove(dir / "calibration.json");
+  CHECK(::mkfifo((dir / "calibration.json").c_str(), 0600) == 0);
+  {
+    auto [code, msg] = error_of([&] { sdedge::load_calibration(sdedge::open_bundle(dir.string(), false)); });
+    CHECK(code == Code::Bundle && msg.find("calibration.json is not a regular file") != std::string::npos);
+  }
+  fs::remove_all(dir);
+  good_manifest(dir);
+  CHECK(manifest_refused(dir, [](Json &m) { m["input"]["preprocess"]["std"] = {1e-300}; }, "beyond float32's finite range"));
+  CHECK(manifest_refused(dir, [](Json &m) { m["input"]["preprocess"]["scale"] = 1e300; }, "beyond float32's finite range"));
+  CHECK(manifest_refused(dir, [](Json &m) { m["input"]["preprocess"]["scale"] = 1e-300; }, "to zero scale"));
+  CHECK(manifest_refused(dir, [](Json &m) { m["input"]["preprocess"]["mean"] = {1e39}; }, "beyond float32's finite range"));
+
   // the same through the C ABI
   {
     sdedge_session *s = reinterpret_cast<sdedge_session *>(0x1);
@@ -246,6 +280,11 @@ int main() {
   CHECK(cal_error(Json{{"format", "sdedge-profile"}, {"format_version", 1}}).find("is not an sdedge calibration") != std::string::npos);
   CHECK(cal_error(Json{{"format", "sdedge-calibration"}, {"format_version", 2}}).find("upgrade sdedge") != std::string::npos);
   Json c2 = cal;
+  c2["temperatures"] = {1e-300, 1.0};  // finite as a double, 0 as the float32 that divides the logits
+  CHECK(cal_error(c2).find("temperatures[0] (exit 1) must be a positive finite number within float32's normal range") !=
+        std::string::npos);
+  c2["temperatures"] = {1.0, 1e39};
+  CHECK(cal_error(c2).find("temperatures[1] (exit 2)") != std::string::npos);
   c2["temperatures"] = {1.0};
   CHECK(cal_error(c2).find("temperatures must be a list of 2 values") != std::string::npos);
   c2 = cal;

@@ -542,7 +542,7 @@ void session_tests() {
     SessionConfig cfg;
     cfg.latency_window = 4;
     Session s(scripted_bundle(), std::make_unique<ScriptedBackend>(&c), cfg);
-  }, Code::Policy, "window"));
+  }, Code::Argument, "latency_window"));
 }
 
 // ---- 4. the Python session trace: the same section times in the same order give the same calls -----------

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -331,6 +332,44 @@ int main() {
       s.infer_f32(x, 4, req3, r.data(), nullptr);
     } catch (const Error &e) {
       threw = e.code() == Code::Policy && std::string(e.what()).find("row_thresholds[1]") != std::string::npos;
+    }
+    CHECK(threw);
+    // an on_rows callback that calls back into the session gets an argument error, not a second lock (a hang)
+    struct Reentry {
+      Session *s;
+      int code = -1;
+      std::string msg;
+    } re{&s};
+    InferRequest req4;
+    req4.row_thresholds = thr;
+    req4.on_rows = [](void *user, std::int64_t, const std::int64_t *) {
+      auto *r = static_cast<Reentry *>(user);
+      try {
+        r->s->section_cost_ms(1, 1);
+        r->code = 0;
+      } catch (const Error &e) {
+        r->code = static_cast<int>(e.code());
+        r->msg = e.what();
+      }
+    };
+    req4.on_rows_user = &re;
+    s.infer_f32(x, 4, req4, r.data(), nullptr);
+    CHECK(re.code == static_cast<int>(Code::Argument) && re.msg.find("called back into a session") != std::string::npos);
+    CHECK(s.section_cost_ms(1, 1) >= 0.0);  // the session is free again after the call
+  }
+
+  // ---- options refused before anything is loaded: max_batch beyond 4096, latency options out of range
+  for (auto edit : std::vector<std::function<void(SessionConfig &)>>{
+           [](SessionConfig &c) { c.max_batch = 4097; }, [](SessionConfig &c) { c.max_batch = 0; },
+           [](SessionConfig &c) { c.latency_quantile = 0.3; }, [](SessionConfig &c) { c.latency_window = 3; }}) {
+    SessionConfig cfg;
+    cfg.warmup = 0;
+    edit(cfg);
+    bool threw = false;
+    try {
+      Session bad(fake_bundle(), std::make_unique<FakeBackend>(), cfg);
+    } catch (const Error &e) {
+      threw = e.code() == Code::Argument;
     }
     CHECK(threw);
   }

@@ -642,13 +642,24 @@ class _ArrivalAndStatus:
 
 
 def _decompress(body: bytes, encoding: str, cap: int) -> bytes:
-    d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = d.decompress(body, cap + 1)
-    except zlib.error as e:
-        raise ProtocolError(f"the {encoding} request body could not be decompressed ({e})") from None
-    if len(out) > cap or d.unconsumed_tail:
-        raise ProtocolError(f"the decompressed request body is larger than the server's limit of {cap} bytes", 413)
-    if not d.eof:
-        raise ProtocolError(f"the {encoding} request body is truncated")
-    return out
+    """``body`` decompressed (gzip: every member, as ``gzip.decompress`` reads them; deflate: one zlib stream),
+    within ``cap`` bytes (else 413); bytes after the last member, a truncated stream or bad data: 400."""
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while True:
+        d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            out = d.decompress(rest, cap + 1 - size)
+        except zlib.error as e:
+            raise ProtocolError(f"the {encoding} request body could not be decompressed ({e})") from None
+        size += len(out)
+        if size > cap or d.unconsumed_tail:
+            raise ProtocolError(f"the decompressed request body is larger than the server's limit of {cap} bytes", 413)
+        if not d.eof:
+            raise ProtocolError(f"the {encoding} request body is truncated")
+        parts.append(out)
+        rest = d.unused_data
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if encoding != "gzip":
+            raise ProtocolError(f"the {encoding} request body has {len(rest)} bytes after the end of its stream")

@@ -58,8 +58,9 @@ class ServerConfig:
     Capacity: ``workers`` sessions, each on its own inference thread with ``session.intra_op_threads``
     ORT intra-op threads (None: the CPUs split evenly between the sessions), fed by one queue of at most
     ``max_queue`` requests (more: 503). Safety caps: ``max_body_mb`` MiB per body (after decompression
-    too), ``body_timeout_s`` to receive a body (408 after),
-    ``max_header_kb`` per request head, ``limit_concurrency`` connections+tasks (503 beyond),
+    too), ``body_timeout_s`` to receive a body (408 after), ``header_timeout_s`` for a request head to arrive
+    whole once a connection opens or the head's first bytes come (else the connection is closed, with a 408
+    when some of the head came; httptools only: h11 has no such timer), ``max_header_kb`` per request head, ``limit_concurrency`` connections+tasks (503 beyond),
     ``timeout_keep_alive`` seconds an idle keep-alive connection is kept. ``switch_interval_us``: the
     interpreter's thread switch interval that :func:`~.runner.serve` sets for its process (0: Python's own,
     5 ms), so an inference thread back from the device gets the GIL from a busy event loop quickly
@@ -86,6 +87,7 @@ class ServerConfig:
     yield_to_queue: bool = True
     reply_margin: bool = True
     body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
     max_header_kb: int = 16
     limit_concurrency: int | None = 512
     timeout_keep_alive: int = 5
@@ -127,7 +129,7 @@ class ServerConfig:
             _positive_int(self, name)
         if self.limit_concurrency is not None:
             _positive_int(self, "limit_concurrency")
-        for name in ("max_body_mb", "body_timeout_s", "graceful_timeout_s", "no_deadline_wait_ms"):
+        for name in ("max_body_mb", "body_timeout_s", "header_timeout_s", "graceful_timeout_s", "no_deadline_wait_ms"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ServerConfigError(f"{name} must be a positive number, got {v!r}")

@@ -34,11 +34,12 @@ The deadline counts from the moment the handler sees the request (the earliest p
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...common.errors import BackendError, InputError, PolicyError
-from .protocol import EXTENSIONS, OUTPUTS, ProtocolError, bytes_tensor, output_arrays, request_from_doc
+from .protocol import EXTENSIONS, OUTPUTS, ProtocolError, TypedContents, bytes_tensor, output_arrays, request_from_doc
 from .scheduler import DeadlineExceeded, Overloaded, ShuttingDown
 
 if TYPE_CHECKING:
@@ -95,7 +96,9 @@ def request_doc(req: Any) -> tuple[dict, bytes]:
             if not t.HasField("contents"):
                 raise ProtocolError(f"input {t.name!r} has neither raw_input_contents nor contents")
             field = _CONTENTS.get(t.datatype)  # another datatype: the validator refuses it, naming what it takes
-            d["data"] = list(getattr(t.contents, field)) if field else []
+            # converted by the validator only once the shape is checked (a huge message of the wrong shape costs
+            # the event loop nothing); UINT8 sent in another field is named, not read as zero values
+            d["data"] = TypedContents(getattr(t.contents, field), f"contents.{field}") if field else []
         inputs.append(d)
     doc: dict[str, Any] = {"id": req.id, "parameters": {k: _param_value(v) for k, v in req.parameters.items()},
                            "inputs": inputs}
@@ -103,6 +106,28 @@ def request_doc(req: Any) -> tuple[dict, bytes]:
         doc["outputs"] = [{"name": o.name, "parameters": {k: _param_value(v) for k, v in o.parameters.items()}}
                           for o in req.outputs]
     return doc, b"".join(raw)
+
+
+class _Undecodable:
+    """A request message protobuf could not parse (what :func:`_lenient` hands the handler instead of failing
+    inside gRPC, which would answer ``UNKNOWN`` and skip the handler, its status and its metrics)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``parse`` (a message's ``FromString``), returning :class:`_Undecodable` for bytes that are not one."""
+    from google.protobuf.message import DecodeError
+
+    def parse_or_note(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return _Undecodable(str(e) or "truncated or garbled")
+    return parse_or_note
 
 
 class _NotFound(InputError):
@@ -151,7 +176,7 @@ class GrpcService:
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
         }
         handlers = {name: grpc.unary_unary_rpc_method_handler(self._counted(name, fn),
-                                                              request_deserializer=req.FromString,
+                                                              request_deserializer=_lenient(req.FromString),
                                                               response_serializer=resp.SerializeToString)
                     for name, (fn, req, resp) in methods.items()}
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
@@ -163,7 +188,13 @@ class GrpcService:
         async def call(request: Any, context: Any) -> Any:
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, _Undecodable):
+                    raise ProtocolError(f"malformed {method} request: the message is not a valid "
+                                        f"inference.{method}Request protobuf ({request.why})")
                 return await fn(request, context)
+            except asyncio.CancelledError:  # the client cancelled or its deadline passed: nobody reads an answer
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as e:  # noqa: BLE001 - every error becomes a status; the server keeps serving
                 code, msg = _status(grpc, e)
                 if code == grpc.StatusCode.INTERNAL:

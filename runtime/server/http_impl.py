@@ -9,7 +9,11 @@ h11 caps an incomplete request head itself (``h11_max_incomplete_event_size``); 
 protocol has no such cap and llhttp would buffer a header line of any length. :func:`capped_httptools`
 returns uvicorn's protocol with one: the bytes received while a request head is incomplete are counted,
 and beyond ``max_head_bytes`` the client gets a 431 with a JSON ``{"error"}`` and the connection is
-closed, so at most ``max_head_bytes`` plus one read are ever buffered for a head. It also sends each
+closed, so at most ``max_head_bytes`` plus one read are ever buffered for a head. Nor has it a timer for a
+connection that sends nothing, or a head that trickles in (uvicorn's keep-alive timer runs only between
+requests): the protocol here closes a connection whose request head is not whole ``head_timeout_s`` after
+the connection opened or after the head's first bytes came (with a 408 ``{"error"}`` when some came), so slow
+clients cannot hold the ``limit_concurrency`` connections for ever. It also sends each
 response's head and body in one write (:class:`_CoalescingTransport`; uvicorn makes two: two syscalls, two
 TCP segments).
 
@@ -57,23 +61,58 @@ def resolve_loop(choice: str) -> str:
     return choice
 
 
-def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = None) -> type:
-    """uvicorn's httptools protocol, refusing a request head longer than ``max_head_bytes`` with a 431 and
-    (``clock`` given) stamping each request's arrival into its scope as its first bytes are parsed."""
+def _refusal(status: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (b"HTTP/1.1 " + status.encode() + b"\r\ncontent-type: application/json\r\ncontent-length: " +
+            str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+
+def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = None,
+                     head_timeout_s: float | None = None) -> type:
+    """uvicorn's httptools protocol, refusing a request head longer than ``max_head_bytes`` with a 431,
+    closing a connection whose head is not whole ``head_timeout_s`` after it opened or the head began (None:
+    no timer), and (``clock`` given) stamping each request's arrival into its scope as its first bytes are
+    parsed."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    body = json.dumps({"error": f"request head (request line and headers) over {max_head_bytes // 1024} KiB; "
-                                "send smaller headers"}).encode()
-    refusal = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-               b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+    refusal = _refusal("431 Request Header Fields Too Large", f"request head (request line and headers) over "
+                       f"{max_head_bytes // 1024} KiB; send smaller headers")
+    too_slow = _refusal("408 Request Timeout", f"the request head did not arrive within {head_timeout_s:g} s")
 
     class CappedHttpToolsProtocol(HttpToolsProtocol):
         _in_head = True  # between requests, arriving bytes start a head
         _head_bytes = 0
+        _head_timer: Any = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self.transport = _CoalescingTransport(transport, self.loop)  # every cycle of this connection writes here
+            self._arm_head_timer()  # a connection that never sends a byte is closed too
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            if head_timeout_s is not None and self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout_s, self._head_too_slow)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            transport: Any = self.transport
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:  # a pipelined head behind an answer in the making
+                self._arm_head_timer()
+                return
+            if self._in_head and not transport.is_closing():
+                if self._head_bytes:
+                    transport.write(too_slow)
+                transport.close()
 
         def data_received(self, data: bytes) -> None:
             transport: Any = self.transport
@@ -81,6 +120,7 @@ def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = No
                 return
             if self._in_head:
                 self._head_bytes += len(data)
+                self._arm_head_timer()  # the head began (or a pipelined one): it must be whole in time
             super().data_received(data)
             if self._in_head and self._head_bytes > max_head_bytes and not transport.is_closing():
                 transport.write(refusal)
@@ -93,6 +133,7 @@ def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = No
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            self._disarm_head_timer()
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

@@ -278,12 +278,30 @@ def _parse_input(t: dict, binary: memoryview, offset: int, io: ModelIO) -> tuple
     return _json_tensor(t["data"], name, datatype, shape, count), datatype, offset
 
 
+class TypedContents:
+    """A gRPC input's typed ``contents`` (a protobuf repeated field, ``where`` names it), in place of a JSON
+    ``data`` list: :func:`_json_tensor` counts it before converting it, once the shape has been checked."""
+
+    __slots__ = ("values", "where")
+
+    def __init__(self, values: Any, where: str) -> None:
+        self.values, self.where = values, where
+
+
 def _json_tensor(data: Any, name: str, datatype: str, shape: list[int], count: int) -> np.ndarray:
+    if isinstance(data, TypedContents):
+        if len(data.values) != count:
+            raise ProtocolError(f"input {name!r}: {data.where} holds {len(data.values)} values but {datatype} "
+                                f"{shape} needs {count} (typed contents: FP32 in fp32_contents, UINT8 in uint_contents; "
+                                f"or send raw_input_contents)")
+        data = list(data.values)
     if not isinstance(data, list):
         raise ProtocolError(f"input {name!r}: \"data\" must be a list (flattened row-major or nested), "
                             f"got {type(data).__name__}")
     try:
         arr = np.array(data)
+        if arr.dtype.kind == "O" and datatype == "FP32" and all(type(v) in (int, float) for v in arr.flat):
+            arr = arr.astype(np.float64)  # integers beyond int64/uint64 are numbers too
     except (ValueError, TypeError, OverflowError) as e:
         raise ProtocolError(f"input {name!r}: \"data\" is not a regular array of numbers ({e})") from None
     kinds = "iuf" if datatype == "FP32" else "iu"

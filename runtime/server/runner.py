@@ -9,8 +9,10 @@ uvicorn settings and why (all from :class:`~sdedge.runtime.server.config.ServerC
   ``max_header_kb`` (h11's ``h11_max_incomplete_event_size``; for httptools a 431 from
   :func:`~.http_impl.capped_httptools`), so a client cannot make the server buffer endless headers.
 * ``timeout_keep_alive``: an idle keep-alive connection is closed after that many seconds.
-  uvicorn has no timer for a request head that trickles in; ``limit_concurrency`` (connections and
-  tasks, 503 beyond) bounds how many such connections can be held, and the app itself gives a request
+  uvicorn has no timer for a connection that sends nothing or a request head that trickles in; with
+  httptools :func:`~.http_impl.capped_httptools` adds one (``header_timeout_s``: the whole head must come
+  within it of the connection opening or of the head's first bytes); ``limit_concurrency`` (connections and
+  tasks, 503 beyond) bounds how many connections can be held meanwhile, and the app itself gives a request
   body ``body_timeout_s`` to arrive (408 after). Exposed beyond a trusted network, put the server
   behind a proxy with header timeouts (Envoy/Istio in KServe, nginx), as with any Python ASGI server.
 * Graceful shutdown: on SIGTERM/SIGINT uvicorn stops accepting connections, closes idle ones, and
@@ -61,7 +63,8 @@ def uvicorn_config(app: Any, config: ServerConfig) -> Any:
     http: Any = resolve_http(config.http)
     if http == "httptools":
         state = getattr(getattr(app, "state", None), "sdedge", None)  # an app build_app made: its pool's clock
-        http = capped_httptools(config.max_header_kb * 1024, getattr(getattr(state, "pool", None), "clock", None))
+        http = capped_httptools(config.max_header_kb * 1024, getattr(getattr(state, "pool", None), "clock", None),
+                                config.header_timeout_s)
     return uvicorn.Config(
         app, host=config.host, port=config.port, http=http, loop=resolve_loop(config.loop), lifespan="on",
         timeout_keep_alive=config.timeout_keep_alive,

@@ -98,6 +98,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="most requests waiting for an inference worker (more: 503 with Retry-After; default 256)")
     c.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds a client has to send its request body (slower: 408; default 30)")
+    c.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a new connection, or a request head once begun, has to send the whole head "
+                        "(slower: closed, with a 408 when part of the head came; default 10)")
     c.add_argument("--limit-concurrency", type=int, default=512,
                    help="most open connections + tasks (more: 503); bounds what slow clients can hold (default 512)")
     c.add_argument("--timeout-keep-alive", type=int, default=5,
@@ -164,7 +167,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         model_name=args.model_name, model_version=args.model_version,
         budget_ms=args.budget_ms, threshold=_threshold(args.threshold), criterion=args.criterion,
         session=session, workers=args.workers, max_body_mb=args.max_body_mb, max_queue=args.max_queue,
-        body_timeout_s=args.body_timeout, limit_concurrency=args.limit_concurrency,
+        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout, limit_concurrency=args.limit_concurrency,
         timeout_keep_alive=args.timeout_keep_alive, graceful_timeout_s=args.graceful_timeout,
         log_level=args.log_level, access_log=args.access_log, http=args.http, loop=args.loop)
 

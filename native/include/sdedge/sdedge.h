@@ -80,15 +80,15 @@ typedef struct {
   const char *backend;             /**< "auto" | "onnxruntime" (NULL = "auto") */
   const char *providers;           /**< comma list of ORT execution providers, NULL = CPU */
   int32_t intra_op_threads;        /**< 0 = the backend's default */
-  int32_t max_batch;               /**< default 64 */
+  int32_t max_batch;               /**< 1..4096, default 64 (the warm-up runs this many rows at once) */
   int32_t warmup;                  /**< warm-up calls at load, default 3 */
   const char *onnxruntime_library; /**< NULL: $SDEDGE_ORT_LIBRARY, else the loader's libonnxruntime.so.1 */
   /* appended in ABI version 2 */
   const char *answer;              /**< "last" | "ensemble" (mean of the exits' softmax so far); NULL = "last" */
   const char *criterion;           /**< the default confidence criterion of calls that name none; NULL = max_prob */
   int32_t verify;                  /**< 1 (default): check every file's sha256 at open; 0: skip */
-  int32_t latency_window;          /**< online latency samples per (section, rows) cell; 0 = 256 */
-  double latency_quantile;         /**< the tail quantile of the online estimate, in (0, 1]; 0 = 0.99 */
+  int32_t latency_window;          /**< online latency samples per (section, rows) cell, >= 8; 0 = 256 */
+  double latency_quantile;         /**< the tail quantile of the online estimate, in [0.5, 1]; 0 = 0.99 */
   /* appended in ABI version 4 */
   int32_t full_graph;              /**< 1 (default): load the bundle's full.onnx when it has one; a call with no
                                         policy (no threshold, no budget or deadline, answer "last") and NULL
@@ -124,7 +124,8 @@ typedef struct {
                                         row_thresholds / row_deadlines_ns, with their indices: their entries in
                                         results (latency_ms and deadline_met as of that moment), probabilities and
                                         exit_confidences are final, so a server can answer them before the rest
-                                        of the batch goes on. It must not call back into this session */
+                                        of the batch goes on. It must not call back into this session: such a
+                                        call fails with SDEDGE_E_ARGUMENT (the session is busy with this call) */
   void *on_rows_user;              /**< passed to on_rows as `user` */
 } sdedge_infer_options;
 
@@ -198,7 +199,7 @@ SDEDGE_API sdedge_status sdedge_session_infer_all_exits(sdedge_session *s, const
 
 /**
  * Describe a session as one JSON object, written NUL-terminated into `buf` (`capacity` bytes):
- * {"abi_version", "backend", "device_name", "onnxruntime_version", "num_exits", "num_classes",
+ * {"abi_version", "backend", "device_name", "onnxruntime_version" (e.g. "1.32.0"), "num_exits", "num_classes",
  *  "input_chw": [C, H, W], "classes": [...], "max_batch", "answer", "criterion", "has_profile",
  *  "has_calibration", "bundle_dir"}. `*needed` (may be NULL) receives the bytes the text needs, NUL
  * included; `buf` may be NULL with `capacity` 0 to ask for the size. A `capacity` too small writes nothing
