@@ -391,14 +391,18 @@ def overload_summary(plan: list[tuple[float, int, str, float]], out: list[tuple]
     for cls in ("tight", "loose", "all"):
         rows = [(p, o) for p, o in zip(plan, out) if cls == "all" or p[2] == cls]
         n = len(rows)
+        if n == 0:  # a plan without this class (one budget for all)
+            continue
         ok, late, s504, s503, other, right, exits = 0, 0, 0, 0, 0, 0, []
         late_info: list[tuple[float, ...]] = []  # overrun ms, queue ms, budget ms, exit, batch rows
         rows_ok: list[int] = []  # batch rows of the answers that met their deadline
+        rows_all: list[int] = []  # batch rows of every answer
         e2e = 0  # answered with deadline_met and read by the client within the budget of its scheduled arrival
         for (_, i, _, budget), (status, _, body, from_sched) in rows:
             if status == 200:
                 d = json.loads(body)
                 prm = d["parameters"]
+                rows_all.append(prm.get("batch_rows", 0))
                 met = prm.get("deadline_met")
                 ok += met is True
                 late += met is not True
@@ -423,7 +427,8 @@ def overload_summary(plan: list[tuple[float, int, str, float]], out: list[tuple]
                     "expired_504_share": round(s504 / n, 4), "queue_full_503_share": round(s503 / n, 4),
                     "other_failure_share": round(other / n, 4),
                     "accuracy_of_answered": round(right / answered, 4) if answered else None,
-                    "mean_exit_of_answered": round(float(np.mean(exits)), 3) if exits else None}
+                    "mean_exit_of_answered": round(float(np.mean(exits)), 3) if exits else None,
+                    "mean_batch_rows_of_answered": round(float(np.mean(rows_all)), 3) if rows_all else None}
         if late_info:
             li = np.array(late_info)
             per[cls]["late_answers"] = {
