@@ -891,3 +891,69 @@ def test_sigterm_lets_the_request_in_flight_finish(tiny_bundle, load_fault):
         if proc.poll() is None:
             proc.kill()
         srv.stop()
+
+
+def _post_in_thread(srv, session, out: list) -> threading.Thread:
+    def go():
+        out.append(post_json(srv, {"inputs": [tensor(session)]}))
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def test_shutdown_turns_grpc_unready_while_http_drains(session):
+    """Once shutdown begins, both transports say not ready and gRPC takes no new calls at once, while the HTTP
+    request in flight is still answered (uvicorn drains HTTP before the app's own shutdown runs)."""
+    grpc_client = pytest.importorskip("tritonclient.grpc")
+    proxy = Proxy(session)
+    srv = start(proxy, grpc_port=0, session=SessionOptions(max_batch=4), graceful_timeout_s=30)
+    events = PoolEvents(srv.state.pool)
+    g = grpc_client.InferenceServerClient(srv.grpc_address)
+    out: list = []
+    try:
+        assert g.is_server_ready()
+        proxy.hold()
+        t = _post_in_thread(srv, session, out)
+        events.wait("started", 1)  # the HTTP request is in the worker's hands
+        srv._server.should_exit = True  # what SIGTERM does
+        end = time.monotonic() + 30
+        while True:  # not ready (or refusing) within moments, while the HTTP request is still held
+            try:
+                if not g.is_server_ready():
+                    break
+            except Exception:  # noqa: BLE001 - UNAVAILABLE: the endpoint no longer takes calls
+                break
+            assert time.monotonic() < end, "gRPC still said ready 30 s after shutdown began"
+            time.sleep(0.05)
+        assert t.is_alive() and not out  # the HTTP request is still in flight
+        x = np.zeros((1, *session.input_shape), np.float32)
+        inp = grpc_client.InferInput(srv.state.io.input_name, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        with pytest.raises(Exception):  # noqa: B017 - a new gRPC inference is refused, not queued
+            g.infer(srv.state.model_name, [inp], client_timeout=10)
+    finally:
+        proxy.release()
+        g.close()
+    t.join(60)
+    assert out and out[0][0] == 200  # the request in flight was answered
+    srv.stop()
+
+
+def test_a_request_cut_by_the_graceful_timeout_gets_a_json_503(session):
+    """A request still running when the graceful shutdown timeout ends is cancelled by uvicorn: it gets the
+    server's 503 ``{"error"}`` (not uvicorn's plain-text 500 and a logged traceback)."""
+    proxy = Proxy(session)
+    srv = start(proxy, session=SessionOptions(max_batch=4), graceful_timeout_s=1)
+    events = PoolEvents(srv.state.pool)
+    out: list = []
+    proxy.hold()
+    t = _post_in_thread(srv, session, out)
+    events.wait("started", 1)
+    stopper = threading.Thread(target=srv.stop, daemon=True)
+    stopper.start()
+    t.join(60)
+    proxy.release()  # the worker may finish now; the lifespan's end waits for it
+    stopper.join(60)
+    assert out, "no answer"
+    status, headers, body = out[0]
+    assert status == 503 and headers["content-type"] == "application/json" and "shutting down" in error_of(body)

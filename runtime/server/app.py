@@ -267,6 +267,8 @@ class InferenceServer:
         self.grpc: Any = None  # the GrpcService while it runs (config.grpc_port set)
         self.grpc_port: int | None = None  # its bound port
         self.on_grpc_listening: Callable[[str, int], None] | None = None  # called with (host, port) once it listens
+        self.stopping = False  # shutdown has begun (begin_shutdown): not ready, gRPC takes no new calls
+        self._grpc_stop: Any = None  # the task stopping gRPC, from begin_shutdown
         self.reply_lag = ReplyLag()  # answers' way back from the workers: the reply margin (config.reply_margin)
         self.app: Any = self._build_app()
 
@@ -341,9 +343,20 @@ class InferenceServer:
         try:
             yield
         finally:
-            if self.grpc is not None:
-                await self.grpc.stop(cfg.graceful_timeout_s)
+            await self.begin_shutdown()  # when the ASGI server did not say so first
+            if self._grpc_stop is not None:
+                await self._grpc_stop
             await asyncio.to_thread(self.state.close, cfg.graceful_timeout_s)
+
+    async def begin_shutdown(self) -> None:
+        """Shutdown begins (the runner calls this before uvicorn drains HTTP; the lifespan's end otherwise):
+        readiness turns false on both transports at once and gRPC takes no new calls (those in flight get the
+        graceful timeout), while HTTP requests in flight are being answered. Idempotent."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.grpc is not None:
+            self._grpc_stop = asyncio.ensure_future(self.grpc.stop(self.config.graceful_timeout_s))
 
     # -- metadata and health -------------------------------------------------------------------------------
     def unknown_model(self, name: str, version: str | None) -> str | None:
@@ -371,7 +384,7 @@ class InferenceServer:
         return _ok({"live": live}, 200 if live else 503)
 
     def is_ready(self) -> bool:
-        return self.state.ready and self.state.pool.healthy()
+        return self.state.ready and not self.stopping and self.state.pool.healthy()
 
     async def get_ready(self, request: "Request") -> "Response":
         _mark(request, "health")
@@ -621,12 +634,12 @@ class _ArrivalAndStatus:
             return
         if ARRIVAL_KEY not in scope:  # the HTTP protocol stamps it as the request's first bytes are parsed (httptools)
             scope[ARRIVAL_KEY] = self.clock()
-        status = 500
+        status, started = 500, False
 
         async def send_and_note(message: dict) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
@@ -636,7 +649,20 @@ class _ArrivalAndStatus:
             else:
                 answer, params = fast
                 status, body, headers = await answer(scope, receive, params)
+                started = True
                 await _send_answer(send, status, body, headers)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its graceful shutdown timeout ends: answer 503 in
+            # the server's own form (uvicorn would log an application error and send a plain-text 500), and end
+            if started:
+                raise
+            status, body, headers = _error_answer(503, "the server is shutting down and could not answer this "
+                                                       "request within its graceful shutdown timeout; retry",
+                                                  {"connection": "close"})
+            try:
+                await _send_answer(send, status, body, headers)
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                pass
         finally:
             self.metrics.count_request(scope.get(_ENDPOINT, "other"), status)
 

@@ -73,6 +73,23 @@ def uvicorn_config(app: Any, config: ServerConfig) -> Any:
         server_header=False, access_log=config.access_log, log_level=config.log_level, proxy_headers=False)
 
 
+def uvicorn_server(app: Any, config: ServerConfig) -> Any:
+    """A ``uvicorn.Server`` for ``app`` (:func:`uvicorn_config`) that tells the app when shutdown begins,
+    before uvicorn drains HTTP for up to the graceful timeout: the app's ``state.server.begin_shutdown()``
+    (:class:`~.app.InferenceServer`) turns readiness false and stops gRPC taking new calls at once; uvicorn
+    itself calls the app's lifespan shutdown only after the drain."""
+    uvicorn = _require_uvicorn()
+
+    class _Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            begin = getattr(getattr(getattr(app, "state", None), "server", None), "begin_shutdown", None)
+            if begin is not None:
+                await begin()
+            await super().shutdown(sockets=sockets)
+
+    return _Server(uvicorn_config(app, config))
+
+
 _LISTENING = "sdedge serve: listening on http://"
 _LISTENING_RE = re.compile(re.escape(_LISTENING) + r"(\[[^\]]+\]|[^\s/:]+):(\d+)")
 
@@ -133,12 +150,12 @@ def serve(target: Any, config: ServerConfig | None = None,
     """
     if config is None:
         config = target.config if isinstance(target, ServerState) else ServerConfig()
-    uvicorn = _require_uvicorn()
+    _require_uvicorn()  # a clear error before seconds of loading sessions
     app = build_app(target, config)
     if config.switch_interval_us:
         sys.setswitchinterval(config.switch_interval_us * 1e-6)
     app.state.server.on_grpc_listening = on_grpc_listening
-    server = uvicorn.Server(uvicorn_config(app, config))
+    server = uvicorn_server(app, config)
     if config.grpc_port:  # a fixed gRPC port in use: the same clear error as for HTTP, before anything starts
         try:
             bind_socket(config.host, config.grpc_port).close()
@@ -197,11 +214,10 @@ class BackgroundServer:
         return None if self.grpc_port is None else f"{self.config.host}:{self.grpc_port}"
 
     def start(self, timeout: float = 30.0) -> "BackgroundServer":
-        uvicorn = _require_uvicorn()
         sock = bind_socket(self.config.host, self.config.port)
         self.port = sock.getsockname()[1]
         self._sock = sock
-        self._server = uvicorn.Server(uvicorn_config(self.app, self.config))
+        self._server = uvicorn_server(self.app, self.config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="sdedge-uvicorn",
                                         daemon=True)
         self._thread.start()
