@@ -54,7 +54,7 @@ from sdedge.runtime.preprocess import Preprocessor
 from sdedge.runtime.profile import profile_relpath
 
 from .curves import CurveSet, accuracy_at_fractions, offline_curves
-from .datasets import LabelledImages, load_calibration_split
+from .datasets import LabelledImages, check_labels_in_range, load_calibration_split
 from .metrics import ece, nll
 from .profile import ProfileConfig, default_batch_sizes, measure_profile
 from .temperature import DEFAULT_BOUNDS, TemperatureFit, fit_temperatures
@@ -222,9 +222,7 @@ def calibrate_bundle(bundle: str | os.PathLike, images: Any = None, labels: Any 
         warnings.append("no dataset named or found: the latency profile was measured on random pixels "
                         "(a CNN's latency does not depend on what its pixels show)")
     n_all = int(lab.labels.shape[0])
-    if lab.labels.size and (lab.labels.min() < 0 or lab.labels.max() >= b.manifest.num_classes):
-        raise DataError(f"calibration labels must lie in 0..{b.manifest.num_classes - 1}, "
-                        f"found {int(lab.labels.min())}..{int(lab.labels.max())}")
+    check_labels_in_range(lab, b.manifest.num_classes, "calibration labels")
     if cfg.max_samples and n_all > cfg.max_samples:
         keep = np.sort(np.random.default_rng(cfg.seed).permutation(n_all)[: cfg.max_samples])
         lab = LabelledImages(lab.images[keep], lab.labels[keep], lab.source + f" (seeded subsample of {cfg.max_samples})",

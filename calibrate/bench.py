@@ -32,7 +32,7 @@ from sdedge.runtime.options import SessionOptions
 from sdedge.runtime.preprocess import Preprocessor
 
 from .curves import CurveSet, accuracy_at_fractions, format_fraction_table, live_points, offline_curves
-from .datasets import LabelledImages, load_calibration_split
+from .datasets import LabelledImages, check_labels_in_range, load_calibration_split
 from .thresholds import ReplayTable, exit_costs_from_profile
 
 
@@ -69,8 +69,11 @@ class BenchConfig:
             raise PolicyError(f"runs and calls must be >= 10, got runs={self.runs}, calls={self.calls}")
         if self.burn < 0:
             raise PolicyError(f"burn must be >= 0 neighbour processes, got {self.burn}")
-        if self.budgets_ms is not None and any(not b > 0 for b in self.budgets_ms):
-            raise PolicyError(f"budgets must be positive milliseconds, got {list(self.budgets_ms)}")
+        if self.warmup < 0 or self.curve_samples < 1:
+            raise PolicyError(f"warmup must be >= 0 and curve_samples >= 1, got warmup={self.warmup}, "
+                              f"curve_samples={self.curve_samples}")
+        if self.budgets_ms is not None and any(not 0 < b < float("inf") for b in self.budgets_ms):
+            raise PolicyError(f"budgets must be positive finite milliseconds, got {list(self.budgets_ms)}")
 
 
 @dataclass
@@ -138,6 +141,8 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig | None = None, imag
         labelled = LabelledImages(np.asarray(images), np.asarray(labels, np.int64), "arrays given by the caller", "given")
     elif cfg.plot:
         labelled = load_calibration_split(b.manifest, cfg.data, cfg.split)
+    if labelled is not None:
+        check_labels_in_range(labelled, b.manifest.num_classes, "bench labels")
     with AnytimeSession(b, cfg.session) as session:
         inputs = _inputs(session, labelled, cfg.num_inputs)
         latency: dict[str, Any] | None

@@ -37,6 +37,12 @@ class LabelledImages:
     split: str
 
 
+def check_labels_in_range(lab: LabelledImages, num_classes: int, what: str = "labels") -> None:
+    """:class:`DataError` unless every label is a class index of the bundle, ``0..num_classes-1``."""
+    if lab.labels.size and (lab.labels.min() < 0 or lab.labels.max() >= num_classes):
+        raise DataError(f"{what} must lie in 0..{num_classes - 1}, found {int(lab.labels.min())}..{int(lab.labels.max())}")
+
+
 def dataset_spec(manifest: Any) -> DataSpec:
     """The :class:`DataSpec` of the data the bundle was trained on (a manifest object or its raw dict)."""
     model = manifest.raw.get("model", {}) if hasattr(manifest, "raw") else dict(manifest.get("model", {}))

@@ -202,8 +202,14 @@ def _load(cfg: ExportConfig, say: Callable[[str], None]) -> _Source:
     except DataError as e:
         raise ExportError(f"checkpoint {cfg.checkpoint}: its data record is not usable: {e}") from None
     mcfg, dmeta = meta.get("model") or {}, meta.get("data") or {}
-    c_in = int(mcfg.get("in_channels") or dmeta.get("in_channels"))
-    h, w = (int(v) for v in (mcfg.get("image_size") or dmeta.get("image_size")))
+    try:
+        c_in = int(mcfg.get("in_channels") or dmeta.get("in_channels"))
+        h, w = (int(v) for v in (mcfg.get("image_size") or dmeta.get("image_size")))
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"checkpoint {cfg.checkpoint}: no usable input geometry (in_channels, image_size): {e}") from None
+    if min(c_in, h, w) < 1:
+        raise ExportError(f"checkpoint {cfg.checkpoint}: input geometry must be positive, got in_channels {c_in}, "
+                          f"image_size {[h, w]}")
     data = None
     if cfg.int8 or (cfg.parity and cfg.samples is None):
         try:

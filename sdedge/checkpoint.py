@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,13 +102,24 @@ def save_checkpoint(path: str | os.PathLike, meta: dict, state_dict: dict[str, t
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} was refused: it carries pickled objects other than tensors and plain "
-                              f"data (possibly code); sdedge loads checkpoints with weights_only=True ({e})") from None
+        # torch's message is several lines, among them advice to load with weights_only=False: never do that.
+        # A global it refused to import means the file asks for code; anything else is a corrupt file.
+        text = str(e)
+        found = re.search(r"(unsupported GLOBAL [^\n]*|Unsupported global: [^\n]*)", text, re.IGNORECASE)
+        if found:
+            raise CheckpointError(f"{path} was refused: it carries pickled objects other than tensors and plain data "
+                                  f"(possibly code), which sdedge never loads (read with weights_only=True: nothing in "
+                                  f"it was run): {found.group(1).strip()}") from None
+        why = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt: "
+                              f"{why.group(1).strip() if why else 'not a pickle of tensors and plain data'})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated: {e})") from None
     except Exception as e:  # noqa: BLE001 - a damaged archive surfaces as KeyError, IndexError, UnicodeError, ...
@@ -150,11 +162,15 @@ def model_from_checkpoint(ckpt: Checkpoint | str | os.PathLike):
     try:
         cfg = ModelConfig.from_json(ckpt.meta["model"])
         model = build_model(cfg, ckpt.state_dict)
-    except (TypeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint model config is invalid: {e}") from None
+    except (TypeError, KeyError, ValueError, RuntimeError) as e:  # RuntimeError: torch refusing the sizes
+        raise CheckpointError(f"checkpoint model config is invalid: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    for name, t in ckpt.state_dict.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"checkpoint weights hold NaN or Inf (tensor {name!r}): the training diverged or "
+                                  f"the file was edited; use an earlier checkpoint")
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit its model config: {str(e)[:500]}") from None
+        raise CheckpointError(f"checkpoint weights do not fit its model config: {' '.join(str(e).split())[:500]}") from None
     model.eval()
     return model

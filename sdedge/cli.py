@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except SdedgeError as e:
         print(f"sdedge {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that cannot be read or written (read-only, a file where a folder goes, ...)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"sdedge {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"sdedge {args.command}: interrupted", file=sys.stderr)
         return 130

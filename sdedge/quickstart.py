@@ -100,9 +100,17 @@ def quickstart(cfg: QuickstartConfig | None = None) -> QuickstartResult:
     if cfg.backbone:
         preset["backbone"] = cfg.backbone
         preset["backbone_kwargs"] = {}
-    if cfg.width:
+    for key in ("width", "epochs", "images", "threads"):  # 0 is a value, not "unset": refused, not ignored
+        v = getattr(cfg, key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise DataError(f"quickstart {key} must be a positive integer, got {v!r}")
+    if cfg.budget_ms is not None:
+        from .runtime.policies import check_budget_ms
+
+        check_budget_ms(cfg.budget_ms)  # before minutes of training, not after
+    if cfg.width is not None:
         preset["backbone_kwargs"] = {"width": cfg.width}
-    if cfg.epochs:
+    if cfg.epochs is not None:
         preset["epochs"] = cfg.epochs
     log = reporter(cfg.progress, "#")
     out = Path(cfg.output).resolve()

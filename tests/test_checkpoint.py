@@ -148,3 +148,41 @@ def test_failed_save_leaves_the_old_file_intact(saved) -> None:
     with pytest.raises(ValueError, match="not JSON compliant"):
         save_checkpoint(path, dict(meta, accuracy={"val": float("nan")}), model.state_dict())
     assert path.read_bytes() == before and list(path.parent.iterdir()) == [path]
+
+
+def test_nan_weights_and_impossible_sizes_are_refused_as_checkpoint_errors(tmp_path: Path) -> None:
+    """A digest anyone can recompute proves no sanity: NaN weights and a negative width are refused with a
+    CheckpointError (one line), not exported or left to a torch RuntimeError."""
+    cfg, model, meta = _model_and_meta()
+    sd = model.state_dict()
+    bad = dict(sd)
+    name = next(k for k, v in sd.items() if v.is_floating_point())
+    bad[name] = sd[name].clone().fill_(float("nan"))
+    path = save_checkpoint(tmp_path / "nan.pt", meta, bad)
+    with pytest.raises(CheckpointError, match=rf"weights hold NaN or Inf \(tensor '{name}'\)"):
+        model_from_checkpoint(path)
+    neg = json.loads(json.dumps(meta))
+    neg["model"]["backbone_kwargs"] = {"width": -4}
+    path = save_checkpoint(tmp_path / "neg.pt", neg, sd)
+    with pytest.raises(CheckpointError, match="checkpoint model config is invalid") as e:
+        model_from_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_refusal_messages_are_one_line_and_never_suggest_weights_only_false(tmp_path: Path) -> None:
+    import os
+
+    class _Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"format": FORMAT, "x": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"carries pickled objects .*unsupported GLOBAL") as e:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "\n" not in str(e.value) and "weights_only set to False" not in str(e.value).replace("`", "")
+    (tmp_path / "rand.pt").write_bytes(bytes(range(256)) * 8)  # garbage: corrupt, not "code"
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint") as e:
+        load_checkpoint(tmp_path / "rand.pt")
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match=r"is a folder; give the checkpoint file"):
+        load_checkpoint(tmp_path)

@@ -8,7 +8,8 @@ import argparse
 import sys
 from typing import Any
 
-from .argtypes import positive_list, add_precision_argument
+from .argtypes import (add_precision_argument, burn_count, check_report_path, non_negative_int, positive_int, positive_list,
+                       thread_count)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -22,20 +23,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
     add_precision_argument(p)
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    p.add_argument("--runs", type=int, default=500, help="timed calls per contender (default 500)")
-    p.add_argument("--warmup", type=int, default=50, help="untimed warm-up calls (default 50)")
-    p.add_argument("--calls", type=int, default=2000, help="infer calls per budget for deadline compliance")
+    p.add_argument("--threads", type=thread_count, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--runs", type=positive_int, default=500, help="timed calls per contender (default 500)")
+    p.add_argument("--warmup", type=non_negative_int, default=50, help="untimed warm-up calls (default 50)")
+    p.add_argument("--calls", type=positive_int, default=2000, help="infer calls per budget for deadline compliance")
     p.add_argument("--budgets", type=positive_list(float, "numbers of milliseconds"), default=None, metavar="MS,MS,...",
                    help="budgets in ms (default: exit-1 p99 and 50/75/100/125 %% of the full infer p50)")
-    p.add_argument("--burn", type=int, default=0, metavar="N",
-                   help="also measure compliance beside N CPU-burning neighbour processes")
+    p.add_argument("--burn", type=burn_count, default=0, metavar="N",
+                   help="also measure compliance beside N CPU-burning neighbour processes (at most 4 per CPU)")
     p.add_argument("--plot", default=None, metavar="OUT.png",
                    help="anytime curves measured live on labelled data (+ .csv/.json beside it)")
     p.add_argument("--data", default=None, metavar="DIR", help="dataset folder for --plot (default: the usual place)")
     p.add_argument("--images", default=None, metavar="X.npy", help="labelled images for --plot instead of the dataset")
     p.add_argument("--labels", default=None, metavar="Y.npy")
-    p.add_argument("--curve-samples", type=int, default=500, help="labelled images per live curve point")
+    p.add_argument("--curve-samples", type=positive_int, default=500, help="labelled images per live curve point")
     p.add_argument("--json", default="bench.json", metavar="OUT.json", help="where to save the results (default bench.json)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from ..calibrate.bench import BenchConfig, run_bench
     from ..calibrate.datasets import optional_arrays
 
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        check_report_path(path, args.bundle, option)
     images, labels = optional_arrays(args.images, args.labels)
     defaults = BenchConfig()
     session = defaults.session.replace(backend=args.backend, precision=args.precision, intra_op_threads=args.threads)

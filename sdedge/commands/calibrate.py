@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from .argtypes import positive_list, add_precision_argument
+from .argtypes import add_precision_argument, check_report_path, positive_list
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from ..calibrate.datasets import optional_arrays
     from ..runtime.options import SessionOptions
 
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        check_report_path(path, args.bundle, option)
     images, labels = optional_arrays(args.images, args.labels)
     threads = tuple(args.threads) if args.threads else (None,)
     session = SessionOptions(backend=args.backend, precision=args.precision, intra_op_threads=threads[0],

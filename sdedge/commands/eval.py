@@ -9,6 +9,8 @@ import argparse
 import json
 from typing import Any
 
+from .argtypes import positive_int
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="per-exit and ensemble accuracy of a checkpoint on a split",
@@ -19,7 +21,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="DIR",
                    help="dataset folder (default: $SDEDGE_DATA, then the dataset's usual place)")
     p.add_argument("--download", action="store_true", help="CIFAR only: download the dataset if missing")
-    p.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default 512)")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="evaluation batch size (default 512)")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p

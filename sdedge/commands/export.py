@@ -8,6 +8,8 @@ import argparse
 import sys
 from typing import Any
 
+from .argtypes import thread_count
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -54,7 +56,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "policy needs that exit: a deadline-only call runs one head, a call testing every exit pays for separate "
                         "graphs; both engines, --int8/--fp16 and build-engines handle trunks and heads apart)")
     p.add_argument("--name", default=None, help="model name in the manifest (default <backbone>-<dataset>-<method>)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N",
                    help="ONNX Runtime threads for the checks (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final tables")
     return p

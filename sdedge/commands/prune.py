@@ -41,10 +41,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CKPT", help="trained checkpoint (the unpruned network, also the teacher)")
     g = p.add_argument_group("pruning")
-    g.add_argument("--target-macs", type=fraction, default=0.5, metavar="F",
-                   help="fraction of the deepest exit's MACs to keep (default 0.5)")
-    g.add_argument("--section-macs", type=fractions, default=None, metavar="F1,F2,...",
-                   help="instead, a fraction per section (e.g. 1,0.5,0.5,0.5 keeps exit 1's section whole)")
+    target = g.add_mutually_exclusive_group()
+    target.add_argument("--target-macs", type=fraction, default=0.5, metavar="F",
+                        help="fraction of the deepest exit's MACs to keep (default 0.5)")
+    target.add_argument("--section-macs", type=fractions, default=None, metavar="F1,F2,...",
+                        help="instead, a fraction per section (e.g. 1,0.5,0.5,0.5 keeps exit 1's section whole)")
     g.add_argument("--importance", choices=["magnitude", "bn", "taylor"], default="magnitude",
                    help="channel importance: L2 weight magnitude (default), BatchNorm scale, or first-order Taylor")
     g.add_argument("--steps", type=positive_int, default=1,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .argtypes import positive_int, positive_ms, thread_count
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -20,15 +22,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="digits (built in, default) or a real dataset (needs --data or SDEDGE_DATA)")
     p.add_argument("--data", default=None, metavar="DIR", help="dataset folder for real datasets")
     p.add_argument("--backbone", default=None, help="backbone (default: the dataset's CPU preset, `tiny`)")
-    p.add_argument("--width", type=int, default=None, help="backbone width (tiny)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30 digits, 3 fashion-mnist, 5 cifar)")
+    p.add_argument("--width", type=positive_int, default=None, help="backbone width (tiny)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: 30 digits, 3 fashion-mnist, 5 cifar)")
     p.add_argument("--method", default="byot", help="training method (default byot)")
     p.add_argument("--short", action="store_true", help="a seconds-long smoke setting (tests): tiny model, 2 epochs")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all for training, 1 for inference)")
+    p.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: all for training, 1 for inference)")
     p.add_argument("--device", default="cpu", help="training device: cpu (default), cuda or auto")
-    p.add_argument("--budget-ms", type=float, default=None,
+    p.add_argument("--budget-ms", type=positive_ms, default=None,
                    help="per-image budget for the demo answers (default: halfway between exit 1 and the full network, measured)")
-    p.add_argument("--images", type=int, default=5, help="test images to answer (default 5)")
+    p.add_argument("--images", type=positive_int, default=5, help="test images to answer (default 5)")
     p.add_argument("--no-plot", action="store_true", help="skip anytime.png")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     return p

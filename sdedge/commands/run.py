@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .argtypes import add_precision_argument
+from .argtypes import add_precision_argument, thread_count
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
                    help="inference backend (default auto: TensorRT engines if built, else onnxruntime)")
     add_precision_argument(p)
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all CPUs)")
+    p.add_argument("--threads", type=thread_count, default=None, help="onnxruntime intra-op threads (default: all CPUs)")
     p.add_argument("--answer", choices=["last", "ensemble"], default="last",
                    help="answer with the last exit run, or the mean of the exits run so far")
     p.add_argument("--top", type=int, default=1, help="also print the top-N classes per image")
@@ -49,12 +49,19 @@ def _threshold(text: str | None) -> Any:
         raise PolicyError(f"--threshold must be a number in [0, 1] or 'calibrated', got {text!r}") from None
 
 
+# Pillow's grey modes wider than 8 bits and their full scale: 16-bit PNGs load as I;16 (or I, 32-bit, still 16-bit
+# data); convert("L") would clip them at 255 instead of scaling them
+_WIDE_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
+
+
 def load_image(path: Path, shape: tuple[int, int, int], channel_order: str) -> tuple[Any, str]:
     """An image file as an array ``infer`` accepts, and a note on what was done to it."""
     import numpy as np
 
     from ..common.errors import InputError
 
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise InputError(f"image file {path} does not exist")
     if path.suffix.lower() == ".npy":
@@ -72,6 +79,10 @@ def load_image(path: Path, shape: tuple[int, int, int], channel_order: str) -> t
             im.load()
             notes = []
             mode = "L" if c == 1 else "RGB"
+            if im.mode in _WIDE_GREY:  # 16/32-bit grey: scaled to 8 bits (Pillow's convert would clip at 255)
+                notes.append(f"{im.mode}->8 bit")
+                wide = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray(np.clip(np.rint(wide / _WIDE_GREY[im.mode] * 255), 0, 255).astype(np.uint8))
             if im.mode != mode:
                 notes.append(f"{im.mode}->{mode}")
                 im = im.convert(mode)
@@ -79,6 +90,8 @@ def load_image(path: Path, shape: tuple[int, int, int], channel_order: str) -> t
                 notes.append(f"resized {im.size[0]}x{im.size[1]}->{w}x{h}")
                 im = im.resize((w, h), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{path} is too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path} is not a readable image ({e})") from None
     if c == 3 and channel_order == "BGR":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .argtypes import add_precision_argument
+from .argtypes import add_precision_argument, thread_count
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, default=1,
                    help="sessions, each with its own inference thread, sharing one request queue; more than 1 pays "
                         "off only where one inference cannot use every core (default 1)")
-    c.add_argument("--threads", type=int, default=None,
+    c.add_argument("--threads", type=thread_count, default=None,
                    help="onnxruntime intra-op threads per session (default: the CPUs split between the sessions)")
     c.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
                    help="inference backend (default auto: TensorRT engines if built, else onnxruntime)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+from .argtypes import non_negative_int, positive_int, thread_count
 
 METHOD_HELP = """methods (loss terms; weights are the flags below):
   plain       CE on the deepest exit only (baseline); --train-heads-after N then trains the
@@ -62,7 +63,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet18",
                    help="backbone name (resnet18/34/50/101/152, tiny, ...; see sdedge.models.list_backbones())")
-    g.add_argument("--width", type=int, default=None, help="backbone base width (resnet: 64 in the paper)")
+    g.add_argument("--width", type=positive_int, default=None, help="backbone base width (resnet: 64 in the paper)")
     g.add_argument("--backbone-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="extra backbone keyword (JSON value), repeatable")
     g.add_argument("--head", default="bottleneck", help="exit head kind: bottleneck (default; ResNet bottleneck blocks to the "
@@ -157,11 +158,11 @@ def add_trainer_arguments(p: argparse.ArgumentParser, epochs: int = 200, lr: flo
                    help="evaluate, select and save an exponential moving average of the weights with this "
                         "decay per step (torch's AveragedModel, BN statistics recomputed; 0 = off, 0.999 is usual)")
     g = p.add_argument_group("augmentation (on whole batches)")
-    g.add_argument("--crop-padding", type=int, default=None,
+    g.add_argument("--crop-padding", type=non_negative_int, default=None,
                    help="random-crop zero padding in pixels (default 4 at 32x32, scaled with image size; 0 = off)")
     g.add_argument("--hflip", type=_bool, default=None, metavar="on|off",
                    help="random horizontal flip (default: on where the dataset allows it; off for digits)")
-    g.add_argument("--cutout", type=int, default=0, metavar="PX", help="Cutout square side in pixels (0 = off; 16 for CIFAR)")
+    g.add_argument("--cutout", type=non_negative_int, default=0, metavar="PX", help="Cutout square side in pixels (0 = off; 16 for CIFAR)")
     g.add_argument("--autoaugment", action="store_true", help="AutoAugment (CIFAR-10 policy, per image)")
     g.add_argument("--random-erasing", type=float, default=0.0, metavar="P",
                    help="torchvision's RandomErasing with probability P per image (0 = off; 0.5 is common)")
@@ -177,8 +178,8 @@ def add_trainer_arguments(p: argparse.ArgumentParser, epochs: int = 200, lr: flo
     g.add_argument("--channels-last", type=_bool, default=None, metavar="on|off",
                    help="channels_last memory format (default: on for CUDA and for CPUs with AVX-512; off on other "
                         "CPUs, where torch's oneDNN AVX2 kernels crashed with it)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--eval-batch-size", type=int, default=512, help="batch size of the validation/test passes")
+    g.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--eval-batch-size", type=positive_int, default=512, help="batch size of the validation/test passes")
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over even if RUN_DIR/last.pt exists (default: continue from it)")
     g.add_argument("--stop-after", type=int, default=None, metavar="N",

@@ -167,6 +167,9 @@ def prune(cfg: PruneConfig) -> PruneResult:
                          "(distill or labels)")
     if cfg.synth_val_images < 2 and cfg.data_free:
         raise PruneError("data-free recovery needs at least 2 synthetic validation images")
+    if Path(cfg.output).resolve() == Path(cfg.checkpoint).resolve().parent:
+        raise PruneError(f"the output folder {cfg.output} holds the checkpoint being pruned ({cfg.checkpoint}): its "
+                         f"pruned.pt, best.pt and last.pt would overwrite it; use another -o RUN_DIR")
     ck = load_checkpoint(cfg.checkpoint)
     mcfg = ModelConfig.from_json(ck.meta["model"])
     settings = cfg.settings()

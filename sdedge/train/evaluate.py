@@ -141,6 +141,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", data
 
     if split not in (*SPLITS, "both"):
         raise DataError(f"split must be 'val', 'test' or 'both', got {split!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     dev = resolve_device(device)
