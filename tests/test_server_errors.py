@@ -310,6 +310,21 @@ def test_big_numbers_are_numbers(server, session):
     assert status == 200, out
 
 
+def test_a_post_that_offers_an_upgrade_keeps_its_body(server, session):
+    """A client offering h2c (``curl --http2`` on http://) or a WebSocket upgrade on an inference POST is answered
+    over HTTP/1.1 with its body read: the server ignores Upgrade (with httptools, llhttp would otherwise hand the
+    body over as upgraded bytes and the request would arrive empty)."""
+    body = json.dumps({"inputs": [tensor(session)]}).encode()
+    path = f"/v2/models/{server.state.model_name}/infer"
+    for upgrade in (b"h2c", b"websocket"):
+        head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Upgrade: " + upgrade + b"\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n")
+        out = raw_exchange(server, head + body, timeout=30)
+        assert status_of(out) == 200, out[:300]
+        assert json.loads(out.partition(b"\r\n\r\n")[2])["outputs"]
+
+
 def test_a_connection_that_sends_no_head_is_closed(server):
     """uvicorn times only idle connections between requests; with httptools sdedge also closes one that sends
     nothing, or only part of a head, ``header_timeout_s`` (1 s here) after it opened / the head began (408 when

@@ -13,7 +13,9 @@ closed, so at most ``max_head_bytes`` plus one read are ever buffered for a head
 connection that sends nothing, or a head that trickles in (uvicorn's keep-alive timer runs only between
 requests): the protocol here closes a connection whose request head is not whole ``head_timeout_s`` after
 the connection opened or after the head's first bytes came (with a 408 ``{"error"}`` when some came), so slow
-clients cannot hold the ``limit_concurrency`` connections for ever. It also sends each
+clients cannot hold the ``limit_concurrency`` connections for ever. ``Upgrade`` headers are dropped from request
+heads (:func:`_without_upgrade`: llhttp would hand the body of a POST that offers h2c over as upgraded
+bytes). It also sends each
 response's head and body in one write (:class:`_CoalescingTransport`; uvicorn makes two: two syscalls, two
 TCP segments).
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from typing import Any, Callable
 
 HTTP_IMPLS = ("auto", "h11", "httptools")
@@ -121,6 +124,7 @@ def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = No
             if self._in_head:
                 self._head_bytes += len(data)
                 self._arm_head_timer()  # the head began (or a pipelined one): it must be whole in time
+                data = _without_upgrade(data)
             super().data_received(data)
             if self._in_head and self._head_bytes > max_head_bytes and not transport.is_closing():
                 transport.write(refusal)
@@ -141,6 +145,23 @@ def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = No
             self._in_head, self._head_bytes = True, 0
 
     return CappedHttpToolsProtocol
+
+
+_UPGRADE_LINE = re.compile(rb"\r\nupgrade:[^\r\n]*", re.IGNORECASE)
+
+
+def _without_upgrade(data: bytes) -> bytes:
+    """``data`` (bytes of a request head, maybe a body after it) without ``Upgrade`` header lines in the head.
+
+    The server speaks HTTP/1.1 only (no h2c, no WebSocket routes), and RFC 9110 lets a server ignore Upgrade;
+    llhttp, seeing one with ``Connection: upgrade``, ends the message at its head and hands the body over as
+    the upgraded protocol's bytes, so a POST from a client that offers h2c (``curl --http2`` does) would lose
+    its body. A header line split across two reads is not seen (heads come in one read in practice)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    if _UPGRADE_LINE.search(head) is None:
+        return data
+    return _UPGRADE_LINE.sub(b"", head) + (b"" if end < 0 else data[end:])
 
 
 class _CoalescingTransport:
