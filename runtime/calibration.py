@@ -23,9 +23,10 @@ every answer the session gives (``probabilities`` and ``confidence`` are calibra
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from ..common.errors import BundleError
 from ..common.formats import check_format as check_format_header
@@ -34,7 +35,8 @@ from .bundle import CALIBRATION_NAME
 FORMAT = "sdedge-calibration"
 FORMAT_VERSION = 1
 CRITERIA = ("max_prob", "entropy", "margin")
-_FLOAT32_TINY, _FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e+38  # temperatures divide float32 logits
+_FLOAT32_TINY, _FLOAT32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)  # temperatures
+# divide float32 logits: within float32's normal range
 RUNTIME_FIELDS = ("format", "format_version", "criterion", "temperatures", "thresholds", "enabled")
 
 

@@ -325,6 +325,13 @@ def test_a_post_that_offers_an_upgrade_keeps_its_body(server, session):
         assert json.loads(out.partition(b"\r\n\r\n")[2])["outputs"]
 
 
+def test_the_httptools_protocol_builds_without_a_head_timer():
+    pytest.importorskip("httptools")
+    from sdedge.runtime.server.http_impl import capped_httptools
+
+    assert capped_httptools(16 * 1024)._head_timer is None  # head_timeout_s None: no timer, no 408 refusal built
+
+
 def test_a_connection_that_sends_no_head_is_closed(server):
     """uvicorn times only idle connections between requests; with httptools sdedge also closes one that sends
     nothing, or only part of a head, ``header_timeout_s`` (1 s here) after it opened / the head began (408 when

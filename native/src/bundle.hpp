@@ -12,7 +12,7 @@ namespace sdedge {
 
 constexpr const char *kCalibrationName = "calibration.json";
 constexpr const char *kProfilesDir = "profiles";
-constexpr std::uint64_t kMaxManifestBytes = 16ull * 1024 * 1024;
+constexpr std::uint64_t kMaxManifestBytes = kMaxJsonBytes;
 
 struct Bundle {
   std::string path;  // the folder as given

@@ -9,8 +9,6 @@
 #include <stdexcept>
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 #include <sstream>
 #include <vector>
 
@@ -43,36 +41,29 @@ bool is_number(const Json &v) { return v.is_number(); }       // booleans are no
 
 Json read_json_file(const std::string &path, const std::string &what, std::uint64_t max_bytes) {
   // O_NONBLOCK: opening a FIFO planted in a bundle must not wait for a writer (it is refused just below)
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) bundle_error("malformed " + what + path + " could not be read");
+  struct Fd {
+    int fd;
+    ~Fd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } f{::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC)};
+  if (f.fd < 0) bundle_error("malformed " + what + path + " could not be read");
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    bundle_error("malformed " + what + path + " is not a regular file");
-  }
+  if (::fstat(f.fd, &st) != 0 || !S_ISREG(st.st_mode)) bundle_error("malformed " + what + path + " is not a regular file");
   if (max_bytes == 0) max_bytes = kMaxJsonBytes;
-  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
-    ::close(fd);
-    bundle_error(path + " is larger than " + std::to_string(max_bytes) + " bytes; refusing to parse it");
-  }
+  const std::string too_large = path + " is larger than " + std::to_string(max_bytes) + " bytes; refusing to parse it";
+  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) bundle_error(too_large);
   std::string text;
   text.reserve(static_cast<std::size_t>(st.st_size));
   char buf[65536];
   for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
+    const ssize_t n = ::read(f.fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      ::close(fd);
-      bundle_error("malformed " + what + path + " could not be read");
-    }
+    if (n < 0) bundle_error("malformed " + what + path + " could not be read");
     if (n == 0) break;
     text.append(buf, static_cast<std::size_t>(n));
-    if (text.size() > max_bytes) {  // grew while we read it
-      ::close(fd);
-      bundle_error(path + " is larger than " + std::to_string(max_bytes) + " bytes; refusing to parse it");
-    }
+    if (text.size() > max_bytes) bundle_error(too_large);  // grew while we read it
   }
-  ::close(fd);
   // nesting is bounded while parsing: nlohmann's parser is iterative, but copying or printing a value
   // (messages, conversions) recurses, so a few hundred thousand '[' would overflow the stack later
   const Json::parser_callback_t depth_guard = [](int depth, Json::parse_event_t, Json &) {

@@ -33,9 +33,8 @@ OrtLibrary::OrtLibrary(const std::string &path) {
   version_ = base->GetVersionString ? base->GetVersionString() : "unknown";  // e.g. "1.32.0"
   api_ = base->GetApi(ORT_API_VERSION);
   if (!api_) {
-    const std::string have = base->GetVersionString ? base->GetVersionString() : "unknown";
     ::dlclose(handle_);
-    fail(Code::Backend, "the ONNX Runtime library " + path_ + " (version " + have + ") is older than API version " +
+    fail(Code::Backend, "the ONNX Runtime library " + path_ + " (version " + version_ + ") is older than API version " +
                             std::to_string(ORT_API_VERSION) + " that sdedge was built with; use onnxruntime >= 1." +
                             std::to_string(ORT_API_VERSION));
   }

@@ -60,7 +60,8 @@ class ServerConfig:
     ``max_queue`` requests (more: 503). Safety caps: ``max_body_mb`` MiB per body (after decompression
     too), ``body_timeout_s`` to receive a body (408 after), ``header_timeout_s`` for a request head to arrive
     whole once a connection opens or the head's first bytes come (else the connection is closed, with a 408
-    when some of the head came; httptools only: h11 has no such timer), ``max_header_kb`` per request head, ``limit_concurrency`` connections+tasks (503 beyond),
+    when some of the head came; httptools only: h11 has no such timer), ``max_header_kb`` per request head,
+    ``limit_concurrency`` connections+tasks (503 beyond),
     ``timeout_keep_alive`` seconds an idle keep-alive connection is kept. ``switch_interval_us``: the
     interpreter's thread switch interval that :func:`~.runner.serve` sets for its process (0: Python's own,
     5 ms), so an inference thread back from the device gets the GIL from a busy event loop quickly

@@ -28,7 +28,6 @@ stamp is the arrival.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from typing import Any, Callable
 
@@ -65,7 +64,10 @@ def resolve_loop(choice: str) -> str:
 
 
 def _refusal(status: str, message: str) -> bytes:
-    body = json.dumps({"error": message}).encode()
+    """A whole HTTP/1.1 response refusing the request with ``{"error": message}``, closing the connection."""
+    from .protocol import error_body
+
+    body = error_body(message)
     return (b"HTTP/1.1 " + status.encode() + b"\r\ncontent-type: application/json\r\ncontent-length: " +
             str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
 
@@ -80,7 +82,8 @@ def capped_httptools(max_head_bytes: int, clock: Callable[[], float] | None = No
 
     refusal = _refusal("431 Request Header Fields Too Large", f"request head (request line and headers) over "
                        f"{max_head_bytes // 1024} KiB; send smaller headers")
-    too_slow = _refusal("408 Request Timeout", f"the request head did not arrive within {head_timeout_s:g} s")
+    too_slow = None if head_timeout_s is None else _refusal(
+        "408 Request Timeout", f"the request head did not arrive within {head_timeout_s:g} s")
 
     class CappedHttpToolsProtocol(HttpToolsProtocol):
         _in_head = True  # between requests, arriving bytes start a head

@@ -52,8 +52,6 @@ def thread_count(text: str) -> int:
 
 def burn_count(text: str) -> int:
     """A ``type=`` for a number of CPU-burning neighbour processes: 0..4 per CPU this process may use."""
-    import os
-
     cap = 4 * len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4 * (os.cpu_count() or 1)
     return _checked(text, int, lambda v: 0 <= v <= cap, f"a number of processes in 0..{cap} (4 per CPU)")
 
